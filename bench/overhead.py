@@ -1,0 +1,167 @@
+"""What initcb's telemetry costs inside a fastai fit, against no callback and against fastai's ActivationStats.
+
+Interleaved fits of the same model and data in one process, after a warm-up; medians and min-max of the ratio to
+the no-callback fit. Also: the tensor ops each callback dispatches per recorded batch (a TorchDispatchMode count,
+the figure that predicts the cost on a launch-bound GPU fit), and the bytes of history after long simulated runs.
+
+    python bench/overhead.py                 # CPU fits: compute-bound and overhead-bound (the GPU stand-in)
+    python bench/overhead.py --device cuda   # the GPU fits (launch-bound and GPU-bound), with peak memory
+    python bench/overhead.py --quick         # a smoke run (CI)
+    python bench/overhead.py --json out.json --md out.md
+"""
+import argparse, json, math, os, platform, statistics, sys, time, warnings
+warnings.filterwarnings('ignore')
+import numpy as np, torch, torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from fastai.basics import Learner, DataLoaders
+from fastai.callback.hook import ActivationStats
+from fastai.vision.models.xresnet import xresnet18, xresnet50
+from initcb.activations import ActivationHealth
+
+class ReplayDL:
+    "A few batches made once on the device and replayed: times the step, not data loading"
+    def __init__(self, x, y, n): self.x, self.y, self.n, self.device = x, y, n, x.device
+    def __iter__(self):
+        for i in range(self.n): yield self.x[i % len(self.x)], self.y[i % len(self.y)]
+    def __len__(self): return self.n
+    def to(self, device): self.x, self.y, self.device = self.x.to(device), self.y.to(device), device; return self
+
+def dls_for(dev, bs, c, size, n_train, k=4):
+    x = torch.randn(k, bs, c, size, size, device=dev); y = torch.randint(0, 10, (k, bs), device=dev)
+    return DataLoaders(ReplayDL(x, y, n_train), ReplayDL(x[:1], y[:1], 1))
+
+def conv(ni, nf, s=2, bn=False):
+    return nn.Sequential(nn.Conv2d(ni, nf, 3, s, 1), *([nn.BatchNorm2d(nf)] if bn else []), nn.ReLU())
+def cnn5(): return nn.Sequential(conv(1, 8), conv(8, 16), conv(16, 32), conv(32, 64), conv(64, 10), nn.Flatten())
+def cnn_bn():
+    return nn.Sequential(conv(3, 32, 1, True), conv(32, 32, 2, True), conv(32, 64, 1, True), conv(64, 64, 2, True),
+                         conv(64, 128, 1, True), conv(128, 128, 2, True), conv(128, 256, 2, True),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10))
+
+CFGS = {
+    'none': lambda: [],
+    'fastai ActivationStats': lambda: [ActivationStats()],
+    'fastai ActivationStats(with_hist)': lambda: [ActivationStats(with_hist=True)],
+    'ActivationHealth()': lambda: [ActivationHealth()],
+    'ActivationHealth(sample_every=1)': lambda: [ActivationHealth(sample_every=1)],
+}
+
+def models(dev, quick):
+    q = quick
+    if dev == 'cuda': return {
+        'xresnet18 64px bs256 bf16 (launch-bound)': (lambda: xresnet18(c_in=3, n_out=10), (256, 3, 64, 4 if q else 40), 'bf16'),
+        'xresnet50 128px bs64 bf16 (launch-bound)': (lambda: xresnet50(c_in=3, n_out=10), (64, 3, 128, 4 if q else 20), 'bf16'),
+        'xresnet50 224px bs256 bf16 (GPU-bound)': (lambda: xresnet50(c_in=3, n_out=10), (256, 3, 224, 3 if q else 12), 'bf16'),
+    }
+    return {
+        'cnn5 28px bs256': (cnn5, (64 if q else 256, 1, 28, 8 if q else 40), None),
+        'cnn_bn 64px bs64 (deeper, wider, BatchNorm)': (cnn_bn, (8 if q else 64, 3, 64, 4 if q else 12), None),
+        'xresnet18 16px bs2, 1 thread (overhead-bound)': (lambda: xresnet18(c_in=3, n_out=10), (2, 3, 16, 8 if q else 60), None),
+        'xresnet50 16px bs2, 1 thread (overhead-bound)': (lambda: xresnet50(c_in=3, n_out=10), (2, 3, 16, 4 if q else 30), None),
+    }
+
+def make_learner(model, dls, cfg, amp):
+    learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), cbs=CFGS[cfg]())
+    if amp == 'bf16': learn.to_bf16()
+    learn.remove_cbs([c for c in learn.cbs if type(c).__name__ == 'ProgressCallback'])
+    learn.logger = lambda *a: None
+    return learn
+
+def fit_time(model, dls, cfg, amp, dev):
+    learn = make_learner(model, dls, cfg, amp)
+    if dev == 'cuda': torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter(); learn.fit(1, 1e-3)
+    if dev == 'cuda': torch.cuda.synchronize()
+    return time.perf_counter() - t, (torch.cuda.max_memory_allocated() if dev == 'cuda' else None)
+
+class OpCount(TorchDispatchMode):
+    "Counts the aten ops dispatched (foreach ops count once)"
+    def __init__(self): super().__init__(); self.n = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+def ops_per_batch(mk, shape, cfg, dev, n1=16, n2=48):
+    "Ops a callback adds per recorded batch in steady state: (count at n2 - count at n1 batches) / (n2 - n1), less the same without it"
+    _, c, size, _ = shape
+    def count(name, n):
+        torch.manual_seed(0); learn = make_learner(mk(), dls_for(dev, 2, c, min(size, 16), n), name, None)
+        with OpCount() as oc: learn.fit(1, 1e-3)
+        return oc.n
+    return ((count(cfg, n2) - count(cfg, n1)) - (count('none', n2) - count('none', n1))) / (n2 - n1)
+
+def history_bytes(n_batches, n_layers, bins=40):
+    "Bytes of history after `n_batches` recorded batches of `n_layers` layers, fed through the callback's sinks"
+    cb = ActivationHealth(bins=bins)
+    cb._reset([str(i) for i in range(n_layers)], [None] * n_layers)
+    k, chunk = cb.sample_every, cb.chunk
+    fast = np.abs(np.random.randn(chunk, 4 * n_layers)).astype(np.float32)
+    samp = np.abs(np.random.randn(chunk, n_layers, 6 + bins)).astype(np.float32)
+    ns = [1000] * n_layers
+    t0, it, sit = time.perf_counter(), 0, 0
+    while it < n_batches:
+        cb._fast_sink(fast, [(it + j, ns) for j in range(chunk)]); it += chunk
+        if it // k >= sit + chunk: cb._samp_sink(samp, [k * (sit + j) for j in range(chunk)]); sit += chunk
+    return cb.fast.nbytes + cb.sampled.nbytes, len(cb.fast), len(cb.sampled), time.perf_counter() - t0
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument('--device', default='cpu'); p.add_argument('--quick', action='store_true')
+    p.add_argument('--reps', type=int, default=5); p.add_argument('--json'); p.add_argument('--md')
+    a = p.parse_args()
+    dev, reps = a.device, (2 if a.quick else a.reps)
+    if dev == 'cuda': torch.backends.cudnn.benchmark = True
+    name = torch.cuda.get_device_name() if dev == 'cuda' else f'CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)'
+    import fastai
+    print(f'device: {name}; torch {torch.__version__}; fastai {fastai.__version__}', flush=True)
+    out, lines = {'device': name, 'fits': {}}, []
+    for mname, (mk, shape, amp) in models(dev, a.quick).items():
+        threads = torch.get_num_threads()
+        if '1 thread' in mname: torch.set_num_threads(1)
+        bs, c, size, n = shape
+        model, dls = mk().to(dev), dls_for(dev, bs, c, size, n)
+        for cfg in CFGS:  # warm-up: allocator, cudnn autotune, first-call costs
+            dls.train.n = 2; fit_time(model, dls, cfg, amp, dev)
+        dls.train.n = n
+        times, mems = {c: [] for c in CFGS}, {c: None for c in CFGS}
+        for r in range(reps):
+            for cfg in CFGS:
+                t, m = fit_time(model, dls, cfg, amp, dev); times[cfg].append(t); mems[cfg] = m
+        base = statistics.median(times['none'])
+        res = {}
+        for cfg, v in times.items():
+            ops = None if cfg == 'none' or dev == 'cuda' else ops_per_batch(mk, shape, cfg, dev)
+            res[cfg] = dict(ratio=statistics.median(v) / base, lo=min(v) / base, hi=max(v) / base, ms_per_batch=1e3 * statistics.median(v) / n,
+                            runs=len(v), ops_per_batch=ops, peak_mem_ratio=None if mems[cfg] is None else mems[cfg] / mems['none'])
+        out['fits'][mname] = res
+        torch.set_num_threads(threads)
+        print(f'\n{mname}: {n} batches/fit, {reps} interleaved runs, medians (min-max)', flush=True)
+        for cfg, v in res.items():
+            extra = '' if v['ops_per_batch'] is None else f"  {v['ops_per_batch']:7.1f} ops/batch"
+            if v['peak_mem_ratio'] is not None: extra += f"  peak mem {v['peak_mem_ratio']:.3f}x"
+            print(f"  {cfg:36s} {v['ratio']:6.3f}x ({v['lo']:.3f}-{v['hi']:.3f}){extra}", flush=True)
+        del model, dls
+        if dev == 'cuda': torch.cuda.empty_cache()
+    nb, L = (2000 if a.quick else 100_000), 100
+    b, rows, srows, dt = history_bytes(nb, L)
+    out['history'] = {f'{nb} batches x {L} layers': dict(bytes=b, fast_rows=rows, sampled_rows=srows, seconds=dt)}
+    print(f'\nhistory after {nb:,} batches x {L} layers: {b/2**20:.1f} MiB ({rows} + {srows} rows, fed in {dt:.1f} s)')
+    if not a.quick:
+        b, rows, srows, dt = history_bytes(1_000_000, L)
+        out['history'][f'1000000 batches x {L} layers'] = dict(bytes=b, fast_rows=rows, sampled_rows=srows, seconds=dt)
+        print(f'history after 1,000,000 batches x {L} layers: {b/2**20:.1f} MiB ({rows} + {srows} rows, fed in {dt:.1f} s)')
+    if a.json: json.dump(out, open(a.json, 'w'), indent=1)
+    if a.md: open(a.md, 'w').write(to_md(out))
+
+def to_md(out):
+    rows = [f"Device: {out['device']}.\n", '| fit | callback | ratio to no callback (min-max) | ops per recorded batch |', '|---|---|---|---|']
+    for f, res in out['fits'].items():
+        for cfg, v in res.items():
+            if cfg == 'none': continue
+            ops = '' if v['ops_per_batch'] is None else f"{v['ops_per_batch']:.1f}"
+            mem = '' if v['peak_mem_ratio'] is None else f"; peak memory {v['peak_mem_ratio']:.3f}x"
+            rows.append(f"| {f} | {cfg} | {v['ratio']:.3f}x ({v['lo']:.3f}-{v['hi']:.3f}){mem} | {ops} |")
+    for k, v in out['history'].items(): rows.append(f"\nHistory after {k}: {v['bytes']/2**20:.1f} MiB.")
+    return '\n'.join(rows) + '\n'
+
+if __name__ == '__main__': main()
