@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['demo_cnn', 'run_demo', 'main']
 
-# %% ../nbs/09_demo.ipynb #ead63392
+# %% ../nbs/09_demo.ipynb #d1549e93
 import argparse, warnings
 from pathlib import Path
 import matplotlib
@@ -21,7 +21,7 @@ from fastai.callback.progress import *
 from .core import digits_dls
 from .activations import ActivationHealth
 
-# %% ../nbs/09_demo.ipynb #e0812f2e
+# %% ../nbs/09_demo.ipynb #9b16c11d
 def demo_cnn():
     "A small CNN for 8×8 digits"
     def conv(ni, nf, s): return [nn.Conv2d(ni, nf, 3, stride=s, padding=1), nn.ReLU()]
@@ -53,7 +53,7 @@ def run_demo(out='initcb_demo_plots', epochs:int=3, lr:float=1e-2, seed:int=42, 
     say(f"\nWrote {len(files)} files into {out.resolve()}/: " + ', '.join(f.name for f in files))
     return learn, table, files
 
-# %% ../nbs/09_demo.ipynb #5d8e0185
+# %% ../nbs/09_demo.ipynb #3dd4a03e
 def main(argv=None):
     p = argparse.ArgumentParser(description="initcb demo: ActivationHealth on a small CNN trained on scikit-learn's digits")
     p.add_argument('--out', default='initcb_demo_plots', help='folder for the PNG plots and the saved history')
@@ -62,5 +62,5 @@ def main(argv=None):
     matplotlib.use('Agg'); warnings.filterwarnings('ignore')
     run_demo(a.out, a.epochs, seed=a.seed)
 
-# %% ../nbs/09_demo.ipynb #7d3d70d7
+# %% ../nbs/09_demo.ipynb #258e4f9a
 if __name__ == '__main__': main()

@@ -1,0 +1,3 @@
+import warnings, matplotlib
+matplotlib.use('Agg')
+warnings.filterwarnings('ignore', category=FutureWarning)

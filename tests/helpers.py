@@ -1,0 +1,25 @@
+import torch
+from torch import nn
+from fastai.learner import Learner
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+
+class Payload(nn.Module):
+    "Returns `self.out` (set by the test) plus 0 * the input, so a fit's watched output is exactly what the test chose"
+    def __init__(self): super().__init__(); self.w = nn.Parameter(torch.zeros(1)); self.out = torch.zeros(1)
+    def forward(self, x): return self.out + 0 * self.w * x.sum()
+
+class Head(nn.Module):
+    def __init__(self): super().__init__(); self.p = Payload(); self.b = nn.Parameter(torch.zeros(1))
+    def forward(self, x): return self.p(x).float().mean().view(1).expand(x.shape[0]) + self.b
+
+def quiet(learn):
+    from fastai.callback.progress import ProgressCallback
+    learn.remove_cbs([c for c in learn.cbs if isinstance(c, ProgressCallback)])
+    learn.logger = lambda *a: None
+    return learn
+
+def one_batch_learner(cbs, n=1, bs=4):
+    x = torch.randn(n * bs, 2); y = torch.randn(n * bs)
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=bs), DataLoader(list(zip(x[:bs], y[:bs])), bs=bs))
+    return quiet(Learner(dls, Head(), loss_func=nn.MSELoss(), cbs=cbs))

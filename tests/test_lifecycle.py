@@ -1,0 +1,96 @@
+"Hooks, exceptions, export, bounded memory, bad input."
+import math, pickle, numpy as np, pandas as pd, pytest, torch
+from torch import nn
+from hypothesis import given, settings, strategies as st
+from fastai.learner import Learner, CancelFitException
+from fastai.callback.core import Callback
+from fastai.test_utils import synth_learner
+from initcb.activations import ActivationHealth
+from initcb.core import digits_dls
+from helpers import quiet
+
+def n_hooks(model): return sum(len(m._forward_hooks) for m in model.modules())
+
+class Fail(Callback):
+    def __init__(self, exc, at=2): self.exc, self.at = exc, at
+    def after_pred(self):
+        if self.training and self.train_iter == self.at: raise self.exc
+
+@pytest.mark.parametrize('exc', [RuntimeError('boom'), KeyboardInterrupt(), CancelFitException()])
+def test_no_hook_left_however_a_fit_ends(exc):
+    cb = ActivationHealth()
+    learn = quiet(synth_learner(n_trn=5, cbs=[cb, Fail(exc)]))
+    if isinstance(exc, CancelFitException): learn.fit(1)
+    else:
+        with pytest.raises(type(exc)): learn.fit(1)
+    assert n_hooks(learn.model) == 0 and cb.hooks is None
+    assert '_do_epoch' not in learn.__dict__
+    assert len(cb.fast) == 3
+    learn.remove_cb(Fail); learn.fit(1)  # the learner is still usable
+    assert len(cb.fast) == 3 + len(learn.dls.train) and n_hooks(learn.model) == 0
+
+def test_learner_export(tmp_path):
+    "learn.export with the callback attached (a DataBlock learner, which can export), then load_learner and predict"
+    from fastai.tabular.all import TabularDataLoaders, tabular_learner, load_learner
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    df = pd.DataFrame(X[:400, :16], columns=[f'p{i}' for i in range(16)]); df['y'] = y[:400]
+    dls = TabularDataLoaders.from_df(df, path=tmp_path, cont_names=[f'p{i}' for i in range(16)], y_names='y', y_block=None, bs=64)
+    learn = tabular_learner(dls, layers=[16], cbs=ActivationHealth())
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    assert len(learn.activation_health.fast) > 0
+    learn.export('export.pkl')
+    back = load_learner(tmp_path/'export.pkl')
+    assert back.activation_health.fast is None and n_hooks(back.model) == 0
+    with back.no_bar(): back.predict(df.iloc[0])
+
+def test_bounded_memory():
+    "1M recorded batches x 100 layers stay under 64 MB of history"
+    import sys, os
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'bench'))
+    from overhead import history_bytes
+    b, rows, srows, _ = history_bytes(1_000_000, 100)
+    assert b <= 64 * 2**20, b
+    assert rows <= 2048 and srows <= 2048
+
+def test_history_keeps_totals():
+    "Merging keeps the number of batches and the extremes of the whole run"
+    cb = ActivationHealth(max_rows=8, sample_every=1, chunk=1)
+    learn = quiet(synth_learner(n_trn=40, cbs=cb))
+    learn.fit(1)
+    n = len(learn.dls.train)
+    assert len(cb.fast) <= 8 and cb.fast.n[:len(cb.fast)].sum() == n
+    assert cb.sampled.n[:len(cb.sampled)].sum() == n
+    assert cb.hist(0).sum() == n * 16  # 16 outputs per batch
+
+bad = [dict(sample=0), dict(sample=-1), dict(bins=0), dict(bins=2.5), dict(every=0), dict(every='2'), dict(sample_every=0),
+       dict(chunk=0), dict(max_rows=2), dict(dead_thresh=-1), dict(dead_thresh=float('nan')), dict(sat_eps=float('inf')),
+       dict(hist_range=(1, 1)), dict(hist_range=(0, float('inf'))), dict(hist_range=[0]), dict(modules=[]), dict(modules=3)]
+
+@pytest.mark.parametrize('kw', bad)
+def test_bad_arguments_name_the_argument(kw):
+    with pytest.raises(ValueError) as e: ActivationHealth(**kw)
+    assert f'`{next(iter(kw))}`' in str(e.value)
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.sampled_from(['sample', 'bins', 'every', 'sample_every', 'chunk', 'max_rows', 'dead_thresh', 'sat_eps']),
+                       st.one_of(st.integers(-5, 5000), st.floats(allow_nan=True, allow_infinity=True), st.none(), st.text(max_size=2)), max_size=3))
+def test_constructor_fuzz(kw):
+    "Any argument either works or raises a ValueError that names it; nothing else escapes"
+    try: cb = ActivationHealth(**kw)
+    except ValueError as e: assert any(f'`{k}`' in str(e) for k in kw); return
+    learn = quiet(synth_learner(n_trn=2, cbs=cb))
+    learn.fit(1)
+    assert n_hooks(learn.model) == 0 and len(cb.to_df()) > 0
+
+def test_readers_before_fit():
+    cb = ActivationHealth()
+    with pytest.raises(ValueError, match='nothing recorded yet'): cb.layer_stats(0)
+    with pytest.raises(ValueError, match='nothing recorded yet'): cb.summary()
+
+def test_modules_changed_between_fits():
+    cb = ActivationHealth()
+    learn = quiet(synth_learner(n_trn=2, cbs=cb)); learn.fit(1)
+    learn.model = nn.Sequential(nn.Linear(1, 3), nn.ReLU(), nn.Linear(3, 1))
+    with pytest.warns(UserWarning, match='history starts afresh'): learn.fit(1)
+    assert cb.names == ['0', '1', '2'] and len(cb.fast) == len(learn.dls.train)

@@ -1,0 +1,91 @@
+"ActivationHealth on the models users run: LSTMs, half precision, in-place activations, deep nets (op count)."
+import math, torch, numpy as np, pytest
+from torch import nn
+from fastai.learner import Learner
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+from initcb.activations import ActivationHealth
+from initcb.core import watch
+from helpers import quiet
+
+def seq_learner(model, cbs, n=32, bs=8, t=5, c=3):
+    x = torch.randn(n, t, c); y = torch.randn(n)
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=bs), DataLoader(list(zip(x[:bs], y[:bs])), bs=bs))
+    return quiet(Learner(dls, model, loss_func=nn.MSELoss(), cbs=cbs))
+
+class LSTMNet(nn.Module):
+    def __init__(self): super().__init__(); self.rnn = nn.LSTM(3, 6, batch_first=True); self.out = nn.Linear(6, 1)
+    def forward(self, x): return self.out(self.rnn(x)[0][:, -1]).squeeze(-1)
+
+def test_lstm_output():
+    seen = []
+    cb = ActivationHealth(sample_every=1)
+    learn = seq_learner(LSTMNet(), cb)
+    h = learn.model.rnn.register_forward_hook(lambda m, i, o: seen.append(o[0].detach().clone()) if m.training else None)
+    learn.fit(1)
+    h.remove()
+    df = cb.to_df().query("name == 'rnn'")
+    assert len(df) == len(seen) == 4
+    np.testing.assert_allclose(df['abs_mean'], [o.abs().mean() for o in seen], rtol=1e-5)
+    np.testing.assert_allclose(df['std'], [o.std() for o in seen], rtol=1e-4)
+    assert cb.dormancy()['rnn'].shape == (6,)
+
+class Half(nn.Module):
+    "Runs its layers in half precision, as under mixed precision"
+    def __init__(self, dtype): super().__init__(); self.lin = nn.Linear(3, 8).to(dtype); self.act = nn.ReLU(); self.dtype = dtype
+    def forward(self, x): return self.act(self.lin(x[:, -1].to(self.dtype))).float().sum(-1)
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_precision_outputs(dtype):
+    seen = []
+    cb = ActivationHealth(sample_every=1)
+    learn = seq_learner(Half(dtype), cb)
+    h = learn.model.lin.register_forward_hook(lambda m, i, o: seen.append(o.detach().float().clone()) if m.training else None)
+    learn.fit(1)
+    h.remove()
+    df = cb.to_df().query("name == 'lin'")
+    np.testing.assert_allclose(df['rms'], [o.square().mean().sqrt() for o in seen], rtol=1e-3)
+    np.testing.assert_allclose(df['mean'], [o.mean() for o in seen], rtol=1e-3, atol=1e-4)
+    assert np.isfinite(df[['abs_mean', 'rms', 'max', 'std']].to_numpy()).all()
+
+def test_large_half_output_no_overflow():
+    "Sums of squares of a large fp16 output overflow fp16: the reductions accumulate in fp32"
+    class Big(nn.Module):
+        def __init__(self): super().__init__(); self.p = nn.Parameter(torch.zeros(1)); self.id = watch(nn.Identity())
+        def forward(self, x): return self.id(torch.full((300, 300), 30., dtype=torch.float16) + 0 * self.p.half()).float().mean().expand(x.shape[0])
+    cb = ActivationHealth(modules=['id'], sample_every=1)
+    learn = seq_learner(Big(), cb)
+    learn.fit(1)
+    np.testing.assert_allclose(cb.to_df()['rms'], 30., rtol=1e-3)
+
+def test_torchvision_inplace_relu():
+    "torchvision's ResNet applies ReLU in place after BatchNorm: BatchNorm's statistics are still its own output's"
+    tv = pytest.importorskip('torchvision')
+    model = tv.models.resnet18(num_classes=3)
+    x = torch.randn(8, 3, 32, 32); y = torch.randint(0, 3, (8,))
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=4), DataLoader(list(zip(x[:4], y[:4])), bs=4))
+    cb = ActivationHealth(modules=['bn1', 'layer1.0.bn1'], sample_every=1, sample=1 << 16)
+    learn = quiet(Learner(dls, model, loss_func=nn.CrossEntropyLoss(), cbs=cb))
+    seen = {n: [] for n in cb.mod_sel}
+    hs = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: seen[n].append(o.detach().clone()) if m.training else None) for n in seen]
+    learn.fit(1)
+    for h in hs: h.remove()
+    assert all(cb._inplace)
+    df = cb.to_df()
+    for j, n in enumerate(cb.names):
+        d = df.query('layer == @j')
+        np.testing.assert_allclose(d['min'], [o.min() for o in seen[n]], rtol=1e-5)
+        assert (d['min'] < 0).all()  # BatchNorm's output, not the ReLU's that overwrote it
+        np.testing.assert_allclose(d['abs_mean'], [o.abs().mean() for o in seen[n]], rtol=1e-3)
+
+def test_op_count_does_not_grow_with_depth():
+    "xresnet50 watches about 2.5x the modules of xresnet18; per recorded batch it may dispatch at most 1.5x the ops"
+    import sys, os
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'bench'))
+    from overhead import ops_per_batch
+    from fastai.vision.models.xresnet import xresnet18, xresnet50
+    torch.set_num_threads(1)
+    o18 = ops_per_batch(lambda: xresnet18(c_in=3, n_out=10), (2, 3, 16, 0), 'ActivationHealth()', 'cpu')
+    o50 = ops_per_batch(lambda: xresnet50(c_in=3, n_out=10), (2, 3, 16, 0), 'ActivationHealth()', 'cpu')
+    assert o50 <= 1.5 * o18, (o18, o50)
+    assert o18 < 20, o18
