@@ -1,0 +1,30 @@
+"""Check the built site: every sidebar page exists, local links resolve, API pages show signatures, plots are images."""
+import re, sys, yaml
+from pathlib import Path
+
+def main(site='_docs'):
+    site, errs = Path(site), []
+    sb = yaml.safe_load(Path('nbs/sidebar.yml').read_text())['website']['sidebar']['contents']
+    def pages(items):
+        for it in items:
+            if isinstance(it, str): yield it
+            else: yield from pages(it.get('contents', []))
+    html = {}
+    for p in pages(sb):
+        name = re.sub(r'^\d+[a-zA-Z0-9]*_', '', Path(p).name)
+        f = site/Path(p).parent/Path(name).with_suffix('.html')
+        if not f.exists(): errs.append(f'missing page {f} (from {p})'); continue
+        html[f] = f.read_text()
+    for f, txt in html.items():
+        for href in re.findall(r'href="([^"#:?]+\.html)(?:#[^"]*)?"', txt):
+            if not (f.parent/href).resolve().exists(): errs.append(f'{f.name}: broken link {href}')
+        for src in re.findall(r'<img[^>]+src="([^"]+)"', txt):
+            if src.startswith('data:'): continue
+            if not (f.parent/src).exists(): errs.append(f'{f.name}: missing image {src}')
+    act = html.get(site/'activations.html', '')
+    if 'ActivationHealth' not in act: errs.append('activations.html does not document ActivationHealth')
+    if not re.search(r'<img[^>]+src="(data:image/png|[^"]+\.png)', act): errs.append('activations.html has no rendered plot')
+    if errs: print('\n'.join(errs)); sys.exit(1)
+    print(f'docs OK: {len(html)} pages in {site}')
+
+if __name__ == '__main__': main(*sys.argv[1:])
