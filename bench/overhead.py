@@ -44,6 +44,7 @@ CFGS = {
     'fastai ActivationStats(with_hist)': lambda: [ActivationStats(with_hist=True)],
     'ActivationHealth()': lambda: [ActivationHealth()],
     'ActivationHealth(sample_every=1)': lambda: [ActivationHealth(sample_every=1)],
+    'ActivationHealth(full_max=0)': lambda: [ActivationHealth(full_max=0)],
 }
 
 def models(dev, quick):
@@ -83,9 +84,9 @@ class OpCount(TorchDispatchMode):
 
 def ops_per_batch(mk, shape, cfg, dev, n1=16, n2=48):
     "Ops a callback adds per recorded batch in steady state: (count at n2 - count at n1 batches) / (n2 - n1), less the same without it"
-    _, c, size, _ = shape
+    bs, c, size, _ = shape
     def count(name, n):
-        torch.manual_seed(0); learn = make_learner(mk(), dls_for(dev, 2, c, min(size, 16), n), name, None)
+        torch.manual_seed(0); learn = make_learner(mk(), dls_for(dev, bs, c, size, n), name, None)
         with OpCount() as oc: learn.fit(1, 1e-3)
         return oc.n
     return ((count(cfg, n2) - count(cfg, n1)) - (count('none', n2) - count('none', n1))) / (n2 - n1)
@@ -97,7 +98,7 @@ def history_bytes(n_batches, n_layers, bins=40):
     k, chunk = cb.sample_every, cb.chunk
     fast = np.abs(np.random.randn(chunk, 4 * n_layers)).astype(np.float32)
     samp = np.abs(np.random.randn(chunk, n_layers, 6 + bins)).astype(np.float32)
-    ns = [1000] * n_layers
+    ns, order = [1000] * n_layers, tuple(range(n_layers))
     t0, it, sit = time.perf_counter(), 0, 0
     while it < n_batches:
         cb._fast_sink(fast, [(it + j, ns) for j in range(chunk)]); it += chunk

@@ -7,12 +7,13 @@ from helpers import one_batch_learner
 shapes = st.lists(st.integers(1, 7), min_size=1, max_size=4).filter(lambda s: math.prod(s) <= 512)
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(shape=shapes, scale=st.floats(1e-3, 1e3), shift=st.floats(-5, 5), seed=st.integers(0, 2**16), relu=st.booleans())
-def test_stats_exact_when_sample_covers(shape, scale, shift, seed, relu):
+@given(shape=shapes, scale=st.floats(1e-3, 1e3), shift=st.floats(-5, 5), seed=st.integers(0, 2**16), relu=st.booleans(), whole=st.booleans())
+def test_stats_exact_when_sample_covers(shape, scale, shift, seed, relu, whole):
+    "Whether the output is reduced whole or sampled in its hook (full_max=0), a sample that covers it gives exact statistics"
     g = torch.Generator().manual_seed(seed)
     out = torch.randn(shape, generator=g) * scale + shift
     if relu: out = out.clamp_min(0)
-    cb = ActivationHealth(modules=['p'], sample_every=1, sample=512, dead_thresh=0.1)
+    cb = ActivationHealth(modules=['p'], sample_every=1, sample=512, dead_thresh=0.1, full_max=None if whole else 0)
     learn = one_batch_learner(cb)
     learn.model.p.out = out
     learn.fit(1)
