@@ -98,10 +98,10 @@ def history_bytes(n_batches, n_layers, bins=40):
     k, chunk = cb.sample_every, cb.chunk
     fast = np.abs(np.random.randn(chunk, 4 * n_layers)).astype(np.float32)
     samp = np.abs(np.random.randn(chunk, n_layers, 6 + bins)).astype(np.float32)
-    ns, order = [1000] * n_layers, tuple(range(n_layers))
+    ns, order = [1000] * n_layers, list(range(n_layers))
     t0, it, sit = time.perf_counter(), 0, 0
     while it < n_batches:
-        cb._fast_sink(fast, [(it + j, ns) for j in range(chunk)]); it += chunk
+        cb._fast_sink(fast, [(it + j, order, ns) for j in range(chunk)]); it += chunk
         if it // k >= sit + chunk: cb._samp_sink(samp, [k * (sit + j) for j in range(chunk)]); sit += chunk
     return cb.fast.nbytes + cb.sampled.nbytes, len(cb.fast), len(cb.sampled), time.perf_counter() - t0
 
