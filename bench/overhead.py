@@ -17,6 +17,7 @@ from fastai.basics import Learner, DataLoaders
 from fastai.callback.hook import ActivationStats
 from fastai.vision.models.xresnet import xresnet18, xresnet50
 from initcb.activations import ActivationHealth
+from initcb.gradients import GradientHealth
 
 class ReplayDL:
     "A few batches made once on the device and replayed: times the step, not data loading"
@@ -45,6 +46,8 @@ CFGS = {
     'ActivationHealth()': lambda: [ActivationHealth()],
     'ActivationHealth(sample_every=1)': lambda: [ActivationHealth(sample_every=1)],
     'ActivationHealth(full_max=0)': lambda: [ActivationHealth(full_max=0)],
+    'GradientHealth()': lambda: [GradientHealth(warn=False)],
+    'ActivationHealth() + GradientHealth()': lambda: [ActivationHealth(), GradientHealth(warn=False)],
 }
 
 def models(dev, quick):

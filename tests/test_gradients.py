@@ -1,0 +1,75 @@
+"GradientHealth: bad input, exceptions, depth-independent op count, argument fuzzing."
+import math, numpy as np, pytest, torch
+from torch import nn
+from hypothesis import given, settings, strategies as st
+from fastai.callback.core import Callback
+from fastai.test_utils import synth_learner
+from initcb.gradients import GradientHealth
+from helpers import quiet
+
+def mlp(depth):
+    layers = [nn.Linear(1, 8)] + sum([[nn.ReLU(), nn.Linear(8, 8)] for _ in range(depth)], []) + [nn.ReLU(), nn.Linear(8, 1)]
+    return nn.Sequential(*layers)
+
+class Fail(Callback):
+    order = GradientHealth.order + 1
+    def before_step(self):
+        if self.train_iter == 2: raise RuntimeError('boom')
+
+def test_exception_mid_step_leaves_nothing_behind():
+    cb = GradientHealth(update_every=1, warn=False)
+    learn = quiet(synth_learner(n_trn=5, cbs=[cb, Fail()])); learn.model = mlp(2)
+    with pytest.raises(RuntimeError): learn.fit(1)
+    assert cb._prev is None and '_do_epoch' not in learn.__dict__
+    assert len(cb.hist) == 3  # batches 0, 1, 2 were recorded and reached the history
+    learn.remove_cb(Fail); learn.fit(1)
+    assert len(cb.hist) == 3 + len(learn.dls.train)
+
+def test_op_count_does_not_grow_with_depth():
+    import sys, os
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'bench'))
+    from overhead import OpCount
+    def ops(depth, cb, n):
+        torch.manual_seed(0); learn = quiet(synth_learner(n_trn=n, cbs=cb)); learn.model = mlp(depth)
+        with OpCount() as oc: learn.fit(1)
+        return oc.n
+    def marginal(depth):
+        a = ops(depth, [GradientHealth(warn=False)], 24) - ops(depth, [GradientHealth(warn=False)], 8)
+        b = ops(depth, [], 24) - ops(depth, [], 8)
+        return (a - b) / 16
+    o2, o20 = marginal(2), marginal(20)
+    assert o20 <= 1.2 * o2, (o2, o20)
+
+def test_update_ratio_exact_for_sgd():
+    "Plain SGD: the update is lr * grad, so ‖Δw‖/‖w‖ = lr ‖g‖ / ‖w‖ for every parameter"
+    from fastai.optimizer import SGD
+    from fastai.learner import Learner
+    from fastai.losses import MSELossFlat
+    from fastai.test_utils import synth_dbunch
+    cb = GradientHealth(update_every=1, warn=False)
+    learn = quiet(Learner(synth_dbunch(n_train=3), mlp(1), loss_func=MSELossFlat(), opt_func=SGD, cbs=cb))
+    learn.fit(1, 0.1)
+    df = cb.to_df(per='param')
+    w = cb.hist['weight_norm'].reshape(-1)
+    np.testing.assert_allclose(df['update_ratio'], 0.1 * df['grad_norm'] / w, rtol=1e-4)
+
+bad = [dict(every=0), dict(update_every=0), dict(vanish_frac=-1), dict(vanish_frac=2.), dict(vanish_batches=0), dict(explode_factor=0.5),
+       dict(explode_ceiling=float('nan')), dict(growth=0.), dict(growth_batches=0), dict(band=(0, 1)), dict(band=(1, 1e-3)),
+       dict(band='x'), dict(band_batches=0), dict(chunk=0), dict(max_rows=1)]
+
+@pytest.mark.parametrize('kw', bad)
+def test_bad_arguments_name_the_argument(kw):
+    with pytest.raises(ValueError) as e: GradientHealth(**kw)
+    assert f'`{next(iter(kw))}`' in str(e.value)
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(st.sampled_from(['every', 'update_every', 'vanish_frac', 'vanish_batches', 'explode_factor', 'growth', 'chunk', 'max_rows']),
+                       st.one_of(st.integers(-3, 100), st.floats(allow_nan=True, allow_infinity=True), st.none()), max_size=3))
+def test_constructor_fuzz(kw):
+    try: cb = GradientHealth(warn=False, **kw)
+    except ValueError as e: assert any(f'`{k}`' in str(e) for k in kw); return
+    learn = quiet(synth_learner(n_trn=2, cbs=cb)); learn.fit(1)
+    assert len(cb.to_df()) > 0
+
+def test_readers_before_fit():
+    with pytest.raises(ValueError, match='nothing recorded yet'): GradientHealth().plot_layer(0)
