@@ -85,7 +85,7 @@ class OpCount(TorchDispatchMode):
         self.n += 1
         return func(*args, **(kwargs or {}))
 
-def ops_per_batch(mk, shape, cfg, dev, n1=16, n2=48):
+def ops_per_batch(mk, shape, cfg, dev, n1=8, n2=24):
     "Ops a callback adds per recorded batch in steady state: (count at n2 - count at n1 batches) / (n2 - n1), less the same without it"
     bs, c, size, _ = shape
     def count(name, n):
@@ -112,6 +112,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument('--device', default='cpu'); p.add_argument('--quick', action='store_true')
     p.add_argument('--reps', type=int, default=5); p.add_argument('--json'); p.add_argument('--md')
+    p.add_argument('--models', default='', help='run only the fits whose name contains one of these comma-separated strings')
     a = p.parse_args()
     dev, reps = a.device, (2 if a.quick else a.reps)
     if dev == 'cuda': torch.backends.cudnn.benchmark = True
@@ -120,6 +121,7 @@ def main():
     print(f'device: {name}; torch {torch.__version__}; fastai {fastai.__version__}', flush=True)
     out, lines = {'device': name, 'fits': {}}, []
     for mname, (mk, shape, amp) in models(dev, a.quick).items():
+        if a.models and not any(m in mname for m in a.models.split(',')): continue
         threads = torch.get_num_threads()
         if '1 thread' in mname: torch.set_num_threads(1)
         bs, c, size, n = shape

@@ -94,3 +94,10 @@ def test_modules_changed_between_fits():
     learn.model = nn.Sequential(nn.Linear(1, 3), nn.ReLU(), nn.Linear(3, 1))
     with pytest.warns(UserWarning, match='history starts afresh'): learn.fit(1)
     assert cb.names == ['0', '1', '2'] and len(cb.fast) == len(learn.dls.train)
+
+def test_get_preds_and_validate_record_nothing():
+    cb = ActivationHealth()
+    learn = quiet(synth_learner(n_trn=3, cbs=cb)); learn.fit(1)
+    n = len(cb.to_df())
+    learn.get_preds(); learn.validate()
+    assert len(cb.to_df()) == n and n_hooks(learn.model) == 0
