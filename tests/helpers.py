@@ -23,3 +23,20 @@ def one_batch_learner(cbs, n=1, bs=4):
     x = torch.randn(n * bs, 2); y = torch.randn(n * bs)
     dls = DataLoaders(DataLoader(list(zip(x, y)), bs=bs), DataLoader(list(zip(x[:bs], y[:bs])), bs=bs))
     return quiet(Learner(dls, Head(), loss_func=nn.MSELoss(), cbs=cbs))
+
+def bad_argument_named(make, kw):
+    "`make(**kw)` raises a ValueError that names the (first) argument of `kw`"
+    import pytest
+    with pytest.raises(ValueError) as e: make(**kw)
+    assert f'`{next(iter(kw))}`' in str(e.value), str(e.value)
+
+def works_or_names_argument(make, kw, n_trn=2):
+    "Any arguments either build a callback that records a short fit, or raise a ValueError naming one of them"
+    from fastai.test_utils import synth_learner
+    try: cb = make(**kw)
+    except ValueError as e:
+        assert any(f'`{k}`' in str(e) for k in kw), str(e)
+        return None
+    learn = quiet(synth_learner(n_trn=n_trn, cbs=cb)); learn.fit(1)
+    assert sum(len(m._forward_hooks) for m in learn.model.modules()) == 0 and len(cb.to_df()) > 0
+    return cb
