@@ -7,12 +7,11 @@ Docs: https://initcb.github.io/initcb/demo.html.md"""
 # %% auto #0
 __all__ = ['demo_cnn', 'run_demo', 'main']
 
-# %% ../nbs/09_demo.ipynb #37d8226d
+# %% ../nbs/09_demo.ipynb #6cb94ed2
 import argparse, warnings
 from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
-import torch
 from torch import nn
 from fastai.learner import Learner
 from fastai.metrics import accuracy
@@ -23,7 +22,7 @@ from fastai.callback.progress import *
 from .core import digits_dls
 from .activations import ActivationHealth
 
-# %% ../nbs/09_demo.ipynb #f7e6881c
+# %% ../nbs/09_demo.ipynb #a403d770
 def demo_cnn():
     "A small CNN for 8×8 digits"
     def conv(ni, nf, s): return [nn.Conv2d(ni, nf, 3, stride=s, padding=1), nn.ReLU()]
@@ -55,7 +54,7 @@ def run_demo(out='initcb_demo_plots', epochs:int=3, lr:float=1e-2, seed:int=42, 
     say(f"\nWrote {len(files)} files into {out.resolve()}/: " + ', '.join(f.name for f in files))
     return learn, table, files
 
-# %% ../nbs/09_demo.ipynb #e08573a4
+# %% ../nbs/09_demo.ipynb #0a9e572e
 def main(argv=None):
     p = argparse.ArgumentParser(description="initcb demo: ActivationHealth on a small CNN trained on scikit-learn's digits")
     p.add_argument('--out', default='initcb_demo_plots', help='folder for the PNG plots and the saved history')
@@ -64,5 +63,5 @@ def main(argv=None):
     matplotlib.use('Agg'); warnings.filterwarnings('ignore')
     run_demo(a.out, a.epochs, seed=a.seed)
 
-# %% ../nbs/09_demo.ipynb #5ecaedf3
+# %% ../nbs/09_demo.ipynb #2b8a7921
 if __name__ == '__main__': main()
