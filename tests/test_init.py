@@ -10,6 +10,7 @@ def cnn():
                          nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
 
 def test_conv_net_after_init_weights_is_ok():
+    torch.manual_seed(0)
     m = init_weights(cnn())
     ci = check_init(m, torch.randn(32, 1, 8, 8))
     assert (ci['finding'].str.startswith('ok')).all(), ci[['layer', 'finding']]
@@ -23,6 +24,7 @@ def test_every_scheme_gives_finite_weights_and_zero_bias(scheme):
     assert (m[0].bias == 0).all() and (m[6].bias == 0).all()
 
 def test_constant_and_duplicate_units_found():
+    torch.manual_seed(0)
     m = cnn()
     with torch.no_grad(): m[0].weight.fill_(0.3); m[3].weight[2] = m[3].weight[5]
     f = check_init(m).set_index('layer')['finding']
