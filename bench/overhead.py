@@ -50,6 +50,14 @@ CFGS = {
     'ActivationHealth() + GradientHealth()': lambda: [ActivationHealth(), GradientHealth(warn=False)],
 }
 
+# On a GPU, fastai's ActivationStats costs 32-62x (DESIGN.md): it runs fewer repetitions there, without histograms, and
+# not at all on the GPU-bound fit, so that the whole table fits a 15-minute device session.
+CUDA_SKIP = {'fastai ActivationStats(with_hist)', 'ActivationHealth(full_max=0)'}
+
+def cfgs_for(dev, mname):
+    if dev != 'cuda': return list(CFGS)
+    return [c for c in CFGS if c not in CUDA_SKIP and not ('GPU-bound' in mname and c.startswith('fastai'))]
+
 def models(dev, quick):
     q = quick
     if dev == 'cuda': return {
@@ -108,30 +116,19 @@ def history_bytes(n_batches, n_layers, bins=40):
         if it // k >= sit + chunk: cb._samp_sink(samp, [k * (sit + j) for j in range(chunk)]); sit += chunk
     return cb.fast.nbytes + cb.sampled.nbytes, len(cb.fast), len(cb.sampled), time.perf_counter() - t0
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument('--device', default='cpu'); p.add_argument('--quick', action='store_true')
-    p.add_argument('--reps', type=int, default=5); p.add_argument('--json'); p.add_argument('--md')
-    p.add_argument('--models', default='', help='run only the fits whose name contains one of these comma-separated strings')
-    a = p.parse_args()
-    dev, reps = a.device, (2 if a.quick else a.reps)
-    if dev == 'cuda': torch.backends.cudnn.benchmark = True
-    name = torch.cuda.get_device_name() if dev == 'cuda' else f'CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)'
-    import fastai
-    print(f'device: {name}; torch {torch.__version__}; fastai {fastai.__version__}', flush=True)
-    out, lines = {'device': name, 'fits': {}}, []
-    for mname, (mk, shape, amp) in models(dev, a.quick).items():
-        if a.models and not any(m in mname for m in a.models.split(',')): continue
-        threads = torch.get_num_threads()
-        if '1 thread' in mname: torch.set_num_threads(1)
+def bench_fit(mname, mk, shape, amp, dev, reps, fastai_reps, cfgs):
+    threads = torch.get_num_threads()
+    if '1 thread' in mname: torch.set_num_threads(1)
+    try:
         bs, c, size, n = shape
         model, dls = mk().to(dev), dls_for(dev, bs, c, size, n)
-        for cfg in CFGS:  # warm-up: allocator, cudnn autotune, first-call costs
+        for cfg in cfgs:  # warm-up: allocator, cudnn autotune, first-call costs
             dls.train.n = 2; fit_time(model, dls, cfg, amp, dev)
         dls.train.n = n
-        times, mems = {c: [] for c in CFGS}, {c: None for c in CFGS}
+        times, mems = {c: [] for c in cfgs}, {c: None for c in cfgs}
         for r in range(reps):
-            for cfg in CFGS:
+            for cfg in cfgs:
+                if cfg.startswith('fastai') and r >= fastai_reps: continue
                 t, m = fit_time(model, dls, cfg, amp, dev); times[cfg].append(t); mems[cfg] = m
         base = statistics.median(times['none'])
         res = {}
@@ -139,15 +136,37 @@ def main():
             ops = None if cfg == 'none' or dev == 'cuda' else ops_per_batch(mk, shape, cfg, dev)
             res[cfg] = dict(ratio=statistics.median(v) / base, lo=min(v) / base, hi=max(v) / base, ms_per_batch=1e3 * statistics.median(v) / n,
                             runs=len(v), ops_per_batch=ops, peak_mem_ratio=None if mems[cfg] is None else mems[cfg] / mems['none'])
-        out['fits'][mname] = res
-        torch.set_num_threads(threads)
         print(f'\n{mname}: {n} batches/fit, {reps} interleaved runs, medians (min-max)', flush=True)
         for cfg, v in res.items():
             extra = '' if v['ops_per_batch'] is None else f"  {v['ops_per_batch']:7.1f} ops/batch"
             if v['peak_mem_ratio'] is not None: extra += f"  peak mem {v['peak_mem_ratio']:.3f}x"
-            print(f"  {cfg:36s} {v['ratio']:6.3f}x ({v['lo']:.3f}-{v['hi']:.3f}){extra}", flush=True)
-        del model, dls
+            if v['runs'] != reps: extra += f"  ({v['runs']} runs)"
+            print(f"  {cfg:36s} {v['ratio']:6.3f}x ({v['lo']:.3f}-{v['hi']:.3f})  {v['ms_per_batch']:.2f} ms/batch{extra}", flush=True)
+        return res
+    finally:
+        torch.set_num_threads(threads)
         if dev == 'cuda': torch.cuda.empty_cache()
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument('--device', default='cpu'); p.add_argument('--quick', action='store_true')
+    p.add_argument('--reps', type=int, default=5); p.add_argument('--json'); p.add_argument('--md')
+    p.add_argument('--fastai-reps', type=int, default=None, help="runs of fastai's ActivationStats (default: --reps on a CPU, 2 on a GPU)")
+    p.add_argument('--models', default='', help='run only the fits whose name contains one of these comma-separated strings')
+    a = p.parse_args()
+    dev, reps = a.device, (2 if a.quick else a.reps)
+    a.fastai_reps = a.fastai_reps or (min(2, reps) if dev == 'cuda' else reps)
+    if dev == 'cuda': torch.backends.cudnn.benchmark = True
+    name = torch.cuda.get_device_name() if dev == 'cuda' else f'CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)'
+    import fastai
+    print(f'device: {name}; torch {torch.__version__}; fastai {fastai.__version__}', flush=True)
+    out, lines = {'device': name, 'fits': {}}, []
+    for mname, (mk, shape, amp) in models(dev, a.quick).items():
+        if a.models and not any(m in mname for m in a.models.split(',')): continue
+        try: out['fits'][mname] = bench_fit(mname, mk, shape, amp, dev, reps, a.fastai_reps, cfgs_for(dev, mname))
+        except Exception as e:  # one failing fit must not cost the rest of the table (a GPU session is short)
+            import traceback; traceback.print_exc(); out['fits'][mname] = {'error': repr(e)}
+        if a.json: json.dump(out, open(a.json, 'w'), indent=1)
     nb, L = (2000 if a.quick else 100_000), 100
     b, rows, srows, dt = history_bytes(nb, L)
     out['history'] = {f'{nb} batches x {L} layers': dict(bytes=b, fast_rows=rows, sampled_rows=srows, seconds=dt)}
@@ -162,6 +181,7 @@ def main():
 def to_md(out):
     rows = [f"Device: {out['device']}.\n", '| fit | callback | ratio to no callback (min-max) | ops per recorded batch |', '|---|---|---|---|']
     for f, res in out['fits'].items():
+        if 'error' in res: rows.append(f"| {f} | failed: {res['error']} | | |"); continue
         for cfg, v in res.items():
             if cfg == 'none': continue
             ops = '' if v['ops_per_batch'] is None else f"{v['ops_per_batch']:.1f}"
