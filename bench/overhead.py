@@ -147,6 +147,16 @@ def bench_fit(mname, mk, shape, amp, dev, reps, fastai_reps, cfgs):
         torch.set_num_threads(threads)
         if dev == 'cuda': torch.cuda.empty_cache()
 
+def history(out, quick):
+    nb, L = (2000 if quick else 100_000), 100
+    b, rows, srows, dt = history_bytes(nb, L)
+    out['history'] = {f'{nb} batches x {L} layers': dict(bytes=b, fast_rows=rows, sampled_rows=srows, seconds=dt)}
+    print(f'\nhistory after {nb:,} batches x {L} layers: {b/2**20:.1f} MiB ({rows} + {srows} rows, fed in {dt:.1f} s)')
+    if not quick:
+        b, rows, srows, dt = history_bytes(1_000_000, L)
+        out['history'][f'1000000 batches x {L} layers'] = dict(bytes=b, fast_rows=rows, sampled_rows=srows, seconds=dt)
+        print(f'history after 1,000,000 batches x {L} layers: {b/2**20:.1f} MiB ({rows} + {srows} rows, fed in {dt:.1f} s)')
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument('--device', default='cpu'); p.add_argument('--quick', action='store_true')
@@ -167,14 +177,8 @@ def main():
         except Exception as e:  # one failing fit must not cost the rest of the table (a GPU session is short)
             import traceback; traceback.print_exc(); out['fits'][mname] = {'error': repr(e)}
         if a.json: json.dump(out, open(a.json, 'w'), indent=1)
-    nb, L = (2000 if a.quick else 100_000), 100
-    b, rows, srows, dt = history_bytes(nb, L)
-    out['history'] = {f'{nb} batches x {L} layers': dict(bytes=b, fast_rows=rows, sampled_rows=srows, seconds=dt)}
-    print(f'\nhistory after {nb:,} batches x {L} layers: {b/2**20:.1f} MiB ({rows} + {srows} rows, fed in {dt:.1f} s)')
-    if not a.quick:
-        b, rows, srows, dt = history_bytes(1_000_000, L)
-        out['history'][f'1000000 batches x {L} layers'] = dict(bytes=b, fast_rows=rows, sampled_rows=srows, seconds=dt)
-        print(f'history after 1,000,000 batches x {L} layers: {b/2**20:.1f} MiB ({rows} + {srows} rows, fed in {dt:.1f} s)')
+    out['history'] = {}
+    if dev != 'cuda': history(out, a.quick)  # host memory: the same on any device
     if a.json: json.dump(out, open(a.json, 'w'), indent=1)
     if a.md: open(a.md, 'w').write(to_md(out))
 
