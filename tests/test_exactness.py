@@ -1,5 +1,5 @@
 "When the sample covers a module's output, every statistic equals the same statistic of the whole output."
-import math, numpy as np, torch
+import math, random, numpy as np, pandas as pd, torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 from initcb.activations import ActivationHealth
 from helpers import one_batch_learner
@@ -53,3 +53,55 @@ def test_sample_estimates_large_tensor():
     learn.fit(1)
     df = cb.to_df().iloc[0]
     assert abs(df['std'] / out.std().item() - 1) < 0.04
+
+def mlp_learner(cb, seed=0):
+    from fastai.test_utils import synth_learner
+    from helpers import quiet
+    torch.manual_seed(seed)
+    learn = quiet(synth_learner(n_trn=6, cbs=cb))
+    learn.model = torch.nn.Sequential(torch.nn.Linear(1, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    learn.dls.train.rng = random.Random(seed)
+    return learn
+
+@settings(max_examples=8, deadline=None)
+@given(hold_max=st.sampled_from([0, 1, 3000, 10**6]), sample_every=st.integers(1, 3))
+def test_reducing_held_outputs_in_groups_changes_nothing(hold_max, sample_every):
+    "Whole outputs reduced in their hooks once `hold_max` bytes are held give the statistics of one reduction after the forward pass"
+    dfs = []
+    for h in (hold_max, 1 << 40):
+        cb = ActivationHealth(hold_max=h, sample_every=sample_every)
+        mlp_learner(cb).fit(1)
+        dfs.append(cb.to_df().drop(columns=['n']))
+    pd.testing.assert_frame_equal(*dfs, rtol=1e-6)
+
+def test_hold_max_zero_holds_nothing():
+    "With hold_max=0 no output is referenced when the forward pass ends (each was reduced in its own hook)"
+    from fastai.callback.core import Callback
+    held = []
+    class Peek(Callback):
+        order = ActivationHealth.order - 1
+        def after_pred(self):
+            if self.training: held.append(sum(o is not None for o in self.learn.activation_health._outs))
+    cb = ActivationHealth(hold_max=0)
+    mlp_learner([cb, Peek()]).fit(1)
+    assert held and max(held) == 0
+    assert len(cb.fast) == 6 and np.isfinite(cb.to_df()['rms']).all()
+
+def test_module_called_twice_reports_first_call():
+    "A module used twice in one forward pass (a shared ReLU) reports its first call's output"
+    class Shared(torch.nn.Module):
+        def __init__(self): super().__init__(); self.l1, self.l2, self.act = torch.nn.Linear(1, 8), torch.nn.Linear(8, 1), torch.nn.ReLU()
+        def forward(self, x): return self.l2(self.act(self.act(self.l1(x)) * 3 - 1))
+    from fastai.test_utils import synth_learner
+    from helpers import quiet
+    cb = ActivationHealth(modules=['act'], sample_every=1)
+    learn = quiet(synth_learner(n_trn=3, cbs=cb)); learn.model = Shared()
+    calls = []
+    learn.model.register_forward_pre_hook(lambda m, i: calls.append([]))
+    learn.model.act.register_forward_hook(lambda m, i, o: calls[-1].append(o.detach().clone()) if m.training else None)
+    learn.fit(1)
+    first = [c[0] for c in calls if c]
+    assert len(first) == 3 and all(len(c) == 2 for c in calls if c)
+    df = cb.to_df()
+    np.testing.assert_allclose(df['abs_mean'], [o.abs().mean() for o in first], rtol=1e-5)
+    np.testing.assert_allclose(df['max'], [o.max() for o in first], rtol=1e-6)

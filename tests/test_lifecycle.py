@@ -64,14 +64,14 @@ def test_history_keeps_totals():
     assert cb.hist(0).sum() == n * 16  # 16 outputs per batch
 
 bad = [dict(sample=0), dict(sample=-1), dict(bins=0), dict(bins=2.5), dict(every=0), dict(every='2'), dict(sample_every=0),
-       dict(chunk=0), dict(max_rows=2), dict(dead_thresh=-1), dict(dead_thresh=float('nan')), dict(sat_eps=float('inf')),
+       dict(chunk=0), dict(max_rows=2), dict(hold_max=-1), dict(hold_max=1.5), dict(dead_thresh=-1), dict(dead_thresh=float('nan')), dict(sat_eps=float('inf')),
        dict(hist_range=(1, 1)), dict(hist_range=(0, float('inf'))), dict(hist_range=[0]), dict(modules=[]), dict(modules=3)]
 
 @pytest.mark.parametrize('kw', bad)
 def test_bad_arguments_name_the_argument(kw): bad_argument_named(ActivationHealth, kw)
 
 @settings(max_examples=60, deadline=None)
-@given(st.dictionaries(st.sampled_from(['sample', 'bins', 'every', 'sample_every', 'chunk', 'max_rows', 'dead_thresh', 'sat_eps']),
+@given(st.dictionaries(st.sampled_from(['sample', 'bins', 'every', 'sample_every', 'chunk', 'max_rows', 'dead_thresh', 'sat_eps', 'hold_max', 'full_max']),
                        st.one_of(st.integers(-5, 5000), st.floats(allow_nan=True, allow_infinity=True), st.none(), st.text(max_size=2)), max_size=3))
 def test_constructor_fuzz(kw):
     "Any argument either works or raises a ValueError that names it; nothing else escapes"

@@ -58,19 +58,20 @@ def test_large_half_output_no_overflow():
     learn.fit(1)
     np.testing.assert_allclose(cb.to_df()['rms'], 30., rtol=1e-3)
 
-def test_torchvision_inplace_relu():
-    "torchvision's ResNet applies ReLU in place after BatchNorm: BatchNorm's statistics are still its own output's"
+@pytest.mark.parametrize('full_max', [None, 1 << 20])
+def test_torchvision_inplace_relu(full_max):
+    "torchvision's ResNet applies ReLU in place after BatchNorm: BatchNorm's statistics are still its own output's (held whole: detected and sampled in the hook from then on; sampled: taken in the hook anyway)"
     tv = pytest.importorskip('torchvision')
     model = tv.models.resnet18(num_classes=3)
     x = torch.randn(8, 3, 32, 32); y = torch.randint(0, 3, (8,))
     dls = DataLoaders(DataLoader(list(zip(x, y)), bs=4), DataLoader(list(zip(x[:4], y[:4])), bs=4))
-    cb = ActivationHealth(modules=['bn1', 'layer1.0.bn1'], sample_every=1, sample=1 << 16)
+    cb = ActivationHealth(modules=['bn1', 'layer1.0.bn1'], sample_every=1, sample=1 << 16, full_max=full_max)
     learn = quiet(Learner(dls, model, loss_func=nn.CrossEntropyLoss(), cbs=cb))
     seen = {n: [] for n in cb.mod_sel}
     hs = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: seen[n].append(o.detach().clone()) if m.training else None) for n in seen]
     learn.fit(1)
     for h in hs: h.remove()
-    assert all(cb._inplace)
+    assert all(cb._inplace) == (full_max is not None)
     df = cb.to_df()
     for j, n in enumerate(cb.names):
         d = df.query('layer == @j')
