@@ -54,9 +54,10 @@ CFGS = {
 # not at all on the GPU-bound fit, so that the whole table fits a 15-minute device session.
 CUDA_SKIP = {'fastai ActivationStats(with_hist)', 'ActivationHealth(full_max=0)'}
 
-def cfgs_for(dev, mname):
-    if dev != 'cuda': return list(CFGS)
-    return [c for c in CFGS if c not in CUDA_SKIP and not ('GPU-bound' in mname and c.startswith('fastai'))]
+def cfgs_for(dev, mname, only=''):
+    cs = list(CFGS) if dev != 'cuda' else [c for c in CFGS if c not in CUDA_SKIP and not ('GPU-bound' in mname and c.startswith('fastai'))]
+    if only: cs = [c for c in cs if c == 'none' or c in only.split(',')]
+    return cs
 
 def models(dev, quick):
     q = quick
@@ -162,6 +163,7 @@ def main():
     p.add_argument('--device', default='cpu'); p.add_argument('--quick', action='store_true')
     p.add_argument('--reps', type=int, default=5); p.add_argument('--json'); p.add_argument('--md')
     p.add_argument('--fastai-reps', type=int, default=None, help="runs of fastai's ActivationStats (default: --reps on a CPU, 2 on a GPU)")
+    p.add_argument('--configs', default='', help='run only these comma-separated configurations (and the no-callback fit)')
     p.add_argument('--models', default='', help='run only the fits whose name contains one of these comma-separated strings')
     a = p.parse_args()
     dev, reps = a.device, (2 if a.quick else a.reps)
@@ -173,7 +175,7 @@ def main():
     out, lines = {'device': name, 'fits': {}}, []
     for mname, (mk, shape, amp) in models(dev, a.quick).items():
         if a.models and not any(m in mname for m in a.models.split(',')): continue
-        try: out['fits'][mname] = bench_fit(mname, mk, shape, amp, dev, reps, a.fastai_reps, cfgs_for(dev, mname))
+        try: out['fits'][mname] = bench_fit(mname, mk, shape, amp, dev, reps, a.fastai_reps, cfgs_for(dev, mname, a.configs))
         except Exception as e:  # one failing fit must not cost the rest of the table (a GPU session is short)
             import traceback; traceback.print_exc(); out['fits'][mname] = {'error': repr(e)}
         if a.json: json.dump(out, open(a.json, 'w'), indent=1)
