@@ -28,7 +28,9 @@ def test_constant_and_duplicate_units_found():
     m = cnn()
     with torch.no_grad(): m[0].weight.fill_(0.3); m[3].weight[2] = m[3].weight[5]
     f = check_init(m).set_index('layer')['finding']
-    assert f['0'].startswith('constant') and f['3'].startswith('symmetric: 1 units')
+    assert f['0'].startswith('constant') and not f['3'].startswith('symmetric')  # same weights, another bias: a different function
+    with torch.no_grad(): m[3].bias[2] = m[3].bias[5]
+    assert check_init(m).set_index('layer')['finding']['3'].startswith('symmetric: 1 units')
 
 def test_general_relu_watched_by_activation_health():
     assert GeneralRelu in ACTIVATION_TYPES
@@ -38,3 +40,105 @@ def test_general_relu_watched_by_activation_health():
 def test_general_relu_bad_arguments(kw): bad_argument_named(GeneralRelu, kw)
 
 def test_bad_scheme(): bad_argument_named(lambda scheme: init_weights(cnn(), scheme), dict(scheme='he'))
+
+# BreakSymmetry and LSUVInit
+import numpy as np
+from fastai.learner import Learner
+from fastai.callback.schedule import lr_find  # patches Learner.lr_find
+from fastai.layers import ConvLayer
+from fastcore.basics import noop
+from fastai.test_utils import synth_learner
+from initcb.init import BreakSymmetry, LSUVInit, break_symmetry, lsuv_init, duplicate_units, output_stds
+from initcb.core import digits_dls
+from helpers import quiet
+
+def test_break_symmetry_on_every_layer_type():
+    "Zero conv, constant embedding, zero LSTM, duplicated linear units: each fixed; norm layers never touched"
+    torch.manual_seed(0)
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.emb, self.rnn, self.lin = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Embedding(5, 3), nn.LSTM(3, 4), nn.Linear(4, 6)
+        def forward(self, x): return x
+    m = M()
+    with torch.no_grad():
+        m.conv.weight.zero_(); m.emb.weight.fill_(0.5)
+        for p in m.rnn.parameters(): p.zero_()
+        m.lin.weight[4] = m.lin.weight[2]; m.lin.bias[4] = m.lin.bias[2]
+    bn = {k: v.clone() for k, v in m.bn.state_dict().items()}
+    rep = break_symmetry(m).set_index('layer')
+    assert rep['was'].to_dict() == {'conv': 'zero', 'emb': 'constant', 'rnn': 'zero', 'lin': 'symmetric'}
+    assert rep.loc['lin', 'units_reinitialized'] == 1
+    assert all(torch.equal(v, m.bn.state_dict()[k]) for k, v in bn.items())
+    assert len(break_symmetry(m)) == 0  # nothing left to do
+    assert duplicate_units(m.lin.weight, m.lin.bias) == []
+
+def test_break_symmetry_drops_optimizer_state_of_changed_params():
+    learn = quiet(synth_learner(n_trn=2, cbs=BreakSymmetry(verbose=False)))
+    learn.fit(1)  # nothing symmetric: nothing changed
+    assert len(learn.break_symmetry.report) == 0
+    lin = nn.Linear(1, 4); learn.model = nn.Sequential(lin, nn.ReLU(), nn.Linear(4, 1)); learn.create_opt()
+    learn.loss_func = lambda p, y: ((p.squeeze(-1) - y) ** 2).mean()
+    learn.fit(1)
+    assert learn.opt.state[lin.weight]  # the optimizer has state for it now
+    with torch.no_grad(): lin.weight.zero_(); lin.bias.zero_()
+    learn.opt.state[lin.weight]['marker'] = 1
+    learn.fit(1)
+    assert list(learn.break_symmetry.report['was']) == ['zero'] and lin.weight.abs().sum() > 0
+    assert 'marker' not in learn.opt.state[lin.weight]
+
+def digits_learner(model, cbs):
+    return quiet(Learner(digits_dls(flat=True, n_train=256), model, loss_func=nn.CrossEntropyLoss(), cbs=cbs))
+
+def deep(n=8, ni=64):
+    return nn.Sequential(*[l for k in range(n) for l in (nn.Linear(ni if k == 0 else 32, 32), nn.ReLU())], nn.Linear(32, 10))
+
+def test_lsuv_once_and_not_in_lr_find():
+    torch.manual_seed(0)
+    learn = digits_learner(deep(), LSUVInit(verbose=False))
+    learn.lr_find(num_it=5, show_plot=False)
+    assert not learn.lsuv_init.done  # lr_find restores the weights it began with: LSUV waits for the real fit
+    learn.fit(1, 1e-3)
+    assert learn.lsuv_init.done and (learn.lsuv_init.report.status == 'ok').all()
+    w = learn.model[0].weight.detach().clone()
+    learn.fit(1, 0.)  # a second fit does not re-initialize
+    assert torch.equal(w, learn.model[0].weight)
+
+def test_lsuv_fastai_conv_layers_with_batchnorm():
+    "ConvLayer blocks (conv + BatchNorm + ReLU): conv outputs at std 1, BatchNorm statistics and the mode untouched"
+    torch.manual_seed(0)
+    m = nn.Sequential(ConvLayer(1, 8), ConvLayer(8, 16, stride=2), ConvLayer(16, 16, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    bufs = [b.clone() for b in m.buffers()]
+    xb = torch.randn(32, 1, 8, 8)
+    rep = lsuv_init(m, xb, tol=0.05)
+    assert (rep.status == 'ok').all() and (rep['std'] - 1).abs().max() <= 0.05
+    assert m.training and all(torch.equal(a, b) for a, b in zip(bufs, m.buffers()))
+
+def test_lsuv_dl_argument_and_bad_input():
+    x = torch.randn(16, 64); y = torch.randint(0, 10, (16,))
+    torch.manual_seed(0)
+    learn = digits_learner(deep(), LSUVInit(dl=[(x, y)], verbose=False))
+    learn.fit(1, 1e-3)
+    assert learn.lsuv_init.done
+    learn = digits_learner(deep(), LSUVInit(dl=[], verbose=False))
+    with pytest.raises(ValueError, match='`dl` is empty'): learn.fit(1)
+    assert sum(len(m._forward_hooks) for m in learn.model.modules()) == 0
+    with pytest.raises(ValueError, match='`model` has no Linear or Conv layer'): lsuv_init(nn.Sequential(nn.ReLU()), x)
+    for kw in [dict(target_std=0), dict(tol=-1), dict(max_iters=0), dict(max_iters=1.5)]: bad_argument_named(LSUVInit, kw)
+
+def test_lsuv_never_makes_nan():
+    "Non-finite or all-zero outputs are reported and skipped: no weight becomes NaN"
+    m = deep(3)
+    rep = lsuv_init(m, torch.full((8, 64), float('nan')))
+    assert set(rep.status) == {'non-finite output: skipped'}
+    rep = lsuv_init(m, torch.zeros(8, 64))
+    assert rep.status.str.contains('std 0').all()
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+
+def test_learner_with_init_callbacks_exports(tmp_path):
+    import pickle
+    learn = digits_learner(deep(), [BreakSymmetry(verbose=False), LSUVInit(verbose=False)])
+    learn.fit(1, 1e-3)
+    learn.logger = noop
+    back = pickle.loads(pickle.dumps(learn))  # what learn.export does, less swapping the loaders for empty ones
+    assert back.lsuv_init.done and len(back.lsuv_init.report) == 9
