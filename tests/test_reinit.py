@@ -1,0 +1,45 @@
+"ReinitDormant: function preservation across the structures it follows, and skipping what it cannot."
+import warnings, pytest, torch
+from torch import nn
+from fastai.layers import ConvLayer
+from fastai.test_utils import synth_learner
+from initcb.reinit import ReinitDormant, unit_chains, dormancy_scores, reinit_units
+from helpers import quiet, bad_argument_named
+
+@pytest.mark.parametrize('seed', range(3))
+def test_conv_bn_act_conv_function_preserved(seed):
+    "Conv -> BatchNorm (trained running stats) -> ReLU -> Conv, and fastai ConvLayer blocks: output equal to 1e-5 after re-initializing dead channels"
+    torch.manual_seed(seed)
+    m = nn.Sequential(ConvLayer(3, 8), ConvLayer(8, 8, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    x = torch.randn(16, 3, 8, 8)
+    m.train(); m(x); m(x)  # running statistics away from their init
+    with torch.no_grad(): m[0][1].bias[[2, 6]] = -50.; m[1][1].bias[1] = -50.
+    ch = unit_chains(m)
+    assert ch['0.0'][0] == dict(norm='0.1', act='0.2', flatten=False, next='1.0')
+    assert ch['1.0'][0]['next'] == '4' and ch['1.0'][0]['flatten']
+    sc = dormancy_scores(m, x, ch)
+    d0, d1 = (sc['0.0'] == 0).nonzero().flatten().tolist(), (sc['1.0'] == 0).nonzero().flatten().tolist()
+    assert {2, 6} <= set(d0) and 1 in d1
+    m.eval()
+    with torch.no_grad(): y0 = m(x)
+    reinit_units(m, '0.0', d0, ch['0.0'][0]); reinit_units(m, '1.0', d1, ch['1.0'][0])
+    with torch.no_grad(): y1 = m(x)
+    torch.testing.assert_close(y0, y1, rtol=0, atol=1e-5)
+    assert (m[0][1].running_mean[[2, 6]] == 0).all() and (m[0][1].running_var[[2, 6]] == 1).all()
+
+def test_unsupported_structures_skipped_with_a_message():
+    class Res(nn.Module):
+        def __init__(self): super().__init__(); self.a, self.b = nn.Linear(1, 4), nn.Linear(4, 1)
+        def forward(self, x): h = torch.relu(self.a(x)); return self.b(h + h.mean())
+    learn = quiet(synth_learner(n_trn=2))
+    learn.model = Res()
+    cb = ReinitDormant(every=1)
+    learn.add_cb(cb)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); learn.fit(1)
+    msgs = [str(x.message) for x in w if 'ReinitDormant' in str(x.message)]
+    assert any('layer a skipped' in s for s in msgs) and any('no layer it can handle' in s for s in msgs)
+    assert len(cb.events) == 0
+
+@pytest.mark.parametrize('kw', [dict(every=0), dict(tau=-0.1), dict(max_frac=1.5), dict(scheme='x'), dict(start=-1), dict(shrink=2.)])
+def test_bad_arguments(kw): bad_argument_named(ReinitDormant, kw)
