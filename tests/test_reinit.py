@@ -43,3 +43,15 @@ def test_unsupported_structures_skipped_with_a_message():
 
 @pytest.mark.parametrize('kw', [dict(every=0), dict(tau=-0.1), dict(max_frac=1.5), dict(scheme='x'), dict(start=-1), dict(shrink=2.)])
 def test_bad_arguments(kw): bad_argument_named(ReinitDormant, kw)
+
+def test_shrink_perturb_whole_layers():
+    "scheme='shrink_perturb': every handled layer becomes shrink * w + perturb * fresh init; the last layer (no consumer) untouched"
+    learn = quiet(synth_learner(n_trn=3))
+    torch.manual_seed(0)
+    learn.model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
+    w0, last = learn.model[0].weight.detach().clone(), learn.model[2].weight.detach().clone()
+    cb = ReinitDormant(every=100, scheme='shrink_perturb', shrink=0.5, perturb=0.0, verbose=False)
+    learn.add_cb(cb); learn.fit(1, lr=0.)
+    torch.testing.assert_close(learn.model[0].weight, 0.5 * w0)
+    assert torch.equal(learn.model[2].weight, last)
+    assert list(cb.events['layer']) == ['0']
