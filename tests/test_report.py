@@ -1,0 +1,88 @@
+"health_report, NonFiniteGuard, HealthCheck: rules that fire and ones that must not, clean ends, bad input."
+import warnings, pytest, torch, numpy as np
+from torch import nn
+from hypothesis import given, settings, strategies as st
+from fastai.learner import Learner, CancelFitException
+from fastai.callback.core import Callback
+from fastai.callback.training import GradientClip
+from fastai.test_utils import synth_learner
+from initcb.core import digits_dls
+from initcb.report import HealthCheck, NonFiniteGuard, Thresholds, find_nonfinite, RULES
+from initcb.activations import ActivationHealth
+from initcb.gradients import GradientHealth
+from helpers import quiet, bad_argument_named
+
+def n_hooks(model): return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+class Fail(Callback):
+    def __init__(self, exc): self.exc = exc
+    def after_pred(self):
+        if self.training and self.train_iter == 2: raise self.exc
+
+@pytest.mark.parametrize('exc', [None, RuntimeError('boom'), KeyboardInterrupt(), CancelFitException()])
+def test_no_hook_left_however_the_fit_ends(exc):
+    learn = quiet(synth_learner(n_trn=5, cbs=[HealthCheck(report=False)] + ([Fail(exc)] if exc is not None else [])))
+    if exc is None or isinstance(exc, CancelFitException): learn.fit(1)
+    else:
+        with pytest.raises(type(exc)): learn.fit(1)
+    assert n_hooks(learn.model) == 0
+
+def test_exploding_gradients_reported_and_clipped():
+    "Plain SGD with a step far past the stable range on a linear regression: the gradient norm grows geometrically"
+    from fastai.optimizer import SGD
+    learn = quiet(synth_learner(n_trn=12, cbs=HealthCheck(remedy={'exploding'}, report=False, guard=False)))
+    learn.opt_func = SGD
+    with warnings.catch_warnings(): warnings.simplefilter('ignore'); learn.fit(2, 3.)
+    rep = learn.health_check.report
+    assert rep.problem.str.contains('exploding|nonfinite').any(), rep
+    assert any(isinstance(c, GradientClip) for c in learn.cbs) and 'GradientClip' in set(learn.health_check.actions.action)
+
+def test_dead_units_reported_and_revived():
+    "ReLU layers with biases shifted far down: dead units reported; remedy re-initializes them"
+    def net():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        with torch.no_grad(): m[1].bias.sub_(3.); m[3].bias.sub_(3.)
+        return m
+    learn = quiet(Learner(digits_dls(), net(), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+    learn.fit(1, 1e-3)
+    assert (learn.health_check.report.problem == 'dead units').sum() == 2
+    learn = quiet(Learner(digits_dls(), net(), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(remedy={'dead'}, report=False)))
+    learn.fit(2, 1e-3)
+    assert (learn.health_check.actions.action == 'ReinitDormant').sum() >= 1
+    assert (learn.health_check.report.problem == 'dead units').sum() == 0
+
+def test_find_nonfinite_backward_origin():
+    "A forward that is finite but whose gradient is not (sqrt at 0): found in the backward pass"
+    class Sqrt(nn.Module):
+        def forward(self, x): return (x * 0).sqrt()
+    m = nn.Sequential(nn.Linear(3, 3), Sqrt(), nn.Linear(3, 1))
+    where, mod = find_nonfinite(m, torch.randn(4, 3), torch.randn(4, 1), nn.MSELoss())
+    assert where == 'backward' and mod in ('0', '1')
+
+def test_guard_skip_keeps_weights_clean():
+    class Poison(Callback):
+        order = NonFiniteGuard.order - 1
+        def after_backward(self):
+            if self.train_iter == 1: self.model.a.grad.fill_(float('nan'))
+    g = NonFiniteGuard(verbose=False)
+    learn = quiet(synth_learner(n_trn=4, cbs=[g, Poison()]))
+    learn.fit(1)
+    assert g.skips == [1] and all(torch.isfinite(p).all() for p in learn.model.parameters())
+
+@pytest.mark.parametrize('kw', [dict(policy='x'), dict(max_skips=-1)])
+def test_guard_bad_arguments(kw): bad_argument_named(NonFiniteGuard, kw)
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(st.sampled_from(['dead_frac', 'dead_tau', 'sat_pct', 'drift_orders', 'growth', 'last']),
+                       st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 200), st.none(), st.text(max_size=2)), max_size=3))
+def test_thresholds_fuzz(kw):
+    "Any thresholds either build or raise a ValueError that names one of them"
+    try: Thresholds(**kw)
+    except ValueError as e: assert any(f'`{k}`' in str(e) for k in kw), str(e)
+
+@settings(max_examples=20, deadline=None)
+@given(st.one_of(st.booleans(), st.none(), st.sets(st.sampled_from(list(RULES) + ['x', 'clip']), max_size=3)))
+def test_remedy_argument_fuzz(remedy):
+    try: HealthCheck(remedy=remedy)
+    except ValueError as e: assert '`remedy`' in str(e) and not set(remedy) <= set(RULES)
