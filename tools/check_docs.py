@@ -2,17 +2,22 @@
 import re, sys, yaml
 from pathlib import Path
 
+def sidebar_pages():
+    "(section, notebook, page path relative to the site) for every page the sidebar lists"
+    sb = yaml.safe_load(Path('nbs/sidebar.yml').read_text())['website']['sidebar']['contents']
+    def walk(items, section):
+        for it in items:
+            if isinstance(it, str): yield section, it
+            else: yield from walk(it.get('contents', []), it.get('section', section))
+    for section, p in walk(sb, ''):
+        name = re.sub(r'^\d+[a-zA-Z0-9]*_', '', Path(p).name)
+        yield section, p, Path(p).parent/Path(name).with_suffix('.html')
+
 def main(site='_docs'):
     site, errs = Path(site), []
-    sb = yaml.safe_load(Path('nbs/sidebar.yml').read_text())['website']['sidebar']['contents']
-    def pages(items):
-        for it in items:
-            if isinstance(it, str): yield it
-            else: yield from pages(it.get('contents', []))
     html = {}
-    for p in pages(sb):
-        name = re.sub(r'^\d+[a-zA-Z0-9]*_', '', Path(p).name)
-        f = site/Path(p).parent/Path(name).with_suffix('.html')
+    for _, p, rel in sidebar_pages():
+        f = site/rel
         if not f.exists(): errs.append(f'missing page {f} (from {p})'); continue
         html[f] = f.read_text()
     for f, txt in html.items():
