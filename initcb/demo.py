@@ -7,7 +7,7 @@ Docs: https://initcb.github.io/initcb/demo.html.md"""
 # %% auto #0
 __all__ = ['demo_cnn', 'run_demo', 'broken_mlp', 'run_diagnosis', 'main']
 
-# %% ../nbs/09_demo.ipynb #8751aeb8
+# %% ../nbs/09_demo.ipynb #55bc2eab
 import argparse, warnings
 from pathlib import Path
 import matplotlib
@@ -24,13 +24,19 @@ from .activations import ActivationHealth
 from .report import HealthCheck
 import torch, pandas as pd
 
-# %% ../nbs/09_demo.ipynb #0ad3080b
+# %% ../nbs/09_demo.ipynb #ad4da3f9
 def demo_cnn():
     "A small CNN for 8×8 digits"
     def conv(ni, nf, s): return [nn.Conv2d(ni, nf, 3, stride=s, padding=1), nn.ReLU()]
     return nn.Sequential(*conv(1, 16, 1), *conv(16, 32, 2), *conv(32, 64, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
 
-def run_demo(out='initcb_demo_plots', epochs:int=3, lr:float=1e-2, seed:int=42, quiet=False):
+def run_demo(
+    out='initcb_demo_plots', # folder for the PNG plots and the saved history
+    epochs:int=3, # epochs of one-cycle training
+    lr:float=1e-2, # peak learning rate
+    seed:int=42, # random seed
+    quiet=False, # print nothing
+):
     "Train `demo_cnn` on digits with `ActivationHealth`, print the per-layer table, write the plots into `out`"
     say = (lambda *a: None) if quiet else print
     set_seed(seed)
@@ -56,7 +62,7 @@ def run_demo(out='initcb_demo_plots', epochs:int=3, lr:float=1e-2, seed:int=42, 
     say(f"\nWrote {len(files)} files into {out.resolve()}/: " + ', '.join(f.name for f in files))
     return learn, table, files
 
-# %% ../nbs/09_demo.ipynb #530568d9
+# %% ../nbs/09_demo.ipynb #f2bcd0f6
 def broken_mlp():
     "An MLP on the 64 pixels with every weight and bias zero, ahead of sigmoids: it cannot learn as it is"
     m = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.Sigmoid(), nn.Linear(64, 64), nn.Sigmoid(), nn.Linear(64, 10))
@@ -64,7 +70,12 @@ def broken_mlp():
         for l in (m[1], m[3], m[5]): l.weight.zero_(); l.bias.zero_()
     return m
 
-def run_diagnosis(epochs:int=3, lr:float=1e-2, seed:int=42, quiet=False):
+def run_diagnosis(
+    epochs:int=3, # epochs for each of the two fits
+    lr:float=1e-2, # learning rate
+    seed:int=42, # random seed
+    quiet=False, # print nothing
+):
     "Train `broken_mlp` with `HealthCheck` (report only), then with `HealthCheck(remedy=True)`; a table of both outcomes"
     say = (lambda *a: None) if quiet else print
     rows = {}
@@ -80,8 +91,10 @@ def run_diagnosis(epochs:int=3, lr:float=1e-2, seed:int=42, quiet=False):
     say('\n=== side by side\n' + table.to_string())
     return table
 
-# %% ../nbs/09_demo.ipynb #eaa00ba0
-def main(argv=None):
+# %% ../nbs/09_demo.ipynb #4093f104
+def main(
+    argv=None, # command-line arguments (None: sys.argv)
+):
     p = argparse.ArgumentParser(description="initcb demo: ActivationHealth on a small CNN trained on scikit-learn's digits, then a broken setup diagnosed and repaired")
     p.add_argument('--out', default='initcb_demo_plots', help='folder for the PNG plots and the saved history')
     p.add_argument('--epochs', type=int, default=3); p.add_argument('--seed', type=int, default=42)
@@ -90,5 +103,5 @@ def main(argv=None):
     run_demo(a.out, a.epochs, seed=a.seed)
     run_diagnosis(seed=a.seed)
 
-# %% ../nbs/09_demo.ipynb #c08152f8
+# %% ../nbs/09_demo.ipynb #47e7dc08
 if __name__ == '__main__': main()

@@ -25,7 +25,8 @@ def serve(site):
     return srv, f'http://127.0.0.1:{srv.server_address[1]}'
 
 SIGS = """() => [...document.querySelectorAll('pre code')].map(c => c.innerText).filter(t => /^(def|class) \\w+\\(/.test(t.trim())).length"""
-DOCUMENTED = """() => [...document.querySelectorAll('pre code')].map(c => c.innerText).filter(t => /^(def|class) \\w+\\(/.test(t.trim()) && t.includes('#')).length"""
+DOCUMENTED = """() => [...document.querySelectorAll('pre code')].map(c => c.innerText.trim()).filter(t => /^(def|class) \\w+\\(/.test(t) && (t.includes('#') || /^(def|class) \\w+\\(\\s*\\)/.test(t))).length"""
+UNDOC = """() => [...document.querySelectorAll('pre code')].map(c => c.innerText.trim()).filter(t => /^(def|class) \\w+\\(/.test(t) && !(t.includes('#') || /^(def|class) \\w+\\(\\s*\\)/.test(t))).map(t => t.split('(')[0].split(' ')[1])"""
 IMGS = "els => els.map(e => [e.getAttribute('src').slice(0, 60), e.naturalWidth, e.naturalHeight])"
 
 def main(site='_docs'):
@@ -38,7 +39,7 @@ def main(site='_docs'):
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=exe, args=ARGS)
-            external, undocumented = set(), 0
+            external, undocumented = set(), []
             for section, nb, rel in sidebar_pages():
                 page, console = browser.new_page(viewport={'width': 1280, 'height': 900}), []
                 page.on('console', lambda m, c=console: c.append(f"{m.text} ({m.location.get('url', '')})") if m.type == 'error' else None)
@@ -60,7 +61,7 @@ def main(site='_docs'):
                 if section in ('Callbacks reference', 'Under the hood'):
                     sigs = page.evaluate(SIGS)
                     if sigs == 0: errs.append(f'{where}: no signature')
-                    undocumented += sigs - page.evaluate(DOCUMENTED)
+                    undocumented += [f"{where.replace('.html', '')}.{n}" for n in page.evaluate(UNDOC)]
                 if where in ('index.html', 'tutorials/symmetry.html'):
                     page.screenshot(path=str(SHOTS/(where.replace('/', '_').replace('.html', '.png'))), full_page=True)
                 page.close()
@@ -68,6 +69,6 @@ def main(site='_docs'):
     finally: srv.shutdown()
     if errs: print('\n'.join(errs)); sys.exit(1)
     print(f'browser check OK: {n} pages in headless Chromium ({exe}); screenshots in {SHOTS}/')
-    print(f'  not loaded (external, blocked): {sorted(external) or "none"}; signatures without argument comments: {undocumented}')
+    print(f'  not loaded (external, blocked): {sorted(external) or "none"}; {len(undocumented)} signatures with arguments and no argument comments: {", ".join(undocumented) or "none"}')
 
 if __name__ == '__main__': main(*sys.argv[1:])
