@@ -86,3 +86,35 @@ def test_thresholds_fuzz(kw):
 def test_remedy_argument_fuzz(remedy):
     try: HealthCheck(remedy=remedy)
     except ValueError as e: assert '`remedy`' in str(e) and not set(remedy) <= set(RULES)
+
+def test_resumed_run_gives_the_same_report(tmp_path):
+    "fit 2 epochs, against: fit 1, learn.save + the callbacks' .npz, a new Learner, learn.load + the loaded callbacks, fit 1"
+    from initcb.core import digits_dls
+    def net():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        with torch.no_grad(): m[1].bias.sub_(3.)
+        return m
+    def learner(cbs): return quiet(Learner(digits_dls(), net(), loss_func=nn.CrossEntropyLoss(), path=tmp_path, cbs=cbs))
+    full = learner([ActivationHealth(), GradientHealth(warn=False)]); full.fit(2, 1e-3)
+    r_full = full.health_report(verbose=False)
+    first = learner([ActivationHealth(), GradientHealth(warn=False)]); first.fit(1, 1e-3)
+    first.save('half')
+    fa, fg = first.activation_health.save(tmp_path/'ah.npz'), first.gradient_health.save(tmp_path/'gh.npz')
+    second = learner([ActivationHealth.load(fa), GradientHealth.load(fg)]); second.load('half')
+    second.fit(1, 1e-3)
+    r_res = second.health_report(verbose=False)
+    assert set(zip(r_full.layer, r_full.problem)) == set(zip(r_res.layer, r_res.problem)) and len(r_full)
+    for a, b in [(full.activation_health, second.activation_health), (full.gradient_health, second.gradient_health)]:
+        assert a.n_seen == b.n_seen
+    assert len(full.activation_health.to_df()) == len(second.activation_health.to_df())
+    assert len(full.gradient_health.to_df()) == len(second.gradient_health.to_df())
+
+def test_state_dict_round_trip():
+    learn = quiet(synth_learner(n_trn=4, cbs=[ActivationHealth(sample_every=1), GradientHealth(warn=False)]))
+    learn.fit(1)
+    ah2 = ActivationHealth(sample_every=1).load_state_dict(learn.activation_health.state_dict())
+    gh2 = GradientHealth(warn=False).load_state_dict(learn.gradient_health.state_dict())
+    import pandas as pd
+    pd.testing.assert_frame_equal(ah2.to_df(), learn.activation_health.to_df())
+    pd.testing.assert_frame_equal(gh2.to_df(), learn.gradient_health.to_df())
