@@ -1,0 +1,65 @@
+"The body of each process of tests/test_distributed.py (a module, so that torch.multiprocessing's spawn can import it)."
+import os, warnings
+from datetime import timedelta
+import numpy as np, torch, torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+N, BS = 256, 16  # items used; per-rank batch size (the union batch is BS * world)
+
+def digits():
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    X = torch.tensor(X[:N], dtype=torch.float32); X = (X - X.mean()) / X.std()
+    return X, torch.tensor(y[:N])
+
+def mlp():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    with torch.no_grad(): m[0].bias[:12] -= 4.  # dead units, for ReinitDormant to find
+    return m
+
+def loaders(items, bs):
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    return DataLoaders(DataLoader(items, bs=bs, shuffle=False, drop_last=True), DataLoader(items[:64], bs=64))
+
+def union_items():
+    X, y = digits(); return list(zip(X, y))
+
+def rank_items(rank, world):
+    "Rank r's batch b is items [b*BS*world + r*BS, +BS): together the ranks' batch b is the single process's batch b"
+    X, y = digits(); idx = [i for i in range(N) if (i // BS) % world == rank]
+    return [(X[i], y[i]) for i in idx]
+
+def run(rank, world, port, out, mode):
+    warnings.filterwarnings('ignore')
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    try:
+        from fastai.learner import Learner
+        from fastai.callback.core import Callback
+        from fastai.callback.progress import ProgressCallback
+        from initcb.activations import ActivationHealth
+        from initcb.reinit import ReinitDormant
+        from initcb.wd import AdaptiveWD
+        from initcb.report import NonFiniteGuard
+        model = DDP(mlp())
+        ah = ActivationHealth(sample_every=1, sample=1024, full_max=1 << 20)
+        cbs = [ah]
+        if mode != 'stats': cbs += [ReinitDormant(every=3, verbose=False), AdaptiveWD('awd'), NonFiniteGuard(verbose=False)]
+        class Poison(Callback):
+            def before_batch(self):
+                if self.training and self.train_iter == 2 and rank == 1: self.learn.xb = (self.xb[0] * float('nan'),)
+        if mode == 'nan': cbs.append(Poison())
+        learn = Learner(loaders(rank_items(rank, world), BS), model, loss_func=nn.CrossEntropyLoss(), cbs=cbs)
+        learn.remove_cbs([c for c in learn.cbs if isinstance(c, ProgressCallback)]); learn.logger = lambda *a: None
+        learn.fit(1, 0. if mode == 'stats' else 1e-2)
+        res = dict(params=torch.cat([p.detach().flatten() for p in model.parameters()]).numpy())
+        if mode != 'stats':
+            res['reinit_events'] = np.array(len(learn.reinit_dormant.events)); res['skips'] = np.array(learn.non_finite_guard.skips, dtype=np.int64)
+        ah.flush()
+        for k in ('abs_mean', 'rms', 'max', 'abs_max'): res[f'fast_{k}'] = ah.fast[k]
+        for k in ('mean', 'std', 'min', 'near_zero', 'hist'): res[f'sampled_{k}'] = ah.sampled[k]
+        np.savez(os.path.join(out, f'{mode}_rank{rank}.npz'), **res)
+    finally: dist.destroy_process_group()
