@@ -118,3 +118,23 @@ def test_state_dict_round_trip():
     import pandas as pd
     pd.testing.assert_frame_equal(ah2.to_df(), learn.activation_health.to_df())
     pd.testing.assert_frame_equal(gh2.to_df(), learn.gradient_health.to_df())
+
+_fuzz_learner = {}
+def recorded():
+    "One short fit with both recorders, shared by the fuzz examples"
+    if not _fuzz_learner:
+        learn = quiet(synth_learner(n_trn=3, cbs=[ActivationHealth(sample_every=1), GradientHealth(warn=False)]))
+        learn.fit(1); _fuzz_learner['l'] = learn
+    return _fuzz_learner['l']
+
+@settings(max_examples=60, deadline=None)
+@given(reader=st.sampled_from(['layer_stats', 'hist', 'color_dim', 'plot_layer_stats', 'summary', 'to_df', 'plot_layer']),
+       arg=st.one_of(st.integers(-5, 5), st.text(max_size=4), st.floats(allow_nan=True), st.none(), st.sampled_from(['0', 'layer', 'param', 'a'])))
+def test_readers_fuzz(reader, arg):
+    "A reader given any argument returns, or raises a ValueError that says what is allowed; nothing else escapes"
+    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    learn = recorded()
+    cb = learn.gradient_health if reader in ('to_df', 'plot_layer') else learn.activation_health
+    try: getattr(cb, reader)(arg)
+    except ValueError as e: assert '`' in str(e), str(e)  # names the argument or the allowed values
+    finally: plt.close('all')

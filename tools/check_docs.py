@@ -26,6 +26,8 @@ def main(site='_docs'):
         for src in re.findall(r'<img[^>]+src="([^"]+)"', txt):
             if src.startswith('data:'): continue
             if not (f.parent/src).exists(): errs.append(f'{f.name}: missing image {src}')
+    if 'href="https://docs.fast.ai/learner.html#learner"' not in html.get(site/'index.html', ''):
+        errs.append('index.html: `Learner` does not link to fastai\'s docs (strip_libs in [tool.nbdev])')
     act = html.get(site/'activations.html', '')
     if 'ActivationHealth' not in act: errs.append('activations.html does not document ActivationHealth')
     if not re.search(r'<img[^>]+src="(data:image/png|[^"]+\.png)', act): errs.append('activations.html has no rendered plot')
