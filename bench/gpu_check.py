@@ -8,23 +8,18 @@ Each check prints PASS or FAIL with what it compared; the exit status is the num
   norms equal to torch's of the last step, no hook left, the callbacks pickle (learn.export);
 - an exception mid-fit leaves no hook; history stays on the host, nothing pinned keeps growing.
 """
-import io, math, pickle, sys, traceback, warnings
+import io, math, os, pickle, sys, traceback, warnings
 warnings.filterwarnings('ignore')
 import numpy as np, torch, torch.nn as nn
 from fastai.basics import Learner, DataLoaders, Callback, noop
 from fastai.vision.models.xresnet import xresnet18
 from initcb.activations import ActivationHealth
 from initcb.gradients import GradientHealth
+sys.path.insert(0, os.path.dirname(__file__))
+from overhead import ReplayDL  # a few batches made once on the device, replayed
 
 dev = 'cuda' if torch.cuda.is_available() else 'cpu'
 fails = []
-
-class ReplayDL:
-    def __init__(self, x, y, n): self.x, self.y, self.n, self.device = x, y, n, x.device
-    def __iter__(self):
-        for i in range(self.n): yield self.x[i % len(self.x)], self.y[i % len(self.y)]
-    def __len__(self): return self.n
-    def to(self, device): self.x, self.y, self.device = self.x.to(device), self.y.to(device), device; return self
 
 def dls_for(bs, c, size, n, k=4):
     g = torch.Generator().manual_seed(0)
