@@ -36,13 +36,17 @@ def test_learner_export(tmp_path):
     X, y = load_digits(return_X_y=True)
     df = pd.DataFrame(X[:400, :16], columns=[f'p{i}' for i in range(16)]); df['y'] = y[:400]
     dls = TabularDataLoaders.from_df(df, path=tmp_path, cont_names=[f'p{i}' for i in range(16)], y_names='y', y_block=None, bs=64)
-    learn = tabular_learner(dls, layers=[16], cbs=ActivationHealth())
+    from initcb.gradients import GradientHealth
+    learn = tabular_learner(dls, layers=[16], cbs=[ActivationHealth(), GradientHealth(warn=False)])
     with learn.no_bar(), learn.no_logging(): learn.fit(1)
     assert len(learn.activation_health.fast) > 0
     learn.export('export.pkl')
     back = load_learner(tmp_path/'export.pkl')
     assert back.activation_health.fast is None and n_hooks(back.model) == 0
     with back.no_bar(): back.predict(df.iloc[0])
+    back.dls = dls  # train the exported learner further: the callbacks start a fresh history
+    with back.no_bar(), back.no_logging(): back.fit(1)
+    assert len(back.activation_health.to_df()) > 0 and len(back.gradient_health.to_df()) > 0 and n_hooks(back.model) == 0
 
 def test_bounded_memory():
     "1M recorded batches x 100 layers stay under 64 MB of history"

@@ -138,3 +138,14 @@ def test_readers_fuzz(reader, arg):
     try: getattr(cb, reader)(arg)
     except ValueError as e: assert '`' in str(e), str(e)  # names the argument or the allowed values
     finally: plt.close('all')
+
+def test_healthcheck_learner_pickles_and_fits_again():
+    "HealthCheck's learner (with the columns it added) pickles, and the copy trains on"
+    import pickle
+    from fastcore.basics import noop
+    learn = quiet(Learner(digits_dls(), nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),
+                          loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+    learn.fit(1); learn.logger = noop
+    back = pickle.loads(pickle.dumps(learn))
+    back.fit(1)
+    assert len(back.activation_health.to_df()) > 0 and n_hooks(back.model) == 0
