@@ -62,4 +62,5 @@ def run(rank, world, port, out, mode):
         for k in ('abs_mean', 'rms', 'max', 'abs_max'): res[f'fast_{k}'] = ah.fast[k]
         for k in ('mean', 'std', 'min', 'near_zero', 'hist'): res[f'sampled_{k}'] = ah.sampled[k]
         np.savez(os.path.join(out, f'{mode}_rank{rank}.npz'), **res)
+        dist.barrier()  # tear down together: a rank that leaves while the other still talks to it aborts the other
     finally: dist.destroy_process_group()
