@@ -13,6 +13,10 @@ class Head(nn.Module):
     def __init__(self): super().__init__(); self.p = Payload(); self.b = nn.Parameter(torch.zeros(1))
     def forward(self, x): return self.p(x).float().mean().view(1).expand(x.shape[0]) + self.b
 
+def n_hooks(model):
+    "Forward and forward-pre hooks left on `model`'s modules"
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
 def quiet(learn):
     from fastai.callback.progress import ProgressCallback
     learn.remove_cbs([c for c in learn.cbs if isinstance(c, ProgressCallback)])
@@ -38,5 +42,5 @@ def works_or_names_argument(make, kw, n_trn=2):
         assert any(f'`{k}`' in str(e) for k in kw), str(e)
         return None
     learn = quiet(synth_learner(n_trn=n_trn, cbs=cb)); learn.fit(1)
-    assert sum(len(m._forward_hooks) for m in learn.model.modules()) == 0 and len(cb.to_df()) > 0
+    assert n_hooks(learn.model) == 0 and len(cb.to_df()) > 0
     return cb

@@ -50,7 +50,7 @@ from fastcore.basics import noop
 from fastai.test_utils import synth_learner
 from initcb.init import BreakSymmetry, LSUVInit, break_symmetry, lsuv_init, duplicate_units, output_stds
 from initcb.core import digits_dls
-from helpers import quiet
+from helpers import quiet, n_hooks
 
 def test_break_symmetry_on_every_layer_type():
     "Zero conv, constant embedding, zero LSTM, duplicated linear units: each fixed; norm layers never touched"
@@ -122,7 +122,7 @@ def test_lsuv_dl_argument_and_bad_input():
     assert learn.lsuv_init.done
     learn = digits_learner(deep(), LSUVInit(dl=[], verbose=False))
     with pytest.raises(ValueError, match='`dl` is empty'): learn.fit(1)
-    assert sum(len(m._forward_hooks) for m in learn.model.modules()) == 0
+    assert n_hooks(learn.model) == 0
     with pytest.raises(ValueError, match='`model` has no Linear or Conv layer'): lsuv_init(nn.Sequential(nn.ReLU()), x)
     for kw in [dict(target_std=0), dict(tol=-1), dict(max_iters=0), dict(max_iters=1.5)]: bad_argument_named(LSUVInit, kw)
 

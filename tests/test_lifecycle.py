@@ -7,9 +7,8 @@ from fastai.callback.core import Callback
 from fastai.test_utils import synth_learner
 from initcb.activations import ActivationHealth
 from initcb.core import digits_dls
-from helpers import quiet, bad_argument_named, works_or_names_argument
+from helpers import quiet, n_hooks, bad_argument_named, works_or_names_argument
 
-def n_hooks(model): return sum(len(m._forward_hooks) for m in model.modules())
 
 class Fail(Callback):
     def __init__(self, exc, at=2): self.exc, self.at = exc, at

@@ -10,9 +10,8 @@ from initcb.core import digits_dls
 from initcb.report import HealthCheck, NonFiniteGuard, Thresholds, find_nonfinite, RULES
 from initcb.activations import ActivationHealth
 from initcb.gradients import GradientHealth
-from helpers import quiet, bad_argument_named
+from helpers import quiet, n_hooks, bad_argument_named
 
-def n_hooks(model): return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 class Fail(Callback):
     def __init__(self, exc): self.exc = exc
