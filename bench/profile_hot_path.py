@@ -30,7 +30,7 @@ def instrument(cls, names):
 
 EVENTS = ['before_fit', 'before_train', 'before_batch', 'after_pred', 'after_loss', 'before_backward', 'after_backward',
           'before_step', 'after_step', 'after_cancel_step', 'after_batch', 'after_train', 'after_epoch', 'after_fit']
-instrument(ActivationHealth, EVENTS + ['_hook', '_part', '_reduce_held', '_sampled_row', '_fast_sink', '_samp_sink', 'setup'])
+instrument(ActivationHealth, EVENTS + ['_hook', '_part', '_reduce_held', '_collate', '_sampled_rows', '_fast_sink', '_samp_sink', 'setup'])
 instrument(GradientHealth, EVENTS)
 
 SYNCS = ('cudaStreamSynchronize', 'cudaDeviceSynchronize', 'cudaEventSynchronize', 'cudaMemcpy', 'cudaMemcpyAsync',

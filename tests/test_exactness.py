@@ -105,3 +105,24 @@ def test_module_called_twice_reports_first_call():
     df = cb.to_df()
     np.testing.assert_allclose(df['abs_mean'], [o.abs().mean() for o in first], rtol=1e-5)
     np.testing.assert_allclose(df['max'], [o.max() for o in first], rtol=1e-6)
+
+def test_gathered_samples_match_hook_samples():
+    "From a fit's second sampling batch on, whole outputs are sampled after the forward pass (one copy into a buffer, one"
+    "gather); sampling every output in its hook (full_max=0) picks the same elements, so every sampled statistic agrees"
+    from torch import nn
+    from fastai.learner import Learner
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from helpers import quiet
+    torch.manual_seed(0)
+    x = torch.randn(96, 1, 8, 8); y = torch.randn(96, 1)
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=16), DataLoader(list(zip(x[:16], y[:16])), bs=16))
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 16), nn.Tanh(), nn.Linear(16, 1))
+    gathered, in_hooks = ActivationHealth(sample_every=1), ActivationHealth(sample_every=1, full_max=0)
+    learn = quiet(Learner(dls, model, loss_func=nn.MSELoss(), cbs=[gathered, in_hooks]))
+    learn.fit(2, 1e-2)
+    assert len(gathered.sampled) == len(in_hooks.sampled) == 12
+    for c in gathered.sampled.data: np.testing.assert_allclose(gathered.sampled.data[c], in_hooks.sampled.data[c], rtol=1e-5, atol=1e-6)
+    small = [i for i, n in enumerate([4096, 4096, 256, 256, 16]) if n <= gathered.sample]  # outputs the sample covers
+    for c in gathered.fast.data:
+        np.testing.assert_allclose(gathered.fast.data[c][:, small], in_hooks.fast.data[c][:, small], rtol=1e-5)
