@@ -126,3 +126,31 @@ def test_gathered_samples_match_hook_samples():
     small = [i for i, n in enumerate([4096, 4096, 256, 256, 16]) if n <= gathered.sample]  # outputs the sample covers
     for c in gathered.fast.data:
         np.testing.assert_allclose(gathered.fast.data[c][:, small], in_hooks.fast.data[c][:, small], rtol=1e-5)
+
+def test_activation_samples_derived_from_their_inputs():
+    "An elementwise activation of a sampled output takes no gather of its own: its sample is the activation applied to"
+    "its input's sample (in place or not). Its statistics equal those of a callback that watches it alone and gathers"
+    from torch import nn
+    from fastai.learner import Learner
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from helpers import quiet
+    torch.manual_seed(0)
+    x = torch.randn(72, 8); y = torch.randn(72, 1)  # the last batch of 8: outputs of 16,384 elements, reduced whole
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=16), DataLoader(list(zip(x[:16], y[:16])), bs=16))
+    acts = [nn.ReLU(), nn.GELU(), nn.ReLU(inplace=True), nn.PReLU()]  # PReLU has a weight per channel: not derived
+    model = nn.Sequential(nn.Linear(8, 2048), acts[0], nn.Linear(2048, 2048), acts[1], nn.Linear(2048, 2048), acts[2],
+                          nn.Linear(2048, 2048), acts[3], nn.Linear(2048, 1))
+    lins = [m for m in model if isinstance(m, nn.Linear)]
+    both, alone, sources = [ActivationHealth(modules=m, sample_every=1000) for m in (None, acts, lins)]
+    derived = []
+    def count(i, x, o, f=both._derived):
+        r = f(i, x, o); derived.append((i, r)); return r
+    both._derived = count
+    learn = quiet(Learner(dls, model, loss_func=nn.MSELoss(), cbs=[both, alone, sources]))
+    learn.fit(2, 1e-3)
+    assert {i for i, r in derived if r} == {1, 3, 5}, derived  # ReLU, GELU, in-place ReLU; not PReLU (not elementwise)
+    assert not np.isnan(both.fast.data['rms']).any()
+    for c in both.fast.data:
+        np.testing.assert_allclose(both.fast.data[c][:, [1, 3, 5, 7]], alone.fast.data[c], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(both.fast.data[c][:, [0, 2, 4, 6, 8]], sources.fast.data[c], rtol=1e-5, atol=1e-7)  # inputs' samples untouched
