@@ -1,7 +1,7 @@
 """What initcb's telemetry costs inside a fastai fit, against no callback and against fastai's ActivationStats.
 
-Interleaved fits of the same model and data in one process, after a warm-up; medians and min-max of the ratio to
-the no-callback fit. Also: the tensor ops each callback dispatches per recorded batch (a TorchDispatchMode count,
+Interleaved fits of the same model and data in one process, after a warm-up; medians and min-max of the ratio of
+each run to the no-callback run of the same round. Also: the tensor ops each callback dispatches per recorded batch (a TorchDispatchMode count,
 the figure that predicts the cost on a launch-bound GPU fit), and the bytes of history after long simulated runs.
 
     python bench/overhead.py                 # CPU fits: compute-bound and overhead-bound (the GPU stand-in)
@@ -131,13 +131,14 @@ def bench_fit(mname, mk, shape, amp, dev, reps, fastai_reps, cfgs):
             for cfg in cfgs:
                 if cfg.startswith('fastai') and r >= fastai_reps: continue
                 t, m = fit_time(model, dls, cfg, amp, dev); times[cfg].append(t); mems[cfg] = m
-        base = statistics.median(times['none'])
         res = {}
         for cfg, v in times.items():
             ops = None if cfg == 'none' or dev == 'cuda' else ops_per_batch(mk, shape, cfg, dev)
-            res[cfg] = dict(ratio=statistics.median(v) / base, lo=min(v) / base, hi=max(v) / base, ms_per_batch=1e3 * statistics.median(v) / n,
+            # each run against the no-callback run of its own round: a shared machine's speed drifts between rounds
+            r = [t / b for t, b in zip(v, times['none'])]
+            res[cfg] = dict(ratio=statistics.median(r), lo=min(r), hi=max(r), ms_per_batch=1e3 * statistics.median(v) / n,
                             runs=len(v), ops_per_batch=ops, peak_mem_ratio=None if mems[cfg] is None else mems[cfg] / mems['none'])
-        print(f'\n{mname}: {n} batches/fit, {reps} interleaved runs, medians (min-max)', flush=True)
+        print(f'\n{mname}: {n} batches/fit, {reps} interleaved runs, medians (min-max) of the ratio to the same round\'s no-callback run', flush=True)
         for cfg, v in res.items():
             extra = '' if v['ops_per_batch'] is None else f"  {v['ops_per_batch']:7.1f} ops/batch"
             if v['peak_mem_ratio'] is not None: extra += f"  peak mem {v['peak_mem_ratio']:.3f}x"
