@@ -9,7 +9,7 @@ the figure that predicts the cost on a launch-bound GPU fit), and the bytes of h
     python bench/overhead.py --quick         # a smoke run (CI)
     python bench/overhead.py --json out.json --md out.md
 """
-import argparse, json, math, os, platform, statistics, sys, time, warnings
+import argparse, json, math, os, platform, random, statistics, sys, time, warnings
 warnings.filterwarnings('ignore')
 import numpy as np, torch, torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -128,7 +128,9 @@ def bench_fit(mname, mk, shape, amp, dev, reps, fastai_reps, cfgs):
         dls.train.n = n
         times, mems = {c: [] for c in cfgs}, {c: None for c in cfgs}
         for r in range(reps):
-            for cfg in cfgs:
+            # a new order each round: a fit right after another pays for what that one left (fastai's with_hist run
+            # frees a lot of host memory); in a fixed order that cost would always land on the same configuration
+            for cfg in random.Random(r).sample(cfgs, len(cfgs)):
                 if cfg.startswith('fastai') and r >= fastai_reps: continue
                 t, m = fit_time(model, dls, cfg, amp, dev); times[cfg].append(t); mems[cfg] = m
         res = {}
