@@ -9,7 +9,7 @@ the figure that predicts the cost on a launch-bound GPU fit), and the bytes of h
     python bench/overhead.py --quick         # a smoke run (CI)
     python bench/overhead.py --json out.json --md out.md
 """
-import argparse, json, math, os, platform, random, statistics, sys, time, warnings
+import argparse, ctypes, json, math, os, platform, random, statistics, sys, time, warnings
 warnings.filterwarnings('ignore')
 import numpy as np, torch, torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -72,6 +72,20 @@ def models(dev, quick):
         'xresnet18 16px bs2, 1 thread (overhead-bound)': (lambda: xresnet18(c_in=3, n_out=10), (2, 3, 16, 8 if q else 60), None),
         'xresnet50 16px bs2, 1 thread (overhead-bound)': (lambda: xresnet50(c_in=3, n_out=10), (2, 3, 16, 4 if q else 30), None),
     }
+
+def steady_malloc():
+    """Pin glibc's heap trim and mmap thresholds (1 GiB, 32 MiB); whether it could.
+
+    With glibc's adaptive defaults, a CPU fit of these small models settles in one of two states, depending on the
+    history of the process's allocations: either the heap's top is handed back to the OS in the backward pass and
+    faulted in again in the next forward pass (~1,500 page faults a batch for cnn5, ~20% of its step time), or it is
+    not. Either fit, with or without a callback, can land in either state and stay there for a while, so paired ratios
+    swung by +-20% whatever the callback did. Pinned, no fit trims its heap. (PyTorch's CPU tuning guide recommends
+    jemalloc or tcmalloc for the same reason.) `--glibc-default` leaves glibc as it is."""
+    try: libc = ctypes.CDLL('libc.so.6')
+    except OSError: return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) and libc.mallopt(M_MMAP_THRESHOLD, 1 << 25))
 
 def make_learner(model, dls, cfg, amp):
     learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), cbs=CFGS[cfg]())
@@ -168,14 +182,17 @@ def main():
     p.add_argument('--fastai-reps', type=int, default=None, help="runs of fastai's ActivationStats (default: --reps on a CPU, 2 on a GPU)")
     p.add_argument('--configs', default='', help='run only these comma-separated configurations (and the no-callback fit)')
     p.add_argument('--models', default='', help='run only the fits whose name contains one of these comma-separated strings')
+    p.add_argument('--glibc-default', action='store_true', help="leave glibc's adaptive heap thresholds as they are (see steady_malloc)")
     a = p.parse_args()
+    pinned = False if a.glibc_default else steady_malloc()
     dev, reps = a.device, (2 if a.quick else a.reps)
     a.fastai_reps = a.fastai_reps or (min(2, reps) if dev == 'cuda' else reps)
     if dev == 'cuda': torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name() if dev == 'cuda' else f'CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)'
     import fastai
-    print(f'device: {name}; torch {torch.__version__}; fastai {fastai.__version__}', flush=True)
-    out, lines = {'device': name, 'fits': {}}, []
+    heap = 'glibc heap thresholds pinned' if pinned else "glibc's adaptive heap thresholds"
+    print(f'device: {name}; torch {torch.__version__}; fastai {fastai.__version__}; {heap}', flush=True)
+    out, lines = {'device': name, 'heap': heap, 'fits': {}}, []
     for mname, (mk, shape, amp) in models(dev, a.quick).items():
         if a.models and not any(m in mname for m in a.models.split(',')): continue
         try: out['fits'][mname] = bench_fit(mname, mk, shape, amp, dev, reps, a.fastai_reps, cfgs_for(dev, mname, a.configs))
@@ -188,7 +205,7 @@ def main():
     if a.md: open(a.md, 'w').write(to_md(out))
 
 def to_md(out):
-    rows = [f"Device: {out['device']}.\n", '| fit | callback | ratio to no callback (min-max) | ops per recorded batch |', '|---|---|---|---|']
+    rows = [f"Device: {out['device']}; {out.get('heap', '')}.\n", '| fit | callback | ratio to no callback (min-max) | ops per recorded batch |', '|---|---|---|---|']
     for f, res in out['fits'].items():
         if 'error' in res: rows.append(f"| {f} | failed: {res['error']} | | |"); continue
         for cfg, v in res.items():
