@@ -68,7 +68,7 @@ def models(dev, quick):
     }
     return {
         'cnn5 28px bs256': (cnn5, (64 if q else 256, 1, 28, 8 if q else 120), None),
-        'cnn_bn 64px bs64 (deeper, wider, BatchNorm)': (cnn_bn, (8 if q else 64, 3, 64, 4 if q else 12), None),
+        'cnn_bn 64px bs64 (deeper, wider, BatchNorm)': (cnn_bn, (8 if q else 64, 3, 64, 4 if q else 24), None),
         'xresnet18 16px bs2, 1 thread (overhead-bound)': (lambda: xresnet18(c_in=3, n_out=10), (2, 3, 16, 8 if q else 60), None),
         'xresnet50 16px bs2, 1 thread (overhead-bound)': (lambda: xresnet50(c_in=3, n_out=10), (2, 3, 16, 4 if q else 30), None),
     }

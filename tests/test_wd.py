@@ -48,3 +48,67 @@ def test_swd_without_second_moment_uses_gradient_ema():
     assert cb.state['swd_k'] == 3 and cb.state['swd_ema'] > 0
     v = cb.state['swd_ema'] / (1 - 0.99 ** 3)
     assert math.isclose(cb.wd_df()['wd_0'].iloc[-1], 1e-3 / (math.sqrt(v) + 1e-8), rel_tol=1e-6)
+
+def mlp(depth, w=8):
+    return nn.Sequential(nn.Linear(1, w), *[m for _ in range(depth) for m in (nn.ReLU(), nn.Linear(w, w))], nn.ReLU(), nn.Linear(w, 1))
+
+class Around(Callback):
+    "Keeps, at each step, the decayed weights, Adam's momentum and lr right after the optimizer step (before AdaptiveWD's decay) and after it"
+    order = AdaptiveWD.order - 0.1
+    def before_fit(self): self.rows = []
+    def after_step(self):
+        opt = self.learn.opt
+        ps = [p for p in self.model.parameters() if opt.state.get(p, {}).get('do_wd', True)]
+        self.rows.append(dict(ps=ps, w=[p.detach().clone() for p in ps], d=[opt.state[p]['grad_avg'].clone() for p in ps], lr=opt.hypers[0]['lr']))
+class After(Callback):
+    order = AdaptiveWD.order + 0.1
+    def __init__(self, around): self.around = around
+    def after_step(self): self.around.rows[-1]['after'] = [p.detach().clone() for p in self.around.rows[-1]['ps']]
+
+def test_cautious_decay_is_the_per_tensor_rule():
+    "The multi-tensor cautious decay equals p - lr λ p [d p >= 0], tensor by tensor"
+    cb, a = AdaptiveWD('cautious'), Around()
+    learn = quiet(synth_learner(n_trn=4, cbs=[cb, a, After(a)])); learn.model = mlp(3)
+    learn.fit(1, lr=1e-2, wd=0.3)
+    for r in a.rows:
+        for w, d, after in zip(r['w'], r['d'], r['after']):
+            assert torch.equal(after, w - r['lr'] * 0.3 * w * ((d * w) >= 0))
+    assert any((r['after'][0] != r['w'][0]).any() for r in a.rows) and any(((d * w) < 0).any() for r in a.rows for w, d in zip(r['w'], r['d']))
+
+def test_equilibrium_matches_per_tensor_measurement():
+    "Each tensor's λ moves toward (|Δw|/|w|)²/(2 lr) from its own update ratio, within [λ/bound, λ·bound]; then p <- p (1 - lr λ)"
+    cb, a = AdaptiveWD('equilibrium', every=1, gain=0.5), Around()
+    class Before(Callback):
+        order = AdaptiveWD.order + 0.1
+        def before_fit(self): self.w = []
+        def before_step(self):
+            opt = self.learn.opt
+            self.w.append([p.detach().clone() for p in self.model.parameters() if opt.state.get(p, {}).get('do_wd', True)])
+    b = Before()
+    learn = quiet(synth_learner(n_trn=4, cbs=[cb, a, After(a), b])); learn.model = mlp(2)
+    learn.fit(1, lr=1e-2, wd=1e-2)
+    lam = [1e-2] * len(b.w[0])
+    for w0s, r in zip(b.w, a.rows):
+        for j, (w0, w1, after) in enumerate(zip(w0s, r['w'], r['after'])):
+            ratio = ((w1 - w0).double().norm() / w0.double().norm()).item()
+            lam[j] = min(max(lam[j] * (ratio ** 2 / (2 * r['lr']) / lam[j]) ** 0.5, 1e-3), 1e-1)
+            torch.testing.assert_close(after, w1 * (1 - r['lr'] * lam[j]), rtol=1e-6, atol=1e-9)
+    for j, l in enumerate(lam): assert math.isclose(cb.state[('eq', 0, j)], l, rel_tol=1e-4)
+    assert len(set(round(l, 8) for l in lam)) > 1  # the tensors moved apart: λ is per tensor
+
+@pytest.mark.parametrize('mode', MODES)
+def test_op_count_does_not_grow_with_depth(mode):
+    "Per step, each mode dispatches as many tensor ops for 20 hidden layers as for 2 (multi-tensor ops, one host read)"
+    import sys, os
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'bench'))
+    from overhead import OpCount
+    def ops(depth, cbs, n):
+        from fastai.optimizer import Adam
+        torch.manual_seed(0); learn = quiet(synth_learner(n_trn=n, cbs=cbs)); learn.model, learn.opt_func = mlp(depth), Adam  # ('swd' reads Adam's v̂)
+        with OpCount() as oc: learn.fit(1, lr=1e-3, wd=1e-2)
+        return oc.n
+    def marginal(depth):
+        kw = dict(every=1) if mode == 'equilibrium' else {}
+        return ((ops(depth, [AdaptiveWD(mode, **kw)], 12) - ops(depth, [AdaptiveWD(mode, **kw)], 4)) - (ops(depth, [], 12) - ops(depth, [], 4))) / 8
+    o2, o20 = marginal(2), marginal(20)
+    assert o20 <= o2 + 2, (o2, o20)  # (per-tensor ops would add tens of ops per step)
