@@ -52,7 +52,7 @@ def test_update_ratio_exact_for_sgd():
     df = cb.to_df(per='param')
     np.testing.assert_allclose(df['update_ratio'], 0.1 * df['grad_norm'] / df['weight_norm'], rtol=1e-4)
 
-bad = [dict(every=0), dict(update_every=0), dict(vanish_frac=-1), dict(vanish_frac=2.), dict(vanish_batches=0), dict(explode_factor=0.5),
+bad = [dict(every=0), dict(update_every=0), dict(explode_window=4), dict(vanish_frac=-1), dict(vanish_frac=2.), dict(vanish_batches=0), dict(explode_factor=0.5),
        dict(explode_ceiling=float('nan')), dict(growth=0.), dict(growth_batches=0), dict(band=(0, 1)), dict(band=(1, 1e-3)),
        dict(band='x'), dict(band_batches=0), dict(chunk=0), dict(max_rows=1)]
 
@@ -76,7 +76,7 @@ def flags_one_row_at_a_time(gh, chunks):
             gn = math.sqrt(sum(float(x) ** 2 for x in row))
             if not math.isfinite(gn): ev.append((it, 'nonfinite')); gn = None
             else:
-                if gn > gh.explode_ceiling or (len(past) >= 5 and gn > gh.explode_factor * np.median(past[-100:])): ev.append((it, 'exploding'))
+                if gn > gh.explode_ceiling or (len(past) >= 5 and gn > gh.explode_factor * np.median(past[-gh.explode_window:])): ev.append((it, 'exploding'))
                 grow = grow + 1 if past and past[-1] > 0 and gn >= gh.growth * past[-1] else 0
                 if grow >= gh.growth_batches: ev.append((it, 'exploding'))
                 past.append(gn)
