@@ -138,9 +138,10 @@ def test_activation_samples_derived_from_their_inputs():
     torch.manual_seed(0)
     x = torch.randn(72, 8); y = torch.randn(72, 1)  # the last batch of 8: outputs of 16,384 elements, reduced whole
     dls = DataLoaders(DataLoader(list(zip(x, y)), bs=16), DataLoader(list(zip(x[:16], y[:16])), bs=16))
-    acts = [nn.ReLU(), nn.GELU(), nn.ReLU(inplace=True), nn.PReLU()]  # PReLU has a weight per channel: not derived
+    # PReLU has a weight per channel: not derived. The two ReLUs go through one call, between the other two (a column order to restore)
+    acts = [nn.ReLU(), nn.GELU(), nn.ReLU(inplace=True), nn.ReLU(), nn.PReLU()]
     model = nn.Sequential(nn.Linear(8, 2048), acts[0], nn.Linear(2048, 2048), acts[1], nn.Linear(2048, 2048), acts[2],
-                          nn.Linear(2048, 2048), acts[3], nn.Linear(2048, 1))
+                          nn.Linear(2048, 2048), acts[3], nn.Linear(2048, 2048), acts[4], nn.Linear(2048, 1))
     lins = [m for m in model if isinstance(m, nn.Linear)]
     both, alone, sources = [ActivationHealth(modules=m, sample_every=1000) for m in (None, acts, lins)]
     derived = []
@@ -149,8 +150,8 @@ def test_activation_samples_derived_from_their_inputs():
     both._derived = count
     learn = quiet(Learner(dls, model, loss_func=nn.MSELoss(), cbs=[both, alone, sources]))
     learn.fit(2, 1e-3)
-    assert {i for i, r in derived if r} == {1, 3, 5}, derived  # ReLU, GELU, in-place ReLU; not PReLU (not elementwise)
+    assert {i for i, r in derived if r} == {1, 3, 5, 7}, derived  # ReLU, GELU, in-place ReLU, ReLU; not PReLU (not elementwise)
     assert not np.isnan(both.fast.data['rms']).any()
     for c in both.fast.data:
-        np.testing.assert_allclose(both.fast.data[c][:, [1, 3, 5, 7]], alone.fast.data[c], rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(both.fast.data[c][:, [0, 2, 4, 6, 8]], sources.fast.data[c], rtol=1e-5, atol=1e-7)  # inputs' samples untouched
+        np.testing.assert_allclose(both.fast.data[c][:, [1, 3, 5, 7, 9]], alone.fast.data[c], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(both.fast.data[c][:, [0, 2, 4, 6, 8, 10]], sources.fast.data[c], rtol=1e-5, atol=1e-7)  # inputs' samples untouched
