@@ -1,8 +1,9 @@
 """What initcb's telemetry costs inside a fastai fit, against no callback and against fastai's ActivationStats.
 
 Interleaved fits of the same model and data in one process, after a warm-up; medians and min-max of the ratio of
-each run to the no-callback run of the same round. Also: the tensor ops each callback dispatches per recorded batch (a TorchDispatchMode count,
-the figure that predicts the cost on a launch-bound GPU fit), and the bytes of history after long simulated runs.
+each run to the mean of the no-callback runs just before and after it. Also: the tensor ops each callback dispatches
+per recorded batch (a TorchDispatchMode count, the figure that predicts the cost on a launch-bound GPU fit), and the
+bytes of history after long simulated runs.
 
     python bench/overhead.py                 # CPU fits: compute-bound and overhead-bound (the GPU stand-in)
     python bench/overhead.py --device cuda   # the GPU fits (launch-bound and GPU-bound), with peak memory
@@ -137,24 +138,29 @@ def bench_fit(mname, mk, shape, amp, dev, reps, fastai_reps, cfgs):
     try:
         bs, c, size, n = shape
         model, dls = mk().to(dev), dls_for(dev, bs, c, size, n)
+        assert cfgs[0] == 'none'
         for cfg in cfgs:  # warm-up: allocator, cudnn autotune, first-call costs
             dls.train.n = 2; fit_time(model, dls, cfg, amp, dev)
         dls.train.n = n
-        times, mems = {c: [] for c in cfgs}, {c: None for c in cfgs}
+        times, mems, ratios = {c: [] for c in cfgs}, {c: None for c in cfgs}, {c: [] for c in cfgs}
         for r in range(reps):
-            # a new order each round: a fit right after another pays for what that one left (fastai's with_hist run
+            # Each callback fit sits between two no-callback fits, and its ratio is to their mean: a shared machine's
+            # speed drifts within seconds, and a reference run a whole round away let that drift into the ratio.
+            # A new order each round: a fit right after another pays for what that one left (fastai's with_hist run
             # frees a lot of host memory); in a fixed order that cost would always land on the same configuration
-            for cfg in random.Random(r).sample(cfgs, len(cfgs)):
+            prev, _ = fit_time(model, dls, 'none', amp, dev); times['none'].append(prev); ratios['none'].append(1.)
+            for cfg in random.Random(r).sample(cfgs[1:], len(cfgs) - 1):
                 if cfg.startswith('fastai') and r >= fastai_reps: continue
                 t, m = fit_time(model, dls, cfg, amp, dev); times[cfg].append(t); mems[cfg] = m
+                nxt, mems['none'] = fit_time(model, dls, 'none', amp, dev); times['none'].append(nxt)
+                ratios[cfg].append(2 * t / (prev + nxt)); prev = nxt
         res = {}
         for cfg, v in times.items():
             ops = None if cfg == 'none' or dev == 'cuda' else ops_per_batch(mk, shape, cfg, dev)
-            # each run against the no-callback run of its own round: a shared machine's speed drifts between rounds
-            r = [t / b for t, b in zip(v, times['none'])]
+            r = ratios[cfg]
             res[cfg] = dict(ratio=statistics.median(r), lo=min(r), hi=max(r), ms_per_batch=1e3 * statistics.median(v) / n,
-                            runs=len(v), ops_per_batch=ops, peak_mem_ratio=None if mems[cfg] is None else mems[cfg] / mems['none'])
-        print(f'\n{mname}: {n} batches/fit, {reps} interleaved runs, medians (min-max) of the ratio to the same round\'s no-callback run', flush=True)
+                            runs=len(r), ops_per_batch=ops, seconds=[round(t, 4) for t in v], peak_mem_ratio=None if mems[cfg] is None else mems[cfg] / mems['none'])
+        print(f'\n{mname}: {n} batches/fit, {reps} interleaved runs, medians (min-max) of the ratio to the no-callback runs on either side', flush=True)
         for cfg, v in res.items():
             extra = '' if v['ops_per_batch'] is None else f"  {v['ops_per_batch']:7.1f} ops/batch"
             if v['peak_mem_ratio'] is not None: extra += f"  peak mem {v['peak_mem_ratio']:.3f}x"
