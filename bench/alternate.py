@@ -28,8 +28,8 @@ from initcb.gradients import GradientHealth
 _set_grad = torch._C._set_grad_enabled
 
 class MinimalSampler(HealthCallback):
-    """The least per-batch work of recording every watched output's statistics each batch, as a reference: each output
-    larger than `default_full_max` gives one `sample`-element gather in its hook (an elementwise activation none: it is
+    """A bare recorder of every watched output's statistics each batch, the reference for what such recording costs at
+    the least: each output larger than `default_full_max` gives one `sample`-element gather in its hook (an elementwise activation none: it is
     applied to its input's sample later), the small outputs are copied into one tensor, and every `chunk` recorded
     batches all of it is reduced at once (sum |x|, L2 norm, max |x|, max). Nothing else: no histograms or sampled
     statistics, no check that an output was changed in place, no error handling. ActivationHealth does all of that."""
@@ -37,12 +37,13 @@ class MinimalSampler(HealthCallback):
     def setup(self):
         self.mods = [m for _, m in select_modules(self.model, None)]
         self.elem = [isinstance(m, tuple(ELEMENTWISE_TYPES)) for m in self.mods]
+        self.full_max = default_full_max(next(self.model.parameters()).device)
         self.hooks, self.idx, self.rows, self.on = Hooks(self.mods, self._hook, with_input=True), {}, [], False
-        self.samps, self.small, self.derived = [], [], None
+        self.samps, self.small = [], []
     def before_batch(self): self.on = self.train_iter % self.every == 0
     def _hook(self, i, inp, o):
         if not self.on: return
-        if o.numel() <= default_full_max(o.device): self.small.append(o); return
+        if o.numel() <= self.full_max: self.small.append(o); return
         if self.elem[i]: return
         ix = self.idx.get(i)
         if ix is None: ix = self.idx[i] = sample_index(o.shape, self.sample, o.device)[0]
