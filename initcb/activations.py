@@ -22,7 +22,7 @@ FAST = dict(abs_mean='mean', rms='rms', max='max', abs_max='max', nonfinite_batc
 
 def sample_stats(
     s:Tensor, # samples, (layers, n)
-    w:Tensor, # weights, (layers, n): 1 for a distinct sampled element, 0 for padding
+    w:Tensor, # weights, (layers, n): 1 for a distinct sampled element, 0 for padding; None: no padding
     lo_b:Tensor, hi_b:Tensor, # (layers, 1): each layer's output bounds (±inf when unbounded)
     h_lo:Tensor, h_scale:Tensor, # (layers, 1): histogram start and bins per unit
     offs:Tensor, # (layers, 1): each layer's offset in the flattened histograms
@@ -30,20 +30,39 @@ def sample_stats(
     dead_thresh:float=0.05, # |x| <= `dead_thresh` counts as near zero
     sat_eps:float=0.02, # within `sat_eps` of a bound counts as saturated
 ):
-    "Per-layer statistics of samples `s` (layers, n), weights `w` (1 distinct, 0 padding): a constant number of ops"
-    fin = torch.isfinite(s)
-    wf = w * fin
-    x = torch.where(fin, s, 0.)
-    cnt = wf.sum(1).clamp_min(1)
-    mean = (x * wf).sum(1) / cnt
-    std = (((x - mean[:, None]) * wf).square().sum(1) / (cnt - 1).clamp_min(1)).sqrt()
-    mn = torch.where(wf > 0, x, math.inf).amin(1)
-    near = ((x.abs() <= dead_thresh) * wf).sum(1) / cnt
-    sat = (((x <= lo_b + sat_eps) | (x >= hi_b - sat_eps)) * wf).sum(1) / cnt
-    nonf = ((~fin) * w).sum(1)
-    b = ((x - h_lo) * h_scale).floor_().clamp_(0, bins - 1).long() + offs
-    hist = torch.zeros(s.shape[0] * bins, device=s.device).index_add_(0, b.view(-1), wf.view(-1)).view(-1, bins)
-    return torch.cat([torch.stack([mean, std, mn, near, sat, nonf], 1), hist], 1)
+    "Per-layer statistics of samples `s` (layers, n), weights `w` (1 distinct, 0 padding; None: no padding): a constant number of ops"
+    return _sample_stats(s, _stat_consts(w, lo_b, hi_b, h_lo, h_scale, offs, bins, sat_eps), bins, dead_thresh)
+
+def _stat_consts(w, lo_b, hi_b, h_lo, h_scale, offs, bins, sat_eps):
+    "The per-layer constants of `_sample_stats`, made once per layout rather than once per call"
+    lo_e, hi_e = lo_b + sat_eps, hi_b - sat_eps
+    sat = None if torch.isinf(lo_e).all() and torch.isinf(hi_e).all() else (  # (no bounded layer: no saturation to count)
+        lo_e, hi_e, ((lo_e >= 0) | (hi_e <= 0)).float().view(-1))  # whether a left-out element (a 0) counts as saturated
+    zb = (-h_lo * h_scale).floor_().clamp_(0, bins - 1).add_(offs).long().view(-1)  # the bin a 0 falls into, as `_sample_stats` bins
+    pad = None if w is None else (torch.where(w > 0, 0., math.nan), w.shape[1] - w.sum(1))  # (NaN added to padding, its count)
+    return sat, h_lo, h_scale, offs.float(), zb, pad
+
+def _sample_stats(s, c, bins, dead_thresh):
+    "`sample_stats` with its constants `c` made: left-out elements (non-finite, padding) become 0 in `x`, and each count subtracts them"
+    sat_c, h_lo, h_scale, offs, zb, pad = c
+    n = s.shape[1]
+    if pad is not None: s = s + pad[0]  # padding is left out as a non-finite value is (then not counted as one)
+    keep = torch.nan_to_num((s - s).add_(1), 0., 0., 0.)  # 1 where finite, else 0: float ops (bool tensors cost 3-5x on a CPU)
+    cnt = keep.sum(1); out = n - cnt; c1 = cnt.clamp_min(1)
+    x = torch.nan_to_num(s, 0., 0., 0.)
+    mean = x.sum(1) / c1
+    std = torch.linalg.vector_norm((x - mean[:, None]).mul_(keep), 2, 1) / (cnt - 1).clamp_min(1).sqrt()
+    mn = torch.nan_to_num(s, math.inf, math.inf, math.inf).amin(1)
+    near = (x.abs().le_(dead_thresh).sum(1) - out) / c1  # (a left-out 0 is always near zero)
+    if sat_c is None: sat = torch.zeros_like(mean)
+    else: lo_e, hi_e, z = sat_c; sat = (torch.maximum((x - lo_e).le_(0), (x - hi_e).ge_(0)).sum(1) - z * out) / c1
+    nonf = out if pad is None else out - pad[1]
+    b = ((x - h_lo) * h_scale).floor_().clamp_(0, bins - 1).add_(offs).view(-1)  # (each layer's bins at its offset: one count for all)
+    hist = (torch.zeros(s.shape[0] * bins, device=s.device).index_add_(0, b.long(), torch.ones_like(b)) if s.is_cuda  # (CUDA's
+            else torch.bincount(b.int(), minlength=s.shape[0] * bins).float())  # bincount waits for the host; a CPU's is the faster)
+    hist.index_add_(0, zb, -out)  # (left-out elements, 0 in `x`, taken back out of their bin)
+    return torch.cat([torch.stack([mean, std, mn, near, sat, nonf], 1), hist.view(-1, bins)], 1)
+
 
 # %% ../nbs/01_activations.ipynb #98a18ef0
 def _unit_dim(m, o, prev):
@@ -136,7 +155,7 @@ def before_train(self:ActivationHealth):
 
 @patch
 def before_batch(self:ActivationHealth):
-    self._on = self.every is None or self.train_iter % self.every == 0
+    self._on = self.every is None or self.learn.train_iter % self.every == 0  # (`self.train_iter` goes through fastai's GetAttr: 3 us)
     if self._on: self._sampling, self._hooksamp, self._iter = self._rec % self.sample_every == 0, self._rec == 0, self.n_seen
     self.n_seen += 1
 
@@ -382,14 +401,19 @@ def _sampled_rows(self:ActivationHealth, rows, nval):
     with torch.no_grad():
         s = torch.cat([m.float() for r in rows for m in r[0]] + [nanS]).index_select(0, torch.from_numpy(perm.ravel()).to(dev))
         w = self._mask(nval, dev)
-        lo_b, hi_b = self._const('bounds', dev, lambda: [torch.tensor([[_as_bounds(b)[j]] for b in self.bounds], device=dev) for j in (0, 1)])
         if self._hr is None: self._set_hist_range(s[:L], w)
-        h_lo, h_sc = self._const('hr', dev, lambda: (torch.tensor(self._hr[:, :1], device=dev),
-                                                     torch.tensor(self.bins / (self._hr[:, 1:] - self._hr[:, :1]), device=dev)))
-        offs = self._const(('offs', k), dev, lambda: torch.arange(k * L, device=dev)[:, None] * self.bins)
-        per = (lambda c: c) if k == 1 else (lambda c: c.repeat(k, 1))  # per-layer constants, once per batch of the chunk
-        r = sample_stats(s, per(w), per(lo_b), per(hi_b), per(h_lo), per(h_sc), offs, self.bins, self.dead_thresh, self.sat_eps)
+        r = _sample_stats(s, self._const(('stat', k, tuple(nval)), dev, lambda: self._stat_consts(k, w, dev)), self.bins, self.dead_thresh)
     return r.view(k, L, -1)
+
+@patch
+def _stat_consts(self:ActivationHealth, k, w, dev):
+    "`_sample_stats`' constants for chunks of `k` sampling batches with weights `w` (made again when a histogram range changes)"
+    L = len(self.bounds)
+    lo_b, hi_b = [torch.tensor([[_as_bounds(b)[j]] for b in self.bounds], device=dev) for j in (0, 1)]
+    h_lo, h_sc = torch.tensor(self._hr[:, :1], device=dev), torch.tensor(self.bins / (self._hr[:, 1:] - self._hr[:, :1]), device=dev)
+    offs = torch.arange(k * L, device=dev)[:, None] * self.bins
+    per = (lambda c: c) if k == 1 else (lambda c: c.repeat(k, 1))  # per-layer constants, once per batch of the chunk
+    return _stat_consts(None if bool(w.all()) else per(w), per(lo_b), per(hi_b), per(h_lo), per(h_sc), offs, self.bins, self.sat_eps)
 
 @patch
 def _set_hist_range(self:ActivationHealth, s, w):
@@ -421,7 +445,7 @@ def _expand_hist(self:ActivationHealth, hist):
         np.add.at(new, (slice(None), (np.arange(B) + m) // 2), self.sampled.data['hist'][:, j])
         self.sampled.data['hist'][:, j] = new
         self._hr[j] *= 2
-    self._cache.pop(('hr', self._dev), None)
+    for k in [k for k in self._cache if k[0][0] == 'stat']: del self._cache[k]  # (the histogram constants change with the ranges)
 
 # %% ../nbs/01_activations.ipynb #d7fb9abf
 @patch

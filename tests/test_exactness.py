@@ -155,3 +155,35 @@ def test_activation_samples_derived_from_their_inputs():
     for c in both.fast.data:
         np.testing.assert_allclose(both.fast.data[c][:, [1, 3, 5, 7, 9]], alone.fast.data[c], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(both.fast.data[c][:, [0, 2, 4, 6, 8, 10]], sources.fast.data[c], rtol=1e-5, atol=1e-7)  # inputs' samples untouched
+
+def _reference_stats(s, w, lo, hi, h_lo, h_scale, bins, dead, eps):
+    "`sample_stats` for one row, the plain way: float64 over the distinct finite elements"
+    x = s[w > 0].double(); f = x[torch.isfinite(x)]; n = max(len(f), 1)
+    hist = torch.zeros(bins, dtype=torch.float64)
+    b = ((f.float() - h_lo) * h_scale).floor().clamp(0, bins - 1).long()  # (in float32, as the callback bins)
+    hist.index_add_(0, b, torch.ones(len(f), dtype=torch.float64))
+    return torch.cat([torch.tensor([f.mean() if len(f) else 0., f.std() if len(f) > 1 else 0., f.min() if len(f) else math.inf,
+                                    (f.abs() <= dead).sum() / n, ((f <= lo + eps) | (f >= hi - eps)).sum() / n,
+                                    len(x) - len(f)], dtype=torch.float64), hist])
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), rows=st.integers(1, 6), n=st.integers(1, 64), nan=st.sampled_from([0., 0.1, 1.]),
+       inf=st.sampled_from([0., 0.1]), pad=st.booleans(), bounded=st.booleans())
+def test_sample_stats_matches_a_row_by_row_reference(seed, rows, n, nan, inf, pad, bounded):
+    "Padding, NaN and ±inf are left out of every statistic and counted (but padding) as non-finite; each row on its own"
+    from initcb.activations import sample_stats
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(rows, n, generator=g) * 2
+    s[torch.rand(rows, n, generator=g) < nan] = math.nan
+    s[torch.rand(rows, n, generator=g) < inf] = math.inf; s[torch.rand(rows, n, generator=g) < inf] = -math.inf
+    nval = torch.randint(0, n + 1, (rows,), generator=g).clamp_min(1) if pad else torch.full((rows,), n)
+    w = (torch.arange(n)[None] < nval[:, None]).float()
+    lo = torch.where(torch.rand(rows, 1, generator=g) < 0.5, -1., -math.inf) if bounded else torch.full((rows, 1), -math.inf)
+    hi = torch.where(lo > -math.inf, 1., math.inf)
+    if bounded: s = torch.where(lo > -math.inf, torch.tanh(s), s)
+    h_lo, h_scale, B = torch.full((rows, 1), -3.), torch.full((rows, 1), 8 / 6.), 8
+    r = sample_stats(s, w if pad else None, lo, hi, h_lo, h_scale, torch.arange(rows)[:, None] * B, B, 0.3, 0.05)
+    for i in range(rows):
+        ref = _reference_stats(s[i], w[i], lo[i, 0].item(), hi[i, 0].item(), h_lo[i], h_scale[i], B, 0.3, 0.05)
+        np.testing.assert_allclose(r[i, :6].double(), ref[:6], rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(r[i, 6:].double(), ref[6:])
