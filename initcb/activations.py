@@ -148,7 +148,7 @@ def _clear_refs(self:ActivationHealth):
 
 @patch
 def before_train(self:ActivationHealth):
-    if self.hooks is None: self.hooks = Hooks(self.mods, self._hook, with_input=True)
+    if self.hooks is None: self.hooks = Hooks(self.mods, self._hook, with_input=True, eager=is_compiled(self.model))
     if self._fastq is None:
         self._fastq = DeviceChunks(self._fast_sink, self.chunk, gather=True, collate=self._collate)
         self._sampq = DeviceChunks(self._samp_sink, max(1, min(4, self.chunk // self.sample_every)), gather=True, collate=self._sampled_rows)

@@ -16,8 +16,8 @@ from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException
 __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'check_int', 'check_float', 'coprime_stride',
            'sample_index', 'first_tensor', 'watch', 'output_bounds', 'is_activation', 'has_own_params', 'default_watch',
            'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap', 'sync_from_main',
-           'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'norms_row', 'layer_index',
-           'eval_forward', 'first_inputs', 'new_axes', 'layer_heatmap', 'digits_dls']
+           'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'norms_row',
+           'layer_index', 'eval_forward', 'first_inputs', 'new_axes', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -372,14 +372,22 @@ class Hooks:
         mods:list, # the modules to hook
         f, # called as `f(i, output)` for the `i`th module (`f(i, inputs, output)` with `with_input`)
         with_input:bool=False, # pass the module's inputs too
+        eager:bool=False, # keep `torch.compile` from tracing the hooks: they run eagerly, the compiled graph breaks around them
     ):
-        self.handles = [m.register_forward_hook(_slot_hook(f, i, with_input)) for i, m in enumerate(mods)]
+        hook = lambda i: torch.compiler.disable(_slot_hook(f, i, with_input)) if eager else _slot_hook(f, i, with_input)
+        self.handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(mods)]
     def remove(self):
         for h in self.handles: h.remove()
         self.handles = []
     @property
     def removed(self): return not self.handles
     def __len__(self): return len(self.handles)
+
+def is_compiled(
+    model:nn.Module, # a model
+):
+    "Whether `model`, or a module in it, runs under `torch.compile` (wrapped by it, or `Module.compile`d)"
+    return any(type(m).__name__ == 'OptimizedModule' or getattr(m, '_compiled_call_impl', None) is not None for m in model.modules())
 
 def _slot_hook(f, i, with_input=False):
     if with_input:
@@ -435,7 +443,7 @@ def eval_forward(
     xb, # the inputs (a tensor, or a tuple of them)
 ):
     "One forward pass on `xb` in eval mode without gradients, calling `f(i, output)` for each of `mods`; mode and hooks restored"
-    hooks, was = Hooks(mods, f), model.training
+    hooks, was = Hooks(mods, f, eager=is_compiled(model)), model.training
     try:
         model.eval()
         with torch.no_grad(): model(*(xb if isinstance(xb, (tuple, list)) else (xb,)))

@@ -90,3 +90,31 @@ def test_op_count_does_not_grow_with_depth():
     o50 = ops_per_batch(lambda: xresnet50(c_in=3, n_out=10), (2, 3, 16, 0), 'ActivationHealth()', 'cpu')
     assert o50 <= 1.5 * o18, (o18, o50)
     assert o18 < 20, o18
+
+@pytest.mark.parametrize('how', ['torch.compile', 'Module.compile'])
+def test_compiled_model_records_what_eager_does(how):
+    "Under torch.compile the hooks run eagerly (dynamo does not trace them): the same statistics as the eager model, no hook left"
+    from initcb.gradients import GradientHealth
+    from initcb.core import is_compiled
+    import torch._dynamo
+    torch._dynamo.reset()
+    res = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1), nn.Flatten(0))
+        inner = model
+        if compiled:
+            if how == 'torch.compile': model = torch.compile(model)
+            else: model.compile()
+        assert is_compiled(model) == compiled
+        ah, gh = ActivationHealth(sample_every=1), GradientHealth(warn=False, act_grads=True)
+        learn = seq_learner(nn.Sequential(nn.Flatten(1, 2), nn.Linear(15, 3), model), [ah, gh])
+        torch.manual_seed(1); learn.fit(1, 1e-2)
+        assert sum(len(m._forward_hooks) for m in inner.modules()) == 0
+        res.append((ah.to_df(), gh.to_df(), gh.act_grads_df()))
+    (a0, g0, x0), (a1, g1, x1) = res
+    assert len(a0) == len(a1) == 4 * 6  # (4 batches, 6 layers)
+    for c in ('abs_mean', 'rms', 'max', 'mean', 'std', 'near_zero'): np.testing.assert_allclose(a1[c], a0[c], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(g1['grad_norm'], g0['grad_norm'], rtol=1e-4, atol=1e-7)
+    assert len(x0) == len(x1) > 0
+    for c in ('abs_mean', 'rms'): np.testing.assert_allclose(x1[c], x0[c], rtol=1e-4, atol=1e-9)
