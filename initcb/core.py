@@ -501,7 +501,7 @@ def digits_dls(
 ):
     "fastai `DataLoaders` of scikit-learn's digits, scaled to mean 0, std 1: images (1, 8, 8), or vectors of 64 if `flat`"
     from sklearn.datasets import load_digits
-    from fastai.data.core import DataLoaders
+    from fastai.data.core import DataLoaders, TfmdLists
     from fastai.data.load import DataLoader
     check_int('bs', bs); check_float('valid_pct', valid_pct, 0., 0.9)
     X, y = load_digits(return_X_y=True)
@@ -513,7 +513,7 @@ def digits_dls(
     n_val = int(len(X) * valid_pct)
     tr, va = perm[n_val:], perm[:n_val]
     if n_train is not None: tr = tr[:check_int('n_train', n_train)]
-    trn, val = list(zip(X[tr], y[tr])), list(zip(X[va], y[va]))
+    trn, val = [TfmdLists(list(zip(X[i], y[i])), None) for i in (tr, va)]  # (not plain lists: `learn.export` needs `new_empty`)
     dls = DataLoaders(DataLoader(trn, bs=bs, shuffle=True, drop_last=True), DataLoader(val, bs=2 * bs), device=device)  # (as fastai's `dataloaders`: no smaller last training batch)
     dls.train.rng = random.Random(seed)  # shuffles reproducibly, whatever ran before
     return dls
