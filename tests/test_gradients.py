@@ -104,3 +104,27 @@ def test_flags_match_one_row_at_a_time(data):
     for it, rows in chunks: gh._check(it, rows)
     got = sorted((e['batch'], e['kind']) for e in gh._events)
     assert got == flags_one_row_at_a_time(gh, chunks)
+
+@pytest.mark.parametrize('every', [None, 2, 3])
+def test_gradient_accumulation_records_the_steps(every):
+    "Under GradientAccumulation only every other batch steps: each recorded row is a step, and `every` counts batches"
+    "(a batch on the cadence that takes no step arms the next); the norms are those of the accumulated gradients"
+    from fastai.callback.training import GradientAccumulation
+    from fastai.test_utils import synth_dbunch
+    from fastai.learner import Learner
+    from fastai.losses import MSELossFlat
+    from fastai.optimizer import SGD
+    seen = {}
+    class Peek(Callback):
+        order = GradientHealth.order - 1
+        def before_step(self): seen[self.train_iter] = torch.stack([p.grad.norm() for p in self.model.parameters()]).norm().item()
+    cb = GradientHealth(every=every, update_every=1, warn=False)
+    learn = quiet(Learner(synth_dbunch(n_train=12, bs=16), mlp(1), loss_func=MSELossFlat(), opt_func=SGD,
+                          cbs=[cb, Peek(), GradientAccumulation(n_acc=32)]))
+    learn.fit(1, 0.1)
+    steps = sorted(seen)
+    assert steps == list(range(1, 12, 2))  # (16 samples a batch, a step every 32)
+    it = cb.hist.iters[:len(cb.hist)].tolist()
+    assert it == (steps if every in (None, 2) else [1, 3, 7, 9]), it  # every=3: batches 0, 3, 6, 9 arm the steps at 1, 3, 7, 9
+    np.testing.assert_allclose(cb.global_norm(), [seen[i] for i in it], rtol=1e-5)
+    assert len(cb.upd) == len(it)
