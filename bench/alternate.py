@@ -9,7 +9,7 @@ over rounds) is the cost of the recording itself; what a callback costs on every
 
 `none` is the control (even / odd batches of a fit without a callback): it shows how far from 1 noise alone goes.
 `minimal sampler` is a reference, not a feature: the least per-batch work of recording each watched output's
-statistics every batch from a sample (see `MinimalSampler`).
+statistics every batch from a sample (see `overhead.MinimalSampler`).
 
     python bench/alternate.py                        # cnn5 and cnn_bn, 8 rounds
     python bench/alternate.py --fits cnn5 --rounds 12 --json out.json
@@ -21,61 +21,15 @@ import numpy as np, torch, torch.nn as nn
 from fastai.basics import Callback
 sys.path.insert(0, str(Path(__file__).parent))
 import overhead as ob
-from initcb.core import HealthCallback, Hooks, ELEMENTWISE_TYPES, sample_index, select_modules
-from initcb.activations import ActivationHealth, default_full_max, _abs_stats
+from initcb.activations import ActivationHealth
 from initcb.gradients import GradientHealth
-
-_set_grad = torch._C._set_grad_enabled
-
-class MinimalSampler(HealthCallback):
-    """A bare recorder of every watched output's statistics each batch, the reference for what such recording costs at
-    the least: each output larger than `default_full_max` gives one `sample`-element gather in its hook (an elementwise activation none: it is
-    applied to its input's sample later), the small outputs are copied into one tensor, and every `chunk` recorded
-    batches all of it is reduced at once (sum |x|, L2 norm, max |x|, max). Nothing else: no histograms or sampled
-    statistics, no check that an output was changed in place, no error handling. ActivationHealth does all of that."""
-    def __init__(self, every=2, sample=2048, chunk=64): self.every, self.sample, self.chunk = every, sample, chunk
-    def setup(self):
-        self.mods = [m for _, m in select_modules(self.model, None)]
-        self.elem = [isinstance(m, tuple(ELEMENTWISE_TYPES)) for m in self.mods]
-        self.full_max = default_full_max(next(self.model.parameters()).device)
-        self.hooks, self.idx, self.rows, self.on = Hooks(self.mods, self._hook, with_input=True), {}, [], False
-        self.samps, self.small = [], []
-    def before_batch(self): self.on = self.train_iter % self.every == 0
-    def _hook(self, i, inp, o):
-        if not self.on: return
-        if o.numel() <= self.full_max: self.small.append(o); return
-        if self.elem[i]: return
-        ix = self.idx.get(i)
-        if ix is None: ix = self.idx[i] = sample_index(o.shape, self.sample, o.device)[0]
-        g = torch.is_grad_enabled(); _set_grad(False)
-        try: self.samps.append(torch.take(o, ix))
-        finally: _set_grad(g)
-    def after_pred(self):
-        if not self.on: return
-        self.on = False
-        g = torch.is_grad_enabled(); _set_grad(False)
-        try: small = torch.cat([t.flatten() for t in self.small]) if self.small else None
-        finally: _set_grad(g)
-        self.rows.append((small, self.samps)); self.samps, self.small = [], []
-        if len(self.rows) >= self.chunk: self.reduce()
-    def reduce(self):
-        with torch.no_grad():
-            k, out = len(self.rows), []
-            if self.rows[0][1]:
-                x = torch.stack([s for r in self.rows for s in r[1]]).view(k, -1, self.sample)
-                out += [_abs_stats(x), _abs_stats(torch.relu(x))]  # (cnn5 and cnn_bn: each sampled layer feeds a ReLU)
-            if self.rows[0][0] is not None: out.append(_abs_stats(torch.stack([r[0] for r in self.rows])[:, None]))
-            self.stats = torch.cat(out, 2).cpu()
-        self.rows = []
-    def remove(self):
-        if getattr(self, 'hooks', None) is not None: self.hooks.remove()
 
 CFGS = {
     'none': lambda: [],
     'ActivationHealth(every=2)': lambda: [ActivationHealth(every=2)],
     'GradientHealth(every=2)': lambda: [GradientHealth(every=2, warn=False)],
     'AH + GH (every=2)': lambda: [ActivationHealth(every=2), GradientHealth(every=2, warn=False)],
-    'minimal sampler': lambda: [MinimalSampler(every=2)],
+    'minimal sampler': lambda: [ob.MinimalSampler(every=2)],
 }
 
 class Clock(Callback):
