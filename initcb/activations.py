@@ -33,10 +33,11 @@ def sample_stats(
     "Per-layer statistics of samples `s` (layers, n), weights `w` (1 distinct, 0 padding; None: no padding): a constant number of ops"
     return _sample_stats(s, _stat_consts(w, lo_b, hi_b, h_lo, h_scale, offs, bins, sat_eps), bins, dead_thresh)
 
-def _stat_consts(w, lo_b, hi_b, h_lo, h_scale, offs, bins, sat_eps):
-    "The per-layer constants of `_sample_stats`, made once per layout rather than once per call"
+def _stat_consts(w, lo_b, hi_b, h_lo, h_scale, offs, bins, sat_eps, bounded=None):
+    "The per-layer constants of `_sample_stats`, made once per layout rather than once per call; `bounded`: whether any layer is (None: look)"
     lo_e, hi_e = lo_b + sat_eps, hi_b - sat_eps
-    sat = None if torch.isinf(lo_e).all() and torch.isinf(hi_e).all() else (  # (no bounded layer: no saturation to count)
+    if bounded is None: bounded = not (torch.isinf(lo_e).all() and torch.isinf(hi_e).all())  # (a host read)
+    sat = None if not bounded else (  # (no bounded layer: no saturation to count)
         lo_e, hi_e, ((lo_e >= 0) | (hi_e <= 0)).float().view(-1))  # whether a left-out element (a 0) counts as saturated
     zb = (-h_lo * h_scale).floor_().clamp_(0, bins - 1).add_(offs).long().view(-1)  # the bin a 0 falls into, as `_sample_stats` bins
     pad = None if w is None else (torch.where(w > 0, 0., math.nan), w.shape[1] - w.sum(1))  # (NaN added to padding, its count)
@@ -402,18 +403,19 @@ def _sampled_rows(self:ActivationHealth, rows, nval):
         s = torch.cat([m.float() for r in rows for m in r[0]] + [nanS]).index_select(0, torch.from_numpy(perm.ravel()).to(dev))
         w = self._mask(nval, dev)
         if self._hr is None: self._set_hist_range(s[:L], w)
-        r = _sample_stats(s, self._const(('stat', k, tuple(nval)), dev, lambda: self._stat_consts(k, w, dev)), self.bins, self.dead_thresh)
+        r = _sample_stats(s, self._const(('stat', k, tuple(nval)), dev, lambda: self._stat_consts(k, nval, w, dev)), self.bins, self.dead_thresh)
     return r.view(k, L, -1)
 
 @patch
-def _stat_consts(self:ActivationHealth, k, w, dev):
-    "`_sample_stats`' constants for chunks of `k` sampling batches with weights `w` (made again when a histogram range changes)"
+def _stat_consts(self:ActivationHealth, k, nval, w, dev):
+    "`_sample_stats`' constants for chunks of `k` sampling batches with `nval` distinct samples per layer, weights `w` (made again when a histogram range changes)"
     L = len(self.bounds)
     lo_b, hi_b = [torch.tensor([[_as_bounds(b)[j]] for b in self.bounds], device=dev) for j in (0, 1)]
     h_lo, h_sc = torch.tensor(self._hr[:, :1], device=dev), torch.tensor(self.bins / (self._hr[:, 1:] - self._hr[:, :1]), device=dev)
     offs = torch.arange(k * L, device=dev)[:, None] * self.bins
     per = (lambda c: c) if k == 1 else (lambda c: c.repeat(k, 1))  # per-layer constants, once per batch of the chunk
-    return _stat_consts(None if bool(w.all()) else per(w), per(lo_b), per(hi_b), per(h_lo), per(h_sc), offs, self.bins, self.sat_eps)
+    return _stat_consts(None if min(nval) >= self.sample else per(w), per(lo_b), per(hi_b), per(h_lo), per(h_sc), offs, self.bins,
+                        self.sat_eps, bounded=any(b is not None for b in self.bounds))  # (known here: no host read on a GPU)
 
 @patch
 def _set_hist_range(self:ActivationHealth, s, w):
