@@ -43,6 +43,11 @@ def _stat_consts(w, lo_b, hi_b, h_lo, h_scale, offs, bins, sat_eps, bounded=None
     pad = None if w is None else (torch.where(w > 0, 0., math.nan), w.shape[1] - w.sum(1))  # (NaN added to padding, its count)
     return sat, h_lo, h_scale, offs.float(), zb, pad
 
+def _counts(b, size, index_add=None):
+    "Float counts of the integer values (as floats) in `b`, 0 to `size`-1: `index_add_` on a GPU (CUDA's `bincount` waits for the host), `bincount` on a CPU (the faster there)"
+    if b.is_cuda if index_add is None else index_add: return torch.zeros(size, device=b.device).index_add_(0, b.long(), torch.ones_like(b))
+    return torch.bincount(b.int(), minlength=size).float()
+
 def _sample_stats(s, c, bins, dead_thresh):
     "`sample_stats` with its constants `c` made: left-out elements (non-finite, padding) become 0 in `x`, and each count subtracts them"
     sat_c, h_lo, h_scale, offs, zb, pad = c
@@ -59,9 +64,7 @@ def _sample_stats(s, c, bins, dead_thresh):
     else: lo_e, hi_e, z = sat_c; sat = (torch.maximum((x - lo_e).le_(0), (x - hi_e).ge_(0)).sum(1) - z * out) / c1
     nonf = out if pad is None else out - pad[1]
     b = ((x - h_lo) * h_scale).floor_().clamp_(0, bins - 1).add_(offs).view(-1)  # (each layer's bins at its offset: one count for all)
-    hist = (torch.zeros(s.shape[0] * bins, device=s.device).index_add_(0, b.long(), torch.ones_like(b)) if s.is_cuda  # (CUDA's
-            else torch.bincount(b.int(), minlength=s.shape[0] * bins).float())  # bincount waits for the host; a CPU's is the faster)
-    hist.index_add_(0, zb, -out)  # (left-out elements, 0 in `x`, taken back out of their bin)
+    hist = _counts(b, s.shape[0] * bins).index_add_(0, zb, -out)  # (left-out elements, 0 in `x`, taken back out of their bin)
     return torch.cat([torch.stack([mean, std, mn, near, sat, nonf], 1), hist.view(-1, bins)], 1)
 
 

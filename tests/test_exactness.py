@@ -187,3 +187,13 @@ def test_sample_stats_matches_a_row_by_row_reference(seed, rows, n, nan, inf, pa
         ref = _reference_stats(s[i], w[i], lo[i, 0].item(), hi[i, 0].item(), h_lo[i], h_scale[i], B, 0.3, 0.05)
         np.testing.assert_allclose(r[i, :6].double(), ref[:6], rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(r[i, 6:].double(), ref[6:])
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(0, 5000), size=st.integers(1, 300), seed=st.integers(0, 2**16))
+def test_histogram_counts_same_on_the_gpu_path(n, size, seed):
+    "`_counts` takes `index_add_` on a GPU and `bincount` on a CPU: both paths, run here, count alike"
+    from initcb.activations import _counts
+    b = torch.randint(0, size, (n,), generator=torch.Generator().manual_seed(seed)).float()
+    a, g = _counts(b, size, index_add=False), _counts(b, size, index_add=True)
+    assert a.dtype == g.dtype == torch.float32 and a.shape == g.shape == (size,)
+    assert torch.equal(a, g) and a.sum() == n
