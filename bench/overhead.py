@@ -9,6 +9,10 @@ bytes of history after long simulated runs.
     python bench/overhead.py --device cuda   # the GPU fits (launch-bound and GPU-bound), with peak memory
     python bench/overhead.py --quick         # a smoke run (CI)
     python bench/overhead.py --json out.json --md out.md
+    python bench/overhead.py --models cnn5 --reps 30 --configs "ActivationHealth(),no-op hooks,spin 200us in hooks"
+
+`--configs` also takes the rows of EXTRA_CFGS, which the default table leaves out: calibration (hooks that do nothing,
+or spin a known time) and variants of the minimal sampler. `bench/inside.py` times the callbacks' own code.
 """
 import argparse, ctypes, json, math, os, platform, random, statistics, sys, time, warnings
 warnings.filterwarnings('ignore')
@@ -86,6 +90,60 @@ class MinimalSampler(HealthCallback):
     def remove(self):
         if getattr(self, 'hooks', None) is not None: self.hooks.remove()
 
+class HeldSampler(MinimalSampler):
+    """The minimal sampler with its sampling moved out of the forward pass: the hooks keep references to the large
+    outputs, and `after_pred` copies strided samples of them all into a chunk buffer in one multi-tensor copy (the
+    outputs stay alive until then: more memory in flight). A variant to measure, not a design: on cnn5 it spent less
+    time in its own code than `MinimalSampler` and cost the fit the same."""
+    def setup(self): super().setup(); self.held, self.buf, self.r = [], None, 0
+    def _hook(self, i, inp, o):
+        if not self.on: return
+        if o.numel() <= self.full_max: self.small.append(o); return
+        if not self.elem[i]: self.held.append((i, o))
+    def after_pred(self):
+        if not self.on: return
+        g = torch.is_grad_enabled(); _set_grad(False)
+        try:
+            src = []
+            for i, o in self.held:
+                st = self.idx.get(i)
+                if st is None: ix = sample_index(o.shape, self.sample)[0]; st = self.idx[i] = int(ix[1] - ix[0])
+                src.append(o.as_strided((self.sample,), (st,), 0))  # (sample_index: an arithmetic progression)
+            if self.buf is None:
+                self.buf = torch.empty(self.chunk, len(src), self.sample, device=src[0].device)
+                self.views = [list(self.buf[r].unbind(0)) for r in range(self.chunk)]
+            torch._foreach_copy_(self.views[self.r], src)
+        finally: _set_grad(g)
+        self.held, self.samps, self.r = [], [], self.r + 1
+        super().after_pred()
+    def reduce(self):
+        with torch.no_grad():
+            x = self.buf[:self.r]
+            out = [_abs_stats(x), _abs_stats(torch.relu(x))]
+            if self.rows[0][0] is not None: out.append(_abs_stats(torch.stack([r[0] for r in self.rows])[:, None]))
+            self.stats = torch.cat(out, 2).cpu()
+        self.rows, self.r = [], 0
+
+class Calibration(HealthCallback):
+    """Hooks on the same modules as the other callbacks that do nothing but spin: `us` microseconds a batch of pure Python,
+    spread over the hooks (`where='hooks'`, inside the forward pass) or in `after_pred` (`where='after'`), or none at
+    all (`us=0`: the cost of the hook calls themselves). What a known amount of host work costs fit to fit, to tell a
+    callback's own time from what it does to the fit around it (caches, allocator, threads)."""
+    def __init__(self, us=0, where='hooks'): self.us, self.where = us, where
+    def setup(self):
+        self.mods = [m for _, m in select_modules(self.model, None)]
+        self.hooks, self.per = Hooks(self.mods, self._hook), self.us * 1e-6 / len(self.mods)
+    def _hook(self, i, o):
+        if self.us and self.where == 'hooks': _spin(self.per)
+    def after_pred(self):
+        if self.us and self.where == 'after': _spin(self.us * 1e-6)
+    def remove(self):
+        if getattr(self, 'hooks', None) is not None: self.hooks.remove()
+
+def _spin(s):
+    t = time.perf_counter() + s
+    while time.perf_counter() < t: pass
+
 CFGS = {
     'none': lambda: [],
     'fastai ActivationStats': lambda: [ActivationStats()],
@@ -97,6 +155,15 @@ CFGS = {
     'ActivationHealth() + GradientHealth()': lambda: [ActivationHealth(), GradientHealth(warn=False)],
     'minimal sampler (reference)': lambda: [MinimalSampler(every=1)],
 }
+# Calibration and reference rows, run only when named in --configs, e.g.
+#   python bench/overhead.py --models cnn5 --reps 30 --configs "ActivationHealth(),no-op hooks,spin 200us in hooks"
+EXTRA_CFGS = {
+    'no-op hooks': lambda: [Calibration()],
+    'spin 200us in hooks': lambda: [Calibration(200, 'hooks')],
+    'spin 200us after the forward pass': lambda: [Calibration(200, 'after')],
+    'minimal sampler (128 elements)': lambda: [MinimalSampler(every=1, sample=128)],
+    'minimal sampler (sampled after the forward pass)': lambda: [HeldSampler(every=1)],
+}
 
 # On a GPU, fastai's ActivationStats costs 32-62x (DESIGN.md): it runs fewer repetitions there, without histograms, and
 # not at all on the GPU-bound fit, so that the whole table fits a 15-minute device session.
@@ -104,8 +171,9 @@ CUDA_SKIP = {'fastai ActivationStats(with_hist)', 'ActivationHealth(full_max=0)'
 
 def cfgs_for(dev, mname, only=''):
     cs = list(CFGS) if dev != 'cuda' else [c for c in CFGS if c not in CUDA_SKIP and not ('GPU-bound' in mname and c.startswith('fastai'))]
-    if only: cs = [c for c in cs if c == 'none' or c in only.split(',')]
-    return cs
+    if not only: return cs
+    want = [c.strip() for c in only.split(',')]
+    return ['none'] + [c for c in cs + list(EXTRA_CFGS) if c != 'none' and c in want]
 
 def models(dev, quick):
     q = quick
@@ -136,7 +204,7 @@ def steady_malloc():
     return bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) and libc.mallopt(M_MMAP_THRESHOLD, 1 << 25))
 
 def make_learner(model, dls, cfg, amp):
-    learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), cbs=CFGS[cfg]())
+    learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), cbs={**CFGS, **EXTRA_CFGS}[cfg]())
     if amp == 'bf16': learn.to_bf16()
     learn.remove_cbs([c for c in learn.cbs if type(c).__name__ == 'ProgressCallback'])
     learn.logger = lambda *a: None
@@ -237,6 +305,8 @@ def main():
     p.add_argument('--models', default='', help='run only the fits whose name contains one of these comma-separated strings')
     p.add_argument('--glibc-default', action='store_true', help="leave glibc's adaptive heap thresholds as they are (see steady_malloc)")
     a = p.parse_args()
+    bad = [c for c in a.configs.split(',') if a.configs and c.strip() not in {**CFGS, **EXTRA_CFGS}]
+    if bad: p.error(f'--configs: unknown {bad}; known: {list(CFGS) + list(EXTRA_CFGS)}')
     pinned = False if a.glibc_default else steady_malloc()
     dev, reps = a.device, (2 if a.quick else a.reps)
     a.fastai_reps = a.fastai_reps or (min(2, reps) if dev == 'cuda' else reps)

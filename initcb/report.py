@@ -207,7 +207,7 @@ class NonFiniteGuard(Callback):
             ok = bool(torch.isfinite(loss + tot))  # one host read per batch
         if distributed():  # every rank skips (or stops) together, or DDP would wait forever for the one that went on
             flag = torch.tensor([0. if ok else 1.]); torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX); ok = flag.item() == 0
-        if ok: self.last_good_loss = loss.item() if self.iter % 50 == 0 or self.last_good_loss is None else self.last_good_loss; return
+        if ok: self.last_good_loss = loss.item() if self.learn.iter % 50 == 0 or self.last_good_loss is None else self.last_good_loss; return
         where, mod = self._locate()
         it = self.learn.train_iter
         msg = (f"NonFiniteGuard: non-finite {'loss' if where in ('loss', None) else where + ' values'} at training batch {it}"
