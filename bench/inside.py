@@ -34,7 +34,7 @@ def timed(cb, acc):
 def measure(model, dls, cfg):
     "(fit seconds, {method: seconds inside it}) for one fit with configuration `cfg` of overhead.py"
     learn, acc = ob.make_learner(model, dls, 'none', None), collections.defaultdict(float)
-    learn.add_cbs([timed(cb, acc) for cb in {**ob.CFGS, **ob.EXTRA_CFGS}[cfg]()])
+    learn.add_cbs([timed(cb, acc) for cb in ob.ALL_CFGS[cfg]()])
     t = time.perf_counter(); learn.fit(1, 1e-3)
     return time.perf_counter() - t, dict(acc)
 
@@ -45,8 +45,8 @@ def main():
     p.add_argument('--rounds', type=int, default=6); p.add_argument('--top', type=int, default=6)
     a = p.parse_args()
     cfgs = ['none'] + [c.strip() for c in a.configs.split(',')]
-    bad = [c for c in cfgs if c not in {**ob.CFGS, **ob.EXTRA_CFGS}]
-    if bad: p.error(f'--configs: unknown {bad}; known: {list(ob.CFGS) + list(ob.EXTRA_CFGS)}')
+    bad = [c for c in cfgs if c not in ob.ALL_CFGS]
+    if bad: p.error(f'--configs: unknown {bad}; known: {list(ob.ALL_CFGS)}')
     ob.steady_malloc()
     mname, (mk, shape, amp) = next((k, v) for k, v in ob.models('cpu', False).items() if a.fit in k)
     bs, c, size, n = shape
