@@ -9,6 +9,8 @@ __all__ = ['demo_cnn', 'run_demo', 'broken_mlp', 'run_diagnosis', 'main']
 
 # %% ../nbs/09_demo.ipynb #55bc2eab
 import argparse, warnings
+if __name__ == '__main__':  # (`python -m initcb.demo`: fastai's imports call `torch.jit.script`, deprecated since torch 2.14; not the demo's news)
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
@@ -48,7 +50,8 @@ def run_demo(
     table = ah.summary(last=len(dls.train))
     say(f"Trained {epochs} epochs on scikit-learn's digits: validation loss {loss:.3f}, accuracy {acc:.3f}\n")
     say(f"Per-layer activation health over the last epoch ({len(dls.train)} batches):")
-    say(table.round(4).to_string())
+    shown = table.round(4).set_axis([f'{n} ({type(m).__name__})' for n, m in zip(ah.names, ah.mods)]).rename_axis('layer')
+    say(shown.to_string(na_rep='-') + "\n('-': no asymptote to saturate at)")
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     files = []
     def save(ax, name):
