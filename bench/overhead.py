@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastai.basics import Learner, DataLoaders
 from fastai.callback.hook import ActivationStats
 from fastai.vision.models.xresnet import xresnet18, xresnet50
-from initcb.core import HealthCallback, Hooks, ELEMENTWISE_TYPES, sample_index, select_modules
+from initcb.core import HealthCallback, Hooks, ELEMENTWISE_TYPES, sample_index, select_modules, _set_grad
 from initcb.activations import ActivationHealth, default_full_max, _abs_stats
 from initcb.gradients import GradientHealth
 
@@ -44,8 +44,6 @@ def cnn_bn():
     return nn.Sequential(conv(3, 32, 1, True), conv(32, 32, 2, True), conv(32, 64, 1, True), conv(64, 64, 2, True),
                          conv(64, 128, 1, True), conv(128, 128, 2, True), conv(128, 256, 2, True),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10))
-
-_set_grad = torch._C._set_grad_enabled
 
 class MinimalSampler(HealthCallback):
     """A bare recorder of every watched output's statistics each batch, the reference for what such recording costs at

@@ -12,6 +12,7 @@ import numpy as np, pandas as pd, torch, matplotlib.pyplot as plt
 from torch import nn, Tensor
 from fastcore.basics import patch
 from .core import *
+from .core import _set_grad
 
 # %% auto #0
 __all__ = ['SAMPLED', 'FAST', 'sample_stats', 'ActivationHealth', 'default_full_max']
@@ -171,8 +172,6 @@ def default_full_max(
     return 1 << 22 if torch.device(device).type == 'cuda' else 1 << 14
 
 # %% ../nbs/01_activations.ipynb #5cdef362
-_set_grad = torch._C._set_grad_enabled  # (what `torch.no_grad` does, without its context manager's Python)
-
 @patch
 def _hook(self:ActivationHealth, i, inp, o):
     if not self._on or self._seen[i] or self._skip[i]: return

@@ -3,13 +3,10 @@ import os, sys, collections, pytest, torch, numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'bench'))
 import overhead as ob, inside
 
-def cnn5_learner(cbs, n=6, bs=16):
+def fit(cbs, wrap=False, n=6, bs=16):
+    "A short cnn5 fit with callbacks `cbs` (with `wrap`, timed as bench/inside.py times them); the timers' sums"
     torch.manual_seed(0)
-    return ob.make_learner(ob.cnn5(), ob.dls_for('cpu', bs, 1, 28, n), 'none', None), cbs
-
-def fit(cbs, wrap=False):
-    learn, cbs = cnn5_learner(cbs)
-    acc = collections.defaultdict(float)
+    learn, acc = ob.make_learner(ob.cnn5(), ob.dls_for('cpu', bs, 1, 28, n), 'none', None), collections.defaultdict(float)
     learn.add_cbs([inside.timed(c, acc) for c in cbs] if wrap else cbs)
     torch.manual_seed(1); learn.fit(1, 1e-3)
     return acc
