@@ -69,18 +69,18 @@ class GradientHealth(HealthCallback):
 # %% ../nbs/02_gradients.ipynb #6f06c0c0
 @patch
 def setup(self:GradientHealth):
-    named = [(n, p) for n, p in self.model.named_parameters()]
-    train = [(n, p) for n, p in named if p.requires_grad]
+    named = list(self.model.named_parameters())
+    train = [j for j, (_, p) in enumerate(named) if p.requires_grad]
     if not train: raise ValueError("GradientHealth: the model has no parameter that requires grad")
     self.frozen = [n for n, p in named if not p.requires_grad]
     if self.frozen and getattr(self, '_told_frozen', None) != self.frozen:
         warnings.warn(f"GradientHealth skips {len(self.frozen)} frozen parameters: {', '.join(self.frozen[:5])}{' ...' if len(self.frozen) > 5 else ''}")
         self._told_frozen = self.frozen
-    names = [n for n, _ in train]
+    names = [n for n, _ in named]
     if names != self.names or self.hist is None:  # (None: unpickled from learn.export, which leaves the history out)
-        if self.hist is not None and len(self.hist): warnings.warn("GradientHealth: the trainable parameters changed; history starts afresh")
-        self._reset(names, [p.numel() for _, p in train])
-    self.params, self._pbuf = [p for _, p in train], None
+        if self.hist is not None and len(self.hist): warnings.warn("GradientHealth: the model's parameters changed; history starts afresh")
+        self._reset(names, [p.numel() for _, p in named])
+    self.params, self._cols, self._pbuf = [named[j][1] for j in train], np.array(train), None  # (`_cols`: their columns)
     clip = [cb for cb in self.learn.cbs if isinstance(cb, GradientClip)]
     self._clip = clip[0].max_norm if clip and clip[0].norm_type == 2 else None
     self._rec = 0
@@ -97,7 +97,7 @@ def setup(self:GradientHealth):
 
 @patch
 def _reset(self:GradientHealth, names, sizes):
-    self.names, self.sizes, self.n_seen = names, np.array(sizes, np.float64), 0
+    self.names, self.sizes, self.n_seen, self._cols = names, np.array(sizes, np.float64), 0, np.arange(len(names))
     self.layers = sorted(set(n.rpartition('.')[0] or n for n in names), key=[n.rpartition('.')[0] or n for n in names].index)
     self._layer_of = np.array([self.layers.index(n.rpartition('.')[0] or n) for n in names])
     self.hist = StatHistory(GRAD_COLS, len(names), self.max_rows)
@@ -160,15 +160,29 @@ def _zero(self:GradientHealth, p):
 # %% ../nbs/02_gradients.ipynb #e9a3a650
 @patch
 def _sink(self:GradientHealth, arr, iters):
-    g = arr.reshape(len(iters), len(self.names)).astype(np.float64)
-    self.hist.append(iters, dict(grad_norm=g, nonfinite_batches=(~np.isfinite(g)).astype(np.float32)))
+    g = self._columns(arr.reshape(len(iters), -1))
+    nonf = (~np.isfinite(g)).astype(np.float32); nonf[:, self._frozen_cols()] = 0
+    self.hist.append(iters, dict(grad_norm=g, nonfinite_batches=nonf))
     self._check(np.asarray(iters), g)
 
 @patch
 def _usink(self:GradientHealth, arr, iters):
-    a = arr.reshape(len(iters), 4, -1).astype(np.float64)
+    a = self._columns(arr.reshape(len(iters), 4, -1))
     self.upd.append(iters, dict(update_norm=a[:, 0], weight_norm=a[:, 1], zero_frac=1 - a[:, 2] / self.sizes, nonfinite=a[:, 3]))
     self._check_band(np.asarray(iters), a[:, 0], a[:, 1])
+
+@patch
+def _columns(self:GradientHealth, a):
+    "Rows of the trainable parameters' values `a` (..., trainable) as rows of every parameter's: NaN for the frozen ones"
+    if len(self._cols) == len(self.names): return a.astype(np.float64)
+    out = np.full(a.shape[:-1] + (len(self.names),), np.nan); out[..., self._cols] = a
+    return out
+
+@patch
+def _frozen_cols(self:GradientHealth):
+    "Columns of the parameters frozen in this fit"
+    m = np.ones(len(self.names), bool); m[self._cols] = False
+    return m
 
 @patch
 def flush(self:GradientHealth):
@@ -243,17 +257,30 @@ def _event(self:GradientHealth, kind, it, layer, value, msg):
         if self.warn: warnings.warn(f"GradientHealth: {msg}")
 
 @patch
-def _layer_norms(self:GradientHealth, g):
-    "Per-layer norms (rows, layers) from per-parameter norms (rows, params)"
-    out = np.zeros((len(g), len(self.layers)))
-    np.add.at(out, (slice(None), self._layer_of), g**2)
-    return np.sqrt(out)
+def _per_layer(self:GradientHealth, v, skip):
+    "Per-layer sums (rows, layers) of per-parameter values `v` (rows, params) but the entries `skip`: NaN for a layer with none left"
+    out, cnt = np.zeros((len(v), len(self.layers))), np.zeros((len(v), len(self.layers)))
+    np.add.at(out, (slice(None), self._layer_of), np.where(skip, 0., v))
+    np.add.at(cnt, (slice(None), self._layer_of), ~skip)
+    out[cnt == 0] = np.nan
+    return out
+
+@patch
+def _layer_norms(self:GradientHealth, g, frozen):
+    "Per-layer norms (rows, layers) from per-parameter norms (rows, params) less the `frozen` ones (NaN: a layer frozen whole)"
+    return np.sqrt(self._per_layer(g**2, np.broadcast_to(frozen, g.shape)))
+
+@patch
+def _frozen(self:GradientHealth):
+    "Which entries of the gradient history (rows, params) were frozen: NaN norms that are not counted as non-finite"
+    return np.isnan(self.hist['grad_norm']) & (self.hist['nonfinite_batches'] == 0)
 
 @patch
 def _check(self:GradientHealth, iters, g):
     "Flags from a chunk of per-parameter gradient norms `g` (rows, params): whole-chunk array ops, a Python step only per flag"
-    st, ok = self._streak, ~np.isin(iters, self.skipped)
-    with np.errstate(invalid='ignore', over='ignore'): glob = np.sqrt((g**2).sum(1))
+    st, ok, cols = self._streak, ~np.isin(iters, self.skipped), self._cols
+    gt = g[:, cols]  # (the trainable parameters' columns)
+    with np.errstate(invalid='ignore', over='ignore'): glob = np.sqrt((gt**2).sum(1))
     if self._clip is not None: self.clipped += [int(i) for i, n in zip(iters, glob) if n > self._clip]
     fin = ok & np.isfinite(glob)
     rows, gf = np.flatnonzero(fin), glob[fin]
@@ -275,18 +302,19 @@ def _check(self:GradientHealth, iters, g):
     for r, _, k in sorted(flagged):
         it, gn = iters[r], glob[r]
         if k is None:
-            j = int(np.argmax(~np.isfinite(g[r])))
+            n = self.names[cols[int(np.argmax(~np.isfinite(gt[r])))]]
             st.setdefault(('nonfinite', None), int(it))
-            self._event('nonfinite', it, self.names[j], gn, f"non-finite gradient at batch {it}, first in {self.names[j]}")
+            self._event('nonfinite', it, n, gn, f"non-finite gradient at batch {it}, first in {n}")
             continue
         if ceil[k]: self._event('exploding', it, None, gn, f"global gradient norm {gn:.3g} at batch {it} is above {self.explode_ceiling:g}")
         elif jump[k]: self._event('exploding', it, None, gn, f"global gradient norm {gn:.3g} at batch {it} is {gn / med[k]:.0f}x its running median")
         if grow[k] >= self.growth_batches:
             self._event('exploding', it, None, gn, f"global gradient norm grew {self.growth:g}x or more for {grow[k]} batches in a row, to {gn:.3g} at batch {it}")
     past += gf.tolist(); del past[:-W]
-    ln = self._layer_norms(np.nan_to_num(g[ok], nan=0., posinf=0.))
-    top = ln.max(1, keepdims=True)
-    self._streaks('vanishing', iters[ok], (ln < self.vanish_frac * top) & (top > 0), self.vanish_batches, ln / np.where(top > 0, top, 1),
+    ln = self._layer_norms(np.nan_to_num(g[ok], nan=0., posinf=0.), self._frozen_cols())  # (NaN: a layer frozen whole, never flagged)
+    top = np.fmax.reduce(ln, 1, keepdims=True, initial=0.)
+    with np.errstate(invalid='ignore'): low = (ln < self.vanish_frac * top) & (top > 0)
+    self._streaks('vanishing', iters[ok], low, self.vanish_batches, ln / np.where(top > 0, top, 1),
                   lambda name, run, it, v: f"layer {name}: gradient norm below {self.vanish_frac:g} of the largest layer's for {run} batches (to batch {it})", 'vanish')
 
 @patch
@@ -311,11 +339,9 @@ def _check_band(self:GradientHealth, iters, d, w):
 
 @patch
 def _layer_ratio(self:GradientHealth, d, w):
-    "Per-layer update ratios ‖Δw‖/‖w‖ from per-parameter update norms `d` and weight norms `w` (rows, params)"
-    num, den = np.zeros((len(d), len(self.layers))), np.zeros((len(d), len(self.layers)))
-    np.add.at(num, (slice(None), self._layer_of), d**2)
-    np.add.at(den, (slice(None), self._layer_of), w**2)
-    with np.errstate(divide='ignore', invalid='ignore'): return np.sqrt(num / den)
+    "Per-layer update ratios ‖Δw‖/‖w‖ from per-parameter update norms `d` and weight norms `w` (rows, params), less the frozen ones (NaN)"
+    frozen = np.isnan(w)
+    with np.errstate(divide='ignore', invalid='ignore'): return np.sqrt(self._per_layer(d**2, frozen) / self._per_layer(w**2, frozen))
 
 @patch(as_prop=True)
 def events(self:GradientHealth):
@@ -333,17 +359,18 @@ def to_df(self:GradientHealth,
     self.flush()
     if per not in ('layer', 'param'): raise ValueError(f"`per` must be 'layer' or 'param', got {per!r}")
     h, u, k, ku = self.hist, self.upd, len(self.hist), len(self.upd)
+    fz, ufz = self._frozen(), np.isnan(u['weight_norm'])
     if per == 'param':
-        names, cols = self.names, {c: h[c] for c in GRAD_COLS}
+        names, cols = self.names, dict(**{c: h[c] for c in GRAD_COLS}, frozen=fz)
         with np.errstate(divide='ignore', invalid='ignore'):
             ucols = dict(update_ratio=u['update_norm'] / u['weight_norm'], weight_norm=u['weight_norm'], zero_frac=u['zero_frac'], nonfinite=u['nonfinite'])
     else:
-        names = self.layers
-        def per_layer(v, rows): o = np.zeros((rows, len(names))); np.add.at(o, (slice(None), self._layer_of), v); return o
-        tot = per_layer(self.sizes[None], 1)
-        cols = dict(grad_norm=self._layer_norms(h['grad_norm']), nonfinite_batches=(per_layer(h['nonfinite_batches'], k) > 0).astype(np.float32))
-        ucols = dict(update_ratio=self._layer_ratio(u['update_norm'], u['weight_norm']), weight_norm=self._layer_norms(u['weight_norm']),
-                     zero_frac=per_layer(u['zero_frac'] * self.sizes, ku) / tot, nonfinite=per_layer(u['nonfinite'], ku))
+        names, sizes = self.layers, np.broadcast_to(self.sizes, ufz.shape)
+        nonf = self._per_layer(h['nonfinite_batches'], fz)
+        cols = dict(grad_norm=self._layer_norms(h['grad_norm'], fz), nonfinite_batches=(nonf > 0).astype(np.float32), frozen=np.isnan(nonf))
+        with np.errstate(divide='ignore', invalid='ignore'):
+            ucols = dict(update_ratio=self._layer_ratio(u['update_norm'], u['weight_norm']), weight_norm=self._layer_norms(u['weight_norm'], ufz),
+                         zero_frac=self._per_layer(u['zero_frac'] * sizes, ufz) / self._per_layer(sizes, ufz), nonfinite=self._per_layer(u['nonfinite'], ufz))
     L = len(names)
     def long(it, n, cs):
         return pd.DataFrame({'iter': np.repeat(it, L), 'n': np.repeat(n, L), per: np.tile(np.array(names, dtype=object), len(it)),
@@ -359,7 +386,7 @@ def to_df(self:GradientHealth,
 def global_norm(self:GradientHealth):
     "The global gradient norm (over all trainable parameters) of each recorded row"
     self.flush()
-    with np.errstate(over='ignore', invalid='ignore'): return np.sqrt((self.hist['grad_norm'].astype(np.float64)**2).sum(1))
+    with np.errstate(over='ignore', invalid='ignore'): return np.sqrt(np.where(self._frozen(), 0., self.hist['grad_norm'].astype(np.float64)**2).sum(1))
 
 # %% ../nbs/02_gradients.ipynb #59fc6a53
 @patch
