@@ -64,6 +64,8 @@ def _init_rules(model, th):
             out.append(_finding(r.layer, f'{kind} units: symmetry is never broken', 'error', r.finding, 'symmetric'))
     return out
 
+_LOOKUPS = (nn.Embedding, nn.EmbeddingBag)  # (their output's scale is their initialization, fastai's 0.01 on purpose: not a step through depth)
+
 def _activation_rules(learn, ah, th, xb):
     out = []
     if ah.names is None: return out
@@ -80,7 +82,8 @@ def _activation_rules(learn, ah, th, xb):
     f = ah.fast
     if len(f):
         rms0 = f['rms'][0]
-        par = [j for j, m in enumerate(ah.mods) if any(True for _ in m.parameters(recurse=False)) and np.isfinite(rms0[j]) and rms0[j] > 0]
+        par = [j for j, m in enumerate(ah.mods) if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, _LOOKUPS)
+               and np.isfinite(rms0[j]) and rms0[j] > 0]
         if len(par) >= 2:
             lo, hi = min(par, key=lambda j: rms0[j]), max(par, key=lambda j: rms0[j])
             orders = math.log10(rms0[hi] / rms0[lo])

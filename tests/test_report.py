@@ -148,3 +148,45 @@ def test_healthcheck_learner_pickles_and_fits_again():
     back = pickle.loads(pickle.dumps(learn))
     back.fit(1)
     assert len(back.activation_health.to_df()) > 0 and n_hooks(back.model) == 0
+
+
+def _report(model, lr=1e-3):
+    learn = quiet(Learner(digits_dls(n_train=256), model, loss_func=nn.CrossEntropyLoss(), cbs=[ActivationHealth(), GradientHealth(warn=False)]))
+    learn.fit(1, lr)
+    return learn.health_report(verbose=False)
+
+def _mlp(std, act=nn.ReLU, depth=6):
+    torch.manual_seed(0)
+    ls = [nn.Flatten()]
+    for i in range(depth): ls += [nn.Linear(64, 64), act()]
+    m = nn.Sequential(*ls, nn.Linear(64, 10))
+    for l in m:
+        if isinstance(l, nn.Linear): nn.init.normal_(l.weight, std=std); nn.init.zeros_(l.bias)
+    return m
+
+def test_scale_drift_reported():
+    "Weights of std 0.05 (a fifth of Kaiming's for 64 inputs): the rms shrinks ~4x a layer, 3+ orders over six layers"
+    rep = _report(_mlp(0.05))
+    assert (rep.problem == 'activation scale drifts through depth').sum() == 1, rep
+    rep = _report(_mlp((2 / 64) ** 0.5))  # Kaiming: no drift
+    assert not (rep.problem == 'activation scale drifts through depth').any(), rep
+
+class Tabular(nn.Module):
+    "fastai's TabularModel (its embeddings initialized at std 0.01, on purpose) on the digits: one categorical column, 64 continuous"
+    def __init__(self):
+        super().__init__()
+        from fastai.tabular.model import TabularModel
+        torch.manual_seed(0); self.t = TabularModel([(3, 4)], 64, 10, [64, 32])
+    def forward(self, x): return self.t(torch.zeros(len(x), 1, dtype=torch.long, device=x.device), x.flatten(1))
+
+def test_embedding_scale_is_not_drift():
+    "The embedding's rms is 2+ orders below the BatchNorm'd layers' (everything else within half an order): not a drift"
+    learn = quiet(Learner(digits_dls(n_train=256), Tabular(), loss_func=nn.CrossEntropyLoss(), cbs=ActivationHealth()))
+    learn.fit(1, 1e-3)
+    rep = learn.health_report(Thresholds(drift_orders=1.5), verbose=False)
+    assert not (rep.problem == 'activation scale drifts through depth').any(), rep
+
+def test_saturation_reported():
+    "Sigmoids behind weights ten times too large: most outputs sit on an asymptote"
+    rep = _report(_mlp(1.0, nn.Sigmoid, depth=3))
+    assert (rep.problem == 'saturated activation').sum() >= 2, rep
