@@ -405,8 +405,11 @@ def _sampled_rows(self:ActivationHealth, rows, nval):
         s = torch.cat([m.float() for r in rows for m in r[0]] + [nanS]).index_select(0, torch.from_numpy(perm.ravel()).to(dev))
         w = self._mask(nval, dev)
         if self._hr is None: self._set_hist_range(s[:L], w)
-        r = _sample_stats(s, self._const(('stat', k, tuple(nval)), dev, lambda: self._stat_consts(k, nval, w, dev)), self.bins, self.dead_thresh)
-    return r.view(k, L, -1)
+        r = _sample_stats(s, self._const(('stat', k, tuple(nval)), dev, lambda: self._stat_consts(k, nval, w, dev)), self.bins, self.dead_thresh).view(k, L, -1)
+        if 0 in nval:  # a layer that gave no output (a module the forward pass did not call): no statistics, and no non-finite value
+            gone = [j for j, n in enumerate(nval) if n == 0]
+            r[:, gone] = self._const(('gone', r.shape[-1]), dev, lambda: torch.tensor([math.nan] * 5 + [0.] * (r.shape[-1] - 5), device=dev))
+    return r
 
 @patch
 def _stat_consts(self:ActivationHealth, k, nval, w, dev):
