@@ -20,7 +20,7 @@ __all__ = ['GRAD_COLS', 'UPD_COLS', 'AGRAD_COLS', 'GradientHealth']
 
 # %% ../nbs/02_gradients.ipynb #38f37ccc
 GRAD_COLS = dict(grad_norm='mean', nonfinite_batches='sum')
-UPD_COLS = dict(update_norm='mean', weight_norm='mean', zero_frac='mean', nonfinite='sum')
+UPD_COLS = dict(update_norm='mean', weight_norm='mean', zero_frac='mean', nonfinite='sum', lr='mean')
 
 class GradientHealth(HealthCallback):
     "Per-layer gradient and update health every training batch, with vanishing, exploding and non-finite flags"
@@ -38,6 +38,7 @@ class GradientHealth(HealthCallback):
         growth_batches:int=5, # ...this many recorded batches in a row
         band:tuple=(1e-5, 1e-1), # update ratios outside this band are stalled (below) or too hot (above)...
         band_batches:int=3, # ...for this many measured batches in a row
+        stall_lr:float=0.1, # a layer is not stalled while its learning rate is below this fraction of its peak in the fit (a schedule's annealing)
         chunk:int=64, # recorded batches kept on the device between copies to the host
         max_rows:int=2048, # rows kept per history; past it, older rows are merged pairwise
         warn:bool=True, # issue a warning the first time each problem is found
@@ -53,6 +54,7 @@ class GradientHealth(HealthCallback):
         if (not isinstance(band, (tuple, list)) or len(band) != 2 or not all(isinstance(b, (int, float)) and math.isfinite(b) and b > 0 for b in band)
             or not band[0] < band[1]): raise ValueError(f"`band` must be (lo, hi) with 0 < lo < hi, got {band!r}")
         self.band, self.band_batches = tuple(float(b) for b in band), check_int('band_batches', band_batches)
+        self.stall_lr = check_float('stall_lr', stall_lr, 0., 1.)
         self.chunk, self.max_rows, self.warn = check_int('chunk', chunk), check_int('max_rows', max_rows, 4), bool(warn)
         self.act_grads, self.mod_sel, self.sample = bool(act_grads), modules, check_int('sample', sample)
         self.names = None
@@ -81,6 +83,7 @@ def setup(self:GradientHealth):
         if self.hist is not None and len(self.hist): warnings.warn("GradientHealth: the model's parameters changed; history starts afresh")
         self._reset(names, [p.numel() for _, p in named])
     self.params, self._cols, self._pbuf = [named[j][1] for j in train], np.array(train), None  # (`_cols`: their columns)
+    self._group_of, self._lr_peak = None, np.full(len(self.layers), np.nan)  # (the optimizer's groups, each layer's peak lr: per fit)
     clip = [cb for cb in self.learn.cbs if isinstance(cb, GradientClip)]
     self._clip = clip[0].max_norm if clip and clip[0].norm_type == 2 else None
     self._rec = 0
@@ -139,8 +142,18 @@ def after_step(self:GradientHealth):
         w = torch._foreach_norm(self._prev, 2, dtype=f32)
         torch._foreach_sub_(self._prev, self.params)  # the weights before the step less those after: -Δw
         d = torch._foreach_norm(self._prev, 2, dtype=f32)
-        self._uq.add(d + w + self._nonf, self._iter)
+        self._uq.add(d + w + self._nonf, (self._iter, self._lrs()))
     self._done()
+
+@patch
+def _lrs(self:GradientHealth):
+    "The learning rate of each trainable parameter's optimizer group for the step just taken (NaN: not in the optimizer), or None without fastai's `param_lists`/`hypers`"
+    opt = getattr(self.learn, 'opt', None)
+    if not (hasattr(opt, 'param_lists') and hasattr(opt, 'hypers')): return None
+    if self._group_of is None:  # (once a fit: which group each parameter is in)
+        gid = {id(p): g for g, pl in enumerate(opt.param_lists) for p in pl}
+        self._group_of = np.array([gid.get(id(p), -1) for p in self.params])
+    return np.array([float(h.get('lr', math.nan)) for h in opt.hypers] + [math.nan])[self._group_of]
 
 @patch
 def after_cancel_step(self:GradientHealth):
@@ -166,10 +179,12 @@ def _sink(self:GradientHealth, arr, iters):
     self._check(np.asarray(iters), g)
 
 @patch
-def _usink(self:GradientHealth, arr, iters):
-    a = self._columns(arr.reshape(len(iters), 4, -1))
-    self.upd.append(iters, dict(update_norm=a[:, 0], weight_norm=a[:, 1], zero_frac=1 - a[:, 2] / self.sizes, nonfinite=a[:, 3]))
-    self._check_band(np.asarray(iters), a[:, 0], a[:, 1])
+def _usink(self:GradientHealth, arr, metas):
+    iters, k = [m[0] for m in metas], len(metas)
+    a = self._columns(arr.reshape(k, 4, -1))
+    lr = self._columns(np.array([np.full(len(self._cols), np.nan) if m[1] is None else m[1] for m in metas]))
+    self.upd.append(iters, dict(update_norm=a[:, 0], weight_norm=a[:, 1], zero_frac=1 - a[:, 2] / self.sizes, nonfinite=a[:, 3], lr=lr))
+    self._check_band(np.asarray(iters), a[:, 0], a[:, 1], lr)
 
 @patch
 def _columns(self:GradientHealth, a):
@@ -329,13 +344,23 @@ def _streaks(self:GradientHealth, kind, iters, bad, n, value, msg, key=None):
     for j in range(len(self.layers)): self._streak[(key, j)] = int(run[-1, j])
 
 @patch
-def _check_band(self:GradientHealth, iters, d, w):
+def _check_band(self:GradientHealth, iters, d, w, lr):
     lo, hi = self.band
-    lu = self._layer_ratio(d, w)
-    with np.errstate(invalid='ignore'): stalled, hot = lu < lo, lu > hi
+    lu, llr = self._layer_ratio(d, w), self._layer_max(lr)
+    peak = np.fmax.accumulate(np.concatenate([self._lr_peak[None], llr]), 0)[1:]  # each layer's peak learning rate in the fit so far
+    self._lr_peak = peak[-1]
+    with np.errstate(invalid='ignore'):  # (an update ratio follows the learning rate: small while a schedule anneals it, not stalled)
+        stalled, hot = (lu < lo) & ~(llr < self.stall_lr * peak), lu > hi
     for kind, bad, word, lim in (('stalled', stalled, 'below', lo), ('too hot', hot, 'above', hi)):
         self._streaks(kind, iters, bad, self.band_batches, lu,
                       lambda name, run, it, v: f"layer {name}: update ratio {v:.2g} is {word} {lim:g} for {run} measurements (to batch {it})")
+
+@patch
+def _layer_max(self:GradientHealth, v):
+    "Per-layer maxima (rows, layers) of per-parameter values `v` (rows, params), NaN left out"
+    out = np.full((len(v), len(self.layers)), np.nan)
+    np.fmax.at(out, (slice(None), self._layer_of), v)
+    return out
 
 @patch
 def _layer_ratio(self:GradientHealth, d, w):
@@ -363,21 +388,22 @@ def to_df(self:GradientHealth,
     if per == 'param':
         names, cols = self.names, dict(**{c: h[c] for c in GRAD_COLS}, frozen=fz)
         with np.errstate(divide='ignore', invalid='ignore'):
-            ucols = dict(update_ratio=u['update_norm'] / u['weight_norm'], weight_norm=u['weight_norm'], zero_frac=u['zero_frac'], nonfinite=u['nonfinite'])
+            ucols = dict(update_ratio=u['update_norm'] / u['weight_norm'], weight_norm=u['weight_norm'], zero_frac=u['zero_frac'], nonfinite=u['nonfinite'], lr=u['lr'])
     else:
         names, sizes = self.layers, np.broadcast_to(self.sizes, ufz.shape)
         nonf = self._per_layer(h['nonfinite_batches'], fz)
         cols = dict(grad_norm=self._layer_norms(h['grad_norm'], fz), nonfinite_batches=(nonf > 0).astype(np.float32), frozen=np.isnan(nonf))
         with np.errstate(divide='ignore', invalid='ignore'):
             ucols = dict(update_ratio=self._layer_ratio(u['update_norm'], u['weight_norm']), weight_norm=self._layer_norms(u['weight_norm'], ufz),
-                         zero_frac=self._per_layer(u['zero_frac'] * sizes, ufz) / self._per_layer(sizes, ufz), nonfinite=self._per_layer(u['nonfinite'], ufz))
+                         zero_frac=self._per_layer(u['zero_frac'] * sizes, ufz) / self._per_layer(sizes, ufz), nonfinite=self._per_layer(u['nonfinite'], ufz),
+                         lr=self._layer_max(u['lr']))
     L = len(names)
     def long(it, n, cs):
         return pd.DataFrame({'iter': np.repeat(it, L), 'n': np.repeat(n, L), per: np.tile(np.array(names, dtype=object), len(it)),
                              **{c: np.asarray(v).reshape(-1) for c, v in cs.items()}})
     df = long(h.iters[:k], h.n[:k], cols)
     if ku: df = df.merge(long(u.iters[:ku], u.n[:ku], ucols).drop(columns='n'), on=['iter', per], how='left')
-    else: df = df.assign(**{c: np.nan for c in ('update_ratio', 'weight_norm', 'zero_frac', 'nonfinite')})
+    else: df = df.assign(**{c: np.nan for c in ('update_ratio', 'weight_norm', 'zero_frac', 'nonfinite', 'lr')})
     df['global_grad_norm'] = np.repeat(self.global_norm(), L)
     df['skipped'] = df['iter'].isin(self.skipped); df['clipped'] = df['iter'].isin(self.clipped)
     return df
@@ -438,7 +464,7 @@ def plot_layer(self:GradientHealth,
 
 # %% ../nbs/02_gradients.ipynb #b523dab4
 _GH_ARGS = ('every', 'update_every', 'vanish_frac', 'vanish_batches', 'explode_factor', 'explode_window', 'explode_ceiling', 'growth', 'growth_batches',
-            'band', 'band_batches', 'chunk', 'max_rows', 'warn', 'act_grads', 'sample')
+            'band', 'band_batches', 'stall_lr', 'chunk', 'max_rows', 'warn', 'act_grads', 'sample')
 
 def _plain(v):
     "JSON-able: numpy scalars to Python, tuples to lists"

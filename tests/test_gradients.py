@@ -54,13 +54,13 @@ def test_update_ratio_exact_for_sgd():
 
 bad = [dict(every=0), dict(update_every=0), dict(explode_window=4), dict(vanish_frac=-1), dict(vanish_frac=2.), dict(vanish_batches=0), dict(explode_factor=0.5),
        dict(explode_ceiling=float('nan')), dict(growth=0.), dict(growth_batches=0), dict(band=(0, 1)), dict(band=(1, 1e-3)),
-       dict(band='x'), dict(band_batches=0), dict(chunk=0), dict(max_rows=1)]
+       dict(band='x'), dict(band_batches=0), dict(stall_lr=1.5), dict(stall_lr=-0.1), dict(chunk=0), dict(max_rows=1)]
 
 @pytest.mark.parametrize('kw', bad)
 def test_bad_arguments_name_the_argument(kw): bad_argument_named(GradientHealth, kw)
 
 @settings(max_examples=40, deadline=None)
-@given(st.dictionaries(st.sampled_from(['every', 'update_every', 'vanish_frac', 'vanish_batches', 'explode_factor', 'growth', 'chunk', 'max_rows']),
+@given(st.dictionaries(st.sampled_from(['every', 'update_every', 'vanish_frac', 'vanish_batches', 'explode_factor', 'growth', 'stall_lr', 'chunk', 'max_rows']),
                        st.one_of(st.integers(-3, 100), st.floats(allow_nan=True, allow_infinity=True), st.none()), max_size=3))
 def test_constructor_fuzz(kw): works_or_names_argument(lambda **k: GradientHealth(warn=False, **k), kw)
 
@@ -133,3 +133,24 @@ def test_gradient_accumulation_records_the_steps(every):
     assert it == (steps if every in (None, 2) else [1, 3, 7, 9]), it  # every=3: batches 0, 3, 6, 9 arm the steps at 1, 3, 7, 9
     np.testing.assert_allclose(cb.global_norm(), [seen[i] for i in it], rtol=1e-5)
     assert len(cb.upd) == len(it)
+
+
+def test_annealed_learning_rate_is_not_a_stall():
+    "fit_one_cycle anneals the lr 1e5-fold: the last measurements' update ratios fall below the band with it. Without"
+    "the learning-rate gate (stall_lr=0) every layer is flagged stalled there; with it (default) none is"
+    from fastai.learner import Learner
+    from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learner)
+    from initcb.core import digits_dls
+    def run(**kw):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        learn = quiet(Learner(digits_dls(n_train=256), m, loss_func=nn.CrossEntropyLoss(), cbs=GradientHealth(warn=False, update_every=1, **kw)))
+        learn.fit_one_cycle(30, 1e-2)
+        return learn
+    ungated = run(stall_lr=0.).gradient_health.events
+    assert set(ungated.query("kind == 'stalled'")['layer']) == {'1', '3', '5'}, ungated
+    learn = run()
+    gh = learn.gradient_health
+    assert not len(gh.events.query("kind == 'stalled'")), gh.events
+    lr = gh.to_df()['lr'].to_numpy().reshape(-1, 3)  # (the lr each measurement was taken at, per layer)
+    np.testing.assert_allclose(lr, np.array(learn.recorder.lrs)[:, None].repeat(3, 1), rtol=1e-6)
