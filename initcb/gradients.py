@@ -82,6 +82,8 @@ def setup(self:GradientHealth):
     if names != self.names or self.hist is None:  # (None: unpickled from learn.export, which leaves the history out)
         if self.hist is not None and len(self.hist): warnings.warn("GradientHealth: the model's parameters changed; history starts afresh")
         self._reset(names, [p.numel() for _, p in named])
+    if len(self.hist) and not np.array_equal(self._cols, train):  # frozen or unfrozen since the last fit: the global norm now
+        self._streak = {}  # sums other parameters, a jump that is no explosion; the rules' runs and running median start afresh
     self.params, self._cols, self._pbuf = [named[j][1] for j in train], np.array(train), None  # (`_cols`: their columns)
     self._group_of, self._lr_peak = None, np.full(len(self.layers), np.nan)  # (the optimizer's groups, each layer's peak lr: per fit)
     clip = [cb for cb in self.learn.cbs if isinstance(cb, GradientClip)]

@@ -154,3 +154,24 @@ def test_annealed_learning_rate_is_not_a_stall():
     assert not len(gh.events.query("kind == 'stalled'")), gh.events
     lr = gh.to_df()['lr'].to_numpy().reshape(-1, 3)  # (the lr each measurement was taken at, per layer)
     np.testing.assert_allclose(lr, np.array(learn.recorder.lrs)[:, None].repeat(3, 1), rtol=1e-6)
+
+
+def test_unfreezing_is_not_an_explosion():
+    "The second layer's weights are 1000x larger and its output 1000x smaller: the first layer's gradients are ~1000x the"
+    "second's, and unfreezing it multiplies the global norm by as much, a change of what is summed, not an explosion (the"
+    "rules' running values restart when the trainable set changes)"
+    from fastai.torch_core import params
+    class Big(nn.Module):
+        def __init__(self):
+            super().__init__(); self.a, self.b = nn.Linear(1, 8), nn.Linear(8, 1)
+            with torch.no_grad(): self.b.weight.mul_(1000.)
+        def forward(self, x): return self.b(torch.relu(self.a(x[:, None]))).squeeze(-1) * 1e-3
+    torch.manual_seed(0)
+    learn = quiet(synth_learner(n_trn=10, cbs=GradientHealth(warn=False)))
+    learn.model, learn.splitter = Big(), lambda m: [params(m.a), params(m.b)]
+    learn.freeze(); learn.fit(1, 1e-6)
+    before = learn.gradient_health.global_norm()
+    learn.unfreeze(); learn.fit(1, 1e-6)
+    gh = learn.gradient_health
+    assert np.median(gh.global_norm()[10:]) > 100 * np.median(before)  # (the jump the rule must not call an explosion)
+    assert not len(gh.events.query("kind == 'exploding'")), gh.events
