@@ -14,7 +14,7 @@ from fastai.callback.core import Callback
 from .core import *
 
 # %% auto #0
-__all__ = ['unit_chains', 'dormancy_scores', 'reinit_units', 'reinit_dormant', 'ReinitDormant']
+__all__ = ['OUTPUT_LAYER', 'unit_chains', 'dormancy_scores', 'reinit_units', 'reinit_dormant', 'ReinitDormant']
 
 # %% ../nbs/04_reinit.ipynb #44447b5e
 _PASS_UNITS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)  # besides `ELEMENTWISE_TYPES`: unit i out is unit i in
@@ -24,6 +24,8 @@ _LAYER = (nn.Linear, nn.Conv1d, nn.Conv2d)
 def _elementwise(m):
     import initcb.init  # (adds GeneralRelu to `ELEMENTWISE_TYPES`)
     return isinstance(m, tuple(ELEMENTWISE_TYPES) + _PASS_UNITS)
+
+OUTPUT_LAYER = "the model's output layer (its units are the outputs: not re-initialized)"
 
 def unit_chains(
     model:nn.Module, # traced with torch.fx
@@ -48,7 +50,8 @@ def unit_chains(
                 if chain['act'] is None and not isinstance(um, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)): chain['act'] = u.target
             elif isinstance(um, _POOL) and not chain['flatten']: pass
             elif (isinstance(um, nn.Flatten) or u.op == 'call_function' and u.target is torch.flatten) and not chain['flatten']: chain['flatten'] = True
-            else: why = f'it feeds {u.target if um is None else type(um).__name__}, which ReDo cannot follow'; break
+            elif u.op == 'output': why = OUTPUT_LAYER; break
+            else: why = f'it feeds {getattr(u.target, "__name__", u.target) if um is None else type(um).__name__}, which ReDo cannot follow'; break
             cur = u
         res[node.target] = (None, why) if why else (chain, None)
     for n, m in model.named_modules():
@@ -158,7 +161,7 @@ class ReinitDormant(Callback):
         start:int=0, # first batch at which to check
         scheme:str='redo', # 'redo': dormant units; 'shrink_perturb': every handled layer, w <- shrink * w + perturb * fresh init (Ash & Adams 2020)
         shrink:float=0.4, perturb:float=0.1, # the shrink-and-perturb coefficients
-        verbose:bool=True, # warn once about each layer it cannot follow
+        verbose:bool=True, # warn once (one warning a fit) about the layers it cannot follow, the output layer aside
     ):
         self.every, self.start = check_int('every', every), check_int('start', start, 0)
         self.tau, self.max_frac = check_float('tau', tau, 0., 1e6), check_float('max_frac', max_frac, 0., 1.)
@@ -168,10 +171,13 @@ class ReinitDormant(Callback):
 
     def before_fit(self):
         self.chains = unit_chains(unwrap(self.model))
+        skipped = {}  # why -> layers, in one warning (a ResNet has a dozen layers that feed a residual add)
         for n, (c, why) in self.chains.items():
-            if c is None and n not in self._told:
-                self._told.add(n)
-                if self.verbose and is_main(): warnings.warn(f"ReinitDormant: layer {n} skipped: {why}")
+            if c is None and n not in self._told and why != OUTPUT_LAYER: self._told.add(n); skipped.setdefault(why, []).append(n)
+        if skipped and self.verbose and is_main():
+            few = lambda ns: ', '.join(ns[:4]) + (f' and {len(ns) - 4} more' if len(ns) > 4 else '')
+            k = sum(map(len, skipped.values()))
+            warnings.warn(f"ReinitDormant skips {k} layer{'s' if k > 1 else ''}: " + '; '.join(f"{few(ns)}: {why}" for why, ns in skipped.items()))
         if not any(c is not None for c, _ in self.chains.values()) and is_main(): warnings.warn("ReinitDormant: no layer it can handle in this model")
 
     def after_step(self):

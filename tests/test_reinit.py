@@ -38,11 +38,23 @@ def test_unsupported_structures_skipped_with_a_message():
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always'); learn.fit(1)
     msgs = [str(x.message) for x in w if 'ReinitDormant' in str(x.message)]
-    assert any('layer a skipped' in s for s in msgs) and any('no layer it can handle' in s for s in msgs)
+    assert any('skips 1 layer: a: it feeds relu, which ReDo cannot follow' in s for s in msgs) and any('no layer it can handle' in s for s in msgs)
+    assert not any("output layer" in s for s in msgs)  # (b, the output layer, is never re-initialized: nothing to warn about)
     assert len(cb.events) == 0
 
 @pytest.mark.parametrize('kw', [dict(every=0), dict(tau=-0.1), dict(max_frac=1.5), dict(scheme='x'), dict(start=-1), dict(shrink=2.)])
 def test_bad_arguments(kw): bad_argument_named(ReinitDormant, kw)
+
+def test_resnet_skips_in_one_warning():
+    "fastai's xresnet18: a dozen layers feed a residual add; one warning names them, grouped by reason, once per callback"
+    from fastai.vision.models.xresnet import xresnet18
+    from fastai.learner import Learner
+    from initcb.core import digits_dls
+    learn = quiet(Learner(digits_dls(n_train=64), xresnet18(c_in=1, n_out=10), loss_func=nn.CrossEntropyLoss(), cbs=ReinitDormant(every=100)))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); learn.fit(1); learn.fit(1)
+    msgs = [str(x.message) for x in w if 'ReinitDormant' in str(x.message)]
+    assert len(msgs) == 1 and 'feeds add, which ReDo cannot follow' in msgs[0] and 'more' in msgs[0], msgs
 
 def test_shrink_perturb_whole_layers():
     "scheme='shrink_perturb': every handled layer becomes shrink * w + perturb * fresh init; the last layer (no consumer) untouched"
