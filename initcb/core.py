@@ -9,6 +9,7 @@ from __future__ import annotations
 import math, random
 import numpy as np, torch
 from torch import nn, Tensor
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 from torch.nn.utils.rnn import PackedSequence
 from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException, event
 
@@ -121,8 +122,9 @@ def default_watch(
     name:str, # the module's name in the model
     m:nn.Module, # the module
 ):
-    "Watched by default: marked modules, nonlinearities and leaf modules with parameters"
-    if getattr(m, '_initcb_watch', False): return True
+    "Watched by default: marked modules, nonlinearities, leaf modules with parameters, and attention (not its `out_proj`)"
+    if getattr(m, '_initcb_watch', False) or isinstance(m, nn.MultiheadAttention): return True  # (parameters of its own, and children)
+    if isinstance(m, NonDynamicallyQuantizableLinear): return False  # attention's `out_proj`: its weights are used, the module never runs
     return not any(True for _ in m.children()) and (is_activation(m) or has_own_params(m))
 
 # %% ../nbs/00_core.ipynb #2acd37cb
