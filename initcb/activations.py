@@ -15,7 +15,7 @@ from .core import *
 from .core import _set_grad
 
 # %% auto #0
-__all__ = ['SAMPLED', 'FAST', 'sample_stats', 'ActivationHealth', 'default_full_max']
+__all__ = ['SAMPLED', 'FAST', 'CACHE_BYTES', 'CACHE_ITEMS', 'sample_stats', 'ActivationHealth', 'default_full_max']
 
 # %% ../nbs/01_activations.ipynb #4a1d58d7
 SAMPLED = ['mean', 'std', 'min', 'near_zero', 'saturated', 'nonfinite']
@@ -81,7 +81,7 @@ def _as_bounds(b): return (-math.inf, math.inf) if b is None else b
 class ActivationHealth(HealthCallback):
     "Per-layer activation statistics of every training batch, at a cost close to zero"
     run_valid = False
-    _stateattrs = ('hooks', 'mods', 'fast', 'sampled', '_fastq', '_sampq', '_outs', '_vers', '_samp', '_idx', '_cache', '_parts', '_blocks', '_layouts')
+    _stateattrs = ('hooks', 'mods', 'fast', 'sampled', '_fastq', '_sampq', '_outs', '_vers', '_samp', '_idx', '_cache', '_csize', '_parts', '_blocks', '_layouts')
     def __init__(self,
         modules=None, # modules, module names, or a predicate `f(name, module)`; default: nonlinearities and layers with parameters
         every:int=None, # record every `every` training batches (fastai's meaning); None records every batch
@@ -117,6 +117,7 @@ class ActivationHealth(HealthCallback):
         self.hooks = self.mods = self.fast = self.sampled = self._fastq = self._sampq = None
         self._outs = self._vers = self._samp = self._idx = None; self._layouts = {}
         self._cache, self._on, self._sampling, self._hooksamp, self._hr, self._hm, self._dev = {}, False, False, False, None, None, None
+        self._csize, self._cbytes = {}, 0
         if not hasattr(self, 'n_seen'): self.n_seen = 0
 
 # %% ../nbs/01_activations.ipynb #0f0fb024
@@ -141,7 +142,7 @@ def _reset(self:ActivationHealth, names, bounds):
     self.fast = StatHistory(FAST, L, self.max_rows)
     self.sampled = StatHistory({**{c: 'mean' for c in SAMPLED}, 'std': 'std', 'min': 'min', 'nonfinite': 'sum',
                                 'hist': ('sum', (self.bins,))}, L, self.max_rows)
-    self._hr, self._hm, self._cache = None, None, {}
+    self._hr, self._hm, self._cache, self._csize, self._cbytes = None, None, {}, {}, 0
     if self.hist_range is not None: self._hr = np.array([self.hist_range] * L, np.float32)
 
 @patch
@@ -213,11 +214,27 @@ def _index_tuple(self:ActivationHealth, i, o):
     self._skip[i] = not o.is_floating_point()  # (an index or a mask: no statistics)
     return c
 
+CACHE_BYTES, CACHE_ITEMS = 256 << 20, 512  # constants kept per callback at most: past either, the oldest go
+
+def _nbytes(v):
+    "Bytes held by a cached constant: a tensor, or a tuple's tensors (views in its lists share their buffer's memory)"
+    if isinstance(v, Tensor): return v.nbytes
+    return sum(x.nbytes for x in v if isinstance(x, Tensor)) if isinstance(v, tuple) else 0
+
 @patch
 def _const(self:ActivationHealth, key, dev, make):
+    "The constant `make()` for `key` on `dev`, made once. A fit with fixed shapes keeps a handful; inputs whose shape changes"
+    "every batch (text of varying length) would keep one per shape, so past `CACHE_BYTES` or `CACHE_ITEMS` the oldest go"
     k = (key, dev)
-    if k not in self._cache: self._cache[k] = make()
-    return self._cache[k]
+    v = self._cache.get(k)
+    if v is None:
+        v = self._cache[k] = make(); n = self._csize[k] = _nbytes(v); self._cbytes += n
+        while len(self._csize) > 1 and (self._cbytes > CACHE_BYTES or len(self._csize) > CACHE_ITEMS): self._uncache(next(iter(self._csize)))
+    return v
+
+@patch
+def _uncache(self:ActivationHealth, k):
+    self._cache.pop(k, None); self._cbytes -= self._csize.pop(k, 0)
 
 @patch
 def _mask(self:ActivationHealth, nval, dev):
@@ -452,7 +469,7 @@ def _expand_hist(self:ActivationHealth, hist):
         np.add.at(new, (slice(None), (np.arange(B) + m) // 2), self.sampled.data['hist'][:, j])
         self.sampled.data['hist'][:, j] = new
         self._hr[j] *= 2
-    for k in [k for k in self._cache if k[0][0] == 'stat']: del self._cache[k]  # (the histogram constants change with the ranges)
+    for k in [k for k in self._cache if k[0][0] == 'stat']: self._uncache(k)  # (the histogram constants change with the ranges)
 
 # %% ../nbs/01_activations.ipynb #d7fb9abf
 @patch
