@@ -132,7 +132,7 @@ def setup(self:ActivationHealth):
     self._rec, self._inplace, self._skip, self._insample = 0, [False] * L, [False] * L, [False] * L
     self._elem = [isinstance(m, tuple(ELEMENTWISE_TYPES)) for m in self.mods]
     self._idx = None  # sample indices and the whole-or-sampled choice are made afresh each fit (the device may have changed)
-    self._layouts = {}
+    self._layouts, self._churn = {}, False
     self._clear_refs()
 
 @patch
@@ -170,7 +170,7 @@ def default_full_max(
     device, # a torch device or its name
 ):
     "Outputs larger than this are sampled rather than reduced whole: 16,384 elements on a CPU, 4M on a GPU"
-    return 1 << 22 if torch.device(device).type == 'cuda' else 1 << 14
+    return 1 << 22 if (device if isinstance(device, torch.device) else torch.device(device)).type == 'cuda' else 1 << 14  # (no new device object: 7 us)
 
 # %% ../nbs/01_activations.ipynb #5cdef362
 @patch
@@ -208,6 +208,7 @@ def _derived(self:ActivationHealth, i, x, o):
 @patch
 def _index_tuple(self:ActivationHealth, i, o):
     "(shape, sample indices, distinct count) for layer `i`'s output `o`, and whether it is sampled rather than reduced whole"
+    if self._idx[i] is not None: self._churn = True  # a shape that changes within a fit (text of varying length): see `after_pred`
     c = self._idx[i] = (o.shape, *self._const(('idx', o.shape), o.device, lambda: sample_index(o.shape, self.sample, o.device)))
     self._layouts = {}  # (a fast row's layout depends on the sizes)
     self._insample[i] = self._inplace[i] or o.numel() > (default_full_max(o.device) if self.full_max is None else self.full_max)
@@ -295,7 +296,9 @@ def after_pred(self:ActivationHealth):
     if not self._on: return
     self._on = False
     held = [i for i, o in enumerate(self._outs) if o is not None]
-    small = self._part(held, small=not self._parts) if held else None  # a few small outputs: copied, reduced a chunk at a time
+    # a few small outputs: copied, reduced a chunk at a time; not when shapes change within the fit, as each new shape would
+    # end the chunk (a copy's layout is its shapes'): their norms instead, one row layout whatever the shapes
+    small = self._part(held, small=not self._parts and not self._churn) if held else None
     sl = self._fast_samples()
     if self._parts or sl or small:
         self._add_fast_row(small, sl)
