@@ -185,8 +185,9 @@ def _usink(self:GradientHealth, arr, metas):
     iters, k = [m[0] for m in metas], len(metas)
     a = self._columns(arr.reshape(k, 4, -1))
     lr = self._columns(np.array([np.full(len(self._cols), np.nan) if m[1] is None else m[1] for m in metas]))
-    self.upd.append(iters, dict(update_norm=a[:, 0], weight_norm=a[:, 1], zero_frac=1 - a[:, 2] / self.sizes, nonfinite=a[:, 3], lr=lr))
-    self._check_band(np.asarray(iters), a[:, 0], a[:, 1], lr)
+    zf = 1 - a[:, 2] / self.sizes
+    self.upd.append(iters, dict(update_norm=a[:, 0], weight_norm=a[:, 1], zero_frac=zf, nonfinite=a[:, 3], lr=lr))
+    self._check_band(np.asarray(iters), a[:, 0], a[:, 1], lr, zf)
 
 @patch
 def _columns(self:GradientHealth, a):
@@ -330,9 +331,12 @@ def _check(self:GradientHealth, iters, g):
     past += gf.tolist(); del past[:-W]
     ln = self._layer_norms(np.nan_to_num(g[ok], nan=0., posinf=0.), self._frozen_cols())  # (NaN: a layer frozen whole, never flagged)
     top = np.fmax.reduce(ln, 1, keepdims=True, initial=0.)
-    with np.errstate(invalid='ignore'): low = (ln < self.vanish_frac * top) & (top > 0)
+    with np.errstate(invalid='ignore', over='ignore'):  # none: nothing reached the layer (all of its norms exactly 0; NaN is not none)
+        none, low = (self._layer_norms(g[ok], self._frozen_cols()) == 0) & (top > 0), (ln < self.vanish_frac * top) & (ln > 0)
     self._streaks('vanishing', iters[ok], low, self.vanish_batches, ln / np.where(top > 0, top, 1),
                   lambda name, run, it, v: f"layer {name}: gradient norm below {self.vanish_frac:g} of the largest layer's for {run} batches (to batch {it})", 'vanish')
+    self._streaks('no gradient', iters[ok], none, self.vanish_batches, ln,
+                  lambda name, run, it, v: f"layer {name}: no gradient for {run} batches (to batch {it}): not used in the forward pass, or cut off from the loss")
 
 @patch
 def _streaks(self:GradientHealth, kind, iters, bad, n, value, msg, key=None):
@@ -346,13 +350,14 @@ def _streaks(self:GradientHealth, kind, iters, bad, n, value, msg, key=None):
     for j in range(len(self.layers)): self._streak[(key, j)] = int(run[-1, j])
 
 @patch
-def _check_band(self:GradientHealth, iters, d, w, lr):
+def _check_band(self:GradientHealth, iters, d, w, lr, zf):
     lo, hi = self.band
     lu, llr = self._layer_ratio(d, w), self._layer_max(lr)
+    got = self._per_layer((zf < 1).astype(np.float64), np.isnan(w)) > 0  # a layer with a non-zero gradient entry (else: 'no gradient')
     peak = np.fmax.accumulate(np.concatenate([self._lr_peak[None], llr]), 0)[1:]  # each layer's peak learning rate in the fit so far
     self._lr_peak = peak[-1]
     with np.errstate(invalid='ignore'):  # (an update ratio follows the learning rate: small while a schedule anneals it, not stalled)
-        stalled, hot = (lu < lo) & ~(llr < self.stall_lr * peak), lu > hi
+        stalled, hot = (lu < lo) & got & ~(llr < self.stall_lr * peak), lu > hi
     for kind, bad, word, lim in (('stalled', stalled, 'below', lo), ('too hot', hot, 'above', hi)):
         self._streaks(kind, iters, bad, self.band_batches, lu,
                       lambda name, run, it, v: f"layer {name}: update ratio {v:.2g} is {word} {lim:g} for {run} measurements (to batch {it})")

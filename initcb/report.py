@@ -47,6 +47,7 @@ REMEDIES = {
     'nonfinite': ("lower the learning rate, clip gradients, guard the fit", 'NonFiniteGuard'),
     'exploding': ("clip gradients (GradientClip) or lower the learning rate", 'GradientClip'),
     'vanishing': ("rescale the init (LSUV), add normalization or residual connections, or use an LSTM/GRU", 'LSUVInit'),
+    'no gradient': ("use the layer in the forward pass (an unused head or branch?), or freeze it (requires_grad_(False))", ''),
     'stalled': ("raise the learning rate for this layer (discriminative lr) or rescale its init", 'LSUVInit'),
     'too hot': ("lower the learning rate, or decay the weights", 'AdaptiveWD'),
     'growing': ("apply weight decay, adapted to the run", 'AdaptiveWD'),
@@ -105,7 +106,8 @@ def _gradient_rules(gh, th):
         key = {'nonfinite': 'nonfinite'}.get(kind, kind)
         if key not in REMEDIES: continue
         sev = 'error' if kind in ('nonfinite', 'exploding') else 'warning'
-        out.append(_finding(layer or '(all)', f'{kind} gradients' if kind in ('vanishing', 'exploding', 'nonfinite') else f'{kind} updates',
+        problem = 'no gradient reaches it' if kind == 'no gradient' else f'{kind} gradients' if kind in ('vanishing', 'exploding', 'nonfinite') else f'{kind} updates'
+        out.append(_finding(layer or '(all)', problem,
                             sev, f"{len(d)} flags, batches {d.batch.min()}-{d.batch.max()}: {d.message.iloc[0]}", key))
     df = gh.to_df()
     w = df.dropna(subset=['weight_norm'])

@@ -69,7 +69,7 @@ def test_readers_before_fit():
 
 def flags_one_row_at_a_time(gh, chunks):
     "The exploding and vanishing rules as written in the docs, applied one batch at a time (the oracle for `_check`)"
-    ev, past, grow, vanish = [], [], 0, {}
+    ev, past, grow, vanish, nograd = [], [], 0, {}, {}
     live = set(gh._cols.tolist())  # (the other columns are frozen: NaN, left out of every rule)
     for iters, g in chunks:
         for it, row in zip(iters, g):
@@ -86,8 +86,11 @@ def flags_one_row_at_a_time(gh, chunks):
                   for j, l in enumerate(gh.layers) if any(gh._layer_of[k] == j for k in live)}
             top = max(ln.values())
             for l, v in ln.items():
-                vanish[l] = vanish.get(l, 0) + 1 if top > 0 and v < gh.vanish_frac * top else 0
+                vanish[l] = vanish.get(l, 0) + 1 if 0 < v < gh.vanish_frac * top else 0
                 if vanish[l] == gh.vanish_batches: ev.append((it, 'vanishing'))
+                raw = [float(x) for k, (x, lj) in enumerate(zip(row, gh._layer_of)) if gh.layers[lj] == l and k in live]
+                nograd[l] = nograd.get(l, 0) + 1 if top > 0 and all(x == 0 for x in raw) else 0  # (exactly none: not used, or cut off)
+                if nograd[l] == gh.vanish_batches: ev.append((it, 'no gradient'))
     return sorted(ev)
 
 @settings(max_examples=60, deadline=None)
@@ -175,3 +178,21 @@ def test_unfreezing_is_not_an_explosion():
     gh = learn.gradient_health
     assert np.median(gh.global_norm()[10:]) > 100 * np.median(before)  # (the jump the rule must not call an explosion)
     assert not len(gh.events.query("kind == 'exploding'")), gh.events
+
+
+def test_unused_layer_has_no_gradient_not_vanishing():
+    "A head the forward pass never uses gets no gradient: flagged 'no gradient' (with its remedy), never vanishing or stalled"
+    from fastai.learner import Learner
+    from initcb.core import digits_dls
+    from initcb.report import REMEDIES
+    import initcb.report  # noqa: F401 (learn.health_report)
+    class TwoHeads(nn.Module):
+        def __init__(self): super().__init__(); self.body, self.h1, self.h2 = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU()), nn.Linear(32, 10), nn.Linear(32, 10)
+        def forward(self, x): return self.h1(self.body(x))
+    torch.manual_seed(0)
+    learn = quiet(Learner(digits_dls(n_train=512), TwoHeads(), loss_func=nn.CrossEntropyLoss(), cbs=GradientHealth(warn=False, vanish_batches=5)))
+    learn.fit(1)
+    ev = learn.gradient_health.events
+    assert set(ev['kind']) == {'no gradient'} and set(ev['layer']) == {'h2'}, ev
+    rep = learn.health_report(verbose=False)
+    assert list(rep['problem']) == ['no gradient reaches it'] and rep['remedy'][0] == REMEDIES['no gradient'][0], rep
