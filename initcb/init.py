@@ -14,8 +14,8 @@ from fastai.callback.core import Callback, TrainEvalCallback
 from .core import *
 
 # %% auto #0
-__all__ = ['INIT_TYPES', 'SCHEMES', 'GeneralRelu', 'activation_gain', 'following_activation', 'duplicate_units', 'check_init',
-           'output_stds', 'init_weights', 'break_symmetry', 'BreakSymmetry', 'lsuv_init', 'LSUVInit']
+__all__ = ['INIT_TYPES', 'SCHEMES', 'GeneralRelu', 'activation_gain', 'following_activation', 'shuffle_groups', 'duplicate_units',
+           'check_init', 'output_stds', 'init_weights', 'break_symmetry', 'BreakSymmetry', 'lsuv_init', 'LSUVInit']
 
 # %% ../nbs/03_init.ipynb #9a953faa
 class GeneralRelu(nn.Module):
@@ -56,21 +56,24 @@ def activation_gain(
     if isinstance(act, nn.SELU): return 3 / 4
     return 1.
 
+def _after(model, skip):
+    "For each Linear/Conv layer, the first leaf module after it in forward (definition) order for which `skip` is false (or None)"
+    leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children()) or isinstance(m, nn.RNNBase)]
+    return {n: next((nxt for _, nxt in leaves[k + 1:] if not skip(nxt)), None)
+            for k, (n, m) in enumerate(leaves) if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))}
+
 def following_activation(
     model:nn.Module, # the model to read, in forward (definition) order
 ):
     "For each layer with weights, the activation module that follows it in forward order (or None)"
-    leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children()) or isinstance(m, nn.RNNBase)]
-    out = {}
-    for k, (n, m) in enumerate(leaves):
-        if not isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)): continue
-        act = None
-        for _, nxt in leaves[k + 1:]:
-            if isinstance(nxt, _PASS): continue
-            act = nxt if is_activation(nxt) else None
-            break
-        out[n] = act
-    return out
+    return {n: a if a is not None and is_activation(a) else None for n, a in _after(model, lambda m: isinstance(m, _PASS)).items()}
+
+def shuffle_groups(
+    model:nn.Module, # the model to read, in forward (definition) order
+):
+    "For each layer whose output goes (through norms and activations) into an `nn.PixelShuffle`: how many of its units make one output channel"
+    return {n: s.upscale_factor ** 2 for n, s in _after(model, lambda m: isinstance(m, _PASS) or is_activation(m)).items()
+            if isinstance(s, nn.PixelShuffle)}
 
 # %% ../nbs/03_init.ipynb #c88d786e
 def _fan_in(w): return w[0].numel() if w.dim() > 1 else 1
@@ -82,15 +85,15 @@ def _slack(n, sign):
 def duplicate_units(
     w:Tensor, # a layer's weight: one row (or filter) per unit
     b:Tensor=None, # its bias, if any: a unit duplicates another only if its bias does too
+    group:int=1, # units `group` at a time make one output channel (a `PixelShuffle`'s factor squared): equal within a group is no symmetry
 ):
-    "Indices of the units (rows of `w`, one per output; with their bias `b`) whose incoming weights equal an earlier unit's"
+    "Indices of the units (rows of `w`, one per output; with their bias `b`) whose incoming weights equal an earlier unit's of another group"
     rows = w.detach().reshape(w.shape[0], -1)
     if b is not None: rows = torch.cat([rows, b.detach().reshape(-1, 1)], 1)
     _, inv = torch.unique(rows, dim=0, return_inverse=True)
-    seen, dup = set(), []
+    first, dup = {}, []  # (each distinct row: the group it was first seen in)
     for r, g in enumerate(inv.tolist()):
-        if g in seen: dup.append(r)
-        else: seen.add(g)
+        if first.setdefault(g, r // group) != r // group: dup.append(r)
     return dup
 
 def _layer_weight(m):
@@ -103,7 +106,7 @@ def check_init(
     xb=None, # a batch of inputs: adds each layer's output std (one forward pass, eval mode, no gradient)
 ):
     "One row per layer with weights: their statistics against the scale its activation needs, zero/constant/symmetric units, and, given a batch `xb`, its output std"
-    acts, rows = following_activation(model), []
+    acts, groups, rows = following_activation(model), shuffle_groups(model), []
     for n, m in model.named_modules():
         if not isinstance(m, INIT_TYPES) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): continue
         w = m.weight_hh_l0 if isinstance(m, nn.RNNBase) else m.weight
@@ -114,7 +117,7 @@ def check_init(
         elif isinstance(m, nn.RNNBase): expect = 1 / math.sqrt(m.hidden_size) / math.sqrt(3)  # PyTorch's U(-1/√h, 1/√h)
         else: expect = activation_gain(acts.get(n)) / math.sqrt(_fan_in(w))
         std = w.std().item() if w.numel() > 1 else 0.
-        dup = 0 if norm or w.dim() < 2 else len(duplicate_units(*_layer_weight(m)))
+        dup = 0 if norm or w.dim() < 2 else len(duplicate_units(*_layer_weight(m), group=groups.get(n, 1)))
         zero, const = bool((w == 0).all()), bool((w == w.flatten()[0]).all())
         if norm: finding = 'ok' if const else 'ok (not the default constant init)'
         elif zero: finding = 'zero: every unit is the same, symmetry is never broken'
@@ -179,24 +182,24 @@ def _reinit_(m, act, rows=None):
         else: w[rows] = new[rows]
         if b is not None and not isinstance(m, nn.Embedding) and rows is not None: b[rows] = 0.
 
-def _symmetry(m):
-    "('zero' | 'constant' | 'symmetric' | None, duplicate unit indices) for a layer with weights"
+def _symmetry(m, group=1):
+    "('zero' | 'constant' | 'symmetric' | None, duplicate unit indices) for a layer with weights (units `group` at a time feed one `PixelShuffle` channel)"
     if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): return None, []
     w, b = _layer_weight(m)
     w = w.detach()
     if (w == 0).all(): return 'zero', []
     if w.numel() > 1 and (w == w.flatten()[0]).all(): return 'constant', []
-    dup = duplicate_units(w, b) if w.dim() > 1 else []
+    dup = duplicate_units(w, b, group) if w.dim() > 1 else []
     return ('symmetric', dup) if dup else (None, [])
 
 def break_symmetry(
     model:nn.Module, # re-initialized in place where a layer is zero/constant or a unit duplicates another
 ):
     "Re-initialize zero or constant layers and duplicated units of `model`; a DataFrame of what changed (empty: nothing did)"
-    acts, rows = following_activation(model), []
+    acts, groups, rows = following_activation(model), shuffle_groups(model), []
     for n, m in model.named_modules():
         if not isinstance(m, INIT_TYPES): continue
-        kind, dup = _symmetry(m)
+        kind, dup = _symmetry(m, groups.get(n, 1))
         if kind is None: continue
         whole = kind != 'symmetric' or isinstance(m, nn.RNNBase)
         _reinit_(m, acts.get(n), None if whole else dup)

@@ -1,5 +1,5 @@
 "Hooks, exceptions, export, bounded memory, bad input."
-import math, pickle, numpy as np, pandas as pd, pytest, torch
+import math, pickle, warnings, numpy as np, pandas as pd, pytest, torch
 from torch import nn
 from hypothesis import given, settings, strategies as st
 from fastai.learner import Learner, CancelFitException
@@ -27,6 +27,23 @@ def test_no_hook_left_however_a_fit_ends(exc):
     assert len(cb.fast) == 3
     learn.remove_cb(Fail); learn.fit(1)  # the learner is still usable
     assert len(cb.fast) == 3 + len(learn.dls.train) and n_hooks(learn.model) == 0
+
+def test_no_shadowing_warning_on_fastai_models():
+    "fastai warns when a callback attribute shadows a Learner's or its model's: TabularModel has `layers`, as GradientHealth"
+    from fastai.tabular.all import TabularDataLoaders, tabular_learner
+    from sklearn.datasets import load_digits
+    from initcb.gradients import GradientHealth
+    from initcb.wd import AdaptiveWD
+    X, y = load_digits(return_X_y=True)
+    df = pd.DataFrame(X[:200, :16], columns=[f'p{i}' for i in range(16)]); df['y'] = y[:200]
+    dls = TabularDataLoaders.from_df(df, cont_names=[f'p{i}' for i in range(16)], y_names='y', y_block=None, bs=64)
+    learn = tabular_learner(dls, layers=[16], cbs=[ActivationHealth(), GradientHealth(warn=False), AdaptiveWD()])
+    assert hasattr(learn, 'layers')  # (through the model: what fastai's check looks at)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    assert not [x for x in w if 'shadowing' in str(x.message)], [str(x.message) for x in w]
+    assert learn.gradient_health.layers != learn.model.layers
 
 def test_learner_export(tmp_path):
     "learn.export with the callback attached (a DataBlock learner, which can export), then load_learner and predict"
