@@ -254,7 +254,20 @@ class HealthCheck(Callback):
             remedy = set(remedy)
             if not remedy <= set(RULES): raise ValueError(f"`remedy` must be True/False or a subset of {RULES}, got {sorted(remedy)}")
         self.remedy, self.th, self.guard, self.show, self.columns = remedy, thresholds or Thresholds(), guard, report, columns
-        self._actions, self.report = [], None
+        self._actions, self.report, self.ah, self.gh, self._added, self._metrics = [], None, None, None, [], []
+
+    def __setattr__(self, name, value):
+        if name == 'learn' and value is None and self.__dict__.get('learn') is not None: self._detach(self.__dict__['learn'])
+        super().__setattr__(name, value)
+
+    def _detach(self, learn):
+        "Taken off `learn` (`remove_cb`, or the end of a `fit(cbs=...)`): the callbacks and columns it added go with it"
+        learn.remove_cbs([c for c in self._added if c in learn.cbs])
+        learn.metrics = [m for m in learn.metrics if not any(m is x for x in self._metrics)]
+        self._added, self._metrics = [], []
+
+    def _add(self, cb):
+        self.learn.add_cb(cb); self._added.append(cb)
 
     def _act(self, what, detail):
         self._actions.append(dict(epoch=getattr(self.learn, 'epoch', 0), action=what, detail=detail))
@@ -266,18 +279,19 @@ class HealthCheck(Callback):
     def before_fit(self):
         self.run = real_fit(self)
         if not self.run: return
-        new = []
-        if not any(isinstance(c, ActivationHealth) for c in self.learn.cbs): new.append(ActivationHealth())
-        if not any(isinstance(c, GradientHealth) for c in self.learn.cbs): new.append(GradientHealth(warn=False))
+        new, free = [], lambda c: c is not None and c.learn is None  # (its own from an earlier fit, taken off with it: the history goes on)
+        if not any(isinstance(c, ActivationHealth) for c in self.learn.cbs): new.append(self.ah if free(self.ah) else ActivationHealth())
+        if not any(isinstance(c, GradientHealth) for c in self.learn.cbs): new.append(self.gh if free(self.gh) else GradientHealth(warn=False))
         if self.guard and not any(isinstance(c, NonFiniteGuard) for c in self.learn.cbs): new.append(NonFiniteGuard(verbose=False))
-        for c in new: self.learn.add_cb(c)
+        for c in new: self._add(c)
         for c in sorted(new, key=lambda c: c.order): c('before_fit')  # this event has already begun: run theirs now
         self.ah, self.gh = self.learn.activation_health, self.learn.gradient_health
         if 'symmetric' in self.remedy:
             rep = break_symmetry(self.model)
             for r in rep.itertuples(): self._act('BreakSymmetry', f'{r.layer} ({r.type}) was {r.was}: {r.units_reinitialized}/{r.units} units re-initialized')
         if self.columns and not any(getattr(m, 'name', '') == 'dead %' for m in self.learn.metrics):
-            self.learn.metrics = [*self.learn.metrics, ValueMetric(self._dead_pct, 'dead %'), ValueMetric(self._grad_norm, 'grad norm')]
+            self._metrics = [ValueMetric(self._dead_pct, 'dead %'), ValueMetric(self._grad_norm, 'grad norm')]
+            self.learn.metrics = [*self.learn.metrics, *self._metrics]
         self._xb, self._n_ev = _first_x(self.learn), 0
 
     def _dead_pct(self):
@@ -294,11 +308,11 @@ class HealthCheck(Callback):
         ev = self.gh.events
         if 'exploding' in self.remedy and len(ev) > self._n_ev and ev.iloc[self._n_ev:]['kind'].isin(['exploding', 'nonfinite']).any() \
            and not any(isinstance(c, GradientClip) for c in self.learn.cbs):
-            self.learn.add_cb(GradientClip(1.)); self._act('GradientClip', 'exploding or non-finite gradients: clipping the global norm at 1.0 from the next batch')
+            self._add(GradientClip(1.)); self._act('GradientClip', 'exploding or non-finite gradients: clipping the global norm at 1.0 from the next batch')
         self._n_ev = len(ev)
         if 'growing' in self.remedy and not any(isinstance(c, AdaptiveWD) for c in self.learn.cbs):
             if any(f['callback'] == 'AdaptiveWD' and f['problem'].startswith('weights growing') for f in _gradient_rules(self.gh, self.th)):
-                cb = AdaptiveWD('awd'); self.learn.add_cb(cb); cb('before_fit')
+                cb = AdaptiveWD('awd'); self._add(cb); cb('before_fit')
                 self._act('AdaptiveWD', "weights growing without bound: adaptive weight decay ('awd') from the next batch")
 
     def _revive(self):

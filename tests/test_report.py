@@ -190,3 +190,18 @@ def test_saturation_reported():
     "Sigmoids behind weights ten times too large: most outputs sit on an asymptote"
     rep = _report(_mlp(1.0, nn.Sigmoid, depth=3))
     assert (rep.problem == 'saturated activation').sum() >= 2, rep
+
+
+def test_healthcheck_for_one_fit_leaves_with_it():
+    "fit(cbs=HealthCheck()): fastai takes it off at the fit's end; what it attached (callbacks, progress columns) goes too,"
+    "and the next plain fit runs as if it had never been there. Given to another fit, its histories go on"
+    learn = quiet(Learner(digits_dls(n_train=128), nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), loss_func=nn.CrossEntropyLoss()))
+    before = [type(c) for c in learn.cbs]
+    hc = HealthCheck(report=False)
+    learn.fit(1, cbs=hc)
+    assert [type(c) for c in learn.cbs] == before and not len(learn.metrics) and n_hooks(learn.model) == 0
+    assert hc.report is not None and len(hc.ah.fast) == 2
+    learn.fit(1)  # (failed in the progress columns' reading: their HealthCheck was gone)
+    learn.fit(1, cbs=hc)
+    assert len(hc.ah.fast) == 4 and len(hc.gh.hist) == 4  # the same recorders, history continued
+    assert [type(c) for c in learn.cbs] == before
