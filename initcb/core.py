@@ -227,9 +227,13 @@ class StatHistory:
 
     @classmethod
     def from_arrays(cls, cols, arrays, max_rows=2048, prefix=''):
-        "A history holding the rows of `arrays` (as `arrays(prefix)` gave them)"
-        a = {k: np.asarray(arrays[prefix + k]) for k in ('iters', 'n', *cols)}
-        h = cls(cols, a[next(iter(cols))].shape[1], max_rows)
+        "A history holding the rows of `arrays` (as `arrays(prefix)` gave them); a column they lack (saved before it existed) is NaN"
+        a = {k: np.asarray(arrays[prefix + k]) for k in ('iters', 'n', *cols) if prefix + k in arrays}
+        have = [c for c in cols if c in a]
+        if not have: raise ValueError(f"no column of {list(cols)} in the arrays (prefix {prefix!r})")
+        h = cls(cols, a[have[0]].shape[1], max_rows)
+        for c in cols:
+            if c not in a: a[c] = np.full((len(a['iters']), h.n_layers) + h.cols[c][1], np.nan, np.float32)
         h.append(a['iters'], {c: a[c] for c in cols}, a['n'])
         return h
 
