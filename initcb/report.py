@@ -254,7 +254,7 @@ class HealthCheck(Callback):
             remedy = set(remedy)
             if not remedy <= set(RULES): raise ValueError(f"`remedy` must be True/False or a subset of {RULES}, got {sorted(remedy)}")
         self.remedy, self.th, self.guard, self.show, self.columns = remedy, thresholds or Thresholds(), guard, report, columns
-        self._actions, self.report, self.ah, self.gh, self._added, self._metrics = [], None, None, None, [], []
+        self._actions, self.report, self.ah, self.gh, self._added, self._columns_added = [], None, None, None, [], []
 
     def __setattr__(self, name, value):
         if name == 'learn' and value is None and self.__dict__.get('learn') is not None: self._detach(self.__dict__['learn'])
@@ -263,8 +263,8 @@ class HealthCheck(Callback):
     def _detach(self, learn):
         "Taken off `learn` (`remove_cb`, or the end of a `fit(cbs=...)`): the callbacks and columns it added go with it"
         learn.remove_cbs([c for c in self._added if c in learn.cbs])
-        learn.metrics = [m for m in learn.metrics if not any(m is x for x in self._metrics)]
-        self._added, self._metrics = [], []
+        learn.metrics = [m for m in learn.metrics if not any(m is x for x in self._columns_added)]
+        self._added, self._columns_added = [], []
 
     def _add(self, cb):
         self.learn.add_cb(cb); self._added.append(cb)
@@ -290,8 +290,8 @@ class HealthCheck(Callback):
             rep = break_symmetry(self.model)
             for r in rep.itertuples(): self._act('BreakSymmetry', f'{r.layer} ({r.type}) was {r.was}: {r.units_reinitialized}/{r.units} units re-initialized')
         if self.columns and not any(getattr(m, 'name', '') == 'dead %' for m in self.learn.metrics):
-            self._metrics = [ValueMetric(self._dead_pct, 'dead %'), ValueMetric(self._grad_norm, 'grad norm')]
-            self.learn.metrics = [*self.learn.metrics, *self._metrics]
+            self._columns_added = [ValueMetric(self._dead_pct, 'dead %'), ValueMetric(self._grad_norm, 'grad norm')]
+            self.learn.metrics = [*self.learn.metrics, *self._columns_added]
         self._xb, self._n_ev = _first_x(self.learn), 0
 
     def _dead_pct(self):

@@ -29,7 +29,8 @@ def test_no_hook_left_however_a_fit_ends(exc):
     assert len(cb.fast) == 3 + len(learn.dls.train) and n_hooks(learn.model) == 0
 
 def test_no_shadowing_warning_on_fastai_models():
-    "fastai warns when a callback attribute shadows a Learner's or its model's: TabularModel has `layers`, as GradientHealth"
+    "fastai warns when a callback attribute shadows a Learner's or its model's (TabularModel has `layers`, as GradientHealth;"
+    "Learner has `_metrics`): none of initcb's callbacks may trigger it"
     from fastai.tabular.all import TabularDataLoaders, tabular_learner
     from sklearn.datasets import load_digits
     from initcb.gradients import GradientHealth
@@ -37,7 +38,10 @@ def test_no_shadowing_warning_on_fastai_models():
     X, y = load_digits(return_X_y=True)
     df = pd.DataFrame(X[:200, :16], columns=[f'p{i}' for i in range(16)]); df['y'] = y[:200]
     dls = TabularDataLoaders.from_df(df, cont_names=[f'p{i}' for i in range(16)], y_names='y', y_block=None, bs=64)
-    learn = tabular_learner(dls, layers=[16], cbs=[ActivationHealth(), GradientHealth(warn=False), AdaptiveWD()])
+    from initcb.report import HealthCheck
+    from initcb.reinit import ReinitDormant
+    from initcb.init import LSUVInit, BreakSymmetry
+    learn = tabular_learner(dls, layers=[16], cbs=[HealthCheck(report=False), AdaptiveWD(), ReinitDormant(verbose=False), LSUVInit(verbose=False), BreakSymmetry()])
     assert hasattr(learn, 'layers')  # (through the model: what fastai's check looks at)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
