@@ -88,6 +88,7 @@ def duplicate_units(
     group:int=1, # units `group` at a time make one output channel (a `PixelShuffle`'s factor squared): equal within a group is no symmetry
 ):
     "Indices of the units (rows of `w`, one per output; with their bias `b`) whose incoming weights equal an earlier unit's of another group"
+    check_int('group', group)
     rows = w.detach().reshape(w.shape[0], -1)
     if b is not None: rows = torch.cat([rows, b.detach().reshape(-1, 1)], 1)
     _, inv = torch.unique(rows, dim=0, return_inverse=True)
