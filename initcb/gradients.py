@@ -38,7 +38,7 @@ class GradientHealth(HealthCallback):
         growth_batches:int=5, # ...this many recorded batches in a row
         band:tuple=(1e-5, 1e-1), # update ratios outside this band are stalled (below) or too hot (above)...
         band_batches:int=3, # ...for this many measured batches in a row
-        stall_lr:float=0.1, # a layer is not stalled while its learning rate is below this fraction of its peak in the fit (a schedule's annealing)
+        stall_lr:float=0.1, # a layer is not stalled while its lr is below this fraction of its peak in the fit or of the largest lr now
         chunk:int=64, # recorded batches kept on the device between copies to the host
         max_rows:int=2048, # rows kept per history; past it, older rows are merged pairwise
         warn:bool=True, # issue a warning the first time each problem is found
@@ -356,8 +356,9 @@ def _check_band(self:GradientHealth, iters, d, w, lr, zf):
     got = self._per_layer((zf < 1).astype(np.float64), np.isnan(w)) > 0  # a layer with a non-zero gradient entry (else: 'no gradient')
     peak = np.fmax.accumulate(np.concatenate([self._lr_peak[None], llr]), 0)[1:]  # each layer's peak learning rate in the fit so far
     self._lr_peak = peak[-1]
-    with np.errstate(invalid='ignore'):  # (an update ratio follows the learning rate: small while a schedule anneals it, not stalled)
-        stalled, hot = (lu < lo) & got & ~(llr < self.stall_lr * peak), lu > hi
+    ref = np.fmax(peak, np.fmax.reduce(llr, 1, keepdims=True, initial=-np.inf))  # ...and the largest of any layer at that step
+    with np.errstate(invalid='ignore'):  # (an update ratio follows the learning rate: small while a schedule anneals it, or where
+        stalled, hot = (lu < lo) & got & ~(llr < self.stall_lr * ref), lu > hi  # a smaller one was chosen for the layer: not stalled)
     for kind, bad, word, lim in (('stalled', stalled, 'below', lo), ('too hot', hot, 'above', hi)):
         self._streaks(kind, iters, bad, self.band_batches, lu,
                       lambda name, run, it, v: f"layer {name}: update ratio {v:.2g} is {word} {lim:g} for {run} measurements (to batch {it})")

@@ -48,7 +48,7 @@ REMEDIES = {
     'exploding': ("clip gradients (GradientClip) or lower the learning rate", 'GradientClip'),
     'vanishing': ("rescale the init (LSUV), add normalization or residual connections, or use an LSTM/GRU", 'LSUVInit'),
     'no gradient': ("use the layer in the forward pass (an unused head or branch?), or freeze it (requires_grad_(False))", ''),
-    'stalled': ("raise the learning rate for this layer (discriminative lr) or rescale its init", 'LSUVInit'),
+    'stalled': ("raise the learning rate, or rescale the layer's init (weights too large for the updates it gets)", 'LSUVInit'),
     'too hot': ("lower the learning rate, or decay the weights", 'AdaptiveWD'),
     'growing': ("apply weight decay, adapted to the run", 'AdaptiveWD'),
 }

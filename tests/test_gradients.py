@@ -196,3 +196,21 @@ def test_unused_layer_has_no_gradient_not_vanishing():
     assert set(ev['kind']) == {'no gradient'} and set(ev['layer']) == {'h2'}, ev
     rep = learn.health_report(verbose=False)
     assert list(rep['problem']) == ['no gradient reaches it'] and rep['remedy'][0] == REMEDIES['no gradient'][0], rep
+
+
+def test_discriminative_learning_rate_is_not_a_stall():
+    "fine_tune's pattern at a constant lr: the first layer's group at 1e-7, the rest at 1e-2. Its tiny updates are chosen,"
+    "not stalled (flagged with stall_lr=0); one learning rate of 1e-7 for every layer is stalled everywhere"
+    from fastai.learner import Learner
+    from fastai.torch_core import params
+    from initcb.core import digits_dls
+    def run(lr, **kw):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        learn = quiet(Learner(digits_dls(n_train=512), m, loss_func=nn.CrossEntropyLoss(), splitter=lambda m: [params(m[1]), params(m[3])],
+                              cbs=GradientHealth(warn=False, update_every=1, **kw)))
+        learn.fit(1, lr)
+        return set(learn.gradient_health.events.query("kind == 'stalled'")['layer'])
+    assert run(slice(1e-7, 1e-2), stall_lr=0.) == {'1'}
+    assert run(slice(1e-7, 1e-2)) == set()
+    assert run(1e-7) == {'1', '3'}
