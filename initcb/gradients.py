@@ -312,7 +312,7 @@ def _check(self:GradientHealth, iters, g):
     med = np.where(count >= 5, (srt[ix, (count - 1) // 2] + srt[ix, count // 2]) / 2, np.nan)  # (np.nanmedian is much slower)
     prev = seq[W - 1 + len(tail):W - 1 + len(tail) + len(gf)]
     with np.errstate(invalid='ignore'):
-        ceil, jump = gf > self.explode_ceiling, gf > self.explode_factor * med
+        ceil, jump = gf > self.explode_ceiling, (med > 0) & (gf > self.explode_factor * med)  # (a median of 0: no gradient, no scale)
         grow = run_lengths((prev > 0) & (gf >= self.growth * prev), st.get('grow', 0))
     if len(gf): st['grow'] = int(grow[-1])
     flagged = [(r, 0, None) for r in np.flatnonzero(ok & ~np.isfinite(glob))]

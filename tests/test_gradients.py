@@ -77,7 +77,8 @@ def flags_one_row_at_a_time(gh, chunks):
             gn = math.sqrt(sum(float(x) ** 2 for k, x in enumerate(row) if k in live))
             if not math.isfinite(gn): ev.append((it, 'nonfinite')); gn = None
             else:
-                if gn > gh.explode_ceiling or (len(past) >= 5 and gn > gh.explode_factor * np.median(past[-gh.explode_window:])): ev.append((it, 'exploding'))
+                med = np.median(past[-gh.explode_window:]) if len(past) >= 5 else 0.  # (0: no scale to jump from)
+                if gn > gh.explode_ceiling or (med > 0 and gn > gh.explode_factor * med): ev.append((it, 'exploding'))
                 grow = grow + 1 if past and past[-1] > 0 and gn >= gh.growth * past[-1] else 0
                 if grow >= gh.growth_batches: ev.append((it, 'exploding'))
                 past.append(gn)
