@@ -44,9 +44,7 @@ def main():
     p.add_argument('--configs', default='ActivationHealth(),GradientHealth(),ActivationHealth() + GradientHealth(),minimal sampler (reference)')
     p.add_argument('--rounds', type=int, default=6); p.add_argument('--top', type=int, default=6)
     a = p.parse_args()
-    cfgs = ['none'] + [c.strip() for c in a.configs.split(',')]
-    bad = [c for c in cfgs if c not in ob.ALL_CFGS]
-    if bad: p.error(f'--configs: unknown {bad}; known: {list(ob.ALL_CFGS)}')
+    cfgs = ['none'] + ob.config_names(a.configs, p)
     ob.steady_malloc()
     mname, (mk, shape, amp) = next((k, v) for k, v in ob.models('cpu', False).items() if a.fit in k)
     bs, c, size, n = shape

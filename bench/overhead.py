@@ -168,10 +168,17 @@ ALL_CFGS = {**CFGS, **EXTRA_CFGS}
 # not at all on the GPU-bound fit, so that the whole table fits a 15-minute device session.
 CUDA_SKIP = {'fastai ActivationStats(with_hist)', 'ActivationHealth(full_max=0)'}
 
+def config_names(s, p=None):
+    "The configuration names in the comma-separated `s`; with an argparse parser `p`, an error names any that are unknown"
+    names = [c.strip() for c in s.split(',') if c.strip()]
+    bad = [c for c in names if c not in ALL_CFGS]
+    if bad and p is not None: p.error(f'--configs: unknown {bad}; known: {list(ALL_CFGS)}')
+    return names
+
 def cfgs_for(dev, mname, only=''):
     cs = list(CFGS) if dev != 'cuda' else [c for c in CFGS if c not in CUDA_SKIP and not ('GPU-bound' in mname and c.startswith('fastai'))]
     if not only: return cs
-    want = [c.strip() for c in only.split(',')]
+    want = config_names(only)
     return ['none'] + [c for c in cs + list(EXTRA_CFGS) if c != 'none' and c in want]
 
 def models(dev, quick):
@@ -304,8 +311,7 @@ def main():
     p.add_argument('--models', default='', help='run only the fits whose name contains one of these comma-separated strings')
     p.add_argument('--glibc-default', action='store_true', help="leave glibc's adaptive heap thresholds as they are (see steady_malloc)")
     a = p.parse_args()
-    bad = [c for c in a.configs.split(',') if a.configs and c.strip() not in ALL_CFGS]
-    if bad: p.error(f'--configs: unknown {bad}; known: {list(ALL_CFGS)}')
+    config_names(a.configs, p)
     pinned = False if a.glibc_default else steady_malloc()
     dev, reps = a.device, (2 if a.quick else a.reps)
     a.fastai_reps = a.fastai_reps or (min(2, reps) if dev == 'cuda' else reps)
