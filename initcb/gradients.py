@@ -329,10 +329,11 @@ def _check(self:GradientHealth, iters, g):
         if grow[k] >= self.growth_batches:
             self._event('exploding', it, None, gn, f"global gradient norm grew {self.growth:g}x or more for {grow[k]} batches in a row, to {gn:.3g} at batch {it}")
     past += gf.tolist(); del past[:-W]
-    ln = self._layer_norms(np.nan_to_num(g[ok], nan=0., posinf=0.), self._frozen_cols())  # (NaN: a layer frozen whole, never flagged)
+    fz = self._frozen_cols()
+    ln = self._layer_norms(np.nan_to_num(g[ok], nan=0., posinf=0.), fz)  # (NaN: a layer frozen whole, never flagged)
     top = np.fmax.reduce(ln, 1, keepdims=True, initial=0.)
     with np.errstate(invalid='ignore', over='ignore'):  # none: nothing reached the layer (all of its norms exactly 0; NaN is not none)
-        none, low = (self._layer_norms(g[ok], self._frozen_cols()) == 0) & (top > 0), (ln < self.vanish_frac * top) & (ln > 0)
+        none, low = (self._layer_norms(g[ok], fz) == 0) & (top > 0), (ln < self.vanish_frac * top) & (ln > 0)
     self._streaks('vanishing', iters[ok], low, self.vanish_batches, ln / np.where(top > 0, top, 1),
                   lambda name, run, it, v: f"layer {name}: gradient norm below {self.vanish_frac:g} of the largest layer's for {run} batches (to batch {it})", 'vanish')
     self._streaks('no gradient', iters[ok], none, self.vanish_batches, ln,
