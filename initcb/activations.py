@@ -688,6 +688,7 @@ def saturation_chart(self:ActivationHealth,
 def dormancy(self:ActivationHealth,
     xb=None, # the batch to score on (default: the learner's last batch, else one training batch)
     layers=None, # watched layers to score (positions or names; default: all)
+    bn:str='batch', # BatchNorm on the batch's own statistics ('batch', as in training) or its running ones ('running'): `eval_forward`
 ):
     "Per-unit dormancy scores E|h_i| / mean_j E|h_j| of each watched layer on batch `xb` (Sokar et al. 2023)"
     model = self.learn.model
@@ -705,7 +706,7 @@ def dormancy(self:ActivationHealth,
         if i not in want: return
         a = o.detach().float().abs().mean([k for k in range(o.ndim) if k != d % o.ndim]) if o.ndim > 1 else o.detach().float().abs()
         res[names[i]] = a / a.mean().clamp_min(1e-12)
-    eval_forward(model, mods, hook, xb)
+    eval_forward(model, mods, hook, xb, bn)
     return res
 
 # %% ../nbs/01_activations.ipynb #95da8672

@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import PackedSequence
 from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException, event
 
 # %% auto #0
-__all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'check_int', 'check_float', 'coprime_stride',
+__all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STATS', 'check_int', 'check_float', 'coprime_stride',
            'sample_index', 'first_tensor', 'watch', 'output_bounds', 'is_activation', 'has_own_params', 'default_watch',
            'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap', 'sync_from_main',
            'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'norms_row',
@@ -445,18 +445,33 @@ def layer_index(
     if isinstance(idx, (int, np.integer)) and not isinstance(idx, bool) and -len(names) <= idx < len(names): return int(idx) % len(names)
     raise ValueError(f"`idx` must be a layer index in [-{len(names)}, {len(names)}), a name{also}; got {idx!r}")
 
+BN_STATS = ('batch', 'running')
+
+def _batch_stats_hook(m, inp, out):
+    "A BatchNorm layer's output, in eval mode, normalized with the batch's own statistics as in a training step"
+    x = inp[0] if inp else None
+    if not isinstance(x, Tensor) or x.dim() < 2 or x.numel() <= x.shape[1]: return  # one value per channel: no batch statistics
+    return torch.nn.functional.batch_norm(x, None, None, m.weight, m.bias, True, 0., m.eps)  # (no running statistics: none updated)
+
 def eval_forward(
     model:nn.Module, # the model
     mods:list, # modules to hook
     f, # called as `f(i, output)` for the `i`th of `mods`
     xb, # the inputs (a tensor, or a tuple of them)
+    bn:str='batch', # BatchNorm normalizes with 'batch': the batch's own statistics, as in a training step; 'running': its running statistics, as at inference
 ):
-    "One forward pass on `xb` in eval mode without gradients, calling `f(i, output)` for each of `mods`; mode and hooks restored"
-    hooks, was = Hooks(mods, f, eager=is_compiled(model)), model.training
+    "One forward pass on `xb` in eval mode (no dropout) without gradients, calling `f(i, output)` for each of `mods`; no running statistic changes, mode and hooks restored"
+    if bn not in BN_STATS: raise ValueError(f"`bn` must be one of {BN_STATS}, got {bn!r}")
+    eager = is_compiled(model)
+    bh = torch.compiler.disable(_batch_stats_hook) if eager else _batch_stats_hook
+    bns = [m.register_forward_hook(bh) for m in model.modules() if bn == 'batch' and isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    hooks, was = Hooks(mods, f, eager=eager), model.training  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
     try:
         model.eval()
         with torch.no_grad(): model(*(xb if isinstance(xb, (tuple, list)) else (xb,)))
-    finally: hooks.remove(); model.train(was)
+    finally:
+        hooks.remove(); model.train(was)
+        for h in bns: h.remove()
 
 # %% ../nbs/00_core.ipynb #d6c80aa8
 def first_inputs(

@@ -104,7 +104,7 @@ def _layer_weight(m):
 
 def check_init(
     model:nn.Module, # the model to check, as it is now (before, during or after training)
-    xb=None, # a batch of inputs: adds each layer's output std (one forward pass, eval mode, no gradient)
+    xb=None, # a batch of inputs: adds each layer's output std (one forward pass without dropout or gradients: `output_stds`)
 ):
     "One row per layer with weights: their statistics against the scale its activation needs, zero/constant/symmetric units, and, given a batch `xb`, its output std"
     acts, groups, rows = following_activation(model), shuffle_groups(model), []
@@ -138,14 +138,15 @@ def check_init(
 def output_stds(
     model:nn.Module, # the model
     xb, # a batch of inputs (a tensor, or a tuple of them)
+    bn:str='batch', # BatchNorm on the batch's own statistics ('batch', as in training) or its running ones ('running'): `eval_forward`
 ):
-    "The std of each layer's output on batch `xb` (one forward pass in eval mode, no gradients)"
+    "The std of each layer's output on batch `xb` (one forward pass without dropout or gradients: `eval_forward`)"
     mods = dict(model.named_modules()); res = {}
     names = [n for n, m in model.named_modules() if isinstance(m, INIT_TYPES)]
     def hook(i, o):
         o = first_tensor(o)
         if o is not None and o.is_floating_point(): res[names[i]] = o.detach().float().std().item()
-    eval_forward(model, [mods[n] for n in names], hook, xb)
+    eval_forward(model, [mods[n] for n in names], hook, xb, bn)
     return res
 
 # %% ../nbs/03_init.ipynb #1f334a70

@@ -68,6 +68,7 @@ def dormancy_scores(
     model:nn.Module, # the model
     xb, # a batch of inputs
     chains:dict, # `unit_chains(model)`: the layers to score and where (their activation)
+    bn:str='batch', # BatchNorm on the batch's own statistics ('batch', as in training) or its running ones ('running'): `eval_forward`
 ):
     "{layer: per-unit score E|h_i| / mean_j E|h_j|} for the layers of `chains`, on batch `xb`"
     mods = dict(model.named_modules())
@@ -75,7 +76,7 @@ def dormancy_scores(
     at = [mods[chains[n][0]['act'] or n] for n in names]
     res = {}
     def f(i, o): res[names[i]] = _unit_means(first_tensor(o))
-    eval_forward(model, at, f, xb)
+    eval_forward(model, at, f, xb, bn)
     if distributed() and res:  # the same scores, hence the same decisions, on every rank: one all-reduce
         flat = torch.cat([res[n] for n in names if n in res]); torch.distributed.all_reduce(flat)
         for n, v in zip([n for n in names if n in res], flat.split([len(res[n]) for n in names if n in res])): res[n] = v

@@ -67,3 +67,28 @@ def test_shrink_perturb_whole_layers():
     torch.testing.assert_close(learn.model[0].weight, 0.5 * w0)
     assert torch.equal(learn.model[2].weight, last)
     assert list(cb.events['layer']) == ['0']
+
+def _off_running_stats_net():
+    "Linear -> BatchNorm -> ReLU -> Linear whose running mean (5) is far from its batches' (about 0): as a few batches into training"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad(): m[1].running_mean.fill_(5.)
+    return m
+
+def test_scores_use_the_batch_statistics_by_default():
+    "Every reader that scores one batch (dormancy_scores, ActivationHealth.dormancy, output_stds) sees BatchNorm as training does, changes nothing, and can ask for the running statistics"
+    from initcb.activations import ActivationHealth
+    from initcb.init import output_stds
+    m, x = _off_running_stats_net(), torch.randn(64, 3)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    ch = unit_chains(m)
+    assert (dormancy_scores(m, x, ch)['0'] > 0.2).all()
+    assert (dormancy_scores(m, x, ch, bn='running')['0'] == 0).all()  # (normalized with a mean of 5: every unit reads dead)
+    learn = quiet(synth_learner(n_trn=2)); learn.model = m
+    ah = ActivationHealth(modules=[m[2]]); learn.add_cb(ah)
+    assert (ah.dormancy(x)['2'] > 0.2).all() and (ah.dormancy(x, bn='running')['2'] == 0).all()
+    assert abs(output_stds(m, x)['1'] - 1) < 1e-3 and output_stds(m, x, bn='running')['1'] < 0.9
+    for k, v in m.state_dict().items(): assert torch.equal(v, state[k]), k
+    assert m.training
+    bad_argument_named(lambda **kw: dormancy_scores(m, x, ch, **kw), dict(bn='train'))
+    bad_argument_named(lambda **kw: ah.dormancy(x, **kw), dict(bn=None))
