@@ -14,8 +14,9 @@ from fastai.callback.core import Callback, TrainEvalCallback
 from .core import *
 
 # %% auto #0
-__all__ = ['INIT_TYPES', 'SCHEMES', 'GeneralRelu', 'activation_gain', 'following_activation', 'shuffle_groups', 'duplicate_units',
-           'check_init', 'output_stds', 'init_weights', 'break_symmetry', 'BreakSymmetry', 'lsuv_init', 'LSUVInit']
+__all__ = ['WEIGHT_LAYERS', 'INIT_TYPES', 'SCHEMES', 'GeneralRelu', 'activation_gain', 'following_activation', 'shuffle_groups',
+           'duplicate_units', 'check_init', 'output_stds', 'init_weights', 'break_symmetry', 'BreakSymmetry',
+           'lsuv_init', 'LSUVInit']
 
 # %% ../nbs/03_init.ipynb #9a953faa
 class GeneralRelu(nn.Module):
@@ -43,7 +44,8 @@ ELEMENTWISE_TYPES.append(GeneralRelu)  # its sample is computed from its input's
 # %% ../nbs/03_init.ipynb #5e605f10
 _PASS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Dropout, nn.Flatten, nn.Identity,
          nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
-INIT_TYPES = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.RNNBase, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)  # the layers `init_weights`, `lsuv_init` and `break_symmetry` set
+INIT_TYPES = (*WEIGHT_LAYERS, nn.Embedding, nn.RNNBase, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 def activation_gain(
     act:nn.Module, # the activation module that follows a layer (None: no activation)
@@ -60,7 +62,7 @@ def _after(model, skip):
     "For each Linear/Conv layer, the first leaf module after it in forward (definition) order for which `skip` is false (or None)"
     leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children()) or isinstance(m, nn.RNNBase)]
     return {n: next((nxt for _, nxt in leaves[k + 1:] if not skip(nxt)), None)
-            for k, (n, m) in enumerate(leaves) if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))}
+            for k, (n, m) in enumerate(leaves) if isinstance(m, WEIGHT_LAYERS)}
 
 def following_activation(
     model:nn.Module, # the model to read, in forward (definition) order
@@ -162,7 +164,7 @@ def init_weights(
     acts = following_activation(model)
     with torch.no_grad():
         for n, m in model.named_modules():
-            if not isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)): continue
+            if not isinstance(m, WEIGHT_LAYERS): continue
             w, fan_in = m.weight, _fan_in(m.weight)
             gain = activation_gain(acts.get(n))
             if scheme == 'orthogonal': nn.init.orthogonal_(w, gain=gain)
@@ -261,7 +263,7 @@ def lsuv_init(
 ):
     "LSUV-initialize every Linear/Conv layer of `model` on batch `xb`; a DataFrame per layer: iterations, final output mean and std, status"
     check_float('target_std', target_std, 1e-6, 1e6); check_float('tol', tol, 1e-9, 1e6); check_int('max_iters', max_iters)
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
     if not layers: raise ValueError("`model` has no Linear or Conv layer to initialize")
     mode, bufs = model.training, [b.detach().clone() for b in model.buffers()]
     rows = []

@@ -16,12 +16,12 @@ from fastai.callback.training import GradientClip
 from .core import *
 from .activations import ActivationHealth
 from .gradients import GradientHealth
-from .init import check_init, break_symmetry
+from .init import check_init, break_symmetry, WEIGHT_LAYERS
 from .reinit import reinit_dormant
 from .wd import AdaptiveWD
 
 # %% auto #0
-__all__ = ['COLUMNS', 'REMEDIES', 'RULES', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
+__all__ = ['COLUMNS', 'REMEDIES', 'STALLED_OTHER', 'RULES', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
 class Thresholds:
@@ -52,6 +52,7 @@ REMEDIES = {
     'too hot': ("lower the learning rate, or decay the weights", 'AdaptiveWD'),
     'growing': ("apply weight decay, adapted to the run", 'AdaptiveWD'),
 }
+STALLED_OTHER = "raise the learning rate (this layer's, where the optimizer has parameter groups), or reset the layer's weights (too large for the updates it gets)"  # stalled, not a Linear/Conv layer
 
 def _finding(layer, problem, severity, evidence, key):
     r, c = REMEDIES[key]
@@ -99,8 +100,8 @@ def _activation_rules(learn, ah, th, xb):
                                 f'first at recorded batch {int(f.iters[first])} in {ah.names[j]} (the earliest layer); {int(nf.sum())} layer-batches in all', 'nonfinite'))
     return out
 
-def _gradient_rules(gh, th):
-    out = []
+def _gradient_rules(gh, th, model=None):
+    out, mods = [], dict(unwrap(model).named_modules()) if model is not None else {}
     ev = gh.events
     for (kind, layer), d in ev.groupby(['kind', ev['layer'].fillna('')], sort=False):
         key = {'nonfinite': 'nonfinite'}.get(kind, kind)
@@ -109,6 +110,8 @@ def _gradient_rules(gh, th):
         problem = 'no gradient reaches it' if kind == 'no gradient' else f'{kind} gradients' if kind in ('vanishing', 'exploding', 'nonfinite') else f'{kind} updates'
         out.append(_finding(layer or '(all)', problem,
                             sev, f"{len(d)} flags, batches {d.batch.min()}-{d.batch.max()}: {d.message.iloc[0]}", key))
+        if key == 'stalled' and layer in mods and not isinstance(mods[layer], WEIGHT_LAYERS):  # (LSUV rescales Linear and Conv layers only)
+            out[-1].update(remedy=STALLED_OTHER, callback='')
     df = gh.to_df()
     w = df.dropna(subset=['weight_norm'])
     for layer, d in w.groupby('layer', sort=False):
@@ -140,7 +143,7 @@ def health_report(self:Learner,
     ah = next((c for c in self.cbs if isinstance(c, ActivationHealth)), None)
     gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)
     if ah is not None: rows += _activation_rules(self, ah, th, _first_x(self) if xb is None else xb)
-    if gh is not None and gh.names is not None: rows += _gradient_rules(gh, th)
+    if gh is not None and gh.names is not None: rows += _gradient_rules(gh, th, self.model)
     df = pd.DataFrame(rows, columns=COLUMNS)
     if len(df): df = df.sort_values('severity', key=lambda s: s.map({'error': 0, 'warning': 1}), kind='stable', ignore_index=True)
     if verbose:

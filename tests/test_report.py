@@ -192,6 +192,25 @@ def test_saturation_reported():
     assert (rep.problem == 'saturated activation').sum() >= 2, rep
 
 
+class Col(nn.Module):
+    "Runs `m` on synth_learner's inputs as one column"
+    def __init__(self, m): super().__init__(); self.m = m
+    def forward(self, x): return self.m(x.view(-1, 1)).view(x.shape)
+
+def test_stalled_remedy_fits_the_layer():
+    "Weights far too large for Adam's steps (the same function: BatchNorm undoes the Linear's scale, the last Linear the BatchNorm's): both stall; LSUVInit is the remedy for the Linear only"
+    from fastai.optimizer import Adam
+    from initcb.report import STALLED_OTHER
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(1, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    with torch.no_grad(): m[0].weight.mul_(1e4); m[1].weight.fill_(1e4); m[3].weight.mul_(1e-4)
+    learn = quiet(synth_learner(n_trn=20, lr=1e-3)); learn.model, learn.opt_func = Col(m), Adam
+    learn.add_cb(GradientHealth(update_every=1, warn=False))
+    learn.fit(2, wd=0.)  # (fastai's default decay alone moves each weight by lr * wd = 1e-5 a step: the band's edge)
+    rep = learn.health_report(verbose=False).query("problem == 'stalled updates'").set_index('layer')
+    assert rep.loc['m.0', 'callback'] == 'LSUVInit', rep
+    assert rep.loc['m.1', 'callback'] == '' and rep.loc['m.1', 'remedy'] == STALLED_OTHER, rep
+
 def test_healthcheck_for_one_fit_leaves_with_it():
     "fit(cbs=HealthCheck()): fastai takes it off at the fit's end; what it attached (callbacks, progress columns) goes too,"
     "and the next plain fit runs as if it had never been there. Given to another fit, its histories go on"
