@@ -527,7 +527,7 @@ def digits_dls(
     from sklearn.datasets import load_digits
     from fastai.data.core import DataLoaders, Datasets
     from fastai.data.load import DataLoader
-    from fastai.data.transforms import ItemGetter
+    from fastai.data.transforms import ItemGetter, Categorize
     check_int('bs', bs); check_float('valid_pct', valid_pct, 0., 0.9)
     X, y = load_digits(return_X_y=True)
     X = torch.tensor(X, dtype=torch.float32); y = torch.tensor(y)
@@ -538,8 +538,9 @@ def digits_dls(
     n_val = int(len(X) * valid_pct)
     tr, va = perm[n_val:], perm[:n_val]
     if n_train is not None: tr = tr[:check_int('n_train', n_train)]
-    trn, val = [Datasets(list(zip(X[i], y[i])), tfms=[[ItemGetter(0)], [ItemGetter(1)]]) for i in (tr, va)]  # (not plain lists:
-    # `learn.export` needs `new_empty`, `learn.tta` `set_split_idx`)
+    tfms = [[ItemGetter(0)], [ItemGetter(1), Categorize(vocab=list(range(10)))]]  # (a vocab: fastai's `ClassificationInterpretation`)
+    trn, val = [Datasets(list(zip(X[i], y[i].tolist())), tfms=tfms) for i in (tr, va)]  # (not plain lists: `learn.export`
+    # needs `new_empty`, `learn.tta` `set_split_idx`)
     dls = DataLoaders(DataLoader(trn, bs=bs, shuffle=True, drop_last=True), DataLoader(val, bs=2 * bs), device=device)  # (as fastai's `dataloaders`: no smaller last training batch)
     dls.train.rng = random.Random(seed)  # shuffles reproducibly, whatever ran before
     return dls
