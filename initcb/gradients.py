@@ -12,15 +12,16 @@ import numpy as np, pandas as pd, torch, matplotlib.pyplot as plt
 from fastcore.basics import patch
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.training import GradientClip
+from fastai.optimizer import weight_decay
 from .core import *
 from .core import _set_grad
 
 # %% auto #0
-__all__ = ['GRAD_COLS', 'UPD_COLS', 'AGRAD_COLS', 'GradientHealth']
+__all__ = ['GRAD_COLS', 'UPD_COLS', 'AGRAD_COLS', 'GradientHealth', 'decoupled_decay']
 
 # %% ../nbs/02_gradients.ipynb #38f37ccc
 GRAD_COLS = dict(grad_norm='mean', nonfinite_batches='sum')
-UPD_COLS = dict(update_norm='mean', weight_norm='mean', zero_frac='mean', nonfinite='sum', lr='mean')
+UPD_COLS = dict(update_norm='mean', weight_norm='mean', zero_frac='mean', nonfinite='sum', lr='mean', grad_step_norm='mean')
 
 class GradientHealth(HealthCallback):
     "Per-layer gradient and update health every training batch, with vanishing, exploding and non-finite flags"
@@ -131,7 +132,7 @@ def before_step(self:GradientHealth):
         if self._upd:
             nz = torch._foreach_norm(gs, 0, dtype=f32)  # non-zero entries
             nonf = torch._foreach_norm(torch._foreach_mul(gs, 0.), 0, dtype=f32)  # 0*inf and 0*nan are nan: counted
-            self._nonf = nz + nonf
+            self._nonf, self._hasg = nz + nonf, np.array([p.grad is not None for p in ps])
             if self._pbuf is None: self._pbuf = [torch.empty_like(p) for p in ps]  # kept for the fit: no allocation a step
             torch._foreach_copy_(self._pbuf, ps); self._prev = self._pbuf
     finally: _set_grad(g)
@@ -144,18 +145,44 @@ def after_step(self:GradientHealth):
         w = torch._foreach_norm(self._prev, 2, dtype=f32)
         torch._foreach_sub_(self._prev, self.params)  # the weights before the step less those after: -Δw
         d = torch._foreach_norm(self._prev, 2, dtype=f32)
-        self._uq.add(d + w + self._nonf, (self._iter, self._lrs()))
+        lr, c = self._step_hypers()
+        if c is not None: c[~self._hasg] = 0.  # (no gradient: no step, no decay)
+        if c is not None and c.any():  # decoupled weight decay took c·w before the step: the rest, -Δw - c·w_before = (1 - c)(-Δw) - c·w_after, is the gradient's
+            torch._foreach_mul_(self._prev, (1 - c).tolist())
+            torch._foreach_sub_(self._prev, torch._foreach_mul(self.params, c.tolist()))
+            s = torch._foreach_norm(self._prev, 2, dtype=f32)
+        else: s = d
+        self._uq.add(d + w + self._nonf + s, (self._iter, lr))
     self._done()
 
+def decoupled_decay(
+    opt, # a fastai `Optimizer`, or fastai's `OptimWrapper` around a PyTorch optimizer
+    params:list, # parameters in it
+    group_of, # the index of each parameter's group (-1: in none)
+):
+    "Which of `params` `opt` shrinks by lr·wd apart from the gradient (decoupled weight decay: fastai's `weight_decay` step, `torch.optim.AdamW`), or None where it decays none so"
+    inner = getattr(opt, 'opt', None)
+    if isinstance(inner, torch.optim.Optimizer):  # (OptimWrapper: decoupled per group, for every parameter in it)
+        dec = [bool(pg.get('decoupled_weight_decay', isinstance(inner, torch.optim.AdamW))) for pg in inner.param_groups] + [False]
+        return np.array(dec)[group_of] if any(dec) else None
+    if weight_decay not in getattr(opt, 'cbs', ()): return None  # (fastai's `l2_reg` adds the decay to the gradient: part of its step)
+    st = getattr(opt, 'state', {})  # fastai's: per parameter, `do_wd` False for BatchNorm and biases unless `wd_bn_bias`
+    return np.array([g >= 0 and (st[p].get('do_wd', True) if p in st else True) for p, g in zip(params, group_of)])
+
 @patch
-def _lrs(self:GradientHealth):
-    "The learning rate of each trainable parameter's optimizer group for the step just taken (NaN: not in the optimizer), or None without fastai's `param_lists`/`hypers`"
+def _step_hypers(self:GradientHealth):
+    "For the step just taken, each trainable parameter's learning rate (NaN: not in the optimizer) and the fraction lr·wd of it that decoupled weight decay took (None: no such decay); (None, None) without fastai's `param_lists`/`hypers`"
     opt = getattr(self.learn, 'opt', None)
-    if not (hasattr(opt, 'param_lists') and hasattr(opt, 'hypers')): return None
-    if self._group_of is None:  # (once a fit: which group each parameter is in)
+    if not (hasattr(opt, 'param_lists') and hasattr(opt, 'hypers')): return None, None
+    if self._group_of is None:  # (once a fit: each parameter's group, and whether decoupled weight decay applies to it)
         gid = {id(p): g for g, pl in enumerate(opt.param_lists) for p in pl}
         self._group_of = np.array([gid.get(id(p), -1) for p in self.params])
-    return np.array([float(h.get('lr', math.nan)) for h in opt.hypers] + [math.nan])[self._group_of]
+        self._decays = decoupled_decay(opt, self.params, self._group_of)
+    hs = opt.hypers
+    lr = np.array([float(h.get('lr', math.nan)) for h in hs] + [math.nan])[self._group_of]
+    if self._decays is None: return lr, None
+    wd = np.array([float(h.get('wd', 0.) or 0.) for h in hs] + [0.])[self._group_of]
+    return lr, np.where(self._decays, np.nan_to_num(lr * wd), 0.)
 
 @patch
 def after_cancel_step(self:GradientHealth):
@@ -183,11 +210,11 @@ def _sink(self:GradientHealth, arr, iters):
 @patch
 def _usink(self:GradientHealth, arr, metas):
     iters, k = [m[0] for m in metas], len(metas)
-    a = self._columns(arr.reshape(k, 4, -1))
+    a = self._columns(arr.reshape(k, 5, -1))
     lr = self._columns(np.array([np.full(len(self._cols), np.nan) if m[1] is None else m[1] for m in metas]))
     zf = 1 - a[:, 2] / self.sizes
-    self.upd.append(iters, dict(update_norm=a[:, 0], weight_norm=a[:, 1], zero_frac=zf, nonfinite=a[:, 3], lr=lr))
-    self._check_band(np.asarray(iters), a[:, 0], a[:, 1], lr, zf)
+    self.upd.append(iters, dict(update_norm=a[:, 0], weight_norm=a[:, 1], zero_frac=zf, nonfinite=a[:, 3], lr=lr, grad_step_norm=a[:, 4]))
+    self._check_band(np.asarray(iters), a[:, 0], a[:, 1], lr, zf, a[:, 4])
 
 @patch
 def _columns(self:GradientHealth, a):
@@ -351,18 +378,18 @@ def _streaks(self:GradientHealth, kind, iters, bad, n, value, msg, key=None):
     for j in range(len(self.layers)): self._streak[(key, j)] = int(run[-1, j])
 
 @patch
-def _check_band(self:GradientHealth, iters, d, w, lr, zf):
+def _check_band(self:GradientHealth, iters, d, w, lr, zf, s):
     lo, hi = self.band
-    lu, llr = self._layer_ratio(d, w), self._layer_max(lr)
+    lu, ls, llr = self._layer_ratio(d, w), self._layer_ratio(s, w), self._layer_max(lr)  # (stalled: the gradient's step `s`, decoupled weight decay aside)
     got = self._per_layer((zf < 1).astype(np.float64), np.isnan(w)) > 0  # a layer with a non-zero gradient entry (else: 'no gradient')
     peak = np.fmax.accumulate(np.concatenate([self._lr_peak[None], llr]), 0)[1:]  # each layer's peak learning rate in the fit so far
     self._lr_peak = peak[-1]
     ref = np.fmax(peak, np.fmax.reduce(llr, 1, keepdims=True, initial=-np.inf))  # ...and the largest of any layer at that step
     with np.errstate(invalid='ignore'):  # (an update ratio follows the learning rate: small while a schedule anneals it, or where
-        stalled, hot = (lu < lo) & got & ~(llr < self.stall_lr * ref), lu > hi  # a smaller one was chosen for the layer: not stalled)
-    for kind, bad, word, lim in (('stalled', stalled, 'below', lo), ('too hot', hot, 'above', hi)):
-        self._streaks(kind, iters, bad, self.band_batches, lu,
-                      lambda name, run, it, v: f"layer {name}: update ratio {v:.2g} is {word} {lim:g} for {run} measurements (to batch {it})")
+        stalled, hot = (ls < lo) & got & ~(llr < self.stall_lr * ref), lu > hi  # a smaller one was chosen for the layer: not stalled)
+    for kind, bad, v, what, word, lim in (('stalled', stalled, ls, "the gradient's update ratio (weight decay aside)", 'below', lo), ('too hot', hot, lu, 'update ratio', 'above', hi)):
+        self._streaks(kind, iters, bad, self.band_batches, v,
+                      lambda name, run, it, v: f"layer {name}: {what} {v:.2g} is {word} {lim:g} for {run} measurements (to batch {it})")
 
 @patch
 def _layer_max(self:GradientHealth, v):
@@ -397,13 +424,14 @@ def to_df(self:GradientHealth,
     if per == 'param':
         names, cols = self.names, dict(**{c: h[c] for c in GRAD_COLS}, frozen=fz)
         with np.errstate(divide='ignore', invalid='ignore'):
-            ucols = dict(update_ratio=u['update_norm'] / u['weight_norm'], weight_norm=u['weight_norm'], zero_frac=u['zero_frac'], nonfinite=u['nonfinite'], lr=u['lr'])
+            ucols = dict(update_ratio=u['update_norm'] / u['weight_norm'], grad_update_ratio=u['grad_step_norm'] / u['weight_norm'],
+                         weight_norm=u['weight_norm'], zero_frac=u['zero_frac'], nonfinite=u['nonfinite'], lr=u['lr'])
     else:
         names, sizes = self.layers, np.broadcast_to(self.sizes, ufz.shape)
         nonf = self._per_layer(h['nonfinite_batches'], fz)
         cols = dict(grad_norm=self._layer_norms(h['grad_norm'], fz), nonfinite_batches=(nonf > 0).astype(np.float32), frozen=np.isnan(nonf))
         with np.errstate(divide='ignore', invalid='ignore'):
-            ucols = dict(update_ratio=self._layer_ratio(u['update_norm'], u['weight_norm']), weight_norm=self._layer_norms(u['weight_norm'], ufz),
+            ucols = dict(update_ratio=self._layer_ratio(u['update_norm'], u['weight_norm']), grad_update_ratio=self._layer_ratio(u['grad_step_norm'], u['weight_norm']), weight_norm=self._layer_norms(u['weight_norm'], ufz),
                          zero_frac=self._per_layer(u['zero_frac'] * sizes, ufz) / self._per_layer(sizes, ufz), nonfinite=self._per_layer(u['nonfinite'], ufz),
                          lr=self._layer_max(u['lr']))
     L = len(names)
@@ -412,7 +440,7 @@ def to_df(self:GradientHealth,
                              **{c: np.asarray(v).reshape(-1) for c, v in cs.items()}})
     df = long(h.iters[:k], h.n[:k], cols)
     if ku: df = df.merge(long(u.iters[:ku], u.n[:ku], ucols).drop(columns='n'), on=['iter', per], how='left')
-    else: df = df.assign(**{c: np.nan for c in ('update_ratio', 'weight_norm', 'zero_frac', 'nonfinite', 'lr')})
+    else: df = df.assign(**{c: np.nan for c in ('update_ratio', 'grad_update_ratio', 'weight_norm', 'zero_frac', 'nonfinite', 'lr')})
     df['global_grad_norm'] = np.repeat(self.global_norm(), L)
     df['skipped'] = df['iter'].isin(self.skipped); df['clipped'] = df['iter'].isin(self.clipped)
     return df
@@ -442,14 +470,17 @@ def plot_grad_norms(self:GradientHealth,
 def plot_update_ratios(self:GradientHealth,
     ax=None, # axes to draw into (default: a new figure)
     figsize=(8, 4), # size of a new figure
+    decay:bool=True, # the whole step; False: the gradient's step alone, decoupled weight decay aside (what the stalled flag reads)
 ):
     "Update ratio ‖Δw‖/‖w‖ of every layer over time, with the stalled/too-hot band and the usual 1e-3"
-    df = self.to_df().dropna(subset=['update_ratio'])
+    col = 'update_ratio' if decay else 'grad_update_ratio'
+    df = self.to_df().dropna(subset=[col])
     ax = new_axes(ax, figsize)
     cols = plt.cm.viridis(np.linspace(0, 1, len(self.layers)))
-    for c, (name, d) in zip(cols, df.groupby('layer', sort=False)): ax.plot(d['iter'], d['update_ratio'], color=c, lw=1, label=name)
+    for c, (name, d) in zip(cols, df.groupby('layer', sort=False)): ax.plot(d['iter'], d[col], color=c, lw=1, label=name)
     ax.axhspan(*self.band, color='green', alpha=0.08); ax.axhline(1e-3, color='green', ls='--', lw=1)
-    ax.set_yscale('log'); ax.set_xlabel('batch'); ax.set_title('update ratio ‖Δw‖/‖w‖ (band shaded, 1e-3 dashed)')
+    ax.set_yscale('log'); ax.set_xlabel('batch')
+    ax.set_title(f"update ratio ‖Δw‖/‖w‖{'' if decay else ', weight decay aside'} (band shaded, 1e-3 dashed)")
     if len(self.layers) <= 12: ax.legend(fontsize=7)
     return ax
 

@@ -52,6 +52,42 @@ def test_update_ratio_exact_for_sgd():
     df = cb.to_df(per='param')
     np.testing.assert_allclose(df['update_ratio'], 0.1 * df['grad_norm'] / df['weight_norm'], rtol=1e-4)
 
+class Before(Callback):
+    "Each parameter before and after every step"
+    order = GradientHealth.order + 0.1
+    def before_fit(self): self.w = []
+    def before_step(self): self.w0 = [p.detach().clone() for p in self.model.parameters()]
+    def after_step(self): self.w.append(list(zip(self.w0, [p.detach().clone() for p in self.model.parameters()])))
+
+def _optimizers():
+    from functools import partial
+    from fastai.optimizer import Adam, OptimWrapper
+    return {'fastai Adam (decoupled)': (Adam, 'weights'), 'fastai Adam (L2)': (partial(Adam, decouple_wd=False), 'none'),
+            'torch AdamW': (partial(OptimWrapper, opt=torch.optim.AdamW), 'all'), 'torch SGD (L2)': (partial(OptimWrapper, opt=torch.optim.SGD), 'none')}
+
+@pytest.mark.parametrize('name', list(_optimizers()))
+def test_gradient_step_leaves_decoupled_decay_aside(name):
+    "grad_update_ratio = ‖Δw + lr·wd·w‖/‖w‖ where the optimizer shrinks the weights apart from the gradient (fastai's `weight_decay` step: not\n    BatchNorm or biases unless `wd_bn_bias`; AdamW: every parameter), the whole update where the decay is in the gradient (L2)"
+    opt_func, decayed = _optimizers()[name]
+    from fastai.learner import Learner
+    from fastai.losses import MSELossFlat
+    from fastai.test_utils import synth_dbunch
+    torch.manual_seed(0)
+    cb, rec = GradientHealth(update_every=1, warn=False), Before()
+    learn = quiet(Learner(synth_dbunch(n_train=3), mlp(1), loss_func=MSELossFlat(), opt_func=opt_func, cbs=[cb, rec]))
+    lr, wd = 1e-2, 0.1
+    learn.fit(1, lr, wd=wd)
+    df = cb.to_df(per='param')
+    names = [n for n, _ in learn.model.named_parameters()]
+    want = []
+    for step in rec.w:
+        for n, (w0, w1) in zip(names, step):
+            c = lr * wd if decayed == 'all' or decayed == 'weights' and n.endswith('weight') else 0.
+            want.append(((w0 - w1 - c * w0).norm() / w0.norm()).item())
+    np.testing.assert_allclose(df['grad_update_ratio'], want, rtol=1e-4)
+    same = np.isclose(df['grad_update_ratio'], df['update_ratio'], rtol=1e-6)
+    assert same.all() if decayed == 'none' else not same.all()
+
 bad = [dict(every=0), dict(update_every=0), dict(explode_window=4), dict(vanish_frac=-1), dict(vanish_frac=2.), dict(vanish_batches=0), dict(explode_factor=0.5),
        dict(explode_ceiling=float('nan')), dict(growth=0.), dict(growth_batches=0), dict(band=(0, 1)), dict(band=(1, 1e-3)),
        dict(band='x'), dict(band_batches=0), dict(stall_lr=1.5), dict(stall_lr=-0.1), dict(chunk=0), dict(max_rows=1)]

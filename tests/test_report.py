@@ -206,7 +206,7 @@ def test_stalled_remedy_fits_the_layer():
     with torch.no_grad(): m[0].weight.mul_(1e4); m[1].weight.fill_(1e4); m[3].weight.mul_(1e-4)
     learn = quiet(synth_learner(n_trn=20, lr=1e-3)); learn.model, learn.opt_func = Col(m), Adam
     learn.add_cb(GradientHealth(update_every=1, warn=False))
-    learn.fit(2, wd=0.)  # (fastai's default decay alone moves each weight by lr * wd = 1e-5 a step: the band's edge)
+    learn.fit(2)  # (fastai's Adam decays the weights by lr * wd = 1e-5 a step, the band's edge: the stall is the gradient's step)
     rep = learn.health_report(verbose=False).query("problem == 'stalled updates'").set_index('layer')
     assert rep.loc['m.0', 'callback'] == 'LSUVInit', rep
     assert rep.loc['m.1', 'callback'] == '' and rep.loc['m.1', 'remedy'] == STALLED_OTHER, rep
