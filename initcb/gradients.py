@@ -86,7 +86,7 @@ def setup(self:GradientHealth):
     if len(self.hist) and not np.array_equal(self._cols, train):  # frozen or unfrozen since the last fit: the global norm now
         self._streak = {}  # sums other parameters, a jump that is no explosion; the rules' runs and running median start afresh
     self.params, self._cols, self._pbuf = [named[j][1] for j in train], np.array(train), None  # (`_cols`: their columns)
-    self._group_of, self._lr_peak = None, np.full(len(self.layers), np.nan)  # (the optimizer's groups, each layer's peak lr: per fit)
+    self._group_of, self._lr_peak, self._warm = None, np.full(len(self.layers), np.nan), None  # (per fit: the optimizer's groups, each layer's peak lr, layers growing from zero)
     clip = [cb for cb in self.learn.cbs if isinstance(cb, GradientClip)]
     self._clip = clip[0].max_norm if clip and clip[0].norm_type == 2 else None
     self._rec = 0
@@ -387,6 +387,9 @@ def _check_band(self:GradientHealth, iters, d, w, lr, zf, s):
     ref = np.fmax(peak, np.fmax.reduce(llr, 1, keepdims=True, initial=-np.inf))  # ...and the largest of any layer at that step
     with np.errstate(invalid='ignore'):  # (an update ratio follows the learning rate: small while a schedule anneals it, or where
         stalled, hot = (ls < lo) & got & ~(llr < self.stall_lr * ref), lu > hi  # a smaller one was chosen for the layer: not stalled)
+        if self._warm is None: self._warm = self._layer_norms(w[:1], np.isnan(w[:1]))[0] == 0  # (the fit's first measurement: weights all zero)
+        warm = self._warm & ~np.logical_or.accumulate(lu <= hi, 0)  # growing from zero (fastai's zero-init BatchNorm): large steps
+        self._warm, hot = warm[-1], hot & ~warm  # against small weights until its ratio first comes into the band, then watched
     for kind, bad, v, what, word, lim in (('stalled', stalled, ls, "the gradient's update ratio (weight decay aside)", 'below', lo), ('too hot', hot, lu, 'update ratio', 'above', hi)):
         self._streaks(kind, iters, bad, self.band_batches, v,
                       lambda name, run, it, v: f"layer {name}: {what} {v:.2g} is {word} {lim:g} for {run} measurements (to batch {it})")

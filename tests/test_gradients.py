@@ -88,6 +88,31 @@ def test_gradient_step_leaves_decoupled_decay_aside(name):
     same = np.isclose(df['grad_update_ratio'], df['update_ratio'], rtol=1e-6)
     assert same.all() if decayed == 'none' else not same.all()
 
+class ZeroRes(nn.Module):
+    "A residual block whose last BatchNorm starts at zero (as in fastai's xresnet): the block starts as the identity"
+    def __init__(self):
+        super().__init__()
+        self.inp, self.lin, self.bn, self.out = nn.Linear(1, 8), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)
+        nn.init.zeros_(self.bn.weight)
+    def forward(self, x):
+        h = torch.relu(self.inp(x.view(-1, 1)))
+        return self.out(torch.relu(h + self.bn(self.lin(h)))).view(x.shape)
+
+@pytest.mark.parametrize('lr', [3e-3, 1.])
+def test_weights_growing_from_zero_are_not_too_hot(lr):
+    "A zero-initialized layer's first steps are large against its weights (ratio inf, then falling into the band): not too hot; a learning rate far too high still is"
+    from fastai.optimizer import Adam
+    torch.manual_seed(0)
+    cb = GradientHealth(update_every=1, warn=False)
+    learn = quiet(synth_learner(n_trn=20, cbs=cb)); learn.model, learn.opt_func = ZeroRes(), Adam
+    learn.fit(1, lr)
+    bn = cb.to_df().query("layer == 'bn'").dropna(subset=['update_ratio'])
+    hot = set(cb.events.query("kind == 'too hot'").layer)
+    if lr < 1:
+        assert np.isinf(bn.update_ratio.iloc[0]) and (bn.update_ratio.iloc[1:3] > 0.1).all()  # what the rule would have flagged
+        assert hot == set(), cb.events
+    else: assert {'inp', 'lin', 'out'} <= hot, cb.events
+
 bad = [dict(every=0), dict(update_every=0), dict(explode_window=4), dict(vanish_frac=-1), dict(vanish_frac=2.), dict(vanish_batches=0), dict(explode_factor=0.5),
        dict(explode_ceiling=float('nan')), dict(growth=0.), dict(growth_batches=0), dict(band=(0, 1)), dict(band=(1, 1e-3)),
        dict(band='x'), dict(band_batches=0), dict(stall_lr=1.5), dict(stall_lr=-0.1), dict(chunk=0), dict(max_rows=1)]
