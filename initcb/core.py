@@ -7,6 +7,7 @@ Docs: https://initcb.github.io/initcb/core.html.md"""
 # %% ../nbs/00_core.ipynb #5b59af97
 from __future__ import annotations
 import math, random
+from contextlib import contextmanager
 import numpy as np, torch
 from torch import nn, Tensor
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
@@ -18,7 +19,7 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STAT
            'sample_index', 'first_tensor', 'watch', 'output_bounds', 'is_activation', 'has_own_params', 'default_watch',
            'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap', 'sync_from_main',
            'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'norms_row',
-           'layer_index', 'eval_forward', 'first_inputs', 'new_axes', 'layer_heatmap', 'digits_dls']
+           'layer_index', 'keep_modes', 'eval_forward', 'first_inputs', 'new_axes', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -453,6 +454,16 @@ def _batch_stats_hook(m, inp, out):
     if not isinstance(x, Tensor) or x.dim() < 2 or x.numel() <= x.shape[1]: return  # one value per channel: no batch statistics
     return torch.nn.functional.batch_norm(x, None, None, m.weight, m.bias, True, 0., m.eps)  # (no running statistics: none updated)
 
+@contextmanager
+def keep_modes(
+    model:nn.Module, # the model
+):
+    "Restore each of `model`'s modules to train or eval mode as it was, on exit: `model.train(was)` would set them all alike (a BatchNorm frozen in eval mode in a training model would train again)"
+    modes = [(m, m.training) for m in model.modules()]
+    try: yield model
+    finally:
+        for m, t in modes: m.training = t
+
 def eval_forward(
     model:nn.Module, # the model
     mods:list, # modules to hook
@@ -464,13 +475,13 @@ def eval_forward(
     if bn not in BN_STATS: raise ValueError(f"`bn` must be one of {BN_STATS}, got {bn!r}")
     eager = is_compiled(model)
     bh = torch.compiler.disable(_batch_stats_hook) if eager else _batch_stats_hook
-    bns = [m.register_forward_hook(bh) for m in model.modules() if bn == 'batch' and isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    hooks, was = Hooks(mods, f, eager=eager), model.training  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
+    bns = [m.register_forward_hook(bh) for m in model.modules() if bn == 'batch' and isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and not (model.training and not m.training)]  # (one put in eval mode in a training model: its statistics frozen, as training sees it)
+    hooks = Hooks(mods, f, eager=eager)  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
     try:
-        model.eval()
-        with torch.no_grad(): model(*(xb if isinstance(xb, (tuple, list)) else (xb,)))
+        with keep_modes(model), torch.no_grad(): model.eval()(*(xb if isinstance(xb, (tuple, list)) else (xb,)))
     finally:
-        hooks.remove(); model.train(was)
+        hooks.remove()
         for h in bns: h.remove()
 
 # %% ../nbs/00_core.ipynb #d6c80aa8

@@ -265,11 +265,10 @@ def lsuv_init(
     check_float('target_std', target_std, 1e-6, 1e6); check_float('tol', tol, 1e-9, 1e6); check_int('max_iters', max_iters)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
     if not layers: raise ValueError("`model` has no Linear or Conv layer to initialize")
-    mode, bufs = model.training, [b.detach().clone() for b in model.buffers()]
-    rows = []
+    bufs, rows = [b.detach().clone() for b in model.buffers()], []
     try:
-        model.train()
-        with torch.no_grad():
+        with keep_modes(model), torch.no_grad():
+            model.train()
             mods = dict(layers)
             for n in _forward_order(model, layers, xb):
                 m, it, status = mods[n], 0, 'ok'
@@ -291,7 +290,6 @@ def lsuv_init(
                 if n not in {r['layer'] for r in rows}: rows.append(dict(layer=n, type=type(mods[n]).__name__, iterations=0, mean=math.nan, std=math.nan, status='not called in forward: skipped'))
     finally:
         for b, v in zip(model.buffers(), bufs): b.copy_(v)
-        model.train(mode)
     return pd.DataFrame(rows)
 
 # %% ../nbs/03_init.ipynb #b7f05668

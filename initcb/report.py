@@ -230,11 +230,9 @@ class NonFiniteGuard(Callback):
         if len(self.skips) > self.max_skips: raise RuntimeError(f"NonFiniteGuard: more than `max_skips`={self.max_skips} batches had non-finite values; last: {msg}")
         raise CancelBatchException()
     def _locate(self):
-        was = self.model.training
         try:
-            with torch.enable_grad(): return find_nonfinite(unwrap(self.model), self.learn.xb, self.learn.yb, self.learn.loss_func)
+            with keep_modes(self.model), torch.enable_grad(): return find_nonfinite(unwrap(self.model), self.learn.xb, self.learn.yb, self.learn.loss_func)
         except Exception: return None, None
-        finally: self.model.train(was)
     @property
     def events(self): return pd.DataFrame(self.reports, columns=['batch', 'where', 'module', 'message'])
 

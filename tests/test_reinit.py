@@ -92,3 +92,21 @@ def test_scores_use_the_batch_statistics_by_default():
     assert m.training
     bad_argument_named(lambda **kw: dormancy_scores(m, x, ch, **kw), dict(bn='train'))
     bad_argument_named(lambda **kw: ah.dormancy(x, **kw), dict(bn=None))
+
+def test_frozen_batchnorm_stays_frozen():
+    "fastai's BnFreeze keeps a frozen body's BatchNorm in eval mode through training: ReinitDormant's scoring (every batch here) must not put it back in train mode"
+    from fastai.callback.core import Callback
+    from fastai.callback.training import BnFreeze
+    from fastai.learner import Learner
+    from initcb.core import digits_dls
+    class Modes(Callback):
+        order = 0
+        def before_fit(self): self.seen = []
+        def after_pred(self):
+            if self.training: self.seen.append(self.model[0][1].training)
+    torch.manual_seed(0)
+    m = nn.Sequential(ConvLayer(1, 8), ConvLayer(8, 8, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    m[0].requires_grad_(False)  # (a frozen body, as `fine_tune` has: BnFreeze puts the BatchNorm layers with frozen parameters in eval mode)
+    learn = quiet(Learner(digits_dls(n_train=256), m, loss_func=nn.CrossEntropyLoss(), cbs=[BnFreeze(), ReinitDormant(every=1, verbose=False), Modes()]))
+    learn.fit(1, 1e-3)
+    assert len(learn.modes.seen) == 4 and not any(learn.modes.seen), learn.modes.seen
