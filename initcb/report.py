@@ -190,7 +190,7 @@ def find_nonfinite(
     return None, None
 
 class NonFiniteGuard(Callback):
-    "Once per batch, catch a NaN/Inf loss or gradient; name the module where it began; skip the batch or stop the fit"
+    "Once per batch, catch a NaN/Inf loss or gradient; name the module where it began; skip the batch (no trace of it left) or stop the fit"
     order = 5  # after backward hooks have run; before MixedPrecision (10) unscales and steps
     def __init__(self,
         policy:str='skip', # 'skip': drop the batch (no step), go on; 'stop': end the fit
@@ -205,6 +205,13 @@ class NonFiniteGuard(Callback):
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         mp = next((c for c in self.learn.cbs if type(c).__name__ == 'MixedPrecision'), None)
         self.scaled = mp is not None and getattr(getattr(mp, 'scaler', None), 'is_enabled', lambda: False)()
+        self.bufs = [b for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for b in m.buffers(recurse=False)]
+        self._snap = None  # (their values before the batch: a forward pass updates them, with NaN too)
+    def before_batch(self):
+        if not (self.training and self.bufs): return
+        if self._snap is None: self._snap = [b.detach().clone() for b in self.bufs]
+        else: torch._foreach_copy_(self._snap, self.bufs)  # one multi-tensor copy a batch
+    def after_fit(self): self._snap = None
     def after_backward(self):
         if not self.training: return
         loss = self.learn.loss.detach().float()
@@ -217,6 +224,7 @@ class NonFiniteGuard(Callback):
             flag = torch.tensor([0. if ok else 1.]); torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX); ok = flag.item() == 0
         if ok: self.last_good_loss = loss.item() if self.learn.iter % 50 == 0 or self.last_good_loss is None else self.last_good_loss; return
         where, mod = self._locate()
+        if self._snap is not None: torch._foreach_copy_(self.bufs, self._snap)  # running statistics as before the batch (and its replay)
         it = self.learn.train_iter
         msg = (f"NonFiniteGuard: non-finite {'loss' if where in ('loss', None) else where + ' values'} at training batch {it}"
                + (f", beginning in module {mod!r}" if mod else '') + f"; input {_stats(self.learn.xb[0])}; last good loss {self.last_good_loss}")

@@ -69,6 +69,30 @@ def test_guard_skip_keeps_weights_clean():
     learn.fit(1)
     assert g.skips == [1] and all(torch.isfinite(p).all() for p in learn.model.parameters())
 
+def test_guard_skip_leaves_no_trace_in_batchnorm():
+    "A NaN input poisons BatchNorm's running statistics in the forward pass, before any check: a skipped batch puts them back"
+    from fastai.layers import ConvLayer
+    from fastai.metrics import accuracy
+    class PoisonInput(Callback):
+        order = -1
+        def before_batch(self):
+            if self.training and self.train_iter == 3: x = self.learn.xb[0].clone(); x[0, 0, 0, 0] = float('nan'); self.learn.xb = (x,)
+    class Bufs(Callback):
+        def before_batch(self):
+            if self.training and self.train_iter == 3: self.before = [b.clone() for b in self.model.buffers()]
+        def after_cancel_batch(self):
+            self.after = [b.clone() for b in self.model.buffers()]
+    torch.manual_seed(0)
+    m = nn.Sequential(ConvLayer(1, 16), ConvLayer(16, 32, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    g = NonFiniteGuard(verbose=False)
+    learn = quiet(Learner(digits_dls(), m, loss_func=nn.CrossEntropyLoss(), metrics=accuracy, cbs=[g, PoisonInput(), Bufs()]))
+    learn.fit(1, 1e-2)
+    assert g.skips == [3] and g.reports[0]['where'] == 'forward'
+    assert all(torch.equal(a, b) for a, b in zip(learn.bufs.before, learn.bufs.after))  # as before the batch
+    assert all(torch.isfinite(b).all() for b in m.buffers())
+    loss, acc = learn.validate()
+    assert np.isfinite(loss) and acc > 0.2  # (poisoned statistics: NaN loss, accuracy at chance, for the rest of the fit)
+
 @pytest.mark.parametrize('kw', [dict(policy='x'), dict(max_skips=-1)])
 def test_guard_bad_arguments(kw): bad_argument_named(NonFiniteGuard, kw)
 
