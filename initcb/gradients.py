@@ -147,12 +147,14 @@ def after_step(self:GradientHealth):
         d = torch._foreach_norm(self._prev, 2, dtype=f32)
         lr, c = self._step_hypers()
         if c is not None: c[~self._hasg] = 0.  # (no gradient: no step, no decay)
-        if c is not None and c.any():  # decoupled weight decay took c·w before the step: the rest, -Δw - c·w_before = (1 - c)(-Δw) - c·w_after, is the gradient's
-            torch._foreach_mul_(self._prev, (1 - c).tolist())
-            torch._foreach_sub_(self._prev, torch._foreach_mul(self.params, c.tolist()))
+        k = None
+        if c is not None and c.any():  # decoupled weight decay took c·w before the step: the rest, -Δw - c·w_before = (1 - c)(-Δw) - c·w_after,
+            ok = c < 0.5               # is the gradient's: (1 - 2c)·lerp(-Δw, w_after, -c / (1 - 2c)), one in-place op (the norm's factor on the host)
+            c = np.where(ok, c, 0.); k = np.where(ok, 1 - 2 * c, np.nan)  # (NaN: a decay of half the weight or more in one step)
+            torch._foreach_lerp_(self._prev, self.params, (-c / np.where(ok, k, 1.)).tolist())
             s = torch._foreach_norm(self._prev, 2, dtype=f32)
         else: s = d
-        self._uq.add(d + w + self._nonf + s, (self._iter, lr))
+        self._uq.add(d + w + self._nonf + s, (self._iter, lr, k))
     self._done()
 
 def decoupled_decay(
@@ -210,7 +212,10 @@ def _sink(self:GradientHealth, arr, iters):
 @patch
 def _usink(self:GradientHealth, arr, metas):
     iters, k = [m[0] for m in metas], len(metas)
-    a = self._columns(arr.reshape(k, 5, -1))
+    arr = arr.reshape(k, 5, -1)
+    for r, m in enumerate(metas):
+        if m[2] is not None: arr[r, 4] *= m[2]  # (the gradient's step norm: its factor 1 - 2c, see `after_step`)
+    a = self._columns(arr)
     lr = self._columns(np.array([np.full(len(self._cols), np.nan) if m[1] is None else m[1] for m in metas]))
     zf = 1 - a[:, 2] / self.sizes
     self.upd.append(iters, dict(update_norm=a[:, 0], weight_norm=a[:, 1], zero_frac=zf, nonfinite=a[:, 3], lr=lr, grad_step_norm=a[:, 4]))

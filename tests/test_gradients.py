@@ -88,6 +88,17 @@ def test_gradient_step_leaves_decoupled_decay_aside(name):
     same = np.isclose(df['grad_update_ratio'], df['update_ratio'], rtol=1e-6)
     assert same.all() if decayed == 'none' else not same.all()
 
+def test_decay_of_half_the_weight_has_no_gradient_step():
+    "lr·wd >= 0.5 (a step that decays half of each weight or more): the gradient's part is not separated, NaN; the biases (not decayed) still have theirs"
+    from fastai.optimizer import SGD
+    cb = GradientHealth(update_every=1, warn=False)
+    learn = quiet(synth_learner(n_trn=2, cbs=cb)); learn.model, learn.opt_func = mlp(1), SGD
+    learn.fit(1, 1., wd=0.6)
+    df = cb.to_df(per='param')
+    w, b = df[df.param.str.endswith('weight')], df[df.param.str.endswith('bias')]
+    assert w.grad_update_ratio.isna().all() and np.isfinite(w.update_ratio).all()
+    np.testing.assert_allclose(b.grad_update_ratio, b.update_ratio, rtol=1e-6)
+
 class ZeroRes(nn.Module):
     "A residual block whose last BatchNorm starts at zero (as in fastai's xresnet): the block starts as the identity"
     def __init__(self):
