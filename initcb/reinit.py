@@ -14,7 +14,7 @@ from fastai.callback.core import Callback
 from .core import *
 
 # %% auto #0
-__all__ = ['OUTPUT_LAYER', 'unit_chains', 'dormancy_scores', 'reinit_units', 'reinit_dormant', 'ReinitDormant']
+__all__ = ['OUTPUT_LAYER', 'unit_chains', 'dormancy_scores', 'reinit_units', 'frozen_chain', 'reinit_dormant', 'ReinitDormant']
 
 # %% ../nbs/04_reinit.ipynb #44447b5e
 _PASS_UNITS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)  # besides `ELEMENTWISE_TYPES`: unit i out is unit i in
@@ -128,6 +128,15 @@ def reinit_units(
                 for t in [*mod.parameters(recurse=False), *mod.buffers(recurse=False)]: torch.distributed.broadcast(t.data, 0)
 
 # %% ../nbs/04_reinit.ipynb #bc1d8f26
+def frozen_chain(
+    model:nn.Module, # the model
+    layer:str, # a layer `unit_chains` follows
+    chain:dict, # its chain: `unit_chains(model)[layer][0]`
+):
+    "Whether `layer` or the layer its units feed is frozen (a weight that does not require grad): its units are left as they are"
+    mods = dict(model.named_modules())
+    return not all(getattr(mods[k], 'weight', None) is None or mods[k].weight.requires_grad for k in (layer, chain['next']))
+
 def reinit_dormant(
     model:nn.Module, # the model (not wrapped in DDP)
     xb, # the batch the units are scored on
@@ -143,7 +152,7 @@ def reinit_dormant(
     for n, s in dormancy_scores(model, xb, chains).items():
         dead = (s <= tau).nonzero().flatten()
         frac = len(dead) / len(s)
-        if frac <= min_frac: dead = dead[:0]
+        if frac <= min_frac or frozen_chain(model, n, chains[n][0]): dead = dead[:0]
         k = int(math.floor(max_frac * len(s)))
         if len(dead) > k: dead = dead[s[dead].argsort()[:k]]
         if len(dead): reinit_units(model, n, dead.tolist(), chains[n][0], opt)
@@ -194,7 +203,7 @@ class ReinitDormant(Callback):
         mods = dict(unwrap(self.model).named_modules())
         with torch.no_grad():
             for n, (c, _) in self.chains.items():
-                if c is None: continue
+                if c is None or not mods[n].weight.requires_grad: continue  # (frozen: left as it is)
                 m = mods[n]; fresh = copy.deepcopy(m); fresh.reset_parameters()
                 for p, q in [(m.weight, fresh.weight), (m.bias, fresh.bias)]:
                     if p is not None: p.mul_(self.shrink).add_(q, alpha=self.perturb)

@@ -110,3 +110,20 @@ def test_frozen_batchnorm_stays_frozen():
     learn = quiet(Learner(digits_dls(n_train=256), m, loss_func=nn.CrossEntropyLoss(), cbs=[BnFreeze(), ReinitDormant(every=1, verbose=False), Modes()]))
     learn.fit(1, 1e-3)
     assert len(learn.modes.seen) == 4 and not any(learn.modes.seen), learn.modes.seen
+
+@pytest.mark.parametrize('scheme', ['redo', 'shrink_perturb'])
+def test_frozen_layers_left_as_they_are(scheme):
+    "fine_tune's first phase: the body frozen. Its dead units are scored, not re-initialized (nor are the units feeding it), nor perturbed; the head's are"
+    from fastai.learner import Learner
+    from initcb.core import digits_dls
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 10))
+    with torch.no_grad(): m[1].bias[:4] = -100.; m[3].bias[:4] = -100.  # dead units in the body (1) and in the head (3)
+    m[1].requires_grad_(False)
+    frozen = [p.clone() for p in m[1].parameters()]
+    learn = quiet(Learner(digits_dls(n_train=128), m, loss_func=nn.CrossEntropyLoss(), cbs=ReinitDormant(every=1, scheme=scheme, verbose=False)))
+    learn.fit(1, 1e-3)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, m[1].parameters()))
+    ev, ck = learn.reinit_dormant.events, learn.reinit_dormant.checks
+    assert set(ev.layer) == {'3'}, ev
+    if scheme == 'redo': assert (ck.query("layer == '1'").dormant_frac >= 0.25).all()  # (scored all the same)
