@@ -152,7 +152,7 @@ def reinit_dormant(
     for n, s in dormancy_scores(model, xb, chains).items():
         dead = (s <= tau).nonzero().flatten()
         frac = len(dead) / len(s)
-        if frac <= min_frac or frozen_chain(model, n, chains[n][0]): dead = dead[:0]
+        if frac <= min_frac or len(dead) and frozen_chain(model, n, chains[n][0]): dead = dead[:0]  # (frozen: read only where there is something to do)
         k = int(math.floor(max_frac * len(s)))
         if len(dead) > k: dead = dead[s[dead].argsort()[:k]]
         if len(dead): reinit_units(model, n, dead.tolist(), chains[n][0], opt)
