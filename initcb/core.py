@@ -16,10 +16,11 @@ from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException
 
 # %% auto #0
 __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STATS', 'check_int', 'check_float', 'coprime_stride',
-           'sample_index', 'first_tensor', 'watch', 'output_bounds', 'is_activation', 'has_own_params', 'default_watch',
-           'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap', 'sync_from_main',
-           'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'norms_row',
-           'layer_index', 'keep_modes', 'eval_forward', 'first_inputs', 'new_axes', 'layer_heatmap', 'digits_dls']
+           'sample_index', 'first_tensor', 'watch', 'output_bounds', 'is_activation', 'has_own_params', 'is_frozen',
+           'default_watch', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap',
+           'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled',
+           'norms_row', 'layer_index', 'keep_modes', 'eval_forward', 'first_inputs', 'new_axes', 'layer_heatmap',
+           'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -118,6 +119,11 @@ def is_activation(
 def has_own_params(
     m:nn.Module, # a module
 ): return any(True for _ in m.parameters(recurse=False))
+def is_frozen(
+    m:nn.Module, # a module
+):
+    "Whether a weight of `m`'s own (`weight`, an RNN's `weight_ih_l0`...) does not require grad: initcb's remedies leave such a layer as it is"
+    return any(not p.requires_grad for n, p in m.named_parameters(recurse=False) if n.startswith('weight'))
 
 def default_watch(
     name:str, # the module's name in the model

@@ -14,9 +14,9 @@ from fastai.callback.core import Callback, TrainEvalCallback
 from .core import *
 
 # %% auto #0
-__all__ = ['WEIGHT_LAYERS', 'INIT_TYPES', 'SCHEMES', 'GeneralRelu', 'activation_gain', 'following_activation', 'shuffle_groups',
-           'duplicate_units', 'check_init', 'output_stds', 'init_weights', 'break_symmetry', 'BreakSymmetry',
-           'lsuv_init', 'LSUVInit']
+__all__ = ['WEIGHT_LAYERS', 'INIT_TYPES', 'SCHEMES', 'FROZEN', 'GeneralRelu', 'activation_gain', 'following_activation',
+           'shuffle_groups', 'duplicate_units', 'check_init', 'output_stds', 'init_weights', 'break_symmetry',
+           'BreakSymmetry', 'lsuv_init', 'LSUVInit']
 
 # %% ../nbs/03_init.ipynb #9a953faa
 class GeneralRelu(nn.Module):
@@ -130,7 +130,7 @@ def check_init(
         elif std > expect * 2 * _slack(w.numel(), 1): finding = f'scale {std / expect:.2g}x too large: outputs grow layer by layer'
         else: finding = 'ok'
         act = acts.get(n)
-        rows.append(dict(layer=n, type=type(m).__name__, activation=type(act).__name__ if act is not None else None,
+        rows.append(dict(layer=n, type=type(m).__name__, frozen=is_frozen(m), activation=type(act).__name__ if act is not None else None,
                          fan_in=_fan_in(w), mean=w.mean().item(), std=std, expected_std=expect, std_ratio=std / expect if expect == expect else float('nan'),
                          duplicate_units=dup, finding=finding))
     df = pd.DataFrame(rows)
@@ -199,10 +199,10 @@ def _symmetry(m, group=1):
 def break_symmetry(
     model:nn.Module, # re-initialized in place where a layer is zero/constant or a unit duplicates another
 ):
-    "Re-initialize zero or constant layers and duplicated units of `model`; a DataFrame of what changed (empty: nothing did)"
+    "Re-initialize zero or constant layers and duplicated units of `model` (frozen layers: never); a DataFrame of what changed (empty: nothing did)"
     acts, groups, rows = following_activation(model), shuffle_groups(model), []
     for n, m in model.named_modules():
-        if not isinstance(m, INIT_TYPES): continue
+        if not isinstance(m, INIT_TYPES) or is_frozen(m): continue  # (a frozen layer's symmetry is deliberate: a fixed filter)
         kind, dup = _symmetry(m, groups.get(n, 1))
         if kind is None: continue
         whole = kind != 'symmetric' or isinstance(m, nn.RNNBase)
@@ -234,6 +234,7 @@ class BreakSymmetry(Callback):
 
 # %% ../nbs/03_init.ipynb #33c86685
 class _Stop(Exception): pass
+FROZEN = 'frozen: left as it is'
 
 def _output_of(model, m, xb):
     "`m`'s output on batch `xb`, running `model` only as far as `m` (None if `m` is not called)"
@@ -272,6 +273,8 @@ def lsuv_init(
             mods = dict(layers)
             for n in _forward_order(model, layers, xb):
                 m, it, status = mods[n], 0, 'ok'
+                if is_frozen(m):
+                    rows.append(dict(layer=n, type=type(m).__name__, iterations=0, mean=math.nan, std=math.nan, status=FROZEN)); continue
                 nn.init.orthogonal_(m.weight)
                 if m.bias is not None: m.bias.zero_()
                 while True:
@@ -319,6 +322,7 @@ class LSUVInit(Callback):
         sync_from_main(self.model)  # each rank scaled on its own batch: rank 0's weights go to all
         self.done = True
         if self.verbose and is_main():
-            bad = self.report[self.report.status != 'ok']
-            print(f"LSUVInit: {len(self.report) - len(bad)}/{len(self.report)} layers at std {self.target_std}±{self.tol} "
-                  f"in {self.report.iterations.sum()} iterations" + ''.join(f"; {r.layer}: {r.status}" for r in bad.itertuples()))
+            st = self.report.status; bad, frozen = self.report[(st != 'ok') & (st != FROZEN)], (st == FROZEN).sum()
+            print(f"LSUVInit: {(st == 'ok').sum()}/{len(self.report)} layers at std {self.target_std}±{self.tol} "
+                  f"in {self.report.iterations.sum()} iterations" + (f"; {frozen} frozen, left as they are" if frozen else '')
+                  + ''.join(f"; {r.layer}: {r.status}" for r in bad.itertuples()))

@@ -135,7 +135,7 @@ def frozen_chain(
 ):
     "Whether `layer` or the layer its units feed is frozen (a weight that does not require grad): its units are left as they are"
     mods = dict(model.named_modules())
-    return not all(getattr(mods[k], 'weight', None) is None or mods[k].weight.requires_grad for k in (layer, chain['next']))
+    return is_frozen(mods[layer]) or is_frozen(mods[chain['next']])
 
 def reinit_dormant(
     model:nn.Module, # the model (not wrapped in DDP)
@@ -203,7 +203,7 @@ class ReinitDormant(Callback):
         mods = dict(unwrap(self.model).named_modules())
         with torch.no_grad():
             for n, (c, _) in self.chains.items():
-                if c is None or not mods[n].weight.requires_grad: continue  # (frozen: left as it is)
+                if c is None or is_frozen(mods[n]): continue  # (frozen: left as it is)
                 m = mods[n]; fresh = copy.deepcopy(m); fresh.reset_parameters()
                 for p, q in [(m.weight, fresh.weight), (m.bias, fresh.bias)]:
                     if p is not None: p.mul_(self.shrink).add_(q, alpha=self.perturb)

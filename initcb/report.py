@@ -62,7 +62,7 @@ def _init_rules(model, th):
     out = []
     for r in check_init(model).itertuples():
         kind = r.finding.split(':')[0]
-        if kind in ('zero', 'constant', 'symmetric'):
+        if kind in ('zero', 'constant', 'symmetric') and not r.frozen:  # (frozen: deliberate, and `break_symmetry` leaves it)
             out.append(_finding(r.layer, f'{kind} units: symmetry is never broken', 'error', r.finding, 'symmetric'))
     return out
 
