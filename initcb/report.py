@@ -12,7 +12,7 @@ from torch import nn
 from fastcore.basics import patch
 from fastai.learner import Learner, ValueMetric
 from fastai.callback.core import Callback, CancelBatchException, CancelFitException
-from fastai.callback.training import GradientClip
+from fastai.callback.training import GradientClip, GradientAccumulation
 from .core import *
 from .activations import ActivationHealth
 from .gradients import GradientHealth
@@ -207,11 +207,19 @@ class NonFiniteGuard(Callback):
         self.scaled = mp is not None and getattr(getattr(mp, 'scaler', None), 'is_enabled', lambda: False)()
         self.bufs = [b for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for b in m.buffers(recurse=False)]
         self._snap = None  # (their values before the batch: a forward pass updates them, with NaN too)
+        self.accum, self._gsnap = any(isinstance(c, GradientAccumulation) for c in self.learn.cbs), None
     def before_batch(self):
         if not (self.training and self.bufs): return
         if self._snap is None: self._snap = [b.detach().clone() for b in self.bufs]
         else: torch._foreach_copy_(self._snap, self.bufs)  # one multi-tensor copy a batch
-    def after_fit(self): self._snap = None
+    def after_fit(self): self._snap = self._gsnap = None
+    def before_backward(self):
+        "Under `GradientAccumulation`, the window's gradients so far (backward adds this batch's to them: a skip must not drop theirs)"
+        if not (self.training and self.accum): return
+        gs = [p.grad for p in self.params]
+        have = [g is not None for g in gs]
+        if self._gsnap is None or have != self._ghave: self._gsnap, self._ghave = [g.detach().clone() for g in gs if g is not None], have
+        elif self._gsnap: torch._foreach_copy_(self._gsnap, [g for g in gs if g is not None])
     def after_backward(self):
         if not self.training: return
         loss = self.learn.loss.detach().float()
@@ -233,10 +241,20 @@ class NonFiniteGuard(Callback):
             if is_main(): warnings.warn(msg)
             raise CancelFitException()
         self.skips.append(it)
-        for p in self.params: p.grad = None
+        self._drop_grads()
         if self.verbose and is_main(): warnings.warn(msg + f" (batch skipped, {len(self.skips)} so far)")
         if len(self.skips) > self.max_skips: raise RuntimeError(f"NonFiniteGuard: more than `max_skips`={self.max_skips} batches had non-finite values; last: {msg}")
         raise CancelBatchException()
+    def _drop_grads(self):
+        "This batch's gradients go; under `GradientAccumulation` the window's earlier ones are put back"
+        if self._gsnap is None:
+            for p in self.params: p.grad = None
+            return
+        snap = iter(self._gsnap)
+        for p, had in zip(self.params, self._ghave):  # (the origin's replay, `find_nonfinite`, may have set them to None)
+            if not had: p.grad = None
+            elif p.grad is None: p.grad = next(snap).clone()
+            else: p.grad.copy_(next(snap))
     def _locate(self):
         try:
             with keep_modes(self.model), torch.enable_grad(): return find_nonfinite(unwrap(self.model), self.learn.xb, self.learn.yb, self.learn.loss_func)

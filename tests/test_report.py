@@ -69,6 +69,25 @@ def test_guard_skip_keeps_weights_clean():
     learn.fit(1)
     assert g.skips == [1] and all(torch.isfinite(p).all() for p in learn.model.parameters())
 
+def test_guard_skip_keeps_the_accumulated_gradients():
+    "Under GradientAccumulation a skipped batch drops its own gradients, not the ones its window gathered before it"
+    from fastai.callback.training import GradientAccumulation
+    class Poison(Callback):
+        order = NonFiniteGuard.order - 1
+        def after_backward(self):
+            if self.train_iter == 1: self.model.a.grad.fill_(float('nan'))
+    class Probe(Callback):
+        def after_backward(self):
+            if self.train_iter == 0: self.first = [p.grad.clone() for p in self.model.parameters()]
+        def before_backward(self):
+            if self.train_iter == 2: self.third = [None if p.grad is None else p.grad.clone() for p in self.model.parameters()]
+    g = NonFiniteGuard(verbose=False)
+    learn = quiet(synth_learner(n_trn=8, cbs=[g, Poison(), Probe(), GradientAccumulation(n_acc=48)]))
+    learn.fit(1)
+    assert g.skips == [1]
+    assert all(b is not None and torch.equal(a, b) for a, b in zip(learn.probe.first, learn.probe.third))  # batch 0's, kept
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+
 def test_guard_skip_leaves_no_trace_in_batchnorm():
     "A NaN input poisons BatchNorm's running statistics in the forward pass, before any check: a skipped batch puts them back"
     from fastai.layers import ConvLayer
