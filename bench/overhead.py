@@ -24,6 +24,7 @@ from fastai.vision.models.xresnet import xresnet18, xresnet50
 from initcb.core import HealthCallback, Hooks, ELEMENTWISE_TYPES, sample_index, select_modules, _set_grad
 from initcb.activations import ActivationHealth, default_full_max, _abs_stats
 from initcb.gradients import GradientHealth
+from initcb.report import HealthCheck, NonFiniteGuard
 
 class ReplayDL:
     "A few batches made once on the device and replayed: times the step, not data loading"
@@ -161,6 +162,8 @@ EXTRA_CFGS = {
     'spin 200us after the forward pass': lambda: [Calibration(200, 'after')],
     'minimal sampler (128 elements)': lambda: [MinimalSampler(every=1, sample=128)],
     'minimal sampler (sampled after the forward pass)': lambda: [HeldSampler(every=1)],
+    'NonFiniteGuard()': lambda: [NonFiniteGuard(verbose=False)],
+    'HealthCheck(report=False)': lambda: [HealthCheck(report=False)],
 }
 ALL_CFGS = {**CFGS, **EXTRA_CFGS}
 

@@ -543,7 +543,7 @@ def digits_dls(
     "fastai `DataLoaders` of scikit-learn's digits, scaled to mean 0, std 1: images (1, 8, 8), or vectors of 64 if `flat`"
     from sklearn.datasets import load_digits
     from fastai.data.core import DataLoaders, Datasets
-    from fastai.data.load import DataLoader
+    from fastai.data.core import TfmdDL
     from fastai.data.transforms import ItemGetter, Categorize
     check_int('bs', bs); check_float('valid_pct', valid_pct, 0., 0.9)
     X, y = load_digits(return_X_y=True)
@@ -557,7 +557,7 @@ def digits_dls(
     if n_train is not None: tr = tr[:check_int('n_train', n_train)]
     tfms = [[ItemGetter(0)], [ItemGetter(1), Categorize(vocab=list(range(10)))]]  # (a vocab: fastai's `ClassificationInterpretation`)
     trn, val = [Datasets(list(zip(X[i], y[i].tolist())), tfms=tfms) for i in (tr, va)]  # (not plain lists: `learn.export`
-    # needs `new_empty`, `learn.tta` `set_split_idx`)
-    dls = DataLoaders(DataLoader(trn, bs=bs, shuffle=True, drop_last=True), DataLoader(val, bs=2 * bs), device=device)  # (as fastai's `dataloaders`: no smaller last training batch)
+    # needs `new_empty`, `learn.tta` `set_split_idx`; TfmdDL: `learn.predict` decodes)
+    dls = DataLoaders(TfmdDL(trn, bs=bs, shuffle=True, drop_last=True), TfmdDL(val, bs=2 * bs), device=device)  # (as fastai's `dataloaders`: no smaller last training batch)
     dls.train.rng = random.Random(seed)  # shuffles reproducibly, whatever ran before
     return dls

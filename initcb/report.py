@@ -203,8 +203,6 @@ class NonFiniteGuard(Callback):
     def before_fit(self):
         self.run = real_fit(self)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        mp = next((c for c in self.learn.cbs if type(c).__name__ == 'MixedPrecision'), None)
-        self.scaled = mp is not None and getattr(getattr(mp, 'scaler', None), 'is_enabled', lambda: False)()
         self.bufs = [b for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for b in m.buffers(recurse=False)]
         self._snap = None  # (their values before the batch: a forward pass updates them, with NaN too)
         self.accum, self._gsnap = any(isinstance(c, GradientAccumulation) for c in self.learn.cbs), None
@@ -223,6 +221,8 @@ class NonFiniteGuard(Callback):
     def after_backward(self):
         if not self.training: return
         loss = self.learn.loss.detach().float()
+        sc = getattr(self.learn, 'scaler', None)  # (MixedPrecision makes it in its before_fit, after this callback's)
+        self.scaled = sc is not None and sc.is_enabled()
         if self.scaled: ok = bool(torch.isfinite(loss))
         else:
             gs = [p.grad for p in self.params if p.grad is not None]
@@ -242,6 +242,7 @@ class NonFiniteGuard(Callback):
             raise CancelFitException()
         self.skips.append(it)
         self._drop_grads()
+        self.learn.yb = ()  # (fastai's `Recorder` leaves a batch without targets out of the losses and metrics: no NaN train_loss)
         if self.verbose and is_main(): warnings.warn(msg + f" (batch skipped, {len(self.skips)} so far)")
         if len(self.skips) > self.max_skips: raise RuntimeError(f"NonFiniteGuard: more than `max_skips`={self.max_skips} batches had non-finite values; last: {msg}")
         raise CancelBatchException()
@@ -287,6 +288,8 @@ class HealthCheck(Callback):
         if name == 'learn' and value is None and self.__dict__.get('learn') is not None: self._detach(self.__dict__['learn'])
         super().__setattr__(name, value)
 
+    def __getstate__(self): return {**self.__dict__, '_xb': None}  # (pickled by `learn.export`, however the fit ended: no batch of data)
+
     def _detach(self, learn):
         "Taken off `learn` (`remove_cb`, or the end of a `fit(cbs=...)`): the callbacks and columns it added go with it"
         learn.remove_cbs([c for c in self._added if c in learn.cbs])
@@ -322,10 +325,11 @@ class HealthCheck(Callback):
         self._xb, self._n_ev = _first_x(self.learn), 0
 
     def _dead_pct(self):
-        d = {} if self._xb is None or self.ah.names is None else _dormant_fracs(self.ah, self._xb, self.th.dead_tau)
+        xb = self._xb if self._xb is not None else _first_x(self.learn)  # (after the fit: `validate`, `get_preds`, `predict`)
+        d = {} if xb is None or self.ah.names is None else _dormant_fracs(self.ah, xb, self.th.dead_tau)
         return float(np.mean([f for f, _ in d.values()]) * 100) if d else float('nan')
     def _grad_norm(self):
-        g = self.gh.global_norm() if self.gh.names is not None else np.array([])
+        g = self.gh.global_norm() if self.gh.hist is not None else np.array([])  # (None: unpickled, no history)
         n = len(self.dls.train)
         return float(np.median(g[-n:])) if len(g) else float('nan')
 
@@ -350,3 +354,4 @@ class HealthCheck(Callback):
     def after_fit(self):
         if not self.run: return
         self.report = self.learn.health_report(self.th, verbose=self.show and is_main(), xb=self._xb)
+        self._xb = None  # (a batch of data has no place in `learn.export`'s pickle)

@@ -112,6 +112,60 @@ def test_guard_skip_leaves_no_trace_in_batchnorm():
     loss, acc = learn.validate()
     assert np.isfinite(loss) and acc > 0.2  # (poisoned statistics: NaN loss, accuracy at chance, for the rest of the fit)
 
+def test_guard_skip_leaves_no_trace_in_the_recorded_loss():
+    "fastai's Recorder runs after a cancelled batch too: a skipped batch's NaN loss must not reach train_loss or the smoothed loss"
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.randn(64, 2)
+    x[20] = float('nan')  # in training batch 1
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=16), DataLoader(list(zip(x[32:], y[32:])), bs=16))
+    g = NonFiniteGuard(verbose=False)
+    learn = quiet(Learner(dls, nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)), loss_func=nn.MSELoss(), cbs=g))
+    learn.fit(2)
+    assert g.skips == [1, 5]
+    assert len(learn.recorder.losses) == 6 and np.isfinite([float(l) for l in learn.recorder.losses]).all()
+    assert np.isfinite(np.array(learn.recorder.values)).all()
+
+def test_guard_leaves_overflow_to_the_grad_scaler():
+    "Under fp16 MixedPrecision, overflowing gradients are the GradScaler's to skip (it then lowers its scale), not the guard's"
+    import fastai.callback.fp16 as fp16
+    from fastai.torch_core import L
+    class MixedPrecision(fp16.MixedPrecision):  # fastai's, with CPU autocast and a CPU GradScaler (it asks for CUDA)
+        def before_fit(self):
+            self.autocast, self.learn.scaler, self.scales = torch.autocast('cpu', dtype=torch.float16), torch.amp.GradScaler('cpu'), L()
+        def after_fit(self): self.final_scale = self.scaler.get_scale(); super().after_fit()
+    torch.manual_seed(0)
+    mp, g = MixedPrecision(), NonFiniteGuard(verbose=False)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    loss = lambda o, y: 1e3 * nn.functional.cross_entropy(o.float(), y)  # gradients x 2**16 overflow fp16 at first
+    learn = quiet(Learner(digits_dls(), m, loss_func=loss, cbs=[mp, g]))
+    learn.fit(1, 1e-3)
+    assert g.scaled and g.skips == [] and mp.final_scale < 2. ** 16  # the scaler skipped those steps and backed off
+
+def test_health_check_learner_exported_and_loaded():
+    "A learner trained with HealthCheck attached exports without its data and predicts once loaded"
+    import pickle
+    from fastai.learner import load_learner
+    from fastai.losses import CrossEntropyLossFlat
+    learn = quiet(Learner(digits_dls(), nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),
+                          loss_func=CrossEntropyLossFlat(), cbs=HealthCheck(report=False)))
+    learn.fit(1, 1e-3)
+    assert 0 <= learn.validate()[-2] <= 100  # 'dead %' after the fit, on a batch read afresh
+    f = learn.path / 'hc_export.pkl'
+    try:
+        learn.export(f)
+        with warnings.catch_warnings(): warnings.simplefilter('ignore'); l2 = load_learner(f)
+    finally: f.unlink(missing_ok=True)
+    assert l2.health_check._xb is None
+    hc = HealthCheck(); hc._xb = torch.zeros(3)  # (as a fit that ended by an exception leaves it)
+    assert pickle.loads(pickle.dumps(hc))._xb is None
+    item = learn.dls.valid_ds[0][0]
+    assert int(l2.predict(item)[0]) in range(10)
+    assert l2.get_preds(dl=learn.dls.valid)[0].shape == (len(learn.dls.valid_ds), 10)
+    l2.dls = learn.dls  # data again: the 'dead %' column reads the unpickled callback's layers
+    assert 0 <= l2.validate()[-2] <= 100
+
 @pytest.mark.parametrize('kw', [dict(policy='x'), dict(max_skips=-1)])
 def test_guard_bad_arguments(kw): bad_argument_named(NonFiniteGuard, kw)
 
@@ -185,8 +239,9 @@ def test_healthcheck_learner_pickles_and_fits_again():
     "HealthCheck's learner (with the columns it added) pickles, and the copy trains on"
     import pickle
     from fastcore.basics import noop
+    from fastai.losses import CrossEntropyLossFlat
     learn = quiet(Learner(digits_dls(), nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),
-                          loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+                          loss_func=CrossEntropyLossFlat(), cbs=HealthCheck(report=False)))
     learn.fit(1); learn.logger = noop
     back = pickle.loads(pickle.dumps(learn))
     back.fit(1)
