@@ -78,7 +78,10 @@ def shuffle_groups(
             if isinstance(s, nn.PixelShuffle)}
 
 # %% ../nbs/03_init.ipynb #c88d786e
-def _fan_in(w): return w[0].numel() if w.dim() > 1 else 1
+def _fan_in(w, m=None):
+    "Inputs per output of weight `w` (of module `m`): a ConvTranspose's (in, out/groups, *k) spreads each input over stride-many outputs"
+    if isinstance(m, nn.modules.conv._ConvTransposeNd): return max(w.shape[0] // m.groups * math.prod(m.kernel_size) / math.prod(m.stride), 1.)
+    return w[0].numel() if w.dim() > 1 else 1
 
 def _slack(n, sign):
     "Widen the 2x band by 3 standard errors of a std estimated from `n` weights (a 16-weight layer's std varies ±18%)"
@@ -100,9 +103,25 @@ def duplicate_units(
     return dup
 
 def _layer_weight(m):
-    "The weight whose rows are `m`'s units (for an RNN: [W_ih | W_hh] of its first layer) and their bias"
+    "The weight whose rows are `m`'s units (for an RNN: [W_ih | W_hh] of its first layer; a ConvTranspose's output channels, its dim 1) and their bias"
     if isinstance(m, nn.RNNBase): return torch.cat([m.weight_ih_l0, m.weight_hh_l0], 1), getattr(m, 'bias_ih_l0', None)
-    return m.weight, getattr(m, 'bias', None)
+    w, b = m.weight, getattr(m, 'bias', None)
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):  # (in, out/g, *k) -> (out, in/g, *k)
+        g = m.groups
+        w = w.reshape(g, w.shape[0] // g, *w.shape[1:]).transpose(1, 2).reshape(w.shape[1] * g, w.shape[0] // g, *w.shape[2:])
+    return w, b
+
+def _symmetry(m, group=1):
+    "('zero' | 'constant' | 'symmetric' | None, duplicate unit indices) for a layer with weights (units `group` at a time feed one `PixelShuffle` channel)"
+    if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): return None, []
+    w, b = _layer_weight(m)
+    w, per = w.detach(), w.shape[0] // getattr(m, 'groups', 1)  # (a grouped conv: `per` units a group, each group its own inputs)
+    if per == 1 and w.dim() > 1 and w.shape[0] > 1: return None, []  # (depthwise: no two units read the same inputs)
+    if (w == 0).all(): return 'zero', []
+    if w.numel() > 1 and (w == w.flatten()[0]).all(): return 'constant', []
+    if w.dim() < 2: return None, []
+    dup = [k + d for k in range(0, w.shape[0], per) for d in duplicate_units(w[k:k + per], None if b is None else b[k:k + per], group)]
+    return ('symmetric', dup) if dup else (None, [])
 
 def check_init(
     model:nn.Module, # the model to check, as it is now (before, during or after training)
@@ -115,23 +134,24 @@ def check_init(
         w = m.weight_hh_l0 if isinstance(m, nn.RNNBase) else m.weight
         w = w.detach().float()
         norm = isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
-        if isinstance(m, nn.Embedding): expect = 1.
-        elif norm: expect = float('nan')
+        # (an embedding's scale is a lookup's, not a step through depth: fastai's 0.01 is on purpose)
+        if norm or isinstance(m, nn.Embedding): expect = float('nan')
         elif isinstance(m, nn.RNNBase): expect = 1 / math.sqrt(m.hidden_size) / math.sqrt(3)  # PyTorch's U(-1/√h, 1/√h)
-        else: expect = activation_gain(acts.get(n)) / math.sqrt(_fan_in(w))
+        else: expect = activation_gain(acts.get(n)) / math.sqrt(_fan_in(w, m))
         std = w.std().item() if w.numel() > 1 else 0.
-        dup = 0 if norm or w.dim() < 2 else len(duplicate_units(*_layer_weight(m), group=groups.get(n, 1)))
-        zero, const = bool((w == 0).all()), bool((w == w.flatten()[0]).all())
+        kind, dups = _symmetry(m, groups.get(n, 1))
+        dup, const = len(dups), bool((w == w.flatten()[0]).all())
+        if kind in ('zero', 'constant'): dup = _layer_weight(m)[0].shape[0] - getattr(m, 'groups', 1)  # (all but one unit a group)
         if norm: finding = 'ok' if const else 'ok (not the default constant init)'
-        elif zero: finding = 'zero: every unit is the same, symmetry is never broken'
-        elif const: finding = 'constant: every unit is the same, symmetry is never broken'
+        elif kind == 'zero': finding = 'zero: every unit is the same, symmetry is never broken'
+        elif kind == 'constant': finding = 'constant: every unit is the same, symmetry is never broken'
         elif dup: finding = f'symmetric: {dup} units duplicate another'
         elif std < expect / 2 * _slack(w.numel(), -1): finding = f'scale {std / expect:.2g}x too small: outputs shrink layer by layer'
         elif std > expect * 2 * _slack(w.numel(), 1): finding = f'scale {std / expect:.2g}x too large: outputs grow layer by layer'
         else: finding = 'ok'
         act = acts.get(n)
         rows.append(dict(layer=n, type=type(m).__name__, frozen=is_frozen(m), activation=type(act).__name__ if act is not None else None,
-                         fan_in=_fan_in(w), mean=w.mean().item(), std=std, expected_std=expect, std_ratio=std / expect if expect == expect else float('nan'),
+                         fan_in=_fan_in(w, m), mean=w.mean().item(), std=std, expected_std=expect, std_ratio=std / expect if expect == expect else float('nan'),
                          duplicate_units=dup, finding=finding))
     df = pd.DataFrame(rows)
     if xb is not None and len(df): df['output_std'] = df['layer'].map(output_stds(model, xb))
@@ -165,7 +185,7 @@ def init_weights(
     with torch.no_grad():
         for n, m in model.named_modules():
             if not isinstance(m, WEIGHT_LAYERS): continue
-            w, fan_in = m.weight, _fan_in(m.weight)
+            w, fan_in = m.weight, _fan_in(m.weight, m)
             gain = activation_gain(acts.get(n))
             if scheme == 'orthogonal': nn.init.orthogonal_(w, gain=gain)
             elif scheme == 'xavier': nn.init.xavier_normal_(w, gain=gain)
@@ -180,21 +200,11 @@ def _reinit_(m, act, rows=None):
     with torch.no_grad():
         if isinstance(m, nn.RNNBase): return m.reset_parameters()  # PyTorch's own init, gates and all
         w, b = m.weight, getattr(m, 'bias', None)
-        std = 1. if isinstance(m, nn.Embedding) else activation_gain(act) / math.sqrt(_fan_in(w))
+        std = 1. if isinstance(m, nn.Embedding) else activation_gain(act) / math.sqrt(_fan_in(w, m))
         new = torch.randn_like(w) * std
         if rows is None: w.copy_(new)
         else: w[rows] = new[rows]
         if b is not None and not isinstance(m, nn.Embedding) and rows is not None: b[rows] = 0.
-
-def _symmetry(m, group=1):
-    "('zero' | 'constant' | 'symmetric' | None, duplicate unit indices) for a layer with weights (units `group` at a time feed one `PixelShuffle` channel)"
-    if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): return None, []
-    w, b = _layer_weight(m)
-    w = w.detach()
-    if (w == 0).all(): return 'zero', []
-    if w.numel() > 1 and (w == w.flatten()[0]).all(): return 'constant', []
-    dup = duplicate_units(w, b, group) if w.dim() > 1 else []
-    return ('symmetric', dup) if dup else (None, [])
 
 def break_symmetry(
     model:nn.Module, # re-initialized in place where a layer is zero/constant or a unit duplicates another
@@ -205,7 +215,7 @@ def break_symmetry(
         if not isinstance(m, INIT_TYPES) or is_frozen(m): continue  # (a frozen layer's symmetry is deliberate: a fixed filter)
         kind, dup = _symmetry(m, groups.get(n, 1))
         if kind is None: continue
-        whole = kind != 'symmetric' or isinstance(m, nn.RNNBase)
+        whole = kind != 'symmetric' or isinstance(m, (nn.RNNBase, nn.modules.conv._ConvTransposeNd))  # (their units are not rows)
         _reinit_(m, acts.get(n), None if whole else dup)
         units = _layer_weight(m)[0].shape[0]
         rows.append(dict(layer=n, type=type(m).__name__, was=kind, units_reinitialized=units if whole else len(dup), units=units))
@@ -226,8 +236,8 @@ class BreakSymmetry(Callback):
         opt = getattr(self.learn, 'opt', None)
         if opt is not None:
             changed = {id(p) for n in self.report['layer'] for p in self.model.get_submodule(n).parameters()}
-            for p in (p for pg in opt.param_lists for p in pg):
-                if id(p) in changed: opt.state[p] = {}
+            for p in (p for pg in opt.param_lists for p in pg):  # (fastai's per-parameter flags stay: `do_wd` False for biases and norms)
+                if id(p) in changed: opt.state[p] = {k: v for k, v in opt.state[p].items() if k in ('do_wd', 'force_train')}
         if self.verbose and is_main():
             print('BreakSymmetry: ' + '; '.join(f"{r.layer} ({r.type}) was {r.was}: {r.units_reinitialized}/{r.units} units re-initialized"
                                                 for r in self.report.itertuples()))
@@ -275,13 +285,17 @@ def lsuv_init(
                 m, it, status = mods[n], 0, 'ok'
                 if is_frozen(m):
                     rows.append(dict(layer=n, type=type(m).__name__, iterations=0, mean=math.nan, std=math.nan, status=FROZEN)); continue
+                keep = [p.clone() for p in (m.weight, m.bias) if p is not None]  # (a layer skipped keeps its weights)
                 nn.init.orthogonal_(m.weight)
                 if m.bias is not None: m.bias.zero_()
                 while True:
                     o = _output_of(model, m, xb).float()
                     mean, std = o.mean().item(), o.std().item()
-                    if not (math.isfinite(mean) and math.isfinite(std)): status = 'non-finite output: skipped'; break
-                    if std <= 1e-8 * max(abs(mean), 1.): status = 'output std 0 (dead input): skipped'; break
+                    if not (math.isfinite(mean) and math.isfinite(std)): status = 'non-finite output: skipped'
+                    elif std <= 1e-8 * max(abs(mean), 1.): status = 'output std 0 (dead input): skipped'
+                    if status != 'ok':
+                        for p, v in zip((p for p in (m.weight, m.bias) if p is not None), keep): p.copy_(v)
+                        break
                     if abs(std - target_std) <= tol and (not centre or m.bias is None or abs(mean) <= tol): break
                     if it == max_iters: status = f'not within tol after {max_iters} iterations'; break
                     if centre and m.bias is not None: m.bias.sub_(mean)
@@ -315,7 +329,7 @@ class LSUVInit(Callback):
         if self.done or not real_fit(self): return
         dl = self.dl if self.dl is not None else getattr(getattr(self.learn, 'dls', None), 'train', None)
         if dl is None: raise ValueError("`dl` is None and the learner has no training DataLoader")
-        xb = first_inputs(dl)
+        xb = first_inputs(dl, getattr(getattr(self.learn, 'dls', None), 'n_inp', None))
         dev = next(self.model.parameters()).device
         xb = tuple(x.to(dev) for x in xb) if isinstance(xb, (tuple, list)) else xb.to(dev)
         self.report = lsuv_init(self.model, xb, self.target_std, self.tol, self.max_iters, self.centre)

@@ -278,6 +278,7 @@ class HealthCheck(Callback):
     ):
         if remedy is True: remedy = set(RULES)
         elif remedy is False or remedy is None: remedy = set()
+        elif isinstance(remedy, str): remedy = {remedy}
         else:
             remedy = set(remedy)
             if not remedy <= set(RULES): raise ValueError(f"`remedy` must be True/False or a subset of {RULES}, got {sorted(remedy)}")

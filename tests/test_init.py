@@ -132,7 +132,7 @@ def test_lsuv_never_makes_nan():
     rep = lsuv_init(m, torch.full((8, 64), float('nan')))
     assert set(rep.status) == {'non-finite output: skipped'}
     rep = lsuv_init(m, torch.zeros(8, 64))
-    assert rep.status.str.contains('std 0').all()
+    assert 'std 0' in rep.status.iloc[0]  # (it keeps its bias: the layers after it see that bias, not zeros)
     assert all(torch.isfinite(p).all() for p in m.parameters())
 
 def test_learner_with_init_callbacks_exports(tmp_path):
@@ -142,3 +142,69 @@ def test_learner_with_init_callbacks_exports(tmp_path):
     learn.logger = noop
     back = pickle.loads(pickle.dumps(learn))  # what learn.export does, less swapping the loaders for empty ones
     assert back.lsuv_init.done and len(back.lsuv_init.report) == 9
+
+def test_conv_transpose_units_are_output_channels():
+    "A ConvTranspose's weight is (in, out/groups, *k): its units are dim 1, and each input spreads over stride-many outputs"
+    from initcb.init import check_init, init_weights
+    torch.manual_seed(0)
+    for g in (1, 2):
+        up = nn.Sequential(nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1, groups=g))
+        with torch.no_grad(): up[0].weight[:, 1] = up[0].weight[:, 0]; up[0].bias[1] = up[0].bias[0]  # output channel 1 = 0
+        ci = check_init(up)  # (it raised: the bias has 4 entries, the weight 8 rows)
+        assert ci.duplicate_units[0] == 1 and ci.finding[0].startswith('symmetric'), ci
+        rep = break_symmetry(up)
+        assert rep.units_reinitialized.tolist() == [4] and not check_init(up).finding[0].startswith('symmetric')
+    for cin, cout in ((16, 64), (64, 64), (64, 16)):
+        up = init_weights(nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)), 'lecun')
+        std = up(torch.randn(64, cin, 8, 8)).std().item()
+        assert 0.8 < std < 1.25, (cin, cout, std)  # (its fan-in read as out*k*k: 0.23-0.47)
+
+def test_grouped_conv_symmetry_only_within_a_group():
+    "Units of different groups read different inputs: equal filters across groups are no symmetry"
+    from initcb.init import check_init
+    dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+    with torch.no_grad(): dw.weight.fill_(1 / 9)  # a depthwise box blur
+    assert check_init(nn.Sequential(dw)).duplicate_units[0] == 0 and len(break_symmetry(nn.Sequential(dw))) == 0
+    with torch.no_grad(): dw.weight.zero_(); dw.weight[:, 0, 1, 1] = 1.  # depthwise identity (Dirac)
+    assert len(break_symmetry(nn.Sequential(dw))) == 0 and (dw.weight[:, 0, 1, 1] == 1).all()
+    gc = nn.Conv2d(8, 8, 3, groups=2)
+    with torch.no_grad():
+        gc.weight[4:] = gc.weight[:4]; gc.bias[4:] = gc.bias[:4]  # group 1 repeats group 0: different inputs, no symmetry
+    assert len(break_symmetry(nn.Sequential(gc))) == 0
+    with torch.no_grad(): gc.weight[6] = gc.weight[5]; gc.bias[6] = gc.bias[5]  # within group 1: a real twin
+    rep = break_symmetry(nn.Sequential(gc))
+    assert rep.units_reinitialized.tolist() == [1] and not torch.equal(gc.weight[6], gc.weight[5])
+
+def test_fastai_embedding_scale_is_no_finding():
+    "fastai initializes embeddings at std 0.01 on purpose (a lookup, not a step through depth)"
+    from fastai.layers import Embedding
+    from initcb.init import check_init
+    assert check_init(nn.Sequential(Embedding(20, 8))).finding[0] == 'ok'
+
+def test_break_symmetry_keeps_fastai_param_flags():
+    "The optimizer state of a re-initialized parameter goes, but fastai's `do_wd` (False for biases) stays: no decay on them"
+    learn = quiet(synth_learner(n_trn=2, cbs=BreakSymmetry(verbose=False)))
+    lin = nn.Linear(1, 4); learn.model = nn.Sequential(lin, nn.ReLU(), nn.Linear(4, 1)); learn.create_opt()
+    learn.loss_func = lambda p, y: ((p.squeeze(-1) - y) ** 2).mean()
+    assert learn.opt.state[lin.bias]['do_wd'] is False
+    with torch.no_grad(): lin.weight.zero_(); lin.bias.zero_()
+    learn.fit(1)
+    assert list(learn.break_symmetry.report['was']) == ['zero'] and learn.opt.state[lin.bias].get('do_wd') is False
+
+def test_lsuv_init_callback_reads_n_inp():
+    "One input, two targets (dls.n_inp = 1): LSUVInit gives the model the one input, as fastai's loop does"
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    x = torch.randn(64, 4); y1, y2 = torch.randn(64), torch.randn(64)
+    dls = DataLoaders(DataLoader(list(zip(x, y1, y2)), bs=16), DataLoader(list(zip(x, y1, y2)), bs=16)); dls.n_inp = 1
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    learn = quiet(Learner(dls, m, loss_func=lambda p, a, b: ((p[:, 0] - a) ** 2 + (p[:, 1] - b) ** 2).mean(), cbs=LSUVInit(verbose=False)))
+    learn.fit(1)
+    assert (learn.lsuv_init.report.status == 'ok').all()
+
+def test_lsuv_skipped_layer_keeps_its_weights():
+    "A layer whose output is not finite is reported skipped, and left as it was (not orthogonal and unscaled)"
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)); w0 = [p.detach().clone() for p in m.parameters()]
+    x = torch.randn(16, 4); x[3, 1] = float('nan')
+    r = lsuv_init(m, x)
+    assert set(r.status) == {'non-finite output: skipped'} and all(torch.equal(p, q) for p, q in zip(m.parameters(), w0))
