@@ -102,9 +102,11 @@ def duplicate_units(
         if first.setdefault(g, r // group) != r // group: dup.append(r)
     return dup
 
-def _layer_weight(m):
-    "The weight whose rows are `m`'s units (for an RNN: [W_ih | W_hh] of its first layer; a ConvTranspose's output channels, its dim 1) and their bias"
-    if isinstance(m, nn.RNNBase): return torch.cat([m.weight_ih_l0, m.weight_hh_l0], 1), getattr(m, 'bias_ih_l0', None)
+def _rnn_layers(m:nn.RNNBase): return [n[len('weight_ih'):] for n in m._flat_weights_names if n.startswith('weight_ih')]  # '_l0', '_l0_reverse', '_l1'...
+
+def _layer_weight(m, s='_l0'):
+    "The weight whose rows are `m`'s units (for an RNN: [W_ih | W_hh] of its layer `s`; a ConvTranspose's output channels, its dim 1) and their bias"
+    if isinstance(m, nn.RNNBase): return torch.cat([getattr(m, 'weight_ih' + s), getattr(m, 'weight_hh' + s)], 1), getattr(m, 'bias_ih' + s, None)
     w, b = m.weight, getattr(m, 'bias', None)
     if isinstance(m, nn.modules.conv._ConvTransposeNd):  # (in, out/g, *k) -> (out, in/g, *k)
         g = m.groups
@@ -114,8 +116,12 @@ def _layer_weight(m):
 def _symmetry(m, group=1):
     "('zero' | 'constant' | 'symmetric' | None, duplicate unit indices) for a layer with weights (units `group` at a time feed one `PixelShuffle` channel)"
     if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): return None, []
-    w, b = _layer_weight(m)
-    w, per = w.detach(), w.shape[0] // getattr(m, 'groups', 1)  # (a grouped conv: `per` units a group, each group its own inputs)
+    if isinstance(m, nn.RNNBase): return next((k for k in (_symmetry_of(*_layer_weight(m, s)) for s in _rnn_layers(m)) if k[0]), (None, []))  # (its first bad layer)
+    return _symmetry_of(*_layer_weight(m), getattr(m, 'groups', 1), group)
+
+def _symmetry_of(w, b, groups=1, group=1):
+    "`_symmetry` of weight rows `w` (one per unit) and bias `b`, in `groups` that each read their own inputs"
+    w, per = w.detach(), w.shape[0] // groups  # (a grouped conv: `per` units a group, each group its own inputs)
     if per == 1 and w.dim() > 1 and w.shape[0] > 1: return None, []  # (depthwise: no two units read the same inputs)
     if (w == 0).all(): return 'zero', []
     if w.numel() > 1 and (w == w.flatten()[0]).all(): return 'constant', []
@@ -198,7 +204,11 @@ def init_weights(
 def _reinit_(m, act, rows=None):
     "Re-initialize `m`'s weights (only units `rows` when given) with the scale activation `act` needs; biases of those units zeroed"
     with torch.no_grad():
-        if isinstance(m, nn.RNNBase): return m.reset_parameters()  # PyTorch's own init, gates and all
+        if isinstance(m, nn.RNNBase):  # PyTorch's own init, U(-1/√h, 1/√h), for each bad layer's tensors (gates and all), no other
+            for s in (s for s in _rnn_layers(m) if _symmetry_of(*_layer_weight(m, s))[0]):
+                for p in (getattr(m, k + s, None) for k in ('weight_ih', 'weight_hh', 'bias_ih', 'bias_hh', 'weight_hr')):
+                    if p is not None: p.uniform_(-1 / math.sqrt(m.hidden_size), 1 / math.sqrt(m.hidden_size))
+            return
         w, b = m.weight, getattr(m, 'bias', None)
         std = 1. if isinstance(m, nn.Embedding) else activation_gain(act) / math.sqrt(_fan_in(w, m))
         new = torch.randn_like(w) * std

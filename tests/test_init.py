@@ -208,3 +208,17 @@ def test_lsuv_skipped_layer_keeps_its_weights():
     x = torch.randn(16, 4); x[3, 1] = float('nan')
     r = lsuv_init(m, x)
     assert set(r.status) == {'non-finite output: skipped'} and all(torch.equal(p, q) for p, q in zip(m.parameters(), w0))
+
+@pytest.mark.parametrize('bad', ['_l0', '_l1', '_l0_reverse'])
+def test_break_symmetry_every_rnn_layer_and_only_the_bad_one(bad):
+    "A zero layer of a 2-layer bidirectional LSTM, whichever it is, is found and re-initialized alone"
+    torch.manual_seed(0)
+    rnn = nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    with torch.no_grad():
+        for k in ('weight_ih', 'weight_hh', 'bias_ih', 'bias_hh'): getattr(rnn, k + bad).zero_()
+    keep = {n: p.detach().clone() for n, p in rnn.named_parameters()}
+    rep = break_symmetry(nn.Sequential(rnn))
+    assert rep.was.tolist() == ['zero']
+    for n, p in rnn.named_parameters():
+        assert torch.equal(p, keep[n]) == (not n.endswith(bad)), n  # the bad layer changed, every other is bit-identical
+    assert len(break_symmetry(nn.Sequential(rnn))) == 0
