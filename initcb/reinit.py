@@ -90,11 +90,11 @@ def _state_dicts(opt, p):
     else: st = getattr(opt, 'state', {})
     return [st[p]] if p in st else []
 
-def _zero_(p, idx, opt, dim=0):
-    "Zero `p`'s state tensors (its shape) along `dim` at `idx`"
+def _zero_(p, idx, opt):
+    "Zero `p`'s state tensors (its shape) at `idx` (an index into `p`)"
     for st in _state_dicts(opt, p):
         for k, v in st.items():
-            if isinstance(v, torch.Tensor) and v.shape == p.shape: v.index_fill_(dim, idx, 0.)
+            if isinstance(v, torch.Tensor) and v.shape == p.shape: v[idx] = 0.
 
 def reinit_units(
     model:nn.Module, # changed in place
@@ -121,7 +121,13 @@ def reinit_units(
             block = nxt.in_features // m.weight.shape[0]
             cols = (u[:, None] * block + torch.arange(block, device=u.device)).reshape(-1)
         else: cols = u
-        nxt.weight.index_fill_(1, cols, 0.); _zero_(nxt.weight, cols, opt, dim=1)
+        g = getattr(nxt, 'groups', 1)
+        if g == 1: idx = (slice(None), cols)
+        else:  # a grouped conv: unit u feeds group u // (in/g), as column u % (in/g) of that group's out/g filters
+            ni, no = nxt.weight.shape[1], nxt.weight.shape[0] // g
+            rows = (u // ni)[:, None] * no + torch.arange(no, device=u.device)
+            idx = (rows.reshape(-1), (u % ni)[:, None].expand_as(rows).reshape(-1))
+        nxt.weight[idx] = 0.; _zero_(nxt.weight, idx, opt)
         if distributed():  # fresh weights drawn on each rank differ: rank 0's go to all
             for mod in (m, mods[chain['norm']] if chain['norm'] else None):
                 if mod is None: continue

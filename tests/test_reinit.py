@@ -127,3 +127,22 @@ def test_frozen_layers_left_as_they_are(scheme):
     ev, ck = learn.reinit_dormant.events, learn.reinit_dormant.checks
     assert set(ev.layer) == {'3'}, ev
     if scheme == 'redo': assert (ck.query("layer == '1'").dormant_frac >= 0.25).all()  # (scored all the same)
+
+def test_grouped_consumer_and_its_optimizer_state():
+    "Conv -> ReLU -> depthwise conv (groups=8): a dead channel's outgoing weights are its one depthwise filter; Adam's state zeroed there only, the output unchanged"
+    from fastai.optimizer import Adam
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    x, opt = torch.randn(4, 3, 8, 8), Adam(m.parameters(), lr=1e-3)
+    m(x).square().mean().backward(); opt.step()
+    with torch.no_grad(): m[0].bias[5] = -100.; y0 = m(x)
+    st = {k: v.clone() for k, v in opt.state[m[2].weight].items() if isinstance(v, torch.Tensor) and v.ndim == 4}
+    assert st and all((v.flatten(1).abs().sum(1) > 0).all() for v in st.values())
+    reinit_units(m, '0', [5], unit_chains(m)['0'][0], opt)
+    with torch.no_grad(): torch.testing.assert_close(m(x), y0, rtol=0, atol=1e-6)
+    rest = [i for i in range(8) if i != 5]
+    assert (m[2].weight[5] == 0).all() and (m[2].weight[rest].flatten(1).abs().sum(1) > 0).all()
+    for k, v in st.items():
+        now = opt.state[m[2].weight][k]
+        assert (now[5] == 0).all() and torch.equal(now[rest], v[rest]), k
