@@ -25,6 +25,13 @@ def _elementwise(m):
     import initcb.init  # (adds GeneralRelu to `ELEMENTWISE_TYPES`)
     return isinstance(m, tuple(ELEMENTWISE_TYPES) + _PASS_UNITS)
 
+def _flattens(u, um):
+    "Whether node `u` (module `um`) flattens every dim from 1 on: `nn.Flatten()`, `torch.flatten(x, 1)`"
+    if isinstance(um, nn.Flatten): return (um.start_dim, um.end_dim) == (1, -1)
+    if u.op != 'call_function' or u.target is not torch.flatten: return False
+    a = {**dict(zip(('input', 'start_dim', 'end_dim'), u.args)), **u.kwargs}
+    return (a.get('start_dim', 0), a.get('end_dim', -1)) == (1, -1)
+
 OUTPUT_LAYER = "the model's output layer (its units are the outputs: not re-initialized)"
 
 def unit_chains(
@@ -37,6 +44,7 @@ def unit_chains(
     for node in gm.graph.nodes:
         if node.op != 'call_module' or not isinstance(mods[node.target], _LAYER): continue
         chain, why, cur = dict(norm=None, act=None, flatten=False), None, node
+        m = mods[node.target]; lin = isinstance(m, nn.Linear)  # (a Linear's units are its output's last dim, a conv's dim 1)
         while True:
             users = list(cur.users)
             if len(users) != 1: why = f'its output has {len(users)} consumers'; break
@@ -44,12 +52,13 @@ def unit_chains(
             um = mods.get(u.target) if u.op == 'call_module' else None
             if isinstance(um, _LAYER):
                 if chain['flatten'] and not isinstance(um, nn.Linear): why = 'a flatten feeds a conv'; break
+                if isinstance(um, nn.Linear) != (lin or chain['flatten']): why = 'a Linear feeds a conv' if lin else 'a conv feeds a Linear without a flatten'; break
                 chain['next'] = u.target; break
-            if isinstance(um, nn.modules.batchnorm._BatchNorm) and chain['norm'] is None and chain['act'] is None and not chain['flatten']: chain['norm'] = u.target
+            if isinstance(um, nn.modules.batchnorm._BatchNorm) and um.num_features == m.weight.shape[0] and chain['norm'] is None and chain['act'] is None and not chain['flatten']: chain['norm'] = u.target
             elif um is not None and _elementwise(um):
                 if chain['act'] is None and not isinstance(um, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)): chain['act'] = u.target
-            elif isinstance(um, _POOL) and not chain['flatten']: pass
-            elif (isinstance(um, nn.Flatten) or u.op == 'call_function' and u.target is torch.flatten) and not chain['flatten']: chain['flatten'] = True
+            elif isinstance(um, _POOL) and not chain['flatten'] and not lin: pass  # (after a Linear a pool would mix its units)
+            elif _flattens(u, um) and not chain['flatten']: chain['flatten'] = True
             elif u.op == 'output': why = OUTPUT_LAYER; break
             else: why = f'it feeds {getattr(u.target, "__name__", u.target) if um is None else type(um).__name__}, which ReDo cannot follow'; break
             cur = u
@@ -59,10 +68,10 @@ def unit_chains(
     return res
 
 # %% ../nbs/04_reinit.ipynb #f2039fcc
-def _unit_means(o):
-    "Mean |x| per unit (dim 1: channels or features) of an output"
+def _unit_means(o, dim=1):
+    "Mean |x| per unit of an output, the units along `dim` (1: a conv's channels; -1: a Linear's features)"
     o = o.detach().float().abs()
-    return o.mean([d for d in range(o.ndim) if d != 1]) if o.ndim > 1 else o
+    return o.mean([d for d in range(o.ndim) if d != dim % o.ndim]) if o.ndim > 1 else o
 
 def dormancy_scores(
     model:nn.Module, # the model
@@ -75,7 +84,7 @@ def dormancy_scores(
     names = [n for n, (c, _) in chains.items() if c is not None]
     at = [mods[chains[n][0]['act'] or n] for n in names]
     res = {}
-    def f(i, o): res[names[i]] = _unit_means(first_tensor(o))
+    def f(i, o): res[names[i]] = _unit_means(first_tensor(o), -1 if isinstance(mods[names[i]], nn.Linear) else 1)
     eval_forward(model, at, f, xb, bn)
     if distributed() and res:  # the same scores, hence the same decisions, on every rank: one all-reduce
         flat = torch.cat([res[n] for n in names if n in res]); torch.distributed.all_reduce(flat)
@@ -117,9 +126,9 @@ def reinit_units(
             if bn.affine:
                 bn.weight[u] = 1.; bn.bias[u] = 0.
                 _zero_(bn.weight, u, opt); _zero_(bn.bias, u, opt)
-        if chain['flatten']:
-            block = nxt.in_features // m.weight.shape[0]
-            cols = (u[:, None] * block + torch.arange(block, device=u.device)).reshape(-1)
+        if chain['flatten']:  # a conv's channel u is a block of columns (channels first); a Linear's unit u every n-th one (units last)
+            n = m.weight.shape[0]; k = torch.arange(nxt.in_features // n, device=u.device)
+            cols = (u[:, None] + n * k if isinstance(m, nn.Linear) else u[:, None] * len(k) + k).reshape(-1)
         else: cols = u
         g = getattr(nxt, 'groups', 1)
         if g == 1: idx = (slice(None), cols)

@@ -146,3 +146,23 @@ def test_grouped_consumer_and_its_optimizer_state():
     for k, v in st.items():
         now = opt.state[m[2].weight][k]
         assert (now[5] == 0).all() and torch.equal(now[rest], v[rest]), k
+
+def test_units_on_their_axis():
+    "A Linear's units are its last dim, a conv's dim 1: after a flatten a Linear's unit is every n-th column; pairs that read other axes are not followed"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 16, 4))
+    with torch.no_grad(): m[0].bias[[2, 9]] = -100.
+    x = torch.randn(32, 5, 8)
+    with torch.no_grad(): y0 = m(x)
+    reinit_units(m, '0', [2, 9], unit_chains(m)['0'][0])
+    with torch.no_grad(): torch.testing.assert_close(m(x), y0, rtol=0, atol=1e-6)
+    assert (m[3].weight[:, [2 + 16 * t for t in range(5)]] == 0).all() and (m[3].weight[:, 16:32] != 0).any()
+    class T(nn.Module):
+        def __init__(self): super().__init__(); self.a, self.b = nn.Conv1d(2, 4, 3), nn.Linear(4, 1)
+        def forward(self, x): return self.b(torch.flatten(self.a(x), start_dim=2))  # (b reads a's length, not its channels)
+    why = lambda m, n='0': unit_chains(m)[n][1]
+    assert why(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Conv1d(8, 4, 1), nn.Flatten(), nn.Linear(4, 1))) == 'a Linear feeds a conv'
+    assert why(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Linear(4, 4), nn.Flatten(), nn.Linear(4, 1))) == 'a conv feeds a Linear without a flatten'
+    assert why(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(2), nn.Linear(4, 1))) == 'it feeds Flatten, which ReDo cannot follow'
+    assert why(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.MaxPool1d(2), nn.Linear(4, 1))) == 'it feeds MaxPool1d, which ReDo cannot follow'
+    assert why(T(), 'a') == 'it feeds flatten, which ReDo cannot follow'
