@@ -40,7 +40,15 @@ def unit_chains(
     "For each Linear/Conv layer: ({'next', 'norm', 'act', 'flatten'}, None) when its units feed one layer safely, else (None, why)"
     try: gm = fx.symbolic_trace(model)
     except Exception as e: return {n: (None, f'the model cannot be traced by torch.fx ({type(e).__name__})') for n, m in model.named_modules() if isinstance(m, _LAYER)}
-    mods, res = dict(model.named_modules()), {}
+    mods, res, uses, owners = dict(model.named_modules()), {}, {}, {}
+    for nd in gm.graph.nodes:  # each module's calls, and reads of its weights outside a call
+        if nd.op in ('call_module', 'get_attr'): k = nd.target if nd.op == 'call_module' else nd.target.rpartition('.')[0]; uses[k] = uses.get(k, 0) + 1
+    for n, m in mods.items():
+        for p in m.parameters(recurse=False): owners.setdefault(id(p), set()).add(n)
+    def shared(n):  # why changing module `n` for this chain would change the network elsewhere too
+        if uses.get(n, 0) > 1: return f'{n} is used {uses[n]} times in the forward'
+        tied = set().union(*[owners[id(p)] for p in mods[n].parameters(recurse=False)]) - {n}
+        if tied: return f'{n} shares its weights with {", ".join(sorted(tied))}'
     for node in gm.graph.nodes:
         if node.op != 'call_module' or not isinstance(mods[node.target], _LAYER): continue
         chain, why, cur = dict(norm=None, act=None, flatten=False), None, node
@@ -62,6 +70,7 @@ def unit_chains(
             elif u.op == 'output': why = OUTPUT_LAYER; break
             else: why = f'it feeds {getattr(u.target, "__name__", u.target) if um is None else type(um).__name__}, which ReDo cannot follow'; break
             cur = u
+        if not why: why = next(filter(None, map(shared, [k for k in (node.target, chain['norm'], chain['next']) if k])), None)
         res[node.target] = (None, why) if why else (chain, None)
     for n, m in model.named_modules():
         if isinstance(m, _LAYER) and n not in res: res[n] = (None, 'not called in the traced forward')

@@ -3,7 +3,7 @@ import warnings, pytest, torch
 from torch import nn
 from fastai.layers import ConvLayer
 from fastai.test_utils import synth_learner
-from initcb.reinit import ReinitDormant, unit_chains, dormancy_scores, reinit_units
+from initcb.reinit import ReinitDormant, unit_chains, dormancy_scores, reinit_units, reinit_dormant
 from helpers import quiet, bad_argument_named
 
 @pytest.mark.parametrize('seed', range(3))
@@ -166,3 +166,26 @@ def test_units_on_their_axis():
     assert why(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(2), nn.Linear(4, 1))) == 'it feeds Flatten, which ReDo cannot follow'
     assert why(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.MaxPool1d(2), nn.Linear(4, 1))) == 'it feeds MaxPool1d, which ReDo cannot follow'
     assert why(T(), 'a') == 'it feeds flatten, which ReDo cannot follow'
+
+def test_tied_or_reused_layers_not_followed():
+    "Weight tying (the head is the embedding's weight), a layer called twice, a weight read outside its layer: not followed, and reinit_dormant leaves the network as it was"
+    class TiedLM(nn.Module):
+        def __init__(s, V=20, D=8, H=16):
+            super().__init__(); s.emb = nn.Embedding(V, D); s.l1 = nn.Linear(D, H); s.r1 = nn.ReLU(); s.l2 = nn.Linear(H, D); s.r2 = nn.ReLU(); s.head = nn.Linear(D, V, bias=False)
+            s.head.weight = s.emb.weight
+        def forward(s, t): return s.head(s.r2(s.l2(s.r1(s.l1(s.emb(t))))))
+    class Twice(nn.Module):
+        def __init__(s): super().__init__(); s.a = nn.Linear(8, 16); s.r1 = nn.ReLU(); s.l = nn.Linear(16, 16); s.r2 = nn.ReLU(); s.r3 = nn.ReLU(); s.h = nn.Linear(16, 2)
+        def forward(s, x): x = s.r1(s.a(x)); x = s.r2(s.l(x)); x = s.r3(s.l(x)); return s.h(x)
+    class Read(Twice):
+        def forward(s, x): x = s.r2(s.l(s.r1(s.a(x)))); return s.h(x) + nn.functional.linear(x, s.l.weight).sum(-1, keepdim=True)
+    torch.manual_seed(0)
+    for m, x, dead, want in [(TiedLM(), torch.randint(0, 20, (32,)), 'l2', dict(l2='head shares its weights with emb')),
+                             (Twice(), torch.randn(32, 8), 'l', dict(a='l is used 2 times in the forward', l='l is used 2 times in the forward')),
+                             (Read(), torch.randn(32, 8), 'l', dict(a='l is used 2 times in the forward'))]:
+        with torch.no_grad(): getattr(m, dead).bias[:4] = -100.
+        ch = unit_chains(m)
+        assert {n: ch[n][1] for n in want} == want, ch
+        sd, y0 = {k: v.clone() for k, v in m.state_dict().items()}, m(x).detach()
+        reinit_dormant(m, x, tau=0.)
+        assert torch.equal(m(x), y0) and all(torch.equal(v, sd[k]) for k, v in m.state_dict().items())
