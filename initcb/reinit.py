@@ -204,6 +204,8 @@ class ReinitDormant(Callback):
         self.verbose, self._events, self._checks, self.n_seen, self._told = verbose, [], [], 0, set()
 
     def before_fit(self):
+        self.run = real_fit(self)  # (lr_find restores the weights it began with; get_preds does not train)
+        if not self.run: return
         self.chains = unit_chains(unwrap(self.model))
         skipped = {}  # why -> layers, in one warning (a ResNet has a dozen layers that feed a residual add)
         for n, (c, why) in self.chains.items():

@@ -189,3 +189,19 @@ def test_tied_or_reused_layers_not_followed():
         sd, y0 = {k: v.clone() for k, v in m.state_dict().items()}, m(x).detach()
         reinit_dormant(m, x, tau=0.)
         assert torch.equal(m(x), y0) and all(torch.equal(v, sd[k]) for k, v in m.state_dict().items())
+
+def test_not_in_lr_find_nor_get_preds():
+    "lr_find puts the weights back: ReinitDormant neither acts, records nor counts batches there (nor in get_preds); the fit's first check is at its batch 0"
+    from fastai.callback.schedule import lr_find  # (patches Learner.lr_find)
+    learn = quiet(synth_learner(n_trn=8))
+    torch.manual_seed(0)
+    learn.model = nn.Sequential(nn.Linear(1, 16), nn.ReLU(), nn.Linear(16, 1))
+    with torch.no_grad(): learn.model[0].bias[:8] = -100.
+    cb = ReinitDormant(every=1000); learn.add_cb(cb)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); learn.lr_find(num_it=5, show_plot=False); learn.get_preds()
+    assert cb.n_seen == 0 and len(cb.events) == 0 and len(cb.checks) == 0 and (learn.model[0].bias[:8] < -50).all()
+    assert not [x for x in w if 'ReinitDormant' in str(x.message)]
+    learn.fit(1, lr=1e-3)
+    ev = cb.events
+    assert cb.n_seen == 8 and list(ev.batch) == [0] and list(ev.layer) == ['0'] and set(range(8)) <= set(ev.unit_ids[0]), ev
