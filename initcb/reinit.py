@@ -171,6 +171,7 @@ def reinit_dormant(
     opt=None, # the optimizer whose state for the re-initialized rows and columns is zeroed
 ):
     "Score the units of every layer `unit_chains` can follow and re-initialize the dormant ones: one record per layer"
+    tau, max_frac, min_frac = check_float('tau', tau, 0., 1e6), check_float('max_frac', max_frac, 0., 1.), check_float('min_frac', min_frac, 0., 1.)
     chains = unit_chains(model) if chains is None else chains
     out = []
     for n, s in dormancy_scores(model, xb, chains).items():

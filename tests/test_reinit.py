@@ -45,6 +45,11 @@ def test_unsupported_structures_skipped_with_a_message():
 @pytest.mark.parametrize('kw', [dict(every=0), dict(tau=-0.1), dict(max_frac=1.5), dict(scheme='x'), dict(start=-1), dict(shrink=2.)])
 def test_bad_arguments(kw): bad_argument_named(ReinitDormant, kw)
 
+@pytest.mark.parametrize('kw', [dict(tau=-1.), dict(tau=float('nan')), dict(tau='0.1'), dict(max_frac=5.), dict(max_frac=-0.1), dict(min_frac=float('nan')), dict(min_frac=1.5)])
+def test_reinit_dormant_bad_arguments(kw):
+    m = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    bad_argument_named(lambda **k: reinit_dormant(m, torch.randn(3, 2), **k), kw)
+
 def test_resnet_skips_in_one_warning():
     "fastai's xresnet18: a dozen layers feed a residual add; one warning names them, grouped by reason, once per callback"
     from fastai.vision.models.xresnet import xresnet18
