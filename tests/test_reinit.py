@@ -170,6 +170,7 @@ def test_units_on_their_axis():
     assert why(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Linear(4, 4), nn.Flatten(), nn.Linear(4, 1))) == 'a conv feeds a Linear without a flatten'
     assert why(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(2), nn.Linear(4, 1))) == 'it feeds Flatten, which ReDo cannot follow'
     assert why(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.MaxPool1d(2), nn.Linear(4, 1))) == 'it feeds MaxPool1d, which ReDo cannot follow'
+    assert why(nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(8, 1))) == 'it feeds BatchNorm1d, which ReDo cannot follow'  # (on (B, 5, 8): it normalizes the 5 tokens)
     assert why(T(), 'a') == 'it feeds flatten, which ReDo cannot follow'
 
 def test_tied_or_reused_layers_not_followed():
