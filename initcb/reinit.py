@@ -25,6 +25,13 @@ def _elementwise(m):
     import initcb.init  # (adds GeneralRelu to `ELEMENTWISE_TYPES`)
     return isinstance(m, tuple(ELEMENTWISE_TYPES) + _PASS_UNITS)
 
+def _flattens(u, um):
+    "Whether node `u` (module `um`) flattens every dim from 1 on: `nn.Flatten()`, `torch.flatten(x, 1)`"
+    if isinstance(um, nn.Flatten): return (um.start_dim, um.end_dim) == (1, -1)
+    if u.op != 'call_function' or u.target is not torch.flatten: return False
+    a = {**dict(zip(('input', 'start_dim', 'end_dim'), u.args)), **u.kwargs}
+    return (a.get('start_dim', 0), a.get('end_dim', -1)) == (1, -1)
+
 OUTPUT_LAYER = "the model's output layer (its units are the outputs: not re-initialized)"
 
 def unit_chains(
@@ -33,10 +40,19 @@ def unit_chains(
     "For each Linear/Conv layer: ({'next', 'norm', 'act', 'flatten'}, None) when its units feed one layer safely, else (None, why)"
     try: gm = fx.symbolic_trace(model)
     except Exception as e: return {n: (None, f'the model cannot be traced by torch.fx ({type(e).__name__})') for n, m in model.named_modules() if isinstance(m, _LAYER)}
-    mods, res = dict(model.named_modules()), {}
+    mods, res, uses, owners = dict(model.named_modules()), {}, {}, {}
+    for nd in gm.graph.nodes:  # each module's calls, and reads of its weights outside a call
+        if nd.op in ('call_module', 'get_attr'): k = nd.target if nd.op == 'call_module' else nd.target.rpartition('.')[0]; uses[k] = uses.get(k, 0) + 1
+    for n, m in mods.items():
+        for p in m.parameters(recurse=False): owners.setdefault(id(p), set()).add(n)
+    def shared(n):  # why changing module `n` for this chain would change the network elsewhere too
+        if uses.get(n, 0) > 1: return f'{n} is used {uses[n]} times in the forward'
+        tied = set().union(*[owners[id(p)] for p in mods[n].parameters(recurse=False)]) - {n}
+        if tied: return f'{n} shares its weights with {", ".join(sorted(tied))}'
     for node in gm.graph.nodes:
         if node.op != 'call_module' or not isinstance(mods[node.target], _LAYER): continue
         chain, why, cur = dict(norm=None, act=None, flatten=False), None, node
+        m = mods[node.target]; lin = isinstance(m, nn.Linear)  # (a Linear's units are its output's last dim, a conv's dim 1)
         while True:
             users = list(cur.users)
             if len(users) != 1: why = f'its output has {len(users)} consumers'; break
@@ -44,25 +60,27 @@ def unit_chains(
             um = mods.get(u.target) if u.op == 'call_module' else None
             if isinstance(um, _LAYER):
                 if chain['flatten'] and not isinstance(um, nn.Linear): why = 'a flatten feeds a conv'; break
+                if isinstance(um, nn.Linear) != (lin or chain['flatten']): why = 'a Linear feeds a conv' if lin else 'a conv feeds a Linear without a flatten'; break
                 chain['next'] = u.target; break
-            if isinstance(um, nn.modules.batchnorm._BatchNorm) and chain['norm'] is None and chain['act'] is None and not chain['flatten']: chain['norm'] = u.target
+            if isinstance(um, nn.modules.batchnorm._BatchNorm) and um.num_features == m.weight.shape[0] and chain['norm'] is None and chain['act'] is None and not chain['flatten']: chain['norm'] = u.target
             elif um is not None and _elementwise(um):
                 if chain['act'] is None and not isinstance(um, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)): chain['act'] = u.target
-            elif isinstance(um, _POOL) and not chain['flatten']: pass
-            elif (isinstance(um, nn.Flatten) or u.op == 'call_function' and u.target is torch.flatten) and not chain['flatten']: chain['flatten'] = True
+            elif isinstance(um, _POOL) and not chain['flatten'] and not lin: pass  # (after a Linear a pool would mix its units)
+            elif _flattens(u, um) and not chain['flatten']: chain['flatten'] = True
             elif u.op == 'output': why = OUTPUT_LAYER; break
             else: why = f'it feeds {getattr(u.target, "__name__", u.target) if um is None else type(um).__name__}, which ReDo cannot follow'; break
             cur = u
+        if not why: why = next(filter(None, map(shared, [k for k in (node.target, chain['norm'], chain['next']) if k])), None)
         res[node.target] = (None, why) if why else (chain, None)
     for n, m in model.named_modules():
         if isinstance(m, _LAYER) and n not in res: res[n] = (None, 'not called in the traced forward')
     return res
 
 # %% ../nbs/04_reinit.ipynb #f2039fcc
-def _unit_means(o):
-    "Mean |x| per unit (dim 1: channels or features) of an output"
+def _unit_means(o, dim=1):
+    "Mean |x| per unit of an output, the units along `dim` (1: a conv's channels; -1: a Linear's features)"
     o = o.detach().float().abs()
-    return o.mean([d for d in range(o.ndim) if d != 1]) if o.ndim > 1 else o
+    return o.mean([d for d in range(o.ndim) if d != dim % o.ndim]) if o.ndim > 1 else o
 
 def dormancy_scores(
     model:nn.Module, # the model
@@ -75,7 +93,7 @@ def dormancy_scores(
     names = [n for n, (c, _) in chains.items() if c is not None]
     at = [mods[chains[n][0]['act'] or n] for n in names]
     res = {}
-    def f(i, o): res[names[i]] = _unit_means(first_tensor(o))
+    def f(i, o): res[names[i]] = _unit_means(first_tensor(o), -1 if isinstance(mods[names[i]], nn.Linear) else 1)
     eval_forward(model, at, f, xb, bn)
     if distributed() and res:  # the same scores, hence the same decisions, on every rank: one all-reduce
         flat = torch.cat([res[n] for n in names if n in res]); torch.distributed.all_reduce(flat)
@@ -90,11 +108,11 @@ def _state_dicts(opt, p):
     else: st = getattr(opt, 'state', {})
     return [st[p]] if p in st else []
 
-def _zero_(p, idx, opt, dim=0):
-    "Zero `p`'s state tensors (its shape) along `dim` at `idx`"
+def _zero_(p, idx, opt):
+    "Zero `p`'s state tensors (its shape) at `idx` (an index into `p`)"
     for st in _state_dicts(opt, p):
         for k, v in st.items():
-            if isinstance(v, torch.Tensor) and v.shape == p.shape: v.index_fill_(dim, idx, 0.)
+            if isinstance(v, torch.Tensor) and v.shape == p.shape: v[idx] = 0.
 
 def reinit_units(
     model:nn.Module, # changed in place
@@ -117,11 +135,17 @@ def reinit_units(
             if bn.affine:
                 bn.weight[u] = 1.; bn.bias[u] = 0.
                 _zero_(bn.weight, u, opt); _zero_(bn.bias, u, opt)
-        if chain['flatten']:
-            block = nxt.in_features // m.weight.shape[0]
-            cols = (u[:, None] * block + torch.arange(block, device=u.device)).reshape(-1)
+        if chain['flatten']:  # a conv's channel u is a block of columns (channels first); a Linear's unit u every n-th one (units last)
+            n = m.weight.shape[0]; k = torch.arange(nxt.in_features // n, device=u.device)
+            cols = (u[:, None] + n * k if isinstance(m, nn.Linear) else u[:, None] * len(k) + k).reshape(-1)
         else: cols = u
-        nxt.weight.index_fill_(1, cols, 0.); _zero_(nxt.weight, cols, opt, dim=1)
+        g = getattr(nxt, 'groups', 1)
+        if g == 1: idx = (slice(None), cols)
+        else:  # a grouped conv: unit u feeds group u // (in/g), as column u % (in/g) of that group's out/g filters
+            ni, no = nxt.weight.shape[1], nxt.weight.shape[0] // g
+            rows = (u // ni)[:, None] * no + torch.arange(no, device=u.device)
+            idx = (rows.reshape(-1), (u % ni)[:, None].expand_as(rows).reshape(-1))
+        nxt.weight[idx] = 0.; _zero_(nxt.weight, idx, opt)
         if distributed():  # fresh weights drawn on each rank differ: rank 0's go to all
             for mod in (m, mods[chain['norm']] if chain['norm'] else None):
                 if mod is None: continue
@@ -147,6 +171,7 @@ def reinit_dormant(
     opt=None, # the optimizer whose state for the re-initialized rows and columns is zeroed
 ):
     "Score the units of every layer `unit_chains` can follow and re-initialize the dormant ones: one record per layer"
+    tau, max_frac, min_frac = check_float('tau', tau, 0., 1e6), check_float('max_frac', max_frac, 0., 1.), check_float('min_frac', min_frac, 0., 1.)
     chains = unit_chains(model) if chains is None else chains
     out = []
     for n, s in dormancy_scores(model, xb, chains).items():
@@ -180,6 +205,8 @@ class ReinitDormant(Callback):
         self.verbose, self._events, self._checks, self.n_seen, self._told = verbose, [], [], 0, set()
 
     def before_fit(self):
+        self.run = real_fit(self)  # (lr_find restores the weights it began with; get_preds does not train)
+        if not self.run: return
         self.chains = unit_chains(unwrap(self.model))
         skipped = {}  # why -> layers, in one warning (a ResNet has a dozen layers that feed a residual add)
         for n, (c, why) in self.chains.items():

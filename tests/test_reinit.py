@@ -3,7 +3,7 @@ import warnings, pytest, torch
 from torch import nn
 from fastai.layers import ConvLayer
 from fastai.test_utils import synth_learner
-from initcb.reinit import ReinitDormant, unit_chains, dormancy_scores, reinit_units
+from initcb.reinit import ReinitDormant, unit_chains, dormancy_scores, reinit_units, reinit_dormant
 from helpers import quiet, bad_argument_named
 
 @pytest.mark.parametrize('seed', range(3))
@@ -44,6 +44,11 @@ def test_unsupported_structures_skipped_with_a_message():
 
 @pytest.mark.parametrize('kw', [dict(every=0), dict(tau=-0.1), dict(max_frac=1.5), dict(scheme='x'), dict(start=-1), dict(shrink=2.)])
 def test_bad_arguments(kw): bad_argument_named(ReinitDormant, kw)
+
+@pytest.mark.parametrize('kw', [dict(tau=-1.), dict(tau=float('nan')), dict(tau='0.1'), dict(max_frac=5.), dict(max_frac=-0.1), dict(min_frac=float('nan')), dict(min_frac=1.5)])
+def test_reinit_dormant_bad_arguments(kw):
+    m = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    bad_argument_named(lambda **k: reinit_dormant(m, torch.randn(3, 2), **k), kw)
 
 def test_resnet_skips_in_one_warning():
     "fastai's xresnet18: a dozen layers feed a residual add; one warning names them, grouped by reason, once per callback"
@@ -127,3 +132,82 @@ def test_frozen_layers_left_as_they_are(scheme):
     ev, ck = learn.reinit_dormant.events, learn.reinit_dormant.checks
     assert set(ev.layer) == {'3'}, ev
     if scheme == 'redo': assert (ck.query("layer == '1'").dormant_frac >= 0.25).all()  # (scored all the same)
+
+def test_grouped_consumer_and_its_optimizer_state():
+    "Conv -> ReLU -> depthwise conv (groups=8): a dead channel's outgoing weights are its one depthwise filter; Adam's state zeroed there only, the output unchanged"
+    from fastai.optimizer import Adam
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    x, opt = torch.randn(4, 3, 8, 8), Adam(m.parameters(), lr=1e-3)
+    m(x).square().mean().backward(); opt.step()
+    with torch.no_grad(): m[0].bias[5] = -100.; y0 = m(x)
+    st = {k: v.clone() for k, v in opt.state[m[2].weight].items() if isinstance(v, torch.Tensor) and v.ndim == 4}
+    assert st and all((v.flatten(1).abs().sum(1) > 0).all() for v in st.values())
+    reinit_units(m, '0', [5], unit_chains(m)['0'][0], opt)
+    with torch.no_grad(): torch.testing.assert_close(m(x), y0, rtol=0, atol=1e-6)
+    rest = [i for i in range(8) if i != 5]
+    assert (m[2].weight[5] == 0).all() and (m[2].weight[rest].flatten(1).abs().sum(1) > 0).all()
+    for k, v in st.items():
+        now = opt.state[m[2].weight][k]
+        assert (now[5] == 0).all() and torch.equal(now[rest], v[rest]), k
+
+def test_units_on_their_axis():
+    "A Linear's units are its last dim, a conv's dim 1: after a flatten a Linear's unit is every n-th column; pairs that read other axes are not followed"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 16, 4))
+    with torch.no_grad(): m[0].bias[[2, 9]] = -100.
+    x = torch.randn(32, 5, 8)
+    with torch.no_grad(): y0 = m(x)
+    reinit_units(m, '0', [2, 9], unit_chains(m)['0'][0])
+    with torch.no_grad(): torch.testing.assert_close(m(x), y0, rtol=0, atol=1e-6)
+    assert (m[3].weight[:, [2 + 16 * t for t in range(5)]] == 0).all() and (m[3].weight[:, 16:32] != 0).any()
+    class T(nn.Module):
+        def __init__(self): super().__init__(); self.a, self.b = nn.Conv1d(2, 4, 3), nn.Linear(4, 1)
+        def forward(self, x): return self.b(torch.flatten(self.a(x), start_dim=2))  # (b reads a's length, not its channels)
+    why = lambda m, n='0': unit_chains(m)[n][1]
+    assert why(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Conv1d(8, 4, 1), nn.Flatten(), nn.Linear(4, 1))) == 'a Linear feeds a conv'
+    assert why(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Linear(4, 4), nn.Flatten(), nn.Linear(4, 1))) == 'a conv feeds a Linear without a flatten'
+    assert why(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(2), nn.Linear(4, 1))) == 'it feeds Flatten, which ReDo cannot follow'
+    assert why(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.MaxPool1d(2), nn.Linear(4, 1))) == 'it feeds MaxPool1d, which ReDo cannot follow'
+    assert why(nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(8, 1))) == 'it feeds BatchNorm1d, which ReDo cannot follow'  # (on (B, 5, 8): it normalizes the 5 tokens)
+    assert why(T(), 'a') == 'it feeds flatten, which ReDo cannot follow'
+
+def test_tied_or_reused_layers_not_followed():
+    "Weight tying (the head is the embedding's weight), a layer called twice, a weight read outside its layer: not followed, and reinit_dormant leaves the network as it was"
+    class TiedLM(nn.Module):
+        def __init__(s, V=20, D=8, H=16):
+            super().__init__(); s.emb = nn.Embedding(V, D); s.l1 = nn.Linear(D, H); s.r1 = nn.ReLU(); s.l2 = nn.Linear(H, D); s.r2 = nn.ReLU(); s.head = nn.Linear(D, V, bias=False)
+            s.head.weight = s.emb.weight
+        def forward(s, t): return s.head(s.r2(s.l2(s.r1(s.l1(s.emb(t))))))
+    class Twice(nn.Module):
+        def __init__(s): super().__init__(); s.a = nn.Linear(8, 16); s.r1 = nn.ReLU(); s.l = nn.Linear(16, 16); s.r2 = nn.ReLU(); s.r3 = nn.ReLU(); s.h = nn.Linear(16, 2)
+        def forward(s, x): x = s.r1(s.a(x)); x = s.r2(s.l(x)); x = s.r3(s.l(x)); return s.h(x)
+    class Read(Twice):
+        def forward(s, x): x = s.r2(s.l(s.r1(s.a(x)))); return s.h(x) + nn.functional.linear(x, s.l.weight).sum(-1, keepdim=True)
+    torch.manual_seed(0)
+    for m, x, dead, want in [(TiedLM(), torch.randint(0, 20, (32,)), 'l2', dict(l2='head shares its weights with emb')),
+                             (Twice(), torch.randn(32, 8), 'l', dict(a='l is used 2 times in the forward', l='l is used 2 times in the forward')),
+                             (Read(), torch.randn(32, 8), 'l', dict(a='l is used 2 times in the forward'))]:
+        with torch.no_grad(): getattr(m, dead).bias[:4] = -100.
+        ch = unit_chains(m)
+        assert {n: ch[n][1] for n in want} == want, ch
+        sd, y0 = {k: v.clone() for k, v in m.state_dict().items()}, m(x).detach()
+        reinit_dormant(m, x, tau=0.)
+        assert torch.equal(m(x), y0) and all(torch.equal(v, sd[k]) for k, v in m.state_dict().items())
+
+def test_not_in_lr_find_nor_get_preds():
+    "lr_find puts the weights back: ReinitDormant neither acts, records nor counts batches there (nor in get_preds); the fit's first check is at its batch 0"
+    from fastai.callback.schedule import lr_find  # (patches Learner.lr_find)
+    learn = quiet(synth_learner(n_trn=8))
+    torch.manual_seed(0)
+    learn.model = nn.Sequential(nn.Linear(1, 16), nn.ReLU(), nn.Linear(16, 1))
+    with torch.no_grad(): learn.model[0].bias[:8] = -100.
+    cb = ReinitDormant(every=1000); learn.add_cb(cb)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); learn.lr_find(num_it=5, show_plot=False); learn.get_preds()
+    assert cb.n_seen == 0 and len(cb.events) == 0 and len(cb.checks) == 0 and (learn.model[0].bias[:8] < -50).all()
+    assert not [x for x in w if 'ReinitDormant' in str(x.message)]
+    learn.fit(1, lr=1e-3)
+    ev = cb.events
+    assert cb.n_seen == 8 and list(ev.batch) == [0] and list(ev.layer) == ['0'] and set(range(8)) <= set(ev.unit_ids[0]), ev
