@@ -51,8 +51,10 @@ class AdaptiveWD(HealthCallback):
 
     # parameters fastai decays, per group
     def _decayed(self):
+        "The parameters fastai decays, per group; `_js`: their positions in the group (unfrozen later, a tensor keeps its key)"
         opt = self.learn.opt
-        return [[p for p in pl if opt.state.get(p, {}).get('do_wd', True) and p.requires_grad] for pl in opt.param_lists]
+        self._js = [[j for j, p in enumerate(pl) if opt.state.get(p, {}).get('do_wd', True) and p.requires_grad] for pl in opt.param_lists]
+        return [[pl[j] for j in js] for pl, js in zip(opt.param_lists, self._js)]
 
     def _event(self, g, why):
         self._events.append(dict(batch=self.n_seen, group=g, event=why))
@@ -128,7 +130,7 @@ class AdaptiveWD(HealthCallback):
             with torch.no_grad(): self._prev = torch._foreach_mul([p for ps in groups for p in ps], 1.)  # a copy
         out = []
         for g, ps in enumerate(groups):
-            lams = [self.state.get(('eq', g, j), self._base[g]) for j in range(len(ps))]
+            lams = [self.state.get(('eq', g, j), self._base[g]) for j in self._js[g]]
             out.append(float(np.mean(lams)) if lams else self._base[g])
         return out
 
@@ -147,7 +149,7 @@ class AdaptiveWD(HealthCallback):
         opt, ps, ds, f = self.learn.opt, [], [], []
         for g, grp in enumerate(groups):
             lr = opt.hypers[g]['lr']
-            for j, p in enumerate(grp):
+            for j, p in zip(self._js[g], grp):
                 l = min(lam(g, j), self.wd_max)
                 if l == 0: continue
                 if cautious:
@@ -173,7 +175,7 @@ class AdaptiveWD(HealthCallback):
         k = 0
         for g, ps in enumerate(groups):
             lr = opt.hypers[g]['lr']
-            for j in range(len(ps)):
+            for j in self._js[g]:
                 w, d = float(wn[k]), float(dn[k]); k += 1
                 base, cur = self._base[g], self.state.get(('eq', g, j), self._base[g])
                 if not (math.isfinite(w) and math.isfinite(d)) or w == 0 or d == 0 or lr <= 0 or base <= 0:

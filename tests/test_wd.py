@@ -93,7 +93,8 @@ def test_equilibrium_matches_per_tensor_measurement():
             ratio = ((w1 - w0).double().norm() / w0.double().norm()).item()
             lam[j] = min(max(lam[j] * (ratio ** 2 / (2 * r['lr']) / lam[j]) ** 0.5, 1e-3), 1e-1)
             torch.testing.assert_close(after, w1 * (1 - r['lr'] * lam[j]), rtol=1e-6, atol=1e-9)
-    for j, l in enumerate(lam): assert math.isclose(cb.state[('eq', 0, j)], l, rel_tol=1e-4)
+    pos = [k for k, p in enumerate(learn.opt.param_lists[0]) if learn.opt.state.get(p, {}).get('do_wd', True)]  # (keys: places in the group)
+    for j, l in enumerate(lam): assert math.isclose(cb.state[('eq', 0, pos[j])], l, rel_tol=1e-4)
     assert len(set(round(l, 8) for l in lam)) > 1  # the tensors moved apart: λ is per tensor
 
 @pytest.mark.parametrize('mode', MODES)
@@ -112,3 +113,21 @@ def test_op_count_does_not_grow_with_depth(mode):
         return ((ops(depth, [AdaptiveWD(mode, **kw)], 12) - ops(depth, [AdaptiveWD(mode, **kw)], 4)) - (ops(depth, [], 12) - ops(depth, [], 4))) / 8
     o2, o20 = marginal(2), marginal(20)
     assert o20 <= o2 + 2, (o2, o20)  # (per-tensor ops would add tens of ops per step)
+
+def test_equilibrium_keys_follow_the_tensor_through_unfreeze():
+    "fine_tune's frozen phase decays only the body's BatchNorm: their λ must stay theirs once the body is unfrozen"
+    from fastai.torch_core import params
+    from fastai.learner import Learner
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.randn(64, 2)
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=16, shuffle=True), DataLoader(list(zip(x, y)), bs=16))
+    body = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU()); m = nn.Sequential(body, nn.Linear(16, 2))
+    cb = AdaptiveWD('equilibrium', every=1)
+    learn = quiet(Learner(dls, m, loss_func=nn.MSELoss(), splitter=lambda m: [params(m[0]), params(m[1])], cbs=cb, wd_bn_bias=True, wd=0.01))
+    learn.freeze(); learn.fit(1)  # the body: only its BatchNorm trains (train_bn)
+    bn = {j for j, p in enumerate(learn.opt.param_lists[0]) if p is body[1].weight or p is body[1].bias}
+    assert {k[2] for k in cb.state if k[:2] == ('eq', 0)} == bn  # keyed by their place in the group, not in the trainable subset
+    learn.unfreeze(); learn.fit(1)
+    assert {k[2] for k in cb.state if k[:2] == ('eq', 0)} == set(range(4))
