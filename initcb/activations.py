@@ -49,8 +49,9 @@ def _counts(b, size, index_add=None):
     if b.is_cuda if index_add is None else index_add: return torch.zeros(size, device=b.device).index_add_(0, b.long(), torch.ones_like(b))
     return torch.bincount(b.int(), minlength=size).float()
 
-def _sample_stats(s, c, bins, dead_thresh):
-    "`sample_stats` with its constants `c` made: left-out elements (non-finite, padding) become 0 in `x`, and each count subtracts them"
+def _sample_stats(s, c, bins, dead_thresh, levels=0):
+    "`sample_stats` with its constants `c` made: left-out elements (non-finite, padding) become 0 in `x`, and each count subtracts them;"
+    "`levels` more histograms follow, on the histogram ranges doubled 1 to `levels` times"
     sat_c, h_lo, h_scale, offs, zb, pad = c
     n = s.shape[1]
     if pad is not None: s = s + pad[0]  # padding is left out as a non-finite value is (then not counted as one)
@@ -64,9 +65,12 @@ def _sample_stats(s, c, bins, dead_thresh):
     if sat_c is None: sat = torch.zeros_like(mean)
     else: lo_e, hi_e, z = sat_c; sat = (torch.maximum((x - lo_e).le_(0), (x - hi_e).ge_(0)).sum(1) - z * out) / c1
     nonf = out if pad is None else out - pad[1]
-    b = ((x - h_lo) * h_scale).floor_().clamp_(0, bins - 1).add_(offs).view(-1)  # (each layer's bins at its offset: one count for all)
-    hist = _counts(b, s.shape[0] * bins).index_add_(0, zb, -out)  # (left-out elements, 0 in `x`, taken back out of their bin)
-    return torch.cat([torch.stack([mean, std, mn, near, sat, nonf], 1), hist.view(-1, bins)], 1)
+    hs = []
+    for j in range(levels + 1):  # (a range doubled j times: its constants times powers of 2, exact; a 0 stays in bin `zb`)
+        lo, sc = (h_lo, h_scale) if not j else (h_lo * 2. ** j, h_scale * 2. ** -j)
+        b = ((x - lo) * sc).floor_().clamp_(0, bins - 1).add_(offs).view(-1)  # (each layer's bins at its offset: one count for all)
+        hs.append(_counts(b, s.shape[0] * bins).index_add_(0, zb, -out).view(-1, bins))  # (left-out elements, 0 in `x`, taken back out of their bin)
+    return torch.cat([torch.stack([mean, std, mn, near, sat, nonf], 1), *hs], 1)
 
 
 # %% ../nbs/01_activations.ipynb #98a18ef0
@@ -414,7 +418,8 @@ def _derived_stats(self:ActivationHealth, x, dv, m=None):
 
 @patch
 def _sampled_rows(self:ActivationHealth, rows, nval):
-    "A chunk of sampling batches' rows (k, layers, 6 + bins): the samples of all k batches reduced at once"
+    "A chunk of sampling batches' rows (k, layers, 6 + bins * (1 + levels) + 2): the samples of all k batches reduced at once, their"
+    "histograms on the current ranges and (auto-ranged layers) on those ranges doubled up to `_HLEVELS` times, and the ranges (lo, hi)"
     k, L = len(rows), len(nval)
     dev = self._dev = rows[0][0][0].device
     nanS = self._const('nanS', dev, lambda: torch.full((1, self.sample), math.nan, device=dev))
@@ -425,11 +430,13 @@ def _sampled_rows(self:ActivationHealth, rows, nval):
         s = torch.cat([m.float() for r in rows for m in r[0]] + [nanS]).index_select(0, torch.from_numpy(perm.ravel()).to(dev))
         w = self._mask(nval, dev)
         if self._hr is None: self._set_hist_range(s[:L], w)
-        r = _sample_stats(s, self._const(('stat', k, tuple(nval)), dev, lambda: self._stat_consts(k, nval, w, dev)), self.bins, self.dead_thresh).view(k, L, -1)
+        lv = _HLEVELS if self._hm is not None and (self._hm >= 0).any() else 0  # (the range may double before the chunk lands: `_rebin`)
+        r = _sample_stats(s, self._const(('stat', k, tuple(nval)), dev, lambda: self._stat_consts(k, nval, w, dev)), self.bins, self.dead_thresh, lv).view(k, L, -1)
         if 0 in nval:  # a layer that gave no output (a module the forward pass did not call): no statistics, and no non-finite value
             gone = [j for j, n in enumerate(nval) if n == 0]
             r[:, gone] = self._const(('gone', r.shape[-1]), dev, lambda: torch.tensor([math.nan] * 5 + [0.] * (r.shape[-1] - 5), device=dev))
-    return r
+        hr = self._const(('stat', 'hr'), dev, lambda: torch.tensor(self._hr, device=dev))
+    return torch.cat([r, hr.expand(k, L, 2)], 2)
 
 @patch
 def _stat_consts(self:ActivationHealth, k, nval, w, dev):
@@ -459,20 +466,31 @@ def _set_hist_range(self:ActivationHealth, s, w):
         hr.append((-m * wd, (B - m) * wd)); hm.append(m)
     self._hr, self._hm = np.array(hr, np.float32), np.array(hm)
 
+_HLEVELS = 3  # histograms of a chunk binned on its ranges doubled up to this many times: how far a range may grow before it lands
+
+def _halve(h, m):
+    "Histograms `h` (..., bins) with 0 on bin edge `m` re-binned on their range doubled: pairs of bins merge (exact, as edges stay edges)"
+    new = np.zeros_like(h); np.add.at(new, (..., (np.arange(h.shape[-1]) + m) // 2), h); return new
+
 @patch
-def _expand_hist(self:ActivationHealth, hist):
-    "Double the range of auto-ranged layers whose outer bins held over 1% of a batch's counts, and re-bin their history"
-    if self._hm is None: return
-    B = self.bins
-    tot = np.maximum(hist.sum(-1), 1)
-    edge = ((hist[..., -1] + np.where(self._hm > 0, hist[..., 0], 0)) / tot).max(0)
-    for j in np.nonzero((self._hm >= 0) & (edge > 0.01))[0]:
+def _rebin(self:ActivationHealth, h, hr):
+    "A chunk's histograms `h` (rows, layers, levels, bins; level j: on the ranges `hr` it was binned on, doubled j times) on the current ranges;"
+    "an auto-ranged layer's range first doubles (its history re-binned) while over 1% of a batch's counts fall in its outer bins"
+    out = h[:, :, 0].copy()
+    if self._hm is None: return out
+    D, grew = h.shape[2] - 1, False
+    for j in np.nonzero(self._hm >= 0)[0]:
         m = self._hm[j]
-        new = np.zeros_like(self.sampled.data['hist'][:, j])
-        np.add.at(new, (slice(None), (np.arange(B) + m) // 2), self.sampled.data['hist'][:, j])
-        self.sampled.data['hist'][:, j] = new
-        self._hr[j] *= 2
-    for k in [k for k in self._cache if k[0][0] == 'stat']: self._uncache(k)  # (the histogram constants change with the ranges)
+        d = max(int(np.rint(np.log2(self._hr[j, 1] / hr[j, 1]))), 0)  # doublings since the chunk was binned: at most D, as below
+        x = h[:, j, min(d, D)]
+        for _ in range(d - D): x = _halve(x, m)  # (not reached: a doubling waits for the oldest chunk to land, at most D from its range)
+        while d < D and ((x[:, -1] + (x[:, 0] if m > 0 else 0)) / np.maximum(x.sum(-1), 1)).max() > 0.01:
+            H = self.sampled.data['hist']; H[:, j] = _halve(H[:, j], m)
+            self._hr[j] *= 2; d += 1; x = h[:, j, d]; grew = True
+        out[:, j] = x
+    if grew:
+        for k in [k for k in self._cache if k[0][0] == 'stat']: self._uncache(k)  # (the histogram constants change with the ranges)
+    return out
 
 # %% ../nbs/01_activations.ipynb #d7fb9abf
 @patch
@@ -495,23 +513,22 @@ def _fast_sink(self:ActivationHealth, arr, metas, ranks=0):
 
 @patch
 def _combine_ranks(self:ActivationHealth, arr):
-    "Sampled statistics of each rank (ranks, rows, layers, 6 + bins), combined: pooled mean and variance, min, shares, counts"
+    "Sampled statistics of each rank (ranks, rows, layers, 6 + bins * levels + 2), combined: pooled mean and variance, min, shares, counts (the ranges are the same)"
     a = arr.astype(np.float64); R = a.shape[0]
     n = np.array([c[2] if c is not None else 1 for c in self._idx], np.float64)[None, :]  # samples per layer and rank
     m, sd = a[..., 0], a[..., 1]
     mean = m.mean(0)
     var = ((n - 1) * (sd ** 2).sum(0) + n * ((m - mean) ** 2).sum(0)) / np.maximum(R * n - 1, 1)
     out = np.concatenate([np.stack([mean, np.sqrt(var), a[..., 2].min(0), a[..., 3].mean(0), a[..., 4].mean(0), a[..., 5].sum(0)], -1),
-                          a[..., len(SAMPLED):].sum(0)], -1)
+                          a[..., len(SAMPLED):-2].sum(0), a[0, ..., -2:]], -1)
     return out.astype(np.float32)
 
 @patch
 def _samp_sink(self:ActivationHealth, arr, metas, ranks=0):
     if ranks: arr = self._combine_ranks(arr)
     rows = {c: arr[:, :, j] for j, c in enumerate(SAMPLED)}
-    rows['hist'] = arr[:, :, len(SAMPLED):]
-    self.sampled.append(metas, rows)
-    self._expand_hist(rows['hist'])
+    rows['hist'] = self._rebin(arr[:, :, len(SAMPLED):-2].reshape(*arr.shape[:2], -1, self.bins), arr[0, :, -2:])  # (a range may have
+    self.sampled.append(metas, rows)  # doubled since the chunk was binned: it waited on the device behind up to two others)
 
 @patch
 def flush(self:ActivationHealth):
