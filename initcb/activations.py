@@ -188,7 +188,7 @@ def _hook(self:ActivationHealth, i, inp, o):
         c = self._idx[i]
         if c is None or c[0] != o.shape:
             c = self._index_tuple(i, o)
-            if self._skip[i]: return
+            if c is None or self._skip[i]: return
         derived = self._insample[i] and self._elem[i] and inp and self._derived(i, inp[0], o)
         if derived and not self._sampling: return  # the every-batch statistics need no sample of its own
         g = torch.is_grad_enabled(); _set_grad(False)  # a sample taken with autograd on would keep `o` alive
@@ -211,7 +211,9 @@ def _derived(self:ActivationHealth, i, x, o):
 
 @patch
 def _index_tuple(self:ActivationHealth, i, o):
-    "(shape, sample indices, distinct count) for layer `i`'s output `o`, and whether it is sampled rather than reduced whole"
+    "(shape, sample indices, distinct count) for layer `i`'s output `o`, and whether it is sampled rather than reduced whole;"
+    "None for an empty output (no row this batch: asked again at each, as its shape differs from the last non-empty one's)"
+    if not o.numel(): return None
     if self._idx[i] is not None: self._churn = True  # a shape that changes within a fit (text of varying length): see `after_pred`
     c = self._idx[i] = (o.shape, *self._const(('idx', o.shape), o.device, lambda: sample_index(o.shape, self.sample, o.device)))
     self._layouts = {}  # (a fast row's layout depends on the sizes)
@@ -258,8 +260,7 @@ def _part(self:ActivationHealth, idxs, small=False):
             self._inplace[i] = self._insample[i] = True  # what the module produced; sample it in the hook from now on
             continue
         if idx[i] is None or idx[i][0] != o.shape:
-            self._index_tuple(i, o)
-            if self._skip[i]: continue
+            if self._index_tuple(i, o) is None or self._skip[i]: continue
         self._done[i] = True; ts.append(o); order.append(i)
     if not ts: return
     g = torch.is_grad_enabled(); _set_grad(False)
@@ -586,14 +587,16 @@ def summary(self:ActivationHealth,
         start = h.iters[len(h) - 1] - last * (self.every or 1) + 1
         return slice(int(np.searchsorted(h.iters[:len(h)], start)), len(h))
     fi, si = tail(f), tail(s)
-    def wmean(h, c, sl):
-        w = h.n[sl].astype(np.float64)[:, None]
-        return (h[c][sl] * w).sum(0) / w.sum() if w.sum() else np.full(len(self.names), np.nan)
-    sat = wmean(s, 'saturated', si) * 100
-    df = pd.DataFrame({'layer': self.names, 'mean': wmean(s, 'mean', si), 'std': wmean(s, 'std', si),
-                       'rms': np.sqrt((f['rms'][fi].astype(np.float64)**2 * f.n[fi][:, None]).sum(0) / max(f.n[fi].sum(), 1)),
-                       'max |x|': f['abs_max'][fi].max(0).astype(np.float64) if len(f) else np.nan,  # (float64: rounds cleanly)
-                       '% near zero': wmean(s, 'near_zero', si) * 100,
+    def wmean(v, w):  # weighted by the batches each row stands for (`w`; 0: a row left out); NaN where no row is left
+        with np.errstate(invalid='ignore', divide='ignore'): return np.where(w > 0, v * w, 0.).sum(0) / w.sum(0)
+    sw = s.n[si].astype(np.float64)[:, None] * ~np.isnan(s['mean'][si])  # (a NaN row: the layer gave no output that batch)
+    sm = lambda c: wmean(s[c][si].astype(np.float64), sw)
+    r, gone = f['rms'][fi].astype(np.float64), np.isnan(f['rms'][fi]) & (f['nonfinite_batches'][fi] == 0)  # (NaN and no non-finite
+    fw = f.n[fi].astype(np.float64)[:, None] * ~gone  # value: no output that batch, left out; a non-finite output's NaN stays in)
+    sat = sm('saturated') * 100
+    df = pd.DataFrame({'layer': self.names, 'mean': sm('mean'), 'std': sm('std'), 'rms': np.sqrt(wmean(r ** 2, fw)),
+                       'max |x|': np.where(fw.sum(0) > 0, np.where(gone, -np.inf, f['abs_max'][fi].astype(np.float64)).max(0, initial=-np.inf), np.nan),
+                       '% near zero': sm('near_zero') * 100,
                        '% saturated': np.where([b is None for b in self.bounds], np.nan, sat),
                        'non-finite': f['nonfinite_batches'][fi].sum(0) + s['nonfinite'][si].sum(0)})
     return df.set_index('layer')
