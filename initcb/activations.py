@@ -577,7 +577,7 @@ def _mlp(): return nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 8), nn
 def summary(self:ActivationHealth,
     last:int=None, # summarize the last `last` recorded batches (None: all)
 ):
-    "One row per layer over the last `last` recorded batches (all by default): mean, std, rms, max |x|, % near zero, % saturated, non-finite"
+    "One row per layer over the last `last` recorded batches (all by default): mean, std, rms, max |x|, % near zero, % saturated, non-finite batches, non-finite (sampled elements)"
     self.flush()
     if self.names is None: raise ValueError("nothing recorded yet: fit with the callback first")
     if last is not None: check_int('last', last)
@@ -598,7 +598,8 @@ def summary(self:ActivationHealth,
                        'max |x|': np.where(fw.sum(0) > 0, np.where(gone, -np.inf, f['abs_max'][fi].astype(np.float64)).max(0, initial=-np.inf), np.nan),
                        '% near zero': sm('near_zero') * 100,
                        '% saturated': np.where([b is None for b in self.bounds], np.nan, sat),
-                       'non-finite': f['nonfinite_batches'][fi].sum(0) + s['nonfinite'][si].sum(0)})
+                       'non-finite batches': f['nonfinite_batches'][fi].sum(0),  # (two units: not to be added)
+                       'non-finite (sampled elements)': s['nonfinite'][si].sum(0)})
     return df.set_index('layer')
 
 # %% ../nbs/01_activations.ipynb #d56f2ed0

@@ -44,6 +44,8 @@ def test_nonfinite_counted():
     df = cb.to_df().iloc[0]
     assert df['nonfinite'] == 2 and df['nonfinite_batches'] == 1
     np.testing.assert_allclose(df['mean'], -0.5)
+    sm = cb.summary().iloc[0]  # one batch with two non-finite elements: counts in two units, not added up
+    assert sm['non-finite batches'] == 1 and sm['non-finite (sampled elements)'] == 2 and 'non-finite' not in sm
 
 def test_sample_estimates_large_tensor():
     "A strided sample of a large BatchNorm-like map: estimates within sampling error, no stride bias"
