@@ -582,10 +582,9 @@ def summary(self:ActivationHealth,
     if self.names is None: raise ValueError("nothing recorded yet: fit with the callback first")
     if last is not None: check_int('last', last)
     f, s = self.fast, self.sampled
-    def tail(h):
-        if last is None or not len(h): return slice(0, len(h))
-        start = h.iters[len(h) - 1] - last * (self.every or 1) + 1
-        return slice(int(np.searchsorted(h.iters[:len(h)], start)), len(h))
+    # both windows end at the last recorded batch: the sampled one holds the sampling batches among them (none: NaN)
+    start = None if last is None or not len(f) else f.iters[len(f) - 1] - last * (self.every or 1) + 1
+    def tail(h): return slice(0 if start is None else int(np.searchsorted(h.iters[:len(h)], start)), len(h))
     fi, si = tail(f), tail(s)
     def wmean(v, w):  # weighted by the batches each row stands for (`w`; 0: a row left out); NaN where no row is left
         with np.errstate(invalid='ignore', divide='ignore'): return np.where(w > 0, v * w, 0.).sum(0) / w.sum(0)

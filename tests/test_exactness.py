@@ -227,3 +227,15 @@ def test_histograms_binned_on_the_final_range_after_expansions(sample_every):
     its = cb.sampled.iters[:len(cb.sampled)]
     assert len(its) == len(H) == -(-len(outs) // sample_every)
     for r, b in enumerate(its): np.testing.assert_array_equal(H[r], torch.histc(outs[b].clamp(lo, hi), 20, lo, hi).numpy(), err_msg=f'batch {b}')
+
+def test_summary_last_reads_the_same_batches():
+    "summary(last=n): the sampled columns come from the sampling batches among the last n recorded ones, NaN when there is none"
+    from fastai.test_utils import synth_learner
+    from helpers import quiet
+    cb = ActivationHealth(sample_every=16)
+    learn = quiet(synth_learner(n_trn=40, cbs=cb)); learn.fit(1)  # 40 batches: sampled at 0, 16, 32
+    assert list(cb.sampled.iters[:len(cb.sampled)]) == [0, 16, 32] and cb.fast.iters[len(cb.fast) - 1] == 39
+    s4, s8 = cb.summary(last=4), cb.summary(last=8)  # batches 36-39: none sampled; 32-39: batch 32
+    assert s4[['mean', 'std', '% near zero']].isna().all().all() and s4['rms'].notna().all()
+    np.testing.assert_allclose(s8['mean'], cb.sampled['mean'][2], rtol=1e-6)
+    assert (s4['non-finite (sampled elements)'] == 0).all()
