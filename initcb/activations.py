@@ -538,6 +538,13 @@ def flush(self:ActivationHealth):
         if q is not None: q.flush()
 
 @patch
+def _recorded(self:ActivationHealth):
+    "Flush (as every reader does first), or say clearly that there is no history to read"
+    if self.fast is None: raise ValueError("nothing recorded yet: fit with the callback first" + ("" if self.names is None else
+        " (the history is not kept through pickling or `learn.export`: keep it with `save` and read it back with `ActivationHealth.load`)"))
+    self.flush()
+
+@patch
 def remove(self:ActivationHealth):
     "Remove the hooks and drop references to outputs; idempotent"
     if self.hooks is not None: self.hooks.remove()
@@ -558,7 +565,7 @@ def __del__(self:ActivationHealth):
 @patch
 def to_df(self:ActivationHealth):
     "All statistics as a long `DataFrame`: one row per recorded batch (or merged block of batches) and layer"
-    self.flush()
+    self._recorded()
     def part(h, cols):
         k, L = len(h), len(self.names)
         d = {'iter': np.repeat(h.iters[:k], L), 'n': np.repeat(h.n[:k], L), 'layer': np.tile(np.arange(L), k),
@@ -578,8 +585,7 @@ def summary(self:ActivationHealth,
     last:int=None, # summarize the last `last` recorded batches (None: all)
 ):
     "One row per layer over the last `last` recorded batches (all by default): mean, std, rms, max |x|, % near zero, % saturated, non-finite batches, non-finite (sampled elements)"
-    self.flush()
-    if self.names is None: raise ValueError("nothing recorded yet: fit with the callback first")
+    self._recorded()
     if last is not None: check_int('last', last)
     f, s = self.fast, self.sampled
     # both windows end at the last recorded batch: the sampled one holds the sampling batches among them (none: NaN)
@@ -615,7 +621,7 @@ def layer_stats(self:ActivationHealth,
     idx, # a watched layer: its position (negative from the end) or its module name
 ):
     "Mean, std and fraction near zero of layer `idx` at each sampled batch: an array (3, n), as fastai's"
-    self.flush(); i = self._layer(idx)
+    self._recorded(); i = self._layer(idx)
     return np.stack([self.sampled['mean'][:, i], self.sampled['std'][:, i], self.sampled['near_zero'][:, i]])
 
 @patch
@@ -623,7 +629,7 @@ def hist(self:ActivationHealth,
     idx, # a watched layer: its position (negative from the end) or its module name
 ):
     "Histogram of layer `idx` at each sampled batch: an array (n, bins) over `hist_ranges[idx]`"
-    self.flush(); return self.sampled['hist'][:, self._layer(idx)]
+    self._recorded(); return self.sampled['hist'][:, self._layer(idx)]
 
 @patch(as_prop=True)
 def hist_ranges(self:ActivationHealth):
@@ -667,7 +673,7 @@ def plot_stats(self:ActivationHealth,
     figsize=(15, 4), # size of a new figure
 ):
     "All layers: root mean square over time (log), % near zero over time, and rms through depth at start and end"
-    self.flush()
+    self._recorded()
     axs = new_axes(axs, figsize, 3)
     it, rms = self.fast.iters[:len(self.fast)], self.fast['rms']
     cols = plt.cm.viridis(np.linspace(0, 1, len(self.names)))
@@ -687,7 +693,7 @@ def dead_chart(self:ActivationHealth,
     figsize=(8, 4), # size of a new figure
 ):
     "Fraction of outputs near zero (|x| <= `dead_thresh`) per layer over time"
-    self.flush()
+    self._recorded()
     return layer_heatmap(new_axes(ax, figsize), self.sampled['near_zero'], self.sampled.iters[:len(self.sampled)], self.names,
                          f'fraction |x| <= {self.dead_thresh:g}', 'fraction near zero', cmap='magma', vmin=0, vmax=1)
 
@@ -697,7 +703,7 @@ def saturation_chart(self:ActivationHealth,
     figsize=(8, 4), # size of a new figure
 ):
     "Fraction of saturated outputs per bounded layer over time"
-    self.flush()
+    self._recorded()
     js = [j for j, b in enumerate(self.bounds) if b is not None]
     if not js: raise ValueError("no watched module has bounded outputs: watch a Sigmoid/Tanh, or mark one with `watch(m, bounds=(lo, hi))`")
     return layer_heatmap(new_axes(ax, figsize), self.sampled['saturated'][:, js], self.sampled.iters[:len(self.sampled)],
@@ -711,6 +717,7 @@ def dormancy(self:ActivationHealth,
     bn:str='batch', # BatchNorm on the batch's own statistics ('batch', as in training) or its running ones ('running'): `eval_forward`
 ):
     "Per-unit dormancy scores E|h_i| / mean_j E|h_j| of each watched layer on batch `xb` (Sokar et al. 2023)"
+    if getattr(self, 'learn', None) is None: raise ValueError("`dormancy` runs the model: attach the callback to a learner (`learn.add_cb`)")
     model = self.learn.model
     mods = self.mods or [m for _, m in select_modules(model, self.mod_sel)]
     names = self.names or [n for n, _ in select_modules(model, self.mod_sel)]
@@ -738,7 +745,7 @@ def save(self:ActivationHealth,
     fname, # a path ending in .npz or .parquet
 ):
     "Save the history to `fname` (.npz: the whole state, as `state_dict`; .parquet: the long table of `to_df` with histograms); in a distributed run, rank 0 writes"
-    self.flush(); fname = Path(fname)
+    self._recorded(); fname = Path(fname)
     if not is_main(): return fname  # every rank holds the same (combined) history
     if fname.suffix == '.npz': np.savez_compressed(fname, **{k: np.array(v) for k, v in self.state_dict().items()})
     elif fname.suffix == '.parquet':
@@ -787,8 +794,7 @@ def _meta(self:ActivationHealth):
 @patch
 def state_dict(self:ActivationHealth):
     "The whole state (arguments, names, histories, histogram ranges) as a dict of arrays and JSON: no pickle"
-    self.flush()
-    if self.names is None: raise ValueError("nothing recorded yet: fit with the callback first")
+    self._recorded()
     return dict(meta=self._meta(), **self.fast.arrays('fast_'), **self.sampled.arrays('sampled_'))
 
 @patch
