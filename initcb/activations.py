@@ -49,8 +49,9 @@ def _counts(b, size, index_add=None):
     if b.is_cuda if index_add is None else index_add: return torch.zeros(size, device=b.device).index_add_(0, b.long(), torch.ones_like(b))
     return torch.bincount(b.int(), minlength=size).float()
 
-def _sample_stats(s, c, bins, dead_thresh):
-    "`sample_stats` with its constants `c` made: left-out elements (non-finite, padding) become 0 in `x`, and each count subtracts them"
+def _sample_stats(s, c, bins, dead_thresh, levels=0):
+    "`sample_stats` with its constants `c` made: left-out elements (non-finite, padding) become 0 in `x`, and each count subtracts them;"
+    "`levels` more histograms follow, on the histogram ranges doubled 1 to `levels` times"
     sat_c, h_lo, h_scale, offs, zb, pad = c
     n = s.shape[1]
     if pad is not None: s = s + pad[0]  # padding is left out as a non-finite value is (then not counted as one)
@@ -64,9 +65,12 @@ def _sample_stats(s, c, bins, dead_thresh):
     if sat_c is None: sat = torch.zeros_like(mean)
     else: lo_e, hi_e, z = sat_c; sat = (torch.maximum((x - lo_e).le_(0), (x - hi_e).ge_(0)).sum(1) - z * out) / c1
     nonf = out if pad is None else out - pad[1]
-    b = ((x - h_lo) * h_scale).floor_().clamp_(0, bins - 1).add_(offs).view(-1)  # (each layer's bins at its offset: one count for all)
-    hist = _counts(b, s.shape[0] * bins).index_add_(0, zb, -out)  # (left-out elements, 0 in `x`, taken back out of their bin)
-    return torch.cat([torch.stack([mean, std, mn, near, sat, nonf], 1), hist.view(-1, bins)], 1)
+    hs = []
+    for j in range(levels + 1):  # (a range doubled j times: its constants times powers of 2, exact; a 0 stays in bin `zb`)
+        lo, sc = (h_lo, h_scale) if not j else (h_lo * 2. ** j, h_scale * 2. ** -j)
+        b = ((x - lo) * sc).floor_().clamp_(0, bins - 1).add_(offs).view(-1)  # (each layer's bins at its offset: one count for all)
+        hs.append(_counts(b, s.shape[0] * bins).index_add_(0, zb, -out).view(-1, bins))  # (left-out elements, 0 in `x`, taken back out of their bin)
+    return torch.cat([torch.stack([mean, std, mn, near, sat, nonf], 1), *hs], 1)
 
 
 # %% ../nbs/01_activations.ipynb #98a18ef0
@@ -184,7 +188,7 @@ def _hook(self:ActivationHealth, i, inp, o):
         c = self._idx[i]
         if c is None or c[0] != o.shape:
             c = self._index_tuple(i, o)
-            if self._skip[i]: return
+            if c is None or self._skip[i]: return
         derived = self._insample[i] and self._elem[i] and inp and self._derived(i, inp[0], o)
         if derived and not self._sampling: return  # the every-batch statistics need no sample of its own
         g = torch.is_grad_enabled(); _set_grad(False)  # a sample taken with autograd on would keep `o` alive
@@ -207,7 +211,9 @@ def _derived(self:ActivationHealth, i, x, o):
 
 @patch
 def _index_tuple(self:ActivationHealth, i, o):
-    "(shape, sample indices, distinct count) for layer `i`'s output `o`, and whether it is sampled rather than reduced whole"
+    "(shape, sample indices, distinct count) for layer `i`'s output `o`, and whether it is sampled rather than reduced whole;"
+    "None for an empty output (no row this batch: asked again at each, as its shape differs from the last non-empty one's)"
+    if not o.numel(): return None
     if self._idx[i] is not None: self._churn = True  # a shape that changes within a fit (text of varying length): see `after_pred`
     c = self._idx[i] = (o.shape, *self._const(('idx', o.shape), o.device, lambda: sample_index(o.shape, self.sample, o.device)))
     self._layouts = {}  # (a fast row's layout depends on the sizes)
@@ -254,8 +260,7 @@ def _part(self:ActivationHealth, idxs, small=False):
             self._inplace[i] = self._insample[i] = True  # what the module produced; sample it in the hook from now on
             continue
         if idx[i] is None or idx[i][0] != o.shape:
-            self._index_tuple(i, o)
-            if self._skip[i]: continue
+            if self._index_tuple(i, o) is None or self._skip[i]: continue
         self._done[i] = True; ts.append(o); order.append(i)
     if not ts: return
     g = torch.is_grad_enabled(); _set_grad(False)
@@ -414,7 +419,8 @@ def _derived_stats(self:ActivationHealth, x, dv, m=None):
 
 @patch
 def _sampled_rows(self:ActivationHealth, rows, nval):
-    "A chunk of sampling batches' rows (k, layers, 6 + bins): the samples of all k batches reduced at once"
+    "A chunk of sampling batches' rows (k, layers, 6 + bins * (1 + levels) + 2): the samples of all k batches reduced at once, their"
+    "histograms on the current ranges and (auto-ranged layers) on those ranges doubled up to `_HLEVELS` times, and the ranges (lo, hi)"
     k, L = len(rows), len(nval)
     dev = self._dev = rows[0][0][0].device
     nanS = self._const('nanS', dev, lambda: torch.full((1, self.sample), math.nan, device=dev))
@@ -425,11 +431,13 @@ def _sampled_rows(self:ActivationHealth, rows, nval):
         s = torch.cat([m.float() for r in rows for m in r[0]] + [nanS]).index_select(0, torch.from_numpy(perm.ravel()).to(dev))
         w = self._mask(nval, dev)
         if self._hr is None: self._set_hist_range(s[:L], w)
-        r = _sample_stats(s, self._const(('stat', k, tuple(nval)), dev, lambda: self._stat_consts(k, nval, w, dev)), self.bins, self.dead_thresh).view(k, L, -1)
+        lv = _HLEVELS if self._hm is not None and (self._hm >= 0).any() else 0  # (the range may double before the chunk lands: `_rebin`)
+        r = _sample_stats(s, self._const(('stat', k, tuple(nval)), dev, lambda: self._stat_consts(k, nval, w, dev)), self.bins, self.dead_thresh, lv).view(k, L, -1)
         if 0 in nval:  # a layer that gave no output (a module the forward pass did not call): no statistics, and no non-finite value
             gone = [j for j, n in enumerate(nval) if n == 0]
             r[:, gone] = self._const(('gone', r.shape[-1]), dev, lambda: torch.tensor([math.nan] * 5 + [0.] * (r.shape[-1] - 5), device=dev))
-    return r
+        hr = self._const(('stat', 'hr'), dev, lambda: torch.tensor(self._hr, device=dev))
+    return torch.cat([r, hr.expand(k, L, 2)], 2)
 
 @patch
 def _stat_consts(self:ActivationHealth, k, nval, w, dev):
@@ -459,20 +467,31 @@ def _set_hist_range(self:ActivationHealth, s, w):
         hr.append((-m * wd, (B - m) * wd)); hm.append(m)
     self._hr, self._hm = np.array(hr, np.float32), np.array(hm)
 
+_HLEVELS = 3  # histograms of a chunk binned on its ranges doubled up to this many times: how far a range may grow before it lands
+
+def _halve(h, m):
+    "Histograms `h` (..., bins) with 0 on bin edge `m` re-binned on their range doubled: pairs of bins merge (exact, as edges stay edges)"
+    new = np.zeros_like(h); np.add.at(new, (..., (np.arange(h.shape[-1]) + m) // 2), h); return new
+
 @patch
-def _expand_hist(self:ActivationHealth, hist):
-    "Double the range of auto-ranged layers whose outer bins held over 1% of a batch's counts, and re-bin their history"
-    if self._hm is None: return
-    B = self.bins
-    tot = np.maximum(hist.sum(-1), 1)
-    edge = ((hist[..., -1] + np.where(self._hm > 0, hist[..., 0], 0)) / tot).max(0)
-    for j in np.nonzero((self._hm >= 0) & (edge > 0.01))[0]:
+def _rebin(self:ActivationHealth, h, hr):
+    "A chunk's histograms `h` (rows, layers, levels, bins; level j: on the ranges `hr` it was binned on, doubled j times) on the current ranges;"
+    "an auto-ranged layer's range first doubles (its history re-binned) while over 1% of a batch's counts fall in its outer bins"
+    out = h[:, :, 0].copy()
+    if self._hm is None: return out
+    D, grew = h.shape[2] - 1, False
+    for j in np.nonzero(self._hm >= 0)[0]:
         m = self._hm[j]
-        new = np.zeros_like(self.sampled.data['hist'][:, j])
-        np.add.at(new, (slice(None), (np.arange(B) + m) // 2), self.sampled.data['hist'][:, j])
-        self.sampled.data['hist'][:, j] = new
-        self._hr[j] *= 2
-    for k in [k for k in self._cache if k[0][0] == 'stat']: self._uncache(k)  # (the histogram constants change with the ranges)
+        d = max(int(np.rint(np.log2(self._hr[j, 1] / hr[j, 1]))), 0)  # doublings since the chunk was binned: at most D, as below
+        x = h[:, j, min(d, D)]
+        for _ in range(d - D): x = _halve(x, m)  # (not reached: a doubling waits for the oldest chunk to land, at most D from its range)
+        while d < D and ((x[:, -1] + (x[:, 0] if m > 0 else 0)) / np.maximum(x.sum(-1), 1)).max() > 0.01:
+            H = self.sampled.data['hist']; H[:, j] = _halve(H[:, j], m)
+            self._hr[j] *= 2; d += 1; x = h[:, j, d]; grew = True
+        out[:, j] = x
+    if grew:
+        for k in [k for k in self._cache if k[0][0] == 'stat']: self._uncache(k)  # (the histogram constants change with the ranges)
+    return out
 
 # %% ../nbs/01_activations.ipynb #d7fb9abf
 @patch
@@ -495,29 +514,35 @@ def _fast_sink(self:ActivationHealth, arr, metas, ranks=0):
 
 @patch
 def _combine_ranks(self:ActivationHealth, arr):
-    "Sampled statistics of each rank (ranks, rows, layers, 6 + bins), combined: pooled mean and variance, min, shares, counts"
+    "Sampled statistics of each rank (ranks, rows, layers, 6 + bins * levels + 2), combined: pooled mean and variance, min, shares, counts (the ranges are the same)"
     a = arr.astype(np.float64); R = a.shape[0]
     n = np.array([c[2] if c is not None else 1 for c in self._idx], np.float64)[None, :]  # samples per layer and rank
     m, sd = a[..., 0], a[..., 1]
     mean = m.mean(0)
     var = ((n - 1) * (sd ** 2).sum(0) + n * ((m - mean) ** 2).sum(0)) / np.maximum(R * n - 1, 1)
     out = np.concatenate([np.stack([mean, np.sqrt(var), a[..., 2].min(0), a[..., 3].mean(0), a[..., 4].mean(0), a[..., 5].sum(0)], -1),
-                          a[..., len(SAMPLED):].sum(0)], -1)
+                          a[..., len(SAMPLED):-2].sum(0), a[0, ..., -2:]], -1)
     return out.astype(np.float32)
 
 @patch
 def _samp_sink(self:ActivationHealth, arr, metas, ranks=0):
     if ranks: arr = self._combine_ranks(arr)
     rows = {c: arr[:, :, j] for j, c in enumerate(SAMPLED)}
-    rows['hist'] = arr[:, :, len(SAMPLED):]
-    self.sampled.append(metas, rows)
-    self._expand_hist(rows['hist'])
+    rows['hist'] = self._rebin(arr[:, :, len(SAMPLED):-2].reshape(*arr.shape[:2], -1, self.bins), arr[0, :, -2:])  # (a range may have
+    self.sampled.append(metas, rows)  # doubled since the chunk was binned: it waited on the device behind up to two others)
 
 @patch
 def flush(self:ActivationHealth):
     "Bring every recorded row to the host history (readers call this first)"
     for q in (self._fastq, self._sampq):
         if q is not None: q.flush()
+
+@patch
+def _recorded(self:ActivationHealth):
+    "Flush (as every reader does first), or say clearly that there is no history to read"
+    if self.fast is None: raise ValueError("nothing recorded yet: fit with the callback first" + ("" if self.names is None else
+        " (the history is not kept through pickling or `learn.export`: keep it with `save` and read it back with `ActivationHealth.load`)"))
+    self.flush()
 
 @patch
 def remove(self:ActivationHealth):
@@ -540,7 +565,7 @@ def __del__(self:ActivationHealth):
 @patch
 def to_df(self:ActivationHealth):
     "All statistics as a long `DataFrame`: one row per recorded batch (or merged block of batches) and layer"
-    self.flush()
+    self._recorded()
     def part(h, cols):
         k, L = len(h), len(self.names)
         d = {'iter': np.repeat(h.iters[:k], L), 'n': np.repeat(h.n[:k], L), 'layer': np.tile(np.arange(L), k),
@@ -559,26 +584,27 @@ def _mlp(): return nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 8), nn
 def summary(self:ActivationHealth,
     last:int=None, # summarize the last `last` recorded batches (None: all)
 ):
-    "One row per layer over the last `last` recorded batches (all by default): mean, std, rms, max |x|, % near zero, % saturated, non-finite"
-    self.flush()
-    if self.names is None: raise ValueError("nothing recorded yet: fit with the callback first")
+    "One row per layer over the last `last` recorded batches (all by default): mean, std, rms, max |x|, % near zero, % saturated, non-finite batches, non-finite (sampled elements)"
+    self._recorded()
     if last is not None: check_int('last', last)
     f, s = self.fast, self.sampled
-    def tail(h):
-        if last is None or not len(h): return slice(0, len(h))
-        start = h.iters[len(h) - 1] - last * (self.every or 1) + 1
-        return slice(int(np.searchsorted(h.iters[:len(h)], start)), len(h))
+    # both windows end at the last recorded batch: the sampled one holds the sampling batches among them (none: NaN)
+    start = None if last is None or not len(f) else f.iters[len(f) - 1] - last * (self.every or 1) + 1
+    def tail(h): return slice(0 if start is None else int(np.searchsorted(h.iters[:len(h)], start)), len(h))
     fi, si = tail(f), tail(s)
-    def wmean(h, c, sl):
-        w = h.n[sl].astype(np.float64)[:, None]
-        return (h[c][sl] * w).sum(0) / w.sum() if w.sum() else np.full(len(self.names), np.nan)
-    sat = wmean(s, 'saturated', si) * 100
-    df = pd.DataFrame({'layer': self.names, 'mean': wmean(s, 'mean', si), 'std': wmean(s, 'std', si),
-                       'rms': np.sqrt((f['rms'][fi].astype(np.float64)**2 * f.n[fi][:, None]).sum(0) / max(f.n[fi].sum(), 1)),
-                       'max |x|': f['abs_max'][fi].max(0).astype(np.float64) if len(f) else np.nan,  # (float64: rounds cleanly)
-                       '% near zero': wmean(s, 'near_zero', si) * 100,
+    def wmean(v, w):  # weighted by the batches each row stands for (`w`; 0: a row left out); NaN where no row is left
+        with np.errstate(invalid='ignore', divide='ignore'): return np.where(w > 0, v * w, 0.).sum(0) / w.sum(0)
+    sw = s.n[si].astype(np.float64)[:, None] * ~np.isnan(s['mean'][si])  # (a NaN row: the layer gave no output that batch)
+    sm = lambda c: wmean(s[c][si].astype(np.float64), sw)
+    r, gone = f['rms'][fi].astype(np.float64), np.isnan(f['rms'][fi]) & (f['nonfinite_batches'][fi] == 0)  # (NaN and no non-finite
+    fw = f.n[fi].astype(np.float64)[:, None] * ~gone  # value: no output that batch, left out; a non-finite output's NaN stays in)
+    sat = sm('saturated') * 100
+    df = pd.DataFrame({'layer': self.names, 'mean': sm('mean'), 'std': sm('std'), 'rms': np.sqrt(wmean(r ** 2, fw)),
+                       'max |x|': np.where(fw.sum(0) > 0, np.where(gone, -np.inf, f['abs_max'][fi].astype(np.float64)).max(0, initial=-np.inf), np.nan),
+                       '% near zero': sm('near_zero') * 100,
                        '% saturated': np.where([b is None for b in self.bounds], np.nan, sat),
-                       'non-finite': f['nonfinite_batches'][fi].sum(0) + s['nonfinite'][si].sum(0)})
+                       'non-finite batches': f['nonfinite_batches'][fi].sum(0),  # (two units: not to be added)
+                       'non-finite (sampled elements)': s['nonfinite'][si].sum(0)})
     return df.set_index('layer')
 
 # %% ../nbs/01_activations.ipynb #d56f2ed0
@@ -595,7 +621,7 @@ def layer_stats(self:ActivationHealth,
     idx, # a watched layer: its position (negative from the end) or its module name
 ):
     "Mean, std and fraction near zero of layer `idx` at each sampled batch: an array (3, n), as fastai's"
-    self.flush(); i = self._layer(idx)
+    self._recorded(); i = self._layer(idx)
     return np.stack([self.sampled['mean'][:, i], self.sampled['std'][:, i], self.sampled['near_zero'][:, i]])
 
 @patch
@@ -603,7 +629,7 @@ def hist(self:ActivationHealth,
     idx, # a watched layer: its position (negative from the end) or its module name
 ):
     "Histogram of layer `idx` at each sampled batch: an array (n, bins) over `hist_ranges[idx]`"
-    self.flush(); return self.sampled['hist'][:, self._layer(idx)]
+    self._recorded(); return self.sampled['hist'][:, self._layer(idx)]
 
 @patch(as_prop=True)
 def hist_ranges(self:ActivationHealth):
@@ -647,7 +673,7 @@ def plot_stats(self:ActivationHealth,
     figsize=(15, 4), # size of a new figure
 ):
     "All layers: root mean square over time (log), % near zero over time, and rms through depth at start and end"
-    self.flush()
+    self._recorded()
     axs = new_axes(axs, figsize, 3)
     it, rms = self.fast.iters[:len(self.fast)], self.fast['rms']
     cols = plt.cm.viridis(np.linspace(0, 1, len(self.names)))
@@ -667,7 +693,7 @@ def dead_chart(self:ActivationHealth,
     figsize=(8, 4), # size of a new figure
 ):
     "Fraction of outputs near zero (|x| <= `dead_thresh`) per layer over time"
-    self.flush()
+    self._recorded()
     return layer_heatmap(new_axes(ax, figsize), self.sampled['near_zero'], self.sampled.iters[:len(self.sampled)], self.names,
                          f'fraction |x| <= {self.dead_thresh:g}', 'fraction near zero', cmap='magma', vmin=0, vmax=1)
 
@@ -677,7 +703,7 @@ def saturation_chart(self:ActivationHealth,
     figsize=(8, 4), # size of a new figure
 ):
     "Fraction of saturated outputs per bounded layer over time"
-    self.flush()
+    self._recorded()
     js = [j for j, b in enumerate(self.bounds) if b is not None]
     if not js: raise ValueError("no watched module has bounded outputs: watch a Sigmoid/Tanh, or mark one with `watch(m, bounds=(lo, hi))`")
     return layer_heatmap(new_axes(ax, figsize), self.sampled['saturated'][:, js], self.sampled.iters[:len(self.sampled)],
@@ -691,6 +717,7 @@ def dormancy(self:ActivationHealth,
     bn:str='batch', # BatchNorm on the batch's own statistics ('batch', as in training) or its running ones ('running'): `eval_forward`
 ):
     "Per-unit dormancy scores E|h_i| / mean_j E|h_j| of each watched layer on batch `xb` (Sokar et al. 2023)"
+    if getattr(self, 'learn', None) is None: raise ValueError("`dormancy` runs the model: attach the callback to a learner (`learn.add_cb`)")
     model = self.learn.model
     mods = self.mods or [m for _, m in select_modules(model, self.mod_sel)]
     names = self.names or [n for n, _ in select_modules(model, self.mod_sel)]
@@ -718,7 +745,7 @@ def save(self:ActivationHealth,
     fname, # a path ending in .npz or .parquet
 ):
     "Save the history to `fname` (.npz: the whole state, as `state_dict`; .parquet: the long table of `to_df` with histograms); in a distributed run, rank 0 writes"
-    self.flush(); fname = Path(fname)
+    self._recorded(); fname = Path(fname)
     if not is_main(): return fname  # every rank holds the same (combined) history
     if fname.suffix == '.npz': np.savez_compressed(fname, **{k: np.array(v) for k, v in self.state_dict().items()})
     elif fname.suffix == '.parquet':
@@ -767,8 +794,7 @@ def _meta(self:ActivationHealth):
 @patch
 def state_dict(self:ActivationHealth):
     "The whole state (arguments, names, histories, histogram ranges) as a dict of arrays and JSON: no pickle"
-    self.flush()
-    if self.names is None: raise ValueError("nothing recorded yet: fit with the callback first")
+    self._recorded()
     return dict(meta=self._meta(), **self.fast.arrays('fast_'), **self.sampled.arrays('sampled_'))
 
 @patch

@@ -1,5 +1,6 @@
 "When the sample covers a module's output, every statistic equals the same statistic of the whole output."
-import math, random, numpy as np, pandas as pd, torch
+import math, random, pytest, numpy as np, pandas as pd, torch
+from functools import partial
 from hypothesis import given, settings, strategies as st, HealthCheck
 from initcb.activations import ActivationHealth
 from helpers import one_batch_learner
@@ -43,6 +44,8 @@ def test_nonfinite_counted():
     df = cb.to_df().iloc[0]
     assert df['nonfinite'] == 2 and df['nonfinite_batches'] == 1
     np.testing.assert_allclose(df['mean'], -0.5)
+    sm = cb.summary().iloc[0]  # one batch with two non-finite elements: counts in two units, not added up
+    assert sm['non-finite batches'] == 1 and sm['non-finite (sampled elements)'] == 2 and 'non-finite' not in sm
 
 def test_sample_estimates_large_tensor():
     "A strided sample of a large BatchNorm-like map: estimates within sampling error, no stride bias"
@@ -197,3 +200,42 @@ def test_histogram_counts_same_on_the_gpu_path(n, size, seed):
     a, g = _counts(b, size, index_add=False), _counts(b, size, index_add=True)
     assert a.dtype == g.dtype == torch.float32 and a.shape == g.shape == (size,)
     assert torch.equal(a, g) and a.sum() == n
+
+def growing_learner(cb, n=480, bs=16, d=4, grow=40):
+    "A linear layer fit at lr 0 on inputs scaled up 1 to `grow` times over the run: its outputs outgrow any first histogram range"
+    from fastai.learner import Learner
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.optimizer import SGD
+    from helpers import quiet
+    torch.manual_seed(0)
+    x = torch.randn(n, d) * torch.linspace(1, grow, n)[:, None]; y = torch.randn(n, d)
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=bs), DataLoader(list(zip(x[:bs], y[:bs])), bs=bs))
+    return quiet(Learner(dls, torch.nn.Sequential(torch.nn.Linear(d, d)), loss_func=torch.nn.MSELoss(), opt_func=partial(SGD, mom=0.), cbs=cb))
+
+@pytest.mark.parametrize('sample_every', [1, 4])
+def test_histograms_binned_on_the_final_range_after_expansions(sample_every):
+    "The range doubles while chunks binned on the old one wait on the device: each stored histogram is still its batch's, over `hist_ranges`"
+    cb = ActivationHealth(sample_every=sample_every, bins=20, chunk=16)
+    learn = growing_learner(cb)
+    outs = []
+    h = learn.model[0].register_forward_hook(lambda m, i, o: outs.append(o.detach().clone()) if m.training else None)
+    try: learn.fit(1, 0.)
+    finally: h.remove()
+    lo, hi = cb.hist_ranges[0]; H = cb.hist(0)
+    assert hi > 8 * outs[0].abs().max()  # the range doubled several times
+    its = cb.sampled.iters[:len(cb.sampled)]
+    assert len(its) == len(H) == -(-len(outs) // sample_every)
+    for r, b in enumerate(its): np.testing.assert_array_equal(H[r], torch.histc(outs[b].clamp(lo, hi), 20, lo, hi).numpy(), err_msg=f'batch {b}')
+
+def test_summary_last_reads_the_same_batches():
+    "summary(last=n): the sampled columns come from the sampling batches among the last n recorded ones, NaN when there is none"
+    from fastai.test_utils import synth_learner
+    from helpers import quiet
+    cb = ActivationHealth(sample_every=16)
+    learn = quiet(synth_learner(n_trn=40, cbs=cb)); learn.fit(1)  # 40 batches: sampled at 0, 16, 32
+    assert list(cb.sampled.iters[:len(cb.sampled)]) == [0, 16, 32] and cb.fast.iters[len(cb.fast) - 1] == 39
+    s4, s8 = cb.summary(last=4), cb.summary(last=8)  # batches 36-39: none sampled; 32-39: batch 32
+    assert s4[['mean', 'std', '% near zero']].isna().all().all() and s4['rms'].notna().all()
+    np.testing.assert_allclose(s8['mean'], cb.sampled['mean'][2], rtol=1e-6)
+    assert (s4['non-finite (sampled elements)'] == 0).all()

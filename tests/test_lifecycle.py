@@ -101,10 +101,30 @@ def test_constructor_fuzz(kw):
     "Any argument either works or raises a ValueError that names it; nothing else escapes"
     works_or_names_argument(ActivationHealth, kw)
 
-def test_readers_before_fit():
+def readers(cb, tmp):
+    return dict(to_df=cb.to_df, summary=cb.summary, layer_stats=lambda: cb.layer_stats(0), hist=lambda: cb.hist(0),
+                color_dim=lambda: cb.color_dim(0), plot_layer_stats=lambda: cb.plot_layer_stats(0), plot_stats=cb.plot_stats,
+                dead_chart=cb.dead_chart, saturation_chart=cb.saturation_chart, state_dict=cb.state_dict,
+                save_npz=lambda: cb.save(tmp/'a.npz'), save_parquet=lambda: cb.save(tmp/'a.parquet'))
+
+def test_readers_before_fit(tmp_path):
+    "Every reader, before any fit (attached to a learner or not), says that nothing is recorded: no TypeError from inside"
     cb = ActivationHealth()
-    with pytest.raises(ValueError, match='nothing recorded yet'): cb.layer_stats(0)
-    with pytest.raises(ValueError, match='nothing recorded yet'): cb.summary()
+    for n, f in readers(cb, tmp_path).items():
+        with pytest.raises(ValueError, match='nothing recorded yet'): f()
+    with pytest.raises(ValueError, match='attach the callback to a learner'): cb.dormancy()
+    learn = quiet(synth_learner(n_trn=2, cbs=cb))
+    for n, f in readers(cb, tmp_path).items():
+        with pytest.raises(ValueError, match='nothing recorded yet'): f()
+
+def test_readers_after_pickling(tmp_path):
+    "Pickling (`learn.export`) leaves the history out by design: the readers of the copy say so, and point to `save`"
+    cb = ActivationHealth(sample_every=1)
+    learn = quiet(synth_learner(n_trn=2, cbs=cb)); learn.fit(1)
+    learn.remove_cb(cb); back = pickle.loads(pickle.dumps(cb))  # (the learner itself: its logger is a lambda)
+    for n, f in readers(back, tmp_path).items():
+        with pytest.raises(ValueError, match='not kept through pickling'): f()
+    assert len(cb.to_df()) == 2 * len(cb.names)
 
 def test_modules_changed_between_fits():
     cb = ActivationHealth()

@@ -118,3 +118,26 @@ def test_compiled_model_records_what_eager_does(how):
     np.testing.assert_allclose(g1['grad_norm'], g0['grad_norm'], rtol=1e-4, atol=1e-7)
     assert len(x0) == len(x1) > 0
     for c in ('abs_mean', 'rms'): np.testing.assert_allclose(x1[c], x0[c], rtol=1e-4, atol=1e-9)
+
+class TwoExperts(nn.Module):
+    "A tiny mixture of experts: rows routed by the sign of their first feature, so a batch may route no row to an expert"
+    def __init__(s): super().__init__(); s.e0, s.e1 = nn.Linear(4, 1), nn.Linear(4, 1)
+    def forward(s, x):
+        out = torch.zeros(len(x), 1); m = x[:, 0] > 0
+        out[m] = s.e0(x[m]); out[~m] = s.e1(x[~m]); return out.squeeze(-1)
+
+@pytest.mark.parametrize('full_max', [None, 0])  # outputs reduced whole after the forward pass, or sampled in their hooks
+def test_empty_output_gives_a_nan_row(full_max):
+    "An expert that a batch routes no row to (a (0, 1) output): that batch's row is NaN for it, the fit and the other rows go on"
+    torch.manual_seed(0)
+    x = torch.randn(32, 4); x[16:24, 0] = -x[16:24, 0].abs()  # batch 2: every row to e1, e0's output is empty
+    ds = list(zip(x, torch.randn(32)))
+    cb = ActivationHealth(sample_every=1, full_max=full_max)
+    learn = quiet(Learner(DataLoaders(DataLoader(ds, bs=8), DataLoader(ds, bs=8)), TwoExperts(), loss_func=nn.MSELoss(), cbs=cb))
+    learn.fit(2)
+    df = cb.to_df(); e0 = df[df.name == 'e0'].set_index('iter')
+    empty = [2, 6]  # batch 2 of each epoch
+    assert e0.loc[empty, ['abs_mean', 'rms', 'max', 'mean', 'std']].isna().all().all()
+    assert (e0.loc[empty, ['nonfinite_batches', 'nonfinite']] == 0).all().all()
+    assert e0.drop(empty)[['abs_mean', 'rms', 'mean']].notna().all().all() and df[df.name == 'e1'][['rms', 'mean']].notna().all().all()
+    assert cb.summary().loc[['e0', 'e1'], ['rms', 'max |x|', 'mean']].notna().all().all()  # the empty batches left out, not NaN for the run
