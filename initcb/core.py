@@ -204,16 +204,20 @@ class StatHistory:
         merged = {}
         for c, (rule, tr) in self.cols.items():
             a, b = self.data[c][0:m:2].astype(np.float64), self.data[c][1:m:2].astype(np.float64)
-            wa = (na / (na + nb)).reshape((-1,) + (1,) * (a.ndim - 1)); wb = 1 - wa
-            if rule == 'mean': r = wa * a + wb * b
-            elif rule == 'rms': r = np.sqrt(wa * a**2 + wb * b**2)
-            elif rule == 'std':
-                ma, mb = self.data['mean'][0:m:2].astype(np.float64), self.data['mean'][1:m:2].astype(np.float64)
-                mm = wa * ma + wb * mb
-                r = np.sqrt(np.maximum(wa * (a**2 + ma**2) + wb * (b**2 + mb**2) - mm**2, 0))
-            elif rule == 'max': r = np.fmax(a, b)
+            if rule == 'max': r = np.fmax(a, b)
             elif rule == 'min': r = np.fmin(a, b)
-            else: r = a + b
+            elif rule == 'sum': r = np.where(np.isnan(a) & np.isnan(b), np.nan, np.where(np.isnan(a), 0., a) + np.where(np.isnan(b), 0., b))
+            else:  # weighted by `n`; a NaN (no value: a module skipped in those batches) weighs nothing
+                ma, mb = (self.data['mean'][0:m:2].astype(np.float64), self.data['mean'][1:m:2].astype(np.float64)) if rule == 'std' else (0., 0.)
+                sh, ka, kb = (-1,) + (1,) * (a.ndim - 1), ~np.isnan(a + ma), ~np.isnan(b + mb)
+                wa, wb = np.where(ka, na.reshape(sh), 0.), np.where(kb, nb.reshape(sh), 0.)
+                with np.errstate(invalid='ignore', over='ignore'):
+                    wa, wb = wa / (wa + wb), wb / (wa + wb)
+                    z = lambda w, v: np.where(w > 0, w * v, 0.)
+                    if rule == 'mean': r = z(wa, a) + z(wb, b)
+                    elif rule == 'rms': r = np.sqrt(z(wa, a**2) + z(wb, b**2))
+                    else: r = np.sqrt(np.maximum(z(wa, a**2 + ma**2) + z(wb, b**2 + mb**2) - (z(wa, ma) + z(wb, mb))**2, 0))
+                r = np.where(ka | kb, r, np.nan)
             merged[c] = r.astype(np.float32)
         h, rest = m // 2, slice(m, self.len)
         self.iters[:h], self.n[:h] = self.iters[0:m:2], self.n[0:m:2] + self.n[1:m:2]
