@@ -161,12 +161,19 @@ def select_modules(
 # %% ../nbs/00_core.ipynb #4f15d910
 MERGES = ('mean', 'rms', 'std', 'max', 'min', 'sum')
 
+def _freed(k, c):
+    "Rows freed when size class j, its `k[j]` rows and the pairs merged into it from class j-1, keeps at most `c` by merging its oldest pairs"
+    f = carry = j = 0
+    while j < len(k) or carry > c:
+        carry = max(0, ((k[j] if j < len(k) else 0) + carry - c + 1) // 2); f += carry; j += 1
+    return f
+
 class StatHistory:
-    "Per-layer statistics, one row per `n` batches, at most `max_rows` rows: older rows are merged pairwise"
+    "Per-layer statistics, one row per `n` batches, at most `max_rows` rows: past it, adjacent rows are merged, older ones coarser"
     def __init__(self,
         cols:dict, # column name -> merge rule ('mean', 'std', 'sum', 'min', 'max', 'rms'), or (rule, trailing shape); 'std' merges around 'mean'
         n_layers:int, # layers per row
-        max_rows:int=2048, # rows kept; past it, older rows are merged pairwise
+        max_rows:int=2048, # rows kept; past it, adjacent rows are merged pairwise, older ones coarser
     ):
         self.cols = {k: (v, ()) if isinstance(v, str) else (v[0], tuple(v[1])) for k, v in cols.items()}
         for k, (rule, _) in self.cols.items():
@@ -189,39 +196,71 @@ class StatHistory:
         n = np.ones(k, np.int64) if n is None else np.asarray(n, np.int64).reshape(-1)
         for i in range(0, k, self.max_rows // 2):  # a block larger than half the cap goes in pieces
             j = slice(i, min(k, i + self.max_rows // 2)); kk = j.stop - j.start
-            while self.len + kk > self.max_rows: self.compact()
+            if self.len + kk > self.max_rows: self.compact(max(self.len + kk - self.max_rows, self.max_rows // 8))
             self._grow(self.len + kk)
             s = slice(self.len, self.len + kk)
             self.iters[s], self.n[s] = iters[j], n[j]
             for c in self.data: self.data[c][s] = rows[c][j]
             self.len += kk
 
-    def compact(self):
-        "Merge the oldest half of the rows pairwise"
-        m = (self.len // 2) // 2 * 2
-        if m < 2: return
-        na, nb = self.n[0:m:2].astype(np.float64), self.n[1:m:2].astype(np.float64)
-        merged = {}
-        for c, (rule, tr) in self.cols.items():
-            a, b = self.data[c][0:m:2].astype(np.float64), self.data[c][1:m:2].astype(np.float64)
-            wa = (na / (na + nb)).reshape((-1,) + (1,) * (a.ndim - 1)); wb = 1 - wa
-            if rule == 'mean': r = wa * a + wb * b
-            elif rule == 'rms': r = np.sqrt(wa * a**2 + wb * b**2)
-            elif rule == 'std':
-                ma, mb = self.data['mean'][0:m:2].astype(np.float64), self.data['mean'][1:m:2].astype(np.float64)
-                mm = wa * ma + wb * mb
-                r = np.sqrt(np.maximum(wa * (a**2 + ma**2) + wb * (b**2 + mb**2) - mm**2, 0))
-            elif rule == 'max': r = np.fmax(a, b)
-            elif rule == 'min': r = np.fmin(a, b)
-            else: r = a + b
-            merged[c] = r.astype(np.float32)
-        h, rest = m // 2, slice(m, self.len)
-        self.iters[:h], self.n[:h] = self.iters[0:m:2], self.n[0:m:2] + self.n[1:m:2]
-        k = self.len - m
-        self.iters[h:h+k], self.n[h:h+k] = self.iters[rest].copy(), self.n[rest].copy()
-        for c in self.data:
-            self.data[c][h:h+k] = self.data[c][rest].copy(); self.data[c][:h] = merged[c]
-        self.len = h + k
+    def _plan(self, need):
+        "Groups [lo, hi) of consecutive rows, oldest first, `need` fewer than the rows: no size class keeps more than a cap, as large as that allows"
+        if self.len < 2: return np.arange(self.len), np.arange(1, self.len + 1)
+        cls = np.maximum.accumulate(np.frexp(np.maximum(self.n[:self.len], 1).astype(np.float64))[1][::-1] - 1)  # newest first: floor(log2 n), at least a newer row's
+        k = np.bincount(cls).tolist()
+        lo_c, hi_c = 1, self.len
+        while lo_c < hi_c:  # the largest cap that frees `need` rows
+            mid = (lo_c + hi_c + 1) // 2
+            if _freed(k, mid) >= need: lo_c = mid
+            else: hi_c = mid - 1
+        c, end, j, parts = lo_c, self.len, 0, []
+        clo = chi = np.zeros(0, np.int64)  # pairs merged from the finer class: the newest rows of this one
+        while j < len(k) or len(clo) > c:
+            kj = k[j] if j < len(k) else 0
+            glo, ghi = np.concatenate([np.arange(end - kj, end), clo]), np.concatenate([np.arange(end - kj + 1, end + 1), chi])
+            p = max(0, (len(glo) - c + 1) // 2)  # its oldest 2p rows merge pairwise, into the next class
+            clo, chi = glo[0:2 * p:2], ghi[1:2 * p:2]
+            parts.append((glo[2 * p:], ghi[2 * p:])); end -= kj; j += 1
+        parts.append((clo, chi))
+        lo, hi = np.concatenate([p[0] for p in parts[::-1]]), np.concatenate([p[1] for p in parts[::-1]])
+        short = min(need - (self.len - len(lo)), len(lo) - 1)
+        if short > 0: lo, hi = np.concatenate([lo[:1], lo[short + 1:]]), hi[short:]  # (a cap of one row a class is not enough: the oldest merge)
+        return lo, hi
+
+    def _pool(self, lo, hi):
+        "Each column pooled over the groups of consecutive rows [`lo`, `hi`): a NaN weighs nothing (NaN where the whole group is)"
+        ln = hi - lo; st = np.cumsum(ln) - ln
+        idx = np.arange(ln.sum()) + np.repeat(lo - st, ln)  # the groups' rows, one after another
+        n, out = self.n[idx].astype(np.float64), {}
+        with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
+            for c, (rule, tr) in self.cols.items():
+                x = self.data[c][idx].astype(np.float64)
+                if rule in ('max', 'min'): r = (np.fmax if rule == 'max' else np.fmin).reduceat(x, st)
+                elif rule == 'sum':
+                    nan = np.isnan(x); r = np.add.reduceat(np.where(nan, 0., x), st); r[np.logical_and.reduceat(nan, st)] = np.nan
+                else:  # weighted by `n` where there is a value
+                    m = self.data['mean'][idx].astype(np.float64) if rule == 'std' else 0.
+                    w = np.where(np.isnan(x + m), 0., n.reshape((-1,) + (1,) * (x.ndim - 1)))
+                    avg = lambda v: np.add.reduceat(np.where(w > 0, v * w, 0.), st) / np.add.reduceat(w, st)
+                    r = avg(x) if rule == 'mean' else np.sqrt(avg(x**2)) if rule == 'rms' else np.sqrt(np.maximum(avg(x**2 + m**2) - avg(m)**2, 0))
+                out[c] = r.astype(np.float32)
+        return out
+
+    def regroup(self, lo, hi):
+        "The rows in groups of consecutive rows [`lo`, `hi`) (all of them, in order), each group pooled into one row: (iters, n, columns)"
+        m, data = hi - lo > 1, {c: v[lo] for c, v in self.data.items()}
+        if m.any():
+            for c, r in self._pool(lo[m], hi[m]).items(): data[c][m] = r
+        return self.iters[lo], np.add.reduceat(self.n[:self.len], lo) if len(lo) else self.n[:0], data
+
+    def compact(self, need:int=None):
+        "Free `need` rows (default an eighth of `max_rows`) by merging adjacent rows, finest size class first"
+        lo, hi = self._plan(max(1, self.max_rows // 8) if need is None else need)
+        if len(lo) == self.len: return
+        it, n, data = self.regroup(lo, hi); k = len(lo)
+        self.iters[:k], self.n[:k] = it, n
+        for c in data: self.data[c][:k] = data[c]
+        self.len = k
 
     def __len__(self): return self.len
     def __getitem__(self, c): return self.data[c][:self.len]

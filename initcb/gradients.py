@@ -424,10 +424,14 @@ def events(self:GradientHealth):
 def to_df(self:GradientHealth,
     per='layer', # 'layer': one row per layer (parameters combined); 'param': one per parameter tensor
 ):
-    "All statistics as a long `DataFrame`, one row per recorded batch and layer (`per='layer'`) or parameter (`per='param'`)"
+    "All statistics as a long `DataFrame`, one row per recorded batch (or merged block of `n` batches) and layer (`per='layer'`) or parameter (`per='param'`)"
     self.flush()
     if per not in ('layer', 'param'): raise ValueError(f"`per` must be 'layer' or 'param', got {per!r}")
-    h, u, k, ku = self.hist, self.upd, len(self.hist), len(self.upd)
+    h, k, ku = self.hist, len(self.hist), len(self.upd)
+    row = lambda its: np.clip(np.searchsorted(h.iters[:k], its, 'right') - 1, 0, None)  # the gradient row whose batches hold each of `its`
+    j = row(self.upd.iters[:ku])  # (the two histories thin apart: an update row pools into the gradient row it falls in)
+    lo = np.flatnonzero(np.r_[True, j[1:] != j[:-1]]) if ku else j
+    _, _, u = self.upd.regroup(lo, np.r_[lo[1:], ku][:len(lo)].astype(np.int64))
     fz, ufz = self._frozen(), np.isnan(u['weight_norm'])
     if per == 'param':
         names, cols = self.names, dict(**{c: h[c] for c in GRAD_COLS}, frozen=fz)
@@ -446,11 +450,10 @@ def to_df(self:GradientHealth,
     def long(it, n, cs):
         return pd.DataFrame({'iter': np.repeat(it, L), 'n': np.repeat(n, L), per: np.tile(np.array(names, dtype=object), len(it)),
                              **{c: np.asarray(v).reshape(-1) for c, v in cs.items()}})
-    df = long(h.iters[:k], h.n[:k], cols)
-    if ku: df = df.merge(long(u.iters[:ku], u.n[:ku], ucols).drop(columns='n'), on=['iter', per], how='left')
-    else: df = df.assign(**{c: np.nan for c in ('update_ratio', 'grad_update_ratio', 'weight_norm', 'zero_frac', 'nonfinite', 'lr')})
+    for c, v in ucols.items(): ucols[c] = a = np.full((k, L), np.nan); a[j[lo]] = v
+    df = long(h.iters[:k], h.n[:k], {**cols, **ucols})
     df['global_grad_norm'] = np.repeat(self.global_norm(), L)
-    df['skipped'] = df['iter'].isin(self.skipped); df['clipped'] = df['iter'].isin(self.clipped)
+    for c, its in (('skipped', self.skipped), ('clipped', self.clipped)): df[c] = np.repeat(np.isin(np.arange(k), row(np.asarray(its, np.int64))), L)
     return df
 
 @patch

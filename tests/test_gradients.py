@@ -287,3 +287,20 @@ def test_discriminative_learning_rate_is_not_a_stall():
     assert run(slice(1e-7, 1e-2), stall_lr=0.) == {'1'}
     assert run(slice(1e-7, 1e-2)) == set()
     assert run(1e-7) == {'1', '3'}
+
+def test_update_rows_survive_thinning():
+    "The gradient and update histories thin apart: every update measurement still reaches `to_df`, pooled into the gradient row it falls in"
+    torch.manual_seed(0)
+    gh = GradientHealth(update_every=2, max_rows=8, chunk=4, warn=False)
+    learn = quiet(synth_learner(n_trn=40, cbs=gh)); learn.model = mlp(1); learn.fit(1)
+    h, u, k, ku = gh.hist, gh.upd, len(gh.hist), len(gh.upd)
+    assert not np.isin(u.iters[:ku], h.iters[:k]).all()  # (the rows no longer line up)
+    rows = np.searchsorted(h.iters[:k], u.iters[:ku], 'right') - 1
+    w = gh.to_df(per='param')['weight_norm'].to_numpy().reshape(k, -1)
+    for r in range(k):
+        sel = rows == r
+        if not sel.any(): assert np.isnan(w[r]).all(); continue
+        want = (u['weight_norm'][sel] * u.n[:ku][sel, None]).sum(0) / u.n[:ku][sel].sum()
+        np.testing.assert_allclose(w[r], want, rtol=1e-5)
+    d = gh.to_df()
+    assert d.dropna(subset=['update_ratio']).groupby('layer').size().eq(len(set(rows))).all()
