@@ -597,6 +597,6 @@ def digits_dls(
     tfms = [[ItemGetter(0)], [ItemGetter(1), Categorize(vocab=list(range(10)))]]  # (a vocab: fastai's `ClassificationInterpretation`)
     trn, val = [Datasets(list(zip(X[i], y[i].tolist())), tfms=tfms) for i in (tr, va)]  # (not plain lists: `learn.export`
     # needs `new_empty`, `learn.tta` `set_split_idx`; TfmdDL: `learn.predict` decodes)
-    dls = DataLoaders(TfmdDL(trn, bs=bs, shuffle=True, drop_last=True), TfmdDL(val, bs=2 * bs), device=device)  # (as fastai's `dataloaders`: no smaller last training batch)
+    dls = DataLoaders(TfmdDL(trn, bs=bs, shuffle=True, drop_last=True, num_workers=0), TfmdDL(val, bs=2 * bs, num_workers=0), device=device)  # (in process: 1,797 small tensors)  # (as fastai's `dataloaders`: no smaller last training batch)
     dls.train.rng = random.Random(seed)  # shuffles reproducibly, whatever ran before
     return dls
