@@ -86,6 +86,8 @@ def setup(self:GradientHealth):
     if len(self.hist) and not np.array_equal(self._cols, train):  # frozen or unfrozen since the last fit: the global norm now
         self._streak = {}  # sums other parameters, a jump that is no explosion; the rules' runs and running median start afresh
     self.params, self._cols, self._pbuf = [named[j][1] for j in train], np.array(train), None  # (`_cols`: their columns)
+    sp = {id(m.weight) for m in self.model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse}
+    self._sparse = [j for j, p in enumerate(self.params) if id(p) in sp]  # (trainable weights with sparse gradients)
     self._group_of, self._lr_peak, self._warm = None, np.full(len(self.layers), np.nan), None  # (per fit: the optimizer's groups, each layer's peak lr, layers growing from zero)
     clip = [cb for cb in self.learn.cbs if isinstance(cb, GradientClip)]
     self._clip = clip[0].max_norm if clip and clip[0].norm_type == 2 else None
@@ -126,6 +128,8 @@ def before_step(self:GradientHealth):
         with torch.no_grad(): self._reduce_act_grads()
     ps = self.params
     gs = [p.grad if p.grad is not None else self._zero(p) for p in ps]
+    for j in self._sparse:  # (a sparse gradient: its stored values, duplicate rows summed; the rows it leaves out are zeros)
+        if gs[j].is_sparse: gs[j] = gs[j].coalesce().values()
     g, f32 = torch.is_grad_enabled(), torch.float32; _set_grad(False)
     try:
         self._q.add(torch._foreach_norm(gs, 2, dtype=f32), self._iter)

@@ -304,3 +304,44 @@ def test_update_rows_survive_thinning():
         np.testing.assert_allclose(w[r], want, rtol=1e-5)
     d = gh.to_df()
     assert d.dropna(subset=['update_ratio']).groupby('layer').size().eq(len(set(rows))).all()
+
+class SparseEmb(nn.Module):
+    "A sparse embedding (`sparse=True`: its weight's gradient is a sparse tensor) and a dense head"
+    def __init__(self, bag=False):
+        super().__init__()
+        self.emb = nn.EmbeddingBag(50, 4, mode='sum', sparse=True) if bag else nn.Embedding(50, 4, sparse=True)
+        self.head, self.bag = nn.Linear(4, 1), bag
+    def forward(self, x): return self.head(self.emb(x) if self.bag else self.emb(x).mean(1))
+
+class DenseGrads(Callback):
+    "Each parameter's gradient before every step, made dense"
+    order = GradientHealth.order + 0.1
+    def before_fit(self): self.g = []
+    def before_step(self): self.g.append([p.grad.to_dense().clone() for p in self.model.parameters()])
+
+@pytest.mark.parametrize('bag', [False, True])
+@pytest.mark.parametrize('opt', ['fastai SGD', 'torch SGD'])
+def test_sparse_gradients(opt, bag):
+    "nn.Embedding / nn.EmbeddingBag with sparse=True: the fit runs, and the norms, zero fractions and update ratios are the dense gradient's"
+    from functools import partial
+    from fastai.learner import Learner
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.losses import MSELossFlat
+    from fastai.optimizer import SGD, OptimWrapper
+    torch.manual_seed(0)
+    x = torch.randint(0, 50, (48, 3)); x[:, 1] = x[:, 0]  # (a row looked up twice in every sample: the sparse gradient repeats it)
+    ds = list(zip(x, torch.randn(48, 1)))
+    dls = DataLoaders(DataLoader(ds, bs=16), DataLoader(ds, bs=16))
+    cb, rec = GradientHealth(update_every=1, warn=False), DenseGrads()
+    opt_func = partial(SGD, mom=0.) if opt == 'fastai SGD' else partial(OptimWrapper, opt=torch.optim.SGD)
+    learn = quiet(Learner(dls, SparseEmb(bag), loss_func=MSELossFlat(), opt_func=opt_func, wd=0., cbs=[cb, rec]))
+    learn.fit(1, 0.1)
+    df = cb.to_df(per='param')
+    gs = [g for step in rec.g for g in step]
+    assert len(gs) == len(df) == 3 * 3 and df.param.iloc[0] == 'emb.weight'
+    np.testing.assert_allclose(df.grad_norm, [g.norm().item() for g in gs], rtol=1e-5)
+    np.testing.assert_allclose(df.zero_frac, [(g == 0).float().mean().item() for g in gs], rtol=1e-6)
+    assert (df.zero_frac[df.param == 'emb.weight'] > 0.3).all()  # (most rows are not looked up in a batch)
+    np.testing.assert_allclose(df.update_ratio, 0.1 * df.grad_norm / df.weight_norm, rtol=1e-4)  # (plain SGD: Δw = lr·g)
+    assert (df.nonfinite == 0).all() and not len(cb.events.query("kind == 'no gradient'"))
