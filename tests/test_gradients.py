@@ -136,8 +136,32 @@ def test_bad_arguments_name_the_argument(kw): bad_argument_named(GradientHealth,
                        st.one_of(st.integers(-3, 100), st.floats(allow_nan=True, allow_infinity=True), st.none()), max_size=3))
 def test_constructor_fuzz(kw): works_or_names_argument(lambda **k: GradientHealth(warn=False, **k), kw)
 
-def test_readers_before_fit():
-    with pytest.raises(ValueError, match='nothing recorded yet'): GradientHealth().plot_layer(0)
+def readers(cb, tmp):
+    "Every reader of the history"
+    return dict(to_df=cb.to_df, to_df_param=lambda: cb.to_df(per='param'), events=lambda: cb.events, global_norm=cb.global_norm,
+                plot_grad_norms=cb.plot_grad_norms, plot_update_ratios=cb.plot_update_ratios, plot_layer=lambda: cb.plot_layer(0),
+                act_grads_df=cb.act_grads_df, state_dict=cb.state_dict, save=lambda: cb.save(tmp/'g.npz'))
+
+def test_readers_before_fit(tmp_path):
+    "Before any fit (attached or not), every reader says so with a ValueError (`events` too: not an AttributeError, which fastcore would mask)"
+    cb = GradientHealth(act_grads=True)
+    for n, f in readers(cb, tmp_path).items():
+        with pytest.raises(ValueError, match='nothing recorded yet: fit with the callback first$'): f()
+    learn = quiet(synth_learner(n_trn=2, cbs=cb))
+    for n, f in readers(cb, tmp_path).items():
+        with pytest.raises(ValueError, match='nothing recorded yet'): f()
+
+def test_readers_after_pickling(tmp_path):
+    "Pickling (`learn.export`) leaves the history out by design: the readers of the copy say so, and point to `save`; the copy records afresh"
+    import pickle
+    cb = GradientHealth(act_grads=True, update_every=1, warn=False)
+    learn = quiet(synth_learner(n_trn=2, cbs=cb)); learn.model = mlp(1); learn.fit(1)
+    learn.remove_cb(cb); back = pickle.loads(pickle.dumps(cb))  # (the learner itself: its logger is a lambda)
+    for n, f in readers(back, tmp_path).items():
+        with pytest.raises(ValueError, match=r'not kept through pickling or `learn.export`: keep it with `save`'): f()
+    assert len(cb.to_df()) == 2 * len(cb.layers) and len(cb.act_grads_df())
+    learn = quiet(synth_learner(n_trn=3, cbs=back)); learn.model = mlp(1); learn.fit(1)
+    assert len(back.to_df()) == 3 * len(back.layers) and len(back.events) == 0 and len(back.global_norm()) == 3
 
 def flags_one_row_at_a_time(gh, chunks):
     "The exploding and vanishing rules as written in the docs, applied one batch at a time (the oracle for `_check`)"
