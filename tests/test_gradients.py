@@ -369,3 +369,25 @@ def test_sparse_gradients(opt, bag):
     assert (df.zero_frac[df.param == 'emb.weight'] > 0.3).all()  # (most rows are not looked up in a batch)
     np.testing.assert_allclose(df.update_ratio, 0.1 * df.grad_norm / df.weight_norm, rtol=1e-4)  # (plain SGD: Δw = lr·g)
     assert (df.nonfinite == 0).all() and not len(cb.events.query("kind == 'no gradient'"))
+
+def test_pre_step_copy_kept_for_the_fit_and_freed():
+    "The weights' pre-step copy (`_pbuf`): one buffer the size of the trainable weights, allocated at the first update batch, reused by\n    every later one, kept between them (and through validation), freed when the fit ends (however it ends)"
+    cb = GradientHealth(update_every=4, warn=False)
+    class Watch(Callback):
+        order = GradientHealth.order + 1
+        def before_fit(self): self.bufs = []
+        def after_batch(self): self.bufs.append(None if cb._pbuf is None else tuple(map(id, cb._pbuf)))
+    w = Watch()
+    learn = quiet(synth_learner(n_trn=6, cbs=[cb, w])); learn.model = mlp(1); learn.model[0].weight.requires_grad_(False)
+    with pytest.warns(UserWarning, match='frozen'): learn.fit(1)
+    assert len(w.bufs) >= 6 and len(set(w.bufs)) == 1 and w.bufs[0] is not None and cb._pbuf is None and cb._prev is None
+    learn.fit(1)  # (a buffer per fit)
+    assert len(set(w.bufs)) == 1 and w.bufs[0] is not None and cb._pbuf is None
+    class Peek(Callback):
+        order = GradientHealth.order + 1
+        def after_step(self): self.n = sum(t.numel() for t in cb._pbuf)
+    peek = Peek(); learn.add_cb(peek); learn.fit(1); learn.remove_cb(peek)
+    assert peek.n == sum(p.numel() for p in learn.model.parameters() if p.requires_grad)
+    learn.add_cb(Fail())
+    with pytest.raises(RuntimeError): learn.fit(1)
+    assert cb._pbuf is None and cb._prev is None
