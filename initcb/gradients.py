@@ -86,6 +86,8 @@ def setup(self:GradientHealth):
     if len(self.hist) and not np.array_equal(self._cols, train):  # frozen or unfrozen since the last fit: the global norm now
         self._streak = {}  # sums other parameters, a jump that is no explosion; the rules' runs and running median start afresh
     self.params, self._cols, self._pbuf = [named[j][1] for j in train], np.array(train), None  # (`_cols`: their columns)
+    sp = {id(m.weight) for m in self.model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse}
+    self._sparse = [j for j, p in enumerate(self.params) if id(p) in sp]  # (trainable weights with sparse gradients)
     self._group_of, self._lr_peak, self._warm = None, np.full(len(self.layers), np.nan), None  # (per fit: the optimizer's groups, each layer's peak lr, layers growing from zero)
     clip = [cb for cb in self.learn.cbs if isinstance(cb, GradientClip)]
     self._clip = clip[0].max_norm if clip and clip[0].norm_type == 2 else None
@@ -126,6 +128,8 @@ def before_step(self:GradientHealth):
         with torch.no_grad(): self._reduce_act_grads()
     ps = self.params
     gs = [p.grad if p.grad is not None else self._zero(p) for p in ps]
+    for j in self._sparse:  # (a sparse gradient: its stored values, duplicate rows summed; the rows it leaves out are zeros)
+        if gs[j].is_sparse: gs[j] = gs[j].coalesce().values()
     g, f32 = torch.is_grad_enabled(), torch.float32; _set_grad(False)
     try:
         self._q.add(torch._foreach_norm(gs, 2, dtype=f32), self._iter)
@@ -241,6 +245,13 @@ def flush(self:GradientHealth):
         if q is not None: q.flush()
 
 @patch
+def _recorded(self:GradientHealth):
+    "Flush (as every reader does first), or say clearly that there is no history to read"
+    if self.hist is None: raise ValueError("nothing recorded yet: fit with the callback first" + ("" if self.names is None else
+        " (the history is not kept through pickling or `learn.export`: keep it with `save` and read it back with `GradientHealth.load`)"))
+    self.flush()
+
+@patch
 def remove(self:GradientHealth):
     if self.hooks is not None: self.hooks.remove()
     self.hooks, self._on, self._prev, self._pbuf = None, False, None, None
@@ -292,8 +303,8 @@ def _asink(self:GradientHealth, arr, metas):
 @patch
 def act_grads_df(self:GradientHealth):
     "The `act_grads` statistics as a long `DataFrame`: one row per recorded batch and watched module"
+    self._recorded()
     if self.agrad is None: raise ValueError("no activation gradients recorded: pass `act_grads=True` and fit")
-    self.flush()
     h, L = self.agrad, len(self.amod_names)
     return pd.DataFrame({'iter': np.repeat(h.iters[:len(h)], L), 'module': np.tile(np.array(self.amod_names, dtype=object), len(h)),
                          **{c: h[c].reshape(-1) for c in AGRAD_COLS}})
@@ -415,7 +426,7 @@ def _layer_ratio(self:GradientHealth, d, w):
 @patch(as_prop=True)
 def events(self:GradientHealth):
     "Every flag raised so far, as a `DataFrame` (batch, kind, layer, value, message) in batch order"
-    self.flush()
+    self._recorded()  # (a ValueError: an AttributeError from a property would be masked by fastcore's `__getattr__`)
     df = pd.DataFrame(self._events, columns=['batch', 'kind', 'layer', 'value', 'message'])
     return df.sort_values('batch', kind='stable', ignore_index=True)  # (update flags arrive a chunk apart from the others)
 
@@ -425,7 +436,7 @@ def to_df(self:GradientHealth,
     per='layer', # 'layer': one row per layer (parameters combined); 'param': one per parameter tensor
 ):
     "All statistics as a long `DataFrame`, one row per recorded batch (or merged block of `n` batches) and layer (`per='layer'`) or parameter (`per='param'`)"
-    self.flush()
+    self._recorded()
     if per not in ('layer', 'param'): raise ValueError(f"`per` must be 'layer' or 'param', got {per!r}")
     h, k, ku = self.hist, len(self.hist), len(self.upd)
     row = lambda its: np.clip(np.searchsorted(h.iters[:k], its, 'right') - 1, 0, None)  # the gradient row whose batches hold each of `its`
@@ -459,7 +470,7 @@ def to_df(self:GradientHealth,
 @patch
 def global_norm(self:GradientHealth):
     "The global gradient norm (over all trainable parameters) of each recorded row"
-    self.flush()
+    self._recorded()
     with np.errstate(over='ignore', invalid='ignore'): return np.sqrt(np.where(self._frozen(), 0., self.hist['grad_norm'].astype(np.float64)**2).sum(1))
 
 # %% ../nbs/02_gradients.ipynb #59fc6a53
@@ -502,7 +513,7 @@ def plot_layer(self:GradientHealth,
     figsize=(12, 3), # size of a new figure
 ):
     "Gradient norm, weight norm and update ratio of one layer over time"
-    j = self._lidx(idx); name = self.layers[j]
+    self._recorded(); j = self._lidx(idx); name = self.layers[j]
     df = self.to_df().query('layer == @name')
     axs = new_axes(axs, figsize, 3)
     axs[0].plot(df['iter'], df['grad_norm']); axs[0].set_yscale('log'); axs[0].set_title(f'gradient norm ({name})')
@@ -526,8 +537,7 @@ def _plain(v):
 @patch
 def state_dict(self:GradientHealth):
     "Everything needed to resume: arguments, names, histories (arrays), events and the flags' running values"
-    self.flush()
-    if self.names is None: raise ValueError("nothing recorded yet: fit with the callback first")
+    self._recorded()
     meta = dict(args={k: _plain(getattr(self, k)) for k in _GH_ARGS}, names=self.names, sizes=self.sizes.tolist(), n_seen=self.n_seen,
                 skipped=_plain(self.skipped), clipped=_plain(self.clipped), events=[{k: _plain(v) for k, v in e.items()} for e in self._events],
                 told=[list(t) for t in self._told], streak=[[list(k) if isinstance(k, tuple) else k, _plain(v)] for k, v in self._streak.items()])
@@ -554,7 +564,7 @@ def save(self:GradientHealth,
     "Save the whole state to `fname` (.npz: arrays and JSON, no pickle); in a distributed run, rank 0 writes"
     fname = Path(fname)
     if fname.suffix != '.npz': raise ValueError(f"`fname` must end in .npz, got {fname.name!r}")
-    if not is_main(): self.flush(); return fname  # DDP makes the gradients, hence the history, the same on every rank
+    if not is_main(): self._recorded(); return fname  # DDP makes the gradients, hence the history, the same on every rank
     np.savez_compressed(fname, **{k: np.array(v) for k, v in self.state_dict().items()})
     return fname
 

@@ -136,8 +136,32 @@ def test_bad_arguments_name_the_argument(kw): bad_argument_named(GradientHealth,
                        st.one_of(st.integers(-3, 100), st.floats(allow_nan=True, allow_infinity=True), st.none()), max_size=3))
 def test_constructor_fuzz(kw): works_or_names_argument(lambda **k: GradientHealth(warn=False, **k), kw)
 
-def test_readers_before_fit():
-    with pytest.raises(ValueError, match='nothing recorded yet'): GradientHealth().plot_layer(0)
+def readers(cb, tmp):
+    "Every reader of the history"
+    return dict(to_df=cb.to_df, to_df_param=lambda: cb.to_df(per='param'), events=lambda: cb.events, global_norm=cb.global_norm,
+                plot_grad_norms=cb.plot_grad_norms, plot_update_ratios=cb.plot_update_ratios, plot_layer=lambda: cb.plot_layer(0),
+                act_grads_df=cb.act_grads_df, state_dict=cb.state_dict, save=lambda: cb.save(tmp/'g.npz'))
+
+def test_readers_before_fit(tmp_path):
+    "Before any fit (attached or not), every reader says so with a ValueError (`events` too: not an AttributeError, which fastcore would mask)"
+    cb = GradientHealth(act_grads=True)
+    for n, f in readers(cb, tmp_path).items():
+        with pytest.raises(ValueError, match='nothing recorded yet: fit with the callback first$'): f()
+    learn = quiet(synth_learner(n_trn=2, cbs=cb))
+    for n, f in readers(cb, tmp_path).items():
+        with pytest.raises(ValueError, match='nothing recorded yet'): f()
+
+def test_readers_after_pickling(tmp_path):
+    "Pickling (`learn.export`) leaves the history out by design: the readers of the copy say so, and point to `save`; the copy records afresh"
+    import pickle
+    cb = GradientHealth(act_grads=True, update_every=1, warn=False)
+    learn = quiet(synth_learner(n_trn=2, cbs=cb)); learn.model = mlp(1); learn.fit(1)
+    learn.remove_cb(cb); back = pickle.loads(pickle.dumps(cb))  # (the learner itself: its logger is a lambda)
+    for n, f in readers(back, tmp_path).items():
+        with pytest.raises(ValueError, match=r'not kept through pickling or `learn.export`: keep it with `save`'): f()
+    assert len(cb.to_df()) == 2 * len(cb.layers) and len(cb.act_grads_df())
+    learn = quiet(synth_learner(n_trn=3, cbs=back)); learn.model = mlp(1); learn.fit(1)
+    assert len(back.to_df()) == 3 * len(back.layers) and len(back.events) == 0 and len(back.global_norm()) == 3
 
 def flags_one_row_at_a_time(gh, chunks):
     "The exploding and vanishing rules as written in the docs, applied one batch at a time (the oracle for `_check`)"
@@ -304,3 +328,66 @@ def test_update_rows_survive_thinning():
         np.testing.assert_allclose(w[r], want, rtol=1e-5)
     d = gh.to_df()
     assert d.dropna(subset=['update_ratio']).groupby('layer').size().eq(len(set(rows))).all()
+
+class SparseEmb(nn.Module):
+    "A sparse embedding (`sparse=True`: its weight's gradient is a sparse tensor) and a dense head"
+    def __init__(self, bag=False):
+        super().__init__()
+        self.emb = nn.EmbeddingBag(50, 4, mode='sum', sparse=True) if bag else nn.Embedding(50, 4, sparse=True)
+        self.head, self.bag = nn.Linear(4, 1), bag
+    def forward(self, x): return self.head(self.emb(x) if self.bag else self.emb(x).mean(1))
+
+class DenseGrads(Callback):
+    "Each parameter's gradient before every step, made dense"
+    order = GradientHealth.order + 0.1
+    def before_fit(self): self.g = []
+    def before_step(self): self.g.append([p.grad.to_dense().clone() for p in self.model.parameters()])
+
+@pytest.mark.parametrize('bag', [False, True])
+@pytest.mark.parametrize('opt', ['fastai SGD', 'torch SGD'])
+def test_sparse_gradients(opt, bag):
+    "nn.Embedding / nn.EmbeddingBag with sparse=True: the fit runs, and the norms, zero fractions and update ratios are the dense gradient's"
+    from functools import partial
+    from fastai.learner import Learner
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.losses import MSELossFlat
+    from fastai.optimizer import SGD, OptimWrapper
+    torch.manual_seed(0)
+    x = torch.randint(0, 50, (48, 3)); x[:, 1] = x[:, 0]  # (a row looked up twice in every sample: the sparse gradient repeats it)
+    ds = list(zip(x, torch.randn(48, 1)))
+    dls = DataLoaders(DataLoader(ds, bs=16), DataLoader(ds, bs=16))
+    cb, rec = GradientHealth(update_every=1, warn=False), DenseGrads()
+    opt_func = partial(SGD, mom=0.) if opt == 'fastai SGD' else partial(OptimWrapper, opt=torch.optim.SGD)
+    learn = quiet(Learner(dls, SparseEmb(bag), loss_func=MSELossFlat(), opt_func=opt_func, wd=0., cbs=[cb, rec]))
+    learn.fit(1, 0.1)
+    df = cb.to_df(per='param')
+    gs = [g for step in rec.g for g in step]
+    assert len(gs) == len(df) == 3 * 3 and df.param.iloc[0] == 'emb.weight'
+    np.testing.assert_allclose(df.grad_norm, [g.norm().item() for g in gs], rtol=1e-5)
+    np.testing.assert_allclose(df.zero_frac, [(g == 0).float().mean().item() for g in gs], rtol=1e-6)
+    assert (df.zero_frac[df.param == 'emb.weight'] > 0.3).all()  # (most rows are not looked up in a batch)
+    np.testing.assert_allclose(df.update_ratio, 0.1 * df.grad_norm / df.weight_norm, rtol=1e-4)  # (plain SGD: Δw = lr·g)
+    assert (df.nonfinite == 0).all() and not len(cb.events.query("kind == 'no gradient'"))
+
+def test_pre_step_copy_kept_for_the_fit_and_freed():
+    "The weights' pre-step copy (`_pbuf`): one buffer the size of the trainable weights, allocated at the first update batch, reused by\n    every later one, kept between them (and through validation), freed when the fit ends (however it ends)"
+    cb = GradientHealth(update_every=4, warn=False)
+    class Watch(Callback):
+        order = GradientHealth.order + 1
+        def before_fit(self): self.bufs = []
+        def after_batch(self): self.bufs.append(None if cb._pbuf is None else tuple(map(id, cb._pbuf)))
+    w = Watch()
+    learn = quiet(synth_learner(n_trn=6, cbs=[cb, w])); learn.model = mlp(1); learn.model[0].weight.requires_grad_(False)
+    with pytest.warns(UserWarning, match='frozen'): learn.fit(1)
+    assert len(w.bufs) >= 6 and len(set(w.bufs)) == 1 and w.bufs[0] is not None and cb._pbuf is None and cb._prev is None
+    learn.fit(1)  # (a buffer per fit)
+    assert len(set(w.bufs)) == 1 and w.bufs[0] is not None and cb._pbuf is None
+    class Peek(Callback):
+        order = GradientHealth.order + 1
+        def after_step(self): self.n = sum(t.numel() for t in cb._pbuf)
+    peek = Peek(); learn.add_cb(peek); learn.fit(1); learn.remove_cb(peek)
+    assert peek.n == sum(p.numel() for p in learn.model.parameters() if p.requires_grad)
+    learn.add_cb(Fail())
+    with pytest.raises(RuntimeError): learn.fit(1)
+    assert cb._pbuf is None and cb._prev is None
