@@ -142,8 +142,9 @@ def health_report(self:Learner,
     rows = _init_rules(self.model, th)
     ah = next((c for c in self.cbs if isinstance(c, ActivationHealth)), None)
     gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)
-    if ah is not None: rows += _activation_rules(self, ah, th, _first_x(self) if xb is None else xb)
-    if gh is not None and gh.names is not None: rows += _gradient_rules(gh, th, self.model)
+    # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
+    if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, _first_x(self) if xb is None else xb)
+    if gh is not None and gh.hist is not None: rows += _gradient_rules(gh, th, self.model)
     df = pd.DataFrame(rows, columns=COLUMNS)
     if len(df): df = df.sort_values('severity', key=lambda s: s.map({'error': 0, 'warning': 1}), kind='stable', ignore_index=True)
     if verbose:

@@ -158,6 +158,7 @@ def test_health_check_learner_exported_and_loaded():
         with warnings.catch_warnings(): warnings.simplefilter('ignore'); l2 = load_learner(f)
     finally: f.unlink(missing_ok=True)
     assert l2.health_check._xb is None
+    assert l2.health_report(verbose=False).problem.tolist() == []  # (the init rules alone: the histories were left out)
     hc = HealthCheck(); hc._xb = torch.zeros(3)  # (as a fit that ended by an exception leaves it)
     assert pickle.loads(pickle.dumps(hc))._xb is None
     item = learn.dls.valid_ds[0][0]
