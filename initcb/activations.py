@@ -564,17 +564,26 @@ def __del__(self:ActivationHealth):
 # %% ../nbs/01_activations.ipynb #7a29fd56
 @patch
 def to_df(self:ActivationHealth):
-    "All statistics as a long `DataFrame`: one row per recorded batch (or merged block of batches) and layer"
+    "All statistics as a long `DataFrame`: one row per recorded batch (or merged block of `n` batches) and layer; the sampled rows in it pooled (`n_sampled` batches)"
     self._recorded()
-    def part(h, cols):
-        k, L = len(h), len(self.names)
-        d = {'iter': np.repeat(h.iters[:k], L), 'n': np.repeat(h.n[:k], L), 'layer': np.tile(np.arange(L), k),
-             'name': np.tile(np.array(self.names, dtype=object), k)}
-        return pd.DataFrame({**d, **{c: h[c].reshape(-1) for c in cols}})
-    f = part(self.fast, FAST)
-    if not len(self.sampled): return f.assign(**{c: np.nan for c in SAMPLED})
-    s = part(self.sampled, SAMPLED).rename(columns={'n': 'n_sampled'})
-    return f.merge(s, on=['iter', 'layer', 'name'], how='outer').sort_values(['iter', 'layer'], ignore_index=True)
+    f, k, L = self.fast, len(self.fast), len(self.names)
+    j, ns, s = self._sampled_in_fast()
+    cols = {c: np.full((k, L), np.nan, np.float32) for c in SAMPLED}; n = np.full(k, np.nan)
+    for c, v in cols.items(): v[j] = s[c]
+    n[j] = ns
+    return pd.DataFrame({'iter': np.repeat(f.iters[:k], L), 'n': np.repeat(f.n[:k], L), 'layer': np.tile(np.arange(L), k),
+                         'name': np.tile(np.array(self.names, dtype=object), k), **{c: f[c].reshape(-1) for c in FAST},
+                         'n_sampled': np.repeat(n, L), **{c: v.reshape(-1) for c, v in cols.items()}})
+
+@patch
+def _sampled_in_fast(self:ActivationHealth):
+    "The sampled rows grouped by the every-batch row whose batches hold their first batch, each group pooled as thinning pools"
+    "(the two histories thin apart): (that row of each group, its sampled batches, its columns)"
+    f, s, k = self.fast, self.sampled, len(self.sampled)
+    j = np.clip(np.searchsorted(f.iters[:len(f)], s.iters[:k], 'right') - 1, 0, None)
+    lo = np.flatnonzero(np.r_[True, j[1:] != j[:-1]]) if k else j
+    _, n, d = s.regroup(lo, np.r_[lo[1:], k][:len(lo)].astype(np.int64))
+    return j[lo], n, d
 
 # %% ../nbs/01_activations.ipynb #790ade68
 def _mlp(): return nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 1))
@@ -744,22 +753,15 @@ _ARGS = ('bins', 'dead_thresh', 'sat_eps', 'every', 'sample_every', 'sample', 'm
 def save(self:ActivationHealth,
     fname, # a path ending in .npz or .parquet
 ):
-    "Save the history to `fname` (.npz: the whole state, as `state_dict`; .parquet: the long table of `to_df` with histograms); in a distributed run, rank 0 writes"
+    "Save the history to `fname` (.npz: the whole state, as `state_dict`; .parquet: the long table of `to_df` with histograms, the sampled rows pooled as there); in a distributed run, rank 0 writes"
     self._recorded(); fname = Path(fname)
     if not is_main(): return fname  # every rank holds the same (combined) history
     if fname.suffix == '.npz': np.savez_compressed(fname, **{k: np.array(v) for k, v in self.state_dict().items()})
     elif fname.suffix == '.parquet':
         meta = self._meta()
-        df = self.to_df()
-        hist = np.full((len(df), self.bins), np.nan, np.float32)
-        if len(self.sampled):
-            key = {(int(t), j): r for r, (t, j) in enumerate(zip(np.repeat(self.sampled.iters[:len(self.sampled)], len(self.names)),
-                                                                  np.tile(np.arange(len(self.names)), len(self.sampled))))}
-            flat = self.sampled['hist'].reshape(-1, self.bins)
-            for r, (t, j) in enumerate(zip(df['iter'], df['layer'])):
-                k = key.get((int(t), int(j)))
-                if k is not None: hist[r] = flat[k]
-        df = pd.concat([df, pd.DataFrame(hist, columns=[f'hist_{b}' for b in range(self.bins)])], axis=1)
+        df, (j, _, s) = self.to_df(), self._sampled_in_fast()
+        hist = np.full((len(self.fast), len(self.names), self.bins), np.nan, np.float32); hist[j] = s['hist']
+        df = pd.concat([df, pd.DataFrame(hist.reshape(len(df), -1), columns=[f'hist_{b}' for b in range(self.bins)])], axis=1)
         df.attrs['initcb'] = meta
         df.to_parquet(fname)
     else: raise ValueError(f"`fname` must end in .npz or .parquet, got {fname.name!r}")
