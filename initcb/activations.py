@@ -113,7 +113,7 @@ class ActivationHealth(HealthCallback):
         if isinstance(modules, (list, tuple)) and not modules: raise ValueError("`modules` is empty: pass None for the default selection")
         if modules is not None and not (callable(modules) or isinstance(modules, (list, tuple, str, nn.Module))):
             raise ValueError(f"`modules` must be None, a predicate, or modules/names, got {type(modules).__name__}")
-        self.hist_range, self.mod_sel, self.names = hist_range, modules, None
+        self.hist_range, self.mod_sel, self.names, self.kinds = hist_range, modules, None, None
         self._init_state()
 
     def _init_state(self):
@@ -128,16 +128,19 @@ class ActivationHealth(HealthCallback):
 @patch
 def setup(self:ActivationHealth):
     sel = select_modules(self.model, self.mod_sel)
-    names = [n for n, _ in sel]
-    if self.names != names or self.fast is None:  # (None: unpickled from learn.export, which leaves the history out)
+    names, kinds, bounds = [n for n, _ in sel], [_kind(m) for _, m in sel], [output_bounds(m) for _, m in sel]
+    # (fast None: unpickled from learn.export, which leaves the history out; kinds None: loaded from a file saved without them)
+    if self.fast is None or (self.names, self.bounds) != (names, bounds) or self.kinds not in (None, kinds):
         if self.fast is not None and len(self.fast): warnings.warn("ActivationHealth: the watched modules changed; history starts afresh")
-        self._reset(names, [output_bounds(m) for _, m in sel])
-    self.mods, L = [m for _, m in sel], len(sel)
+        self._reset(names, bounds)
+    self.kinds, self.mods, L = kinds, [m for _, m in sel], len(sel)
     self._rec, self._inplace, self._skip, self._insample = 0, [False] * L, [False] * L, [False] * L
     self._elem = [isinstance(m, tuple(ELEMENTWISE_TYPES)) for m in self.mods]
     self._idx = None  # sample indices and the whole-or-sampled choice are made afresh each fit (the device may have changed)
     self._layouts, self._churn = {}, False
     self._clear_refs()
+
+def _kind(m): return f'{type(m).__module__}.{type(m).__qualname__}'  # (a name, kept by `save`: a new model with the same names may hold other modules)
 
 @patch
 def _reset(self:ActivationHealth, names, bounds):
@@ -746,7 +749,7 @@ def dormancy(self:ActivationHealth,
     return res
 
 # %% ../nbs/01_activations.ipynb #95da8672
-_META = ('names', 'bounds', 'bins', 'dead_thresh', 'sat_eps', 'every', 'sample_every', 'sample', 'max_rows', 'n_seen')
+_META = ('names', 'kinds', 'bounds', 'bins', 'dead_thresh', 'sat_eps', 'every', 'sample_every', 'sample', 'max_rows', 'n_seen')
 _ARGS = ('bins', 'dead_thresh', 'sat_eps', 'every', 'sample_every', 'sample', 'max_rows')
 
 @patch
@@ -806,7 +809,7 @@ def load_state_dict(self:ActivationHealth,
     "Restore the state saved by `state_dict`; attached to a learner with the same model, the next fit carries on. Returns `self`"
     meta = json.loads(str(sd['meta']))
     self._reset(meta['names'], [None if b is None else tuple(b) for b in meta['bounds']])
-    self.n_seen = meta['n_seen']
+    self.n_seen, self.kinds = meta['n_seen'], meta.get('kinds')
     if meta['hist_ranges'] is not None: self._hr = np.array(meta['hist_ranges'], np.float32)
     if meta.get('hist_m') is not None: self._hm = np.array(meta['hist_m'])
     self.fast = StatHistory.from_arrays(self.fast.cols, sd, self.max_rows, 'fast_')

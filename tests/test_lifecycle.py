@@ -133,6 +133,22 @@ def test_modules_changed_between_fits():
     with pytest.warns(UserWarning, match='history starts afresh'): learn.fit(1)
     assert cb.names == ['0', '1', '2'] and len(cb.fast) == len(learn.dls.train)
 
+@pytest.mark.parametrize('act', [nn.Tanh, nn.GELU])
+def test_new_model_with_the_same_names(act):
+    "A new model whose watched modules have the names of the last one's but other types (a Tanh: other bounds too) starts a new history; one of the same types carries on"
+    from initcb.core import output_bounds
+    mlp = lambda a: nn.Sequential(nn.Linear(1, 3), a(), nn.Linear(3, 1))
+    cb = ActivationHealth(sample_every=1)
+    learn = quiet(synth_learner(n_trn=2, cbs=cb)); learn.model = mlp(nn.ReLU); learn.fit(1)
+    learn.model = mlp(act); learn.create_opt()
+    with pytest.warns(UserWarning, match='history starts afresh'): learn.fit(1)
+    assert len(cb.fast) == len(cb.sampled) == len(learn.dls.train) and cb.bounds == [None, output_bounds(learn.model[1]), None]
+    assert cb.summary()['% saturated'].notna().tolist() == [False, act is nn.Tanh, False]
+    learn.model = mlp(act); learn.create_opt()
+    with warnings.catch_warnings():
+        warnings.filterwarnings('error', message='.*history starts afresh'); learn.fit(1)
+    assert len(cb.fast) == 2 * len(learn.dls.train)
+
 def test_get_preds_and_validate_record_nothing():
     cb = ActivationHealth()
     learn = quiet(synth_learner(n_trn=3, cbs=cb)); learn.fit(1)
