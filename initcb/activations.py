@@ -749,8 +749,8 @@ def dormancy(self:ActivationHealth,
     return res
 
 # %% ../nbs/01_activations.ipynb #95da8672
-_META = ('names', 'kinds', 'bounds', 'bins', 'dead_thresh', 'sat_eps', 'every', 'sample_every', 'sample', 'max_rows', 'n_seen')
-_ARGS = ('bins', 'dead_thresh', 'sat_eps', 'every', 'sample_every', 'sample', 'max_rows')
+_ARGS = ('bins', 'dead_thresh', 'sat_eps', 'every', 'sample_every', 'sample', 'max_rows', 'hist_range', 'full_max', 'chunk', 'hold_max')
+_META = ('names', 'kinds', 'bounds', 'n_seen', *_ARGS)
 
 @patch
 def save(self:ActivationHealth,
@@ -774,12 +774,12 @@ def save(self:ActivationHealth,
 def load(cls:ActivationHealth,
     fname, # a file written by `save`
 ):
-    "An `ActivationHealth` holding the history saved in `fname`, for reading and plotting"
+    "An `ActivationHealth` holding the history saved in `fname`, for reading and plotting; with the arguments and module selection it was saved with, so that attached to a learner with the same model the next fit carries on"
     fname = Path(fname)
     if fname.suffix == '.npz':
         with np.load(fname, allow_pickle=False) as z: sd = {k: z[k] for k in z.files}
         meta = json.loads(str(sd['meta']))
-        return cls(**{k: meta[k] for k in _ARGS}).load_state_dict(sd)
+        return cls(**_args(meta)).load_state_dict(sd)
     elif fname.suffix == '.parquet':  # back to the arrays of `state_dict`
         df = pd.read_parquet(fname); sd = dict(meta=df.attrs['initcb'])
         meta = json.loads(sd['meta']); L = len(meta['names'])
@@ -788,12 +788,18 @@ def load(cls:ActivationHealth,
             sd[pre + 'iters'], sd[pre + 'n'] = d['iter'].to_numpy()[::L], d[ncol].to_numpy()[::L].astype(np.int64)
             for c in cols: sd[pre + c] = d[c].to_numpy(np.float32).reshape(-1, L)
             if ncol == 'n_sampled': sd[pre + 'hist'] = d[[f'hist_{b}' for b in range(meta['bins'])]].to_numpy(np.float32).reshape(-1, L, meta['bins'])
-        return cls(**{k: meta[k] for k in _ARGS}).load_state_dict(sd)
+        return cls(**_args(meta)).load_state_dict(sd)
     else: raise ValueError(f"`fname` must end in .npz or .parquet, got {fname.name!r}")
+
+def _args(meta):
+    "The constructor's arguments saved in `meta` (a file saved before some were kept: the defaults)"
+    return {k: meta[k] for k in (*_ARGS, 'modules') if k in meta}
 
 @patch
 def _meta(self:ActivationHealth):
-    return json.dumps({**{k: getattr(self, k) for k in _META}, 'hist_ranges': None if self._hr is None else self._hr.tolist(),
+    sel = self.mod_sel  # (names, or None, as given; a predicate or modules: the names they selected)
+    if not (sel is None or isinstance(sel, (str, list, tuple)) and all(isinstance(m, str) for m in sel)): sel = self.names
+    return json.dumps({**{k: getattr(self, k) for k in _META}, 'modules': sel, 'hist_ranges': None if self._hr is None else self._hr.tolist(),
                        'hist_m': None if self._hm is None else self._hm.tolist()})
 
 @patch
