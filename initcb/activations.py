@@ -156,7 +156,7 @@ def _reset(self:ActivationHealth, names, bounds):
 def _clear_refs(self:ActivationHealth):
     L = len(self.mods)
     self.__dict__.update(_outs=[None] * L, _vers=[0] * L, _samp=[None] * L, _seen=[False] * L, _done=[False] * L,  # (every batch:
-                         _parts=[], _blocks=[], _held=0, _src={}, _derive={})  # one update, not ten attribute sets)
+                         _parts=[], _blocks=[], _held=0, _src={}, _derive={}, _early=[])  # one update, not ten attribute sets)
     if self._idx is None or len(self._idx) != L: self._idx = [None] * L
 
 @patch
@@ -296,7 +296,9 @@ def _gather(self:ActivationHealth, idxs, ts, only_make=False):
 @patch
 def _reduce_held(self:ActivationHealth):
     "Reduce the whole outputs held so far, in the hook, and let them go"
-    self._part([i for i, o in enumerate(self._outs) if o is not None])
+    held = [i for i, o in enumerate(self._outs) if o is not None]
+    if self._hooksamp: self._early += [(i, weakref.ref(self._outs[i]), self._vers[i]) for i in held]  # (checked at `after_pred`)
+    self._part(held)
     self._held = 0
 
 @patch
@@ -307,12 +309,22 @@ def after_pred(self:ActivationHealth):
     # a few small outputs: copied, reduced a chunk at a time; not when shapes change within the fit, as each new shape would
     # end the chunk (a copy's layout is its shapes'): their norms instead, one row layout whatever the shapes
     small = self._part(held, small=not self._parts and not self._churn) if held else None
+    if self._early: self._changed_late()
     sl = self._fast_samples()
     if self._parts or sl or small:
         self._add_fast_row(small, sl)
         if self._sampling: self._add_sampled_row()
         self._rec += 1
     self._clear_refs()
+
+@patch
+def _changed_late(self:ActivationHealth):
+    "Outputs reduced in a hook on the first recorded batch, then changed in place: sampled in their hook from now on"
+    # (that batch's row holds what the module produced; a later batch, holding less as more layers are sampled in their hooks,
+    # may reduce them only after the change: detected then, as `_part` would, that batch's row would be lost)
+    for i, r, v in self._early:
+        o = r()
+        if o is not None and o._version != v: self._inplace[i] = self._insample[i] = True
 
 @patch
 def _fast_samples(self:ActivationHealth):
