@@ -113,7 +113,7 @@ class ActivationHealth(HealthCallback):
         if isinstance(modules, (list, tuple)) and not modules: raise ValueError("`modules` is empty: pass None for the default selection")
         if modules is not None and not (callable(modules) or isinstance(modules, (list, tuple, str, nn.Module))):
             raise ValueError(f"`modules` must be None, a predicate, or modules/names, got {type(modules).__name__}")
-        self.hist_range, self.mod_sel, self.names = hist_range, modules, None
+        self.hist_range, self.mod_sel, self.names, self.kinds = hist_range, modules, None, None
         self._init_state()
 
     def _init_state(self):
@@ -128,16 +128,19 @@ class ActivationHealth(HealthCallback):
 @patch
 def setup(self:ActivationHealth):
     sel = select_modules(self.model, self.mod_sel)
-    names = [n for n, _ in sel]
-    if self.names != names or self.fast is None:  # (None: unpickled from learn.export, which leaves the history out)
+    names, kinds, bounds = [n for n, _ in sel], [_kind(m) for _, m in sel], [output_bounds(m) for _, m in sel]
+    # (fast None: unpickled from learn.export, which leaves the history out; kinds None: loaded from a file saved without them)
+    if self.fast is None or (self.names, self.bounds) != (names, bounds) or self.kinds not in (None, kinds):
         if self.fast is not None and len(self.fast): warnings.warn("ActivationHealth: the watched modules changed; history starts afresh")
-        self._reset(names, [output_bounds(m) for _, m in sel])
-    self.mods, L = [m for _, m in sel], len(sel)
+        self._reset(names, bounds)
+    self.kinds, self.mods, L = kinds, [m for _, m in sel], len(sel)
     self._rec, self._inplace, self._skip, self._insample = 0, [False] * L, [False] * L, [False] * L
     self._elem = [isinstance(m, tuple(ELEMENTWISE_TYPES)) for m in self.mods]
     self._idx = None  # sample indices and the whole-or-sampled choice are made afresh each fit (the device may have changed)
     self._layouts, self._churn = {}, False
     self._clear_refs()
+
+def _kind(m): return f'{type(m).__module__}.{type(m).__qualname__}'  # (a name, kept by `save`: a new model with the same names may hold other modules)
 
 @patch
 def _reset(self:ActivationHealth, names, bounds):
@@ -153,7 +156,7 @@ def _reset(self:ActivationHealth, names, bounds):
 def _clear_refs(self:ActivationHealth):
     L = len(self.mods)
     self.__dict__.update(_outs=[None] * L, _vers=[0] * L, _samp=[None] * L, _seen=[False] * L, _done=[False] * L,  # (every batch:
-                         _parts=[], _blocks=[], _held=0, _src={}, _derive={})  # one update, not ten attribute sets)
+                         _parts=[], _blocks=[], _held=0, _src={}, _derive={}, _early=[])  # one update, not ten attribute sets)
     if self._idx is None or len(self._idx) != L: self._idx = [None] * L
 
 @patch
@@ -293,7 +296,9 @@ def _gather(self:ActivationHealth, idxs, ts, only_make=False):
 @patch
 def _reduce_held(self:ActivationHealth):
     "Reduce the whole outputs held so far, in the hook, and let them go"
-    self._part([i for i, o in enumerate(self._outs) if o is not None])
+    held = [i for i, o in enumerate(self._outs) if o is not None]
+    if self._hooksamp: self._early += [(i, weakref.ref(self._outs[i]), self._vers[i]) for i in held]  # (checked at `after_pred`)
+    self._part(held)
     self._held = 0
 
 @patch
@@ -304,12 +309,22 @@ def after_pred(self:ActivationHealth):
     # a few small outputs: copied, reduced a chunk at a time; not when shapes change within the fit, as each new shape would
     # end the chunk (a copy's layout is its shapes'): their norms instead, one row layout whatever the shapes
     small = self._part(held, small=not self._parts and not self._churn) if held else None
+    if self._early: self._changed_late()
     sl = self._fast_samples()
     if self._parts or sl or small:
         self._add_fast_row(small, sl)
         if self._sampling: self._add_sampled_row()
         self._rec += 1
     self._clear_refs()
+
+@patch
+def _changed_late(self:ActivationHealth):
+    "Outputs reduced in a hook on the first recorded batch, then changed in place: sampled in their hook from now on"
+    # (that batch's row holds what the module produced; a later batch, holding less as more layers are sampled in their hooks,
+    # may reduce them only after the change: detected then, as `_part` would, that batch's row would be lost)
+    for i, r, v in self._early:
+        o = r()
+        if o is not None and o._version != v: self._inplace[i] = self._insample[i] = True
 
 @patch
 def _fast_samples(self:ActivationHealth):
@@ -564,17 +579,26 @@ def __del__(self:ActivationHealth):
 # %% ../nbs/01_activations.ipynb #7a29fd56
 @patch
 def to_df(self:ActivationHealth):
-    "All statistics as a long `DataFrame`: one row per recorded batch (or merged block of batches) and layer"
+    "All statistics as a long `DataFrame`: one row per recorded batch (or merged block of `n` batches) and layer; the sampled rows in it pooled (`n_sampled` batches)"
     self._recorded()
-    def part(h, cols):
-        k, L = len(h), len(self.names)
-        d = {'iter': np.repeat(h.iters[:k], L), 'n': np.repeat(h.n[:k], L), 'layer': np.tile(np.arange(L), k),
-             'name': np.tile(np.array(self.names, dtype=object), k)}
-        return pd.DataFrame({**d, **{c: h[c].reshape(-1) for c in cols}})
-    f = part(self.fast, FAST)
-    if not len(self.sampled): return f.assign(**{c: np.nan for c in SAMPLED})
-    s = part(self.sampled, SAMPLED).rename(columns={'n': 'n_sampled'})
-    return f.merge(s, on=['iter', 'layer', 'name'], how='outer').sort_values(['iter', 'layer'], ignore_index=True)
+    f, k, L = self.fast, len(self.fast), len(self.names)
+    j, ns, s = self._sampled_in_fast()
+    cols = {c: np.full((k, L), np.nan, np.float32) for c in SAMPLED}; n = np.full(k, np.nan)
+    for c, v in cols.items(): v[j] = s[c]
+    n[j] = ns
+    return pd.DataFrame({'iter': np.repeat(f.iters[:k], L), 'n': np.repeat(f.n[:k], L), 'layer': np.tile(np.arange(L), k),
+                         'name': np.tile(np.array(self.names, dtype=object), k), **{c: f[c].reshape(-1) for c in FAST},
+                         'n_sampled': np.repeat(n, L), **{c: v.reshape(-1) for c, v in cols.items()}})
+
+@patch
+def _sampled_in_fast(self:ActivationHealth):
+    "The sampled rows grouped by the every-batch row whose batches hold their first batch, each group pooled as thinning pools"
+    "(the two histories thin apart): (that row of each group, its sampled batches, its columns)"
+    f, s, k = self.fast, self.sampled, len(self.sampled)
+    j = np.clip(np.searchsorted(f.iters[:len(f)], s.iters[:k], 'right') - 1, 0, None)
+    lo = np.flatnonzero(np.r_[True, j[1:] != j[:-1]]) if k else j
+    _, n, d = s.regroup(lo, np.r_[lo[1:], k][:len(lo)].astype(np.int64))
+    return j[lo], n, d
 
 # %% ../nbs/01_activations.ipynb #790ade68
 def _mlp(): return nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 1))
@@ -737,29 +761,22 @@ def dormancy(self:ActivationHealth,
     return res
 
 # %% ../nbs/01_activations.ipynb #95da8672
-_META = ('names', 'bounds', 'bins', 'dead_thresh', 'sat_eps', 'every', 'sample_every', 'sample', 'max_rows', 'n_seen')
-_ARGS = ('bins', 'dead_thresh', 'sat_eps', 'every', 'sample_every', 'sample', 'max_rows')
+_ARGS = ('bins', 'dead_thresh', 'sat_eps', 'every', 'sample_every', 'sample', 'max_rows', 'hist_range', 'full_max', 'chunk', 'hold_max')
+_META = ('names', 'kinds', 'bounds', 'n_seen', *_ARGS)
 
 @patch
 def save(self:ActivationHealth,
     fname, # a path ending in .npz or .parquet
 ):
-    "Save the history to `fname` (.npz: the whole state, as `state_dict`; .parquet: the long table of `to_df` with histograms); in a distributed run, rank 0 writes"
+    "Save the history to `fname` (.npz: the whole state, as `state_dict`; .parquet: the long table of `to_df` with histograms, the sampled rows pooled as there); in a distributed run, rank 0 writes"
     self._recorded(); fname = Path(fname)
     if not is_main(): return fname  # every rank holds the same (combined) history
     if fname.suffix == '.npz': np.savez_compressed(fname, **{k: np.array(v) for k, v in self.state_dict().items()})
     elif fname.suffix == '.parquet':
         meta = self._meta()
-        df = self.to_df()
-        hist = np.full((len(df), self.bins), np.nan, np.float32)
-        if len(self.sampled):
-            key = {(int(t), j): r for r, (t, j) in enumerate(zip(np.repeat(self.sampled.iters[:len(self.sampled)], len(self.names)),
-                                                                  np.tile(np.arange(len(self.names)), len(self.sampled))))}
-            flat = self.sampled['hist'].reshape(-1, self.bins)
-            for r, (t, j) in enumerate(zip(df['iter'], df['layer'])):
-                k = key.get((int(t), int(j)))
-                if k is not None: hist[r] = flat[k]
-        df = pd.concat([df, pd.DataFrame(hist, columns=[f'hist_{b}' for b in range(self.bins)])], axis=1)
+        df, (j, _, s) = self.to_df(), self._sampled_in_fast()
+        hist = np.full((len(self.fast), len(self.names), self.bins), np.nan, np.float32); hist[j] = s['hist']
+        df = pd.concat([df, pd.DataFrame(hist.reshape(len(df), -1), columns=[f'hist_{b}' for b in range(self.bins)])], axis=1)
         df.attrs['initcb'] = meta
         df.to_parquet(fname)
     else: raise ValueError(f"`fname` must end in .npz or .parquet, got {fname.name!r}")
@@ -769,12 +786,12 @@ def save(self:ActivationHealth,
 def load(cls:ActivationHealth,
     fname, # a file written by `save`
 ):
-    "An `ActivationHealth` holding the history saved in `fname`, for reading and plotting"
+    "An `ActivationHealth` holding the history saved in `fname`, for reading and plotting; with the arguments and module selection it was saved with, so that attached to a learner with the same model the next fit carries on"
     fname = Path(fname)
     if fname.suffix == '.npz':
         with np.load(fname, allow_pickle=False) as z: sd = {k: z[k] for k in z.files}
         meta = json.loads(str(sd['meta']))
-        return cls(**{k: meta[k] for k in _ARGS}).load_state_dict(sd)
+        return cls(**_args(meta)).load_state_dict(sd)
     elif fname.suffix == '.parquet':  # back to the arrays of `state_dict`
         df = pd.read_parquet(fname); sd = dict(meta=df.attrs['initcb'])
         meta = json.loads(sd['meta']); L = len(meta['names'])
@@ -783,12 +800,18 @@ def load(cls:ActivationHealth,
             sd[pre + 'iters'], sd[pre + 'n'] = d['iter'].to_numpy()[::L], d[ncol].to_numpy()[::L].astype(np.int64)
             for c in cols: sd[pre + c] = d[c].to_numpy(np.float32).reshape(-1, L)
             if ncol == 'n_sampled': sd[pre + 'hist'] = d[[f'hist_{b}' for b in range(meta['bins'])]].to_numpy(np.float32).reshape(-1, L, meta['bins'])
-        return cls(**{k: meta[k] for k in _ARGS}).load_state_dict(sd)
+        return cls(**_args(meta)).load_state_dict(sd)
     else: raise ValueError(f"`fname` must end in .npz or .parquet, got {fname.name!r}")
+
+def _args(meta):
+    "The constructor's arguments saved in `meta` (a file saved before some were kept: the defaults)"
+    return {k: meta[k] for k in (*_ARGS, 'modules') if k in meta}
 
 @patch
 def _meta(self:ActivationHealth):
-    return json.dumps({**{k: getattr(self, k) for k in _META}, 'hist_ranges': None if self._hr is None else self._hr.tolist(),
+    sel = self.mod_sel  # (names, or None, as given; a predicate or modules: the names they selected)
+    if not (sel is None or isinstance(sel, (str, list, tuple)) and all(isinstance(m, str) for m in sel)): sel = self.names
+    return json.dumps({**{k: getattr(self, k) for k in _META}, 'modules': sel, 'hist_ranges': None if self._hr is None else self._hr.tolist(),
                        'hist_m': None if self._hm is None else self._hm.tolist()})
 
 @patch
@@ -804,7 +827,7 @@ def load_state_dict(self:ActivationHealth,
     "Restore the state saved by `state_dict`; attached to a learner with the same model, the next fit carries on. Returns `self`"
     meta = json.loads(str(sd['meta']))
     self._reset(meta['names'], [None if b is None else tuple(b) for b in meta['bounds']])
-    self.n_seen = meta['n_seen']
+    self.n_seen, self.kinds = meta['n_seen'], meta.get('kinds')
     if meta['hist_ranges'] is not None: self._hr = np.array(meta['hist_ranges'], np.float32)
     if meta.get('hist_m') is not None: self._hm = np.array(meta['hist_m'])
     self.fast = StatHistory.from_arrays(self.fast.cols, sd, self.max_rows, 'fast_')

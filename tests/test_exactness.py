@@ -239,3 +239,28 @@ def test_summary_last_reads_the_same_batches():
     assert s4[['mean', 'std', '% near zero']].isna().all().all() and s4['rms'].notna().all()
     np.testing.assert_allclose(s8['mean'], cb.sampled['mean'][2], rtol=1e-6)
     assert (s4['non-finite (sampled elements)'] == 0).all()
+
+def test_sampled_rows_survive_thinning(tmp_path):
+    "The every-batch and sampled histories thin apart: each `to_df` row keeps its every-batch columns, and every sampled row lands, pooled, in the row that holds its first batch"
+    from fastai.test_utils import synth_learner
+    from helpers import quiet
+    from initcb.activations import FAST
+    torch.manual_seed(0)
+    cb = ActivationHealth(sample_every=3, max_rows=8, chunk=4)
+    learn = quiet(synth_learner(n_trn=40, cbs=cb)); learn.model = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)); learn.fit(1)
+    f, s, k, ks, L = cb.fast, cb.sampled, len(cb.fast), len(cb.sampled), len(cb.names)
+    assert not np.isin(s.iters[:ks], f.iters[:k]).all()  # (the rows no longer line up)
+    df = cb.to_df()
+    assert len(df) == k * L and df[list(FAST)].notna().all().all()
+    np.testing.assert_array_equal(df['iter'].to_numpy()[::L], f.iters[:k]); np.testing.assert_array_equal(df['n'].to_numpy()[::L], f.n[:k])
+    rows, ns, mean = np.searchsorted(f.iters[:k], s.iters[:ks], 'right') - 1, df['n_sampled'].to_numpy()[::L], df['mean'].to_numpy().reshape(k, L)
+    assert np.nansum(ns) == s.n[:ks].sum() == -(-40 // 3)  # every sampling batch
+    for r in range(k):
+        sel = rows == r
+        if not sel.any(): assert np.isnan(ns[r]) and np.isnan(mean[r]).all(); continue
+        w = s.n[:ks][sel]
+        assert ns[r] == w.sum()
+        np.testing.assert_allclose(mean[r], (s['mean'][sel] * w[:, None]).sum(0) / w.sum(), rtol=1e-5)
+    back = ActivationHealth.load(cb.save(tmp_path/'h.parquet'))  # (the table of `to_df`, histograms pooled alike)
+    pd.testing.assert_frame_equal(back.to_df(), df, check_dtype=False)
+    np.testing.assert_array_equal(back.sampled['hist'].sum(0), s['hist'].sum(0))

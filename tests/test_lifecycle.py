@@ -133,6 +133,40 @@ def test_modules_changed_between_fits():
     with pytest.warns(UserWarning, match='history starts afresh'): learn.fit(1)
     assert cb.names == ['0', '1', '2'] and len(cb.fast) == len(learn.dls.train)
 
+@pytest.mark.parametrize('act', [nn.Tanh, nn.GELU])
+def test_new_model_with_the_same_names(act):
+    "A new model whose watched modules have the names of the last one's but other types (a Tanh: other bounds too) starts a new history; one of the same types carries on"
+    from initcb.core import output_bounds
+    mlp = lambda a: nn.Sequential(nn.Linear(1, 3), a(), nn.Linear(3, 1))
+    cb = ActivationHealth(sample_every=1)
+    learn = quiet(synth_learner(n_trn=2, cbs=cb)); learn.model = mlp(nn.ReLU); learn.fit(1)
+    learn.model = mlp(act); learn.create_opt()
+    with pytest.warns(UserWarning, match='history starts afresh'): learn.fit(1)
+    assert len(cb.fast) == len(cb.sampled) == len(learn.dls.train) and cb.bounds == [None, output_bounds(learn.model[1]), None]
+    assert cb.summary()['% saturated'].notna().tolist() == [False, act is nn.Tanh, False]
+    learn.model = mlp(act); learn.create_opt()
+    with warnings.catch_warnings():
+        warnings.filterwarnings('error', message='.*history starts afresh'); learn.fit(1)
+    assert len(cb.fast) == 2 * len(learn.dls.train)
+
+@pytest.mark.parametrize('modules', [['0', '1'], lambda n, m: n in ('0', '1'), None])
+def test_loaded_callback_carries_on(tmp_path, modules):
+    "`load` keeps every argument and the module selection (a predicate's: the names it chose); attached to the learner it was saved from, the next fit carries the history on"
+    kw = dict(sample_every=2, bins=10, hist_range=(-2., 2.), full_max=50, chunk=3, hold_max=1000, max_rows=64)
+    cb = ActivationHealth(modules=modules, **kw)
+    learn = quiet(synth_learner(n_trn=5, cbs=cb))
+    if modules is not None: learn.model = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))  # (None: fastai's one-module RegModel)
+    learn.fit(1); n = len(learn.dls.train)
+    for ext in ('npz', 'parquet'):
+        back = ActivationHealth.load(cb.save(tmp_path/f'h.{ext}'))
+        assert {k: getattr(back, k) for k in kw} == kw and back.mod_sel == (None if modules is None else ['0', '1'])
+    learn.remove_cb(cb); learn.add_cb(back)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('error', message='.*history starts afresh'); learn.fit(1)
+    assert back.names == cb.names and back.n_seen == 2 * n and len(back.sampled) == 2 * len(cb.sampled)
+    np.testing.assert_array_equal(back.fast.iters[:len(back.fast)], np.arange(2 * n))
+    np.testing.assert_array_equal(back.fast['rms'][:n], cb.fast['rms'])  # (the first fit's rows, as they were)
+
 def test_get_preds_and_validate_record_nothing():
     cb = ActivationHealth()
     learn = quiet(synth_learner(n_trn=3, cbs=cb)); learn.fit(1)

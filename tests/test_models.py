@@ -79,6 +79,26 @@ def test_torchvision_inplace_relu(full_max):
         assert (d['min'] < 0).all()  # BatchNorm's output, not the ReLU's that overwrote it
         np.testing.assert_allclose(d['abs_mean'], [o.abs().mean() for o in seen[n]], rtol=1e-3)
 
+def test_inplace_relu_with_small_hold_max():
+    "Past `hold_max` held outputs are reduced in a hook: on the first batch a BatchNorm's output may be reduced before the in-place ReLU changes it, on the next only after (fewer held). Every batch still has the BatchNorm's statistics"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), nn.BatchNorm1d(64), nn.ReLU(inplace=True), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(inplace=True),
+                          nn.Linear(32, 64), nn.BatchNorm1d(64), nn.ReLU(inplace=True), nn.Linear(64, 1))
+    x = torch.randn(64, 4); y = torch.randn(64, 1)
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=16), DataLoader(list(zip(x[:16], y[:16])), bs=16))
+    cb = ActivationHealth(hold_max=10240, sample_every=4)
+    learn = quiet(Learner(dls, model, loss_func=nn.MSELoss(), cbs=cb))
+    seen = {n: [] for n in ('1', '4', '7')}
+    hs = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: seen[n].append(o.detach().clone()) if m.training else None) for n in seen]
+    learn.fit(1)
+    for h in hs: h.remove()
+    df = cb.to_df()
+    assert df[['abs_mean', 'rms', 'max']].notna().all().all()
+    for n, os in seen.items():
+        d = df[df['name'] == n]
+        np.testing.assert_allclose(d['abs_mean'], [o.abs().mean() for o in os], rtol=1e-4)
+        np.testing.assert_allclose(d['max'], [o.max() for o in os], rtol=1e-4)
+
 def test_op_count_does_not_grow_with_depth():
     "xresnet50 watches about 2.5x the modules of xresnet18; per recorded batch it may dispatch at most 1.5x the ops"
     import sys, os
