@@ -19,8 +19,8 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STAT
            'sample_index', 'first_tensor', 'watch', 'output_bounds', 'is_activation', 'has_own_params', 'is_frozen',
            'default_watch', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap',
            'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled',
-           'norms_row', 'layer_index', 'keep_modes', 'eval_forward', 'first_inputs', 'new_axes', 'layer_heatmap',
-           'digits_dls']
+           'norms_row', 'layer_index', 'keep_modes', 'eval_forward', 'first_inputs', 'new_axes', 'row_edges',
+           'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -553,6 +553,14 @@ def new_axes(
     _, ax = plt.subplots(1, n, figsize=figsize)
     return ax
 
+def row_edges(
+    it, # the first batch of each history row, increasing
+):
+    "x edges of history rows drawn over batches: row k covers batches [it[k], it[k+1]) (the last as wide as the one before it), each batch centred on its index"
+    it = np.asarray(it, np.float64)
+    if not len(it): return np.array([-0.5, 0.5])
+    return np.concatenate([it, [it[-1] + (it[-1] - it[-2] if len(it) > 1 else 1.)]]) - 0.5
+
 def layer_heatmap(
     ax, # the axes to draw into
     v, # (rows, layers) values
@@ -563,8 +571,7 @@ def layer_heatmap(
     **kwargs, # passed to `imshow` (cmap, vmin, vmax)
 ):
     "Layers (bottom: first) by batches, coloured by `v`: the picture behind the dead, saturation and gradient-norm charts"
-    im = ax.imshow(v.T, origin='lower', aspect='auto', interpolation='nearest',
-                   extent=(it[0] - 0.5, it[-1] + 0.5, -0.5, v.shape[1] - 0.5) if len(it) else None, **kwargs)
+    im = ax.pcolormesh(row_edges(it), np.arange(v.shape[1] + 1) - 0.5, v.T, **kwargs)  # (rows thinned apart: as wide as the batches they cover)
     if len(names) <= 30: ax.set_yticks(range(len(names))); ax.set_yticklabels(names, fontsize=7)
     ax.set_xlabel('batch'); ax.set_ylabel('layer'); ax.set_title(title)
     ax.figure.colorbar(im, ax=ax, label=label)
