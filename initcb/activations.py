@@ -644,7 +644,7 @@ def _layer(self:ActivationHealth, idx):
 def layer_stats(self:ActivationHealth,
     idx, # a watched layer: its position (negative from the end) or its module name
 ):
-    "Mean, std and fraction near zero of layer `idx` at each sampled batch: an array (3, n), as fastai's"
+    "Mean, std and fraction near zero (|x| <= `dead_thresh`) of layer `idx` at each sampled batch: an array (3, n), as fastai's"
     self._recorded(); i = self._layer(idx)
     return np.stack([self.sampled['mean'][:, i], self.sampled['std'][:, i], self.sampled['near_zero'][:, i]])
 
@@ -652,7 +652,7 @@ def layer_stats(self:ActivationHealth,
 def hist(self:ActivationHealth,
     idx, # a watched layer: its position (negative from the end) or its module name
 ):
-    "Histogram of layer `idx` at each sampled batch: an array (n, bins) over `hist_ranges[idx]`"
+    "Histogram of layer `idx` at each sampled batch: an array (n, bins) of counts over `hist_ranges[idx]` (fastai's: (bins, n), log1p)"
     self._recorded(); return self.sampled['hist'][:, self._layer(idx)]
 
 @patch(as_prop=True)
