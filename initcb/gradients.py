@@ -536,20 +536,25 @@ def _plain(v):
 
 @patch
 def state_dict(self:GradientHealth):
-    "Everything needed to resume: arguments, names, histories (arrays), events and the flags' running values"
+    "Everything needed to resume: arguments and module selection, names, histories (arrays, `act_grads`' too), events and the flags' running values"
     self._recorded()
-    meta = dict(args={k: _plain(getattr(self, k)) for k in _GH_ARGS}, names=self.names, sizes=self.sizes.tolist(), n_seen=self.n_seen,
-                skipped=_plain(self.skipped), clipped=_plain(self.clipped), events=[{k: _plain(v) for k, v in e.items()} for e in self._events],
-                told=[list(t) for t in self._told], streak=[[list(k) if isinstance(k, tuple) else k, _plain(v)] for k, v in self._streak.items()])
-    return dict(meta=json.dumps(meta), **self.hist.arrays('hist_'), **self.upd.arrays('upd_'))
+    sel = self.mod_sel  # (None or names, as given; a predicate or modules: the names they selected, None if `act_grads` selected none)
+    if not (sel is None or isinstance(sel, (str, list, tuple)) and all(isinstance(m, str) for m in sel)): sel = self.amod_names
+    meta = dict(args={**{k: _plain(getattr(self, k)) for k in _GH_ARGS}, 'modules': _plain(sel)}, names=self.names, sizes=self.sizes.tolist(),
+                n_seen=self.n_seen, amod_names=self.amod_names, skipped=_plain(self.skipped), clipped=_plain(self.clipped),
+                events=[{k: _plain(v) for k, v in e.items()} for e in self._events], told=[list(t) for t in self._told],
+                streak=[[list(k) if isinstance(k, tuple) else k, _plain(v)] for k, v in self._streak.items()])
+    return dict(meta=json.dumps(meta), **self.hist.arrays('hist_'), **self.upd.arrays('upd_'), **({} if self.agrad is None else self.agrad.arrays('agrad_')))
 
 @patch
 def load_state_dict(self:GradientHealth,
     sd:dict, # from `state_dict` (or a loaded .npz)
 ):
-    "Restore the state saved by `state_dict`; returns `self`"
+    "Restore the state saved by `state_dict` (the callback keeps its own arguments: `load` builds one with the saved ones); returns `self`"
     meta = json.loads(str(sd['meta']))
     self._reset(meta['names'], meta['sizes'])
+    self.amod_names = meta.get('amod_names')  # (a file saved before the `act_grads` history was kept: none)
+    self.agrad = None if self.amod_names is None else StatHistory.from_arrays(AGRAD_COLS, sd, self.max_rows, 'agrad_')
     self.n_seen, self.skipped, self.clipped = meta['n_seen'], meta['skipped'], meta['clipped']
     self._events, self._told = meta['events'], {tuple(t) for t in meta['told']}
     self._streak = {(tuple(k) if isinstance(k, list) else k): v for k, v in meta['streak']}
@@ -572,7 +577,7 @@ def save(self:GradientHealth,
 def load(cls:GradientHealth,
     fname, # a file written by `save`
 ):
-    "A `GradientHealth` with the state saved in `fname`: read it, or attach it to a learner to carry on"
+    "A `GradientHealth` with the state and arguments saved in `fname` (a file saved before the module selection was kept: the default): read it, or attach it to a learner to carry on"
     with np.load(Path(fname), allow_pickle=False) as z: sd = {k: z[k] for k in z.files}
     args = json.loads(str(sd['meta']))['args']
     args['band'] = tuple(args['band'])

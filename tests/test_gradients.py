@@ -391,3 +391,42 @@ def test_pre_step_copy_kept_for_the_fit_and_freed():
     learn.add_cb(Fail())
     with pytest.raises(RuntimeError): learn.fit(1)
     assert cb._pbuf is None and cb._prev is None
+
+@pytest.mark.parametrize('modules, names', [(['0', '2'], ['0', '2']), (lambda n, m: isinstance(m, nn.ReLU), ['1', '3'])])
+def test_loaded_callback_carries_on(tmp_path, modules, names):
+    "`save`/`load` keep every argument, the module selection (a predicate's: the names it chose) and every history, `act_grads`' too; attached to the learner it was saved from, the next fit carries each history on"
+    import pandas as pd, warnings
+    kw = dict(every=1, update_every=2, vanish_frac=1e-3, vanish_batches=7, explode_factor=5., explode_window=6, explode_ceiling=1e5, growth=3.,
+              growth_batches=4, band=(1e-6, 1e-2), band_batches=2, stall_lr=0.2, chunk=3, max_rows=64, warn=False, act_grads=True, sample=100)
+    cb = GradientHealth(modules=modules, **kw)
+    learn = quiet(synth_learner(n_trn=5, cbs=cb)); learn.model = mlp(1); learn.fit(1); n = len(learn.dls.train)
+    back = GradientHealth.load(cb.save(tmp_path/'g.npz'))
+    assert {k: getattr(back, k) for k in kw} == kw
+    assert back.mod_sel == names and back.amod_names == cb.amod_names == names
+    for f in (lambda g: g.to_df(), lambda g: g.to_df(per='param'), lambda g: g.events, lambda g: g.act_grads_df()):
+        pd.testing.assert_frame_equal(f(back), f(cb))
+    np.testing.assert_array_equal(back.global_norm(), cb.global_norm())
+    assert (back.n_seen, back.skipped, back.clipped, back._told, back._streak) == (cb.n_seen, cb.skipped, cb.clipped, cb._told, cb._streak)
+    learn.remove_cb(cb); learn.add_cb(back)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('error', message='.*history starts afresh'); learn.fit(1)
+    assert back.n_seen == 2 * n and len(back.upd) == 2 * len(cb.upd)
+    for h, first in ((back.hist, cb.hist), (back.agrad, cb.agrad)):  # every batch recorded: rows 0..2n-1, the first fit's as they were
+        np.testing.assert_array_equal(h.iters[:len(h)], np.arange(2 * n))
+        for c in first.data: np.testing.assert_array_equal(h[c][:n], first[c])
+    ag = back.act_grads_df()
+    assert len(ag) == 2 * n * len(names) and list(ag['module'][:len(names)]) == names
+    pd.testing.assert_frame_equal(ag.iloc[:n * len(names)], cb.act_grads_df())
+
+def test_file_saved_before_selection_kept_still_loads(tmp_path):
+    "A file saved before the module selection and the `act_grads` history were kept loads: the default selection, no `act_grads` history"
+    import json, pandas as pd
+    cb = GradientHealth(act_grads=True, modules=['0'], update_every=1, warn=False)
+    learn = quiet(synth_learner(n_trn=3, cbs=cb)); learn.model = mlp(1); learn.fit(1)
+    sd = {k: v for k, v in cb.state_dict().items() if not k.startswith('agrad_')}
+    meta = json.loads(sd['meta']); meta['args'].pop('modules', None); meta.pop('amod_names', None); sd['meta'] = json.dumps(meta)
+    np.savez_compressed(tmp_path/'old.npz', **{k: np.array(v) for k, v in sd.items()})
+    back = GradientHealth.load(tmp_path/'old.npz')
+    assert back.mod_sel is None and back.act_grads and back.agrad is None
+    pd.testing.assert_frame_equal(back.to_df(), cb.to_df())
+    with pytest.raises(ValueError, match='no activation gradients recorded'): back.act_grads_df()
