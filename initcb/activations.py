@@ -555,9 +555,7 @@ def flush(self:ActivationHealth):
 @patch
 def _recorded(self:ActivationHealth):
     "Flush (as every reader does first), or say clearly that there is no history to read"
-    if self.fast is None: raise ValueError("nothing recorded yet: fit with the callback first" + ("" if self.names is None else
-        " (the history is not kept through pickling or `learn.export`: keep it with `save` and read it back with `ActivationHealth.load`)"))
-    self.flush()
+    check_recorded(self, self.fast); self.flush()
 
 @patch
 def remove(self:ActivationHealth):

@@ -19,8 +19,8 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STAT
            'sample_index', 'first_tensor', 'watch', 'output_bounds', 'is_activation', 'has_own_params', 'is_frozen',
            'default_watch', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap',
            'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled',
-           'norms_row', 'layer_index', 'keep_modes', 'eval_forward', 'first_inputs', 'new_axes', 'row_edges',
-           'layer_heatmap', 'digits_dls']
+           'norms_row', 'layer_index', 'check_recorded', 'keep_modes', 'eval_forward', 'first_inputs', 'new_axes',
+           'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -490,6 +490,14 @@ def layer_index(
         return names.index(idx)
     if isinstance(idx, (int, np.integer)) and not isinstance(idx, bool) and -len(names) <= idx < len(names): return int(idx) % len(names)
     raise ValueError(f"`idx` must be a layer index in [-{len(names)}, {len(names)}), a name{also}; got {idx!r}")
+
+def check_recorded(
+    cb, # a recorder: `ActivationHealth`, `GradientHealth`
+    hist, # its history (None: nothing recorded)
+):
+    "Raise a `ValueError` that says why `cb` has no history to read: never fitted, or unpickled (`learn.export` leaves histories out)"
+    if hist is None: raise ValueError("nothing recorded yet: fit with the callback first" + ("" if cb.names is None else
+        f" (the history is not kept through pickling or `learn.export`: keep it with `save` and read it back with `{type(cb).__name__}.load`)"))
 
 BN_STATS = ('batch', 'running')
 

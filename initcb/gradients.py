@@ -247,9 +247,7 @@ def flush(self:GradientHealth):
 @patch
 def _recorded(self:GradientHealth):
     "Flush (as every reader does first), or say clearly that there is no history to read"
-    if self.hist is None: raise ValueError("nothing recorded yet: fit with the callback first" + ("" if self.names is None else
-        " (the history is not kept through pickling or `learn.export`: keep it with `save` and read it back with `GradientHealth.load`)"))
-    self.flush()
+    check_recorded(self, self.hist); self.flush()
 
 @patch
 def remove(self:GradientHealth):
