@@ -64,7 +64,9 @@ def unit_chains(
                 chain['next'] = u.target; break
             if isinstance(um, nn.modules.batchnorm._BatchNorm) and um.num_features == m.weight.shape[0] and chain['norm'] is None and chain['act'] is None and not chain['flatten']: chain['norm'] = u.target
             elif um is not None and _elementwise(um):
-                if chain['act'] is None and not isinstance(um, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)): chain['act'] = u.target
+                if chain['act'] is None and not isinstance(um, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)):
+                    if chain['flatten']: why = 'its activation comes after a flatten (its units would be scored per element)'; break
+                    chain['act'] = u.target
             elif isinstance(um, _POOL) and not chain['flatten'] and not lin: pass  # (after a Linear a pool would mix its units)
             elif _flattens(u, um) and not chain['flatten']: chain['flatten'] = True
             elif u.op == 'output': why = OUTPUT_LAYER; break

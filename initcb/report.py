@@ -222,7 +222,7 @@ class NonFiniteGuard(Callback):
     def after_backward(self):
         if not self.training: return
         loss = self.learn.loss.detach().float()
-        sc = getattr(self.learn, 'scaler', None)  # (MixedPrecision makes it in its before_fit, after this callback's)
+        sc = self.learn.__dict__.get('scaler')  # (MixedPrecision makes it in its before_fit, after this one's; a failed getattr: 3 µs)
         self.scaled = sc is not None and sc.is_enabled()
         if self.scaled: ok = math.isfinite(loss.item())
         else:

@@ -211,3 +211,13 @@ def test_not_in_lr_find_nor_get_preds():
     learn.fit(1, lr=1e-3)
     ev = cb.events
     assert cb.n_seen == 8 and list(ev.batch) == [0] and list(ev.layer) == ['0'] and set(range(8)) <= set(ev.unit_ids[0]), ev
+
+def test_activation_after_a_flatten_not_followed():
+    "Conv -> Flatten -> ReLU -> Linear: the ReLU's output has a column per element, not per channel: not followed (it raised IndexError)"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.ReLU(), nn.Linear(64, 3))
+    with torch.no_grad(): m[0].weight[1] = 0; m[0].bias[1] = -1.  # channel 1 dead
+    chain, why = unit_chains(m)['0']
+    assert chain is None and 'after a flatten' in why
+    x = torch.randn(8, 1, 4, 4)
+    with warnings.catch_warnings(): warnings.simplefilter('ignore'); assert reinit_dormant(m, x) == [] or all(not r['units'] for r in reinit_dormant(m, x))
