@@ -6,7 +6,7 @@ Docs: https://initcb.github.io/initcb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #5b59af97
 from __future__ import annotations
-import math, random
+import math, random, sys
 from contextlib import contextmanager
 import numpy as np, torch
 from torch import nn, Tensor
@@ -384,8 +384,16 @@ def _unguard(learn):
 
 def real_fit(cb:Callback, # a callback, in `before_fit`
             ):
-    "False during `lr_find` (which restores the weights it began with) and `get_preds`: fits initcb's callbacks sit out"
-    return not hasattr(cb.learn, 'lr_finder') and not hasattr(cb, 'gather_preds')
+    "False during `lr_find` (which restores the weights it began with), `get_preds` and `validate`: fits initcb's callbacks sit out"
+    return not hasattr(cb.learn, 'lr_finder') and not hasattr(cb, 'gather_preds') and not _validating(cb.learn)
+
+def _validating(learn):
+    "Whether this `before_fit` comes from `learn.__enter__` (`validate`, `get_preds`: fastai's `validation_context`) rather than `fit`"
+    f = sys._getframe(1)  # (once a fit: the few frames up to fastai's event call)
+    while f is not None:
+        if f.f_locals.get('self') is learn and f.f_code.co_name in ('__enter__', '_with_events'): return f.f_code.co_name == '__enter__'
+        f = f.f_back
+    return False
 
 _EVENTS = frozenset(n for n in dir(event) if not n.startswith('_'))
 
@@ -410,7 +418,7 @@ class HealthCallback(Callback):
         self.run = real_fit(self)
         if self.run: self.setup(); _guard(self.learn)
     def setup(self):
-        "Prepare for a fit: called by `before_fit`, except during `lr_find` and `get_preds`"
+        "Prepare for a fit: called by `before_fit`, except during `lr_find`, `get_preds` and `validate`"
     def after_fit(self):
         self.cleanup(); _unguard(self.learn)
     def cleanup(self):

@@ -335,7 +335,7 @@ class LSUVInit(Callback):
         self.dl, self.target_std, self.tol, self.max_iters, self.centre, self.verbose = dl, target_std, tol, max_iters, centre, verbose
         self.report, self.done = None, False
     def before_fit(self):
-        # once, and never inside lr_find (which restores the weights it started from) or get_preds
+        # once, and never inside lr_find (which restores the weights it started from), get_preds or validate
         if self.done or not real_fit(self): return
         dl = self.dl if self.dl is not None else getattr(getattr(self.learn, 'dls', None), 'train', None)
         if dl is None: raise ValueError("`dl` is None and the learner has no training DataLoader")

@@ -207,7 +207,7 @@ class ReinitDormant(Callback):
         self.verbose, self._events, self._checks, self.n_seen, self._told = verbose, [], [], 0, set()
 
     def before_fit(self):
-        self.run = real_fit(self)  # (lr_find restores the weights it began with; get_preds does not train)
+        self.run = real_fit(self)  # (lr_find restores the weights it began with; get_preds and validate do not train)
         if not self.run: return
         self.chains = unit_chains(unwrap(self.model))
         skipped = {}  # why -> layers, in one warning (a ResNet has a dozen layers that feed a residual add)

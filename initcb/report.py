@@ -327,7 +327,8 @@ class HealthCheck(Callback):
         self._xb, self._n_ev = _first_x(self.learn), 0
 
     def _dead_pct(self):
-        xb = self._xb if self._xb is not None else _first_x(self.learn)  # (after the fit: `validate`, `get_preds`, `predict`)
+        # (during a fit only: `validate`, `get_preds` or `predict` afterwards would each pay a forward pass for a column)
+        xb = self._xb
         d = {} if xb is None or self.ah.names is None else _dormant_fracs(self.ah, xb, self.th.dead_tau)
         return float(np.mean([f for f, _ in d.values()]) * 100) if d else float('nan')
     def _grad_norm(self):

@@ -151,7 +151,8 @@ def test_health_check_learner_exported_and_loaded():
     learn = quiet(Learner(digits_dls(), nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),
                           loss_func=CrossEntropyLossFlat(), cbs=HealthCheck(report=False)))
     learn.fit(1, 1e-3)
-    assert 0 <= learn.validate()[-2] <= 100  # 'dead %' after the fit, on a batch read afresh
+    assert 0 <= learn.recorder.values[-1][-2] <= 100  # 'dead %' in the fit
+    assert np.isnan(learn.validate()[-2])  # (after it: a NaN column, not a forward pass per `validate`/`predict`)
     f = learn.path / 'hc_export.pkl'
     try:
         learn.export(f)
@@ -164,8 +165,9 @@ def test_health_check_learner_exported_and_loaded():
     item = learn.dls.valid_ds[0][0]
     assert int(l2.predict(item)[0]) in range(10)
     assert l2.get_preds(dl=learn.dls.valid)[0].shape == (len(learn.dls.valid_ds), 10)
-    l2.dls = learn.dls  # data again: the 'dead %' column reads the unpickled callback's layers
-    assert 0 <= l2.validate()[-2] <= 100
+    l2.dls = learn.dls  # data again: a fit of the loaded learner records and reports afresh
+    l2.fit(1, 1e-3)
+    assert 0 <= l2.recorder.values[-1][-2] <= 100 and len(l2.gradient_health.to_df()) > 0
 
 @pytest.mark.parametrize('kw', [dict(policy='x'), dict(max_skips=-1)])
 def test_guard_bad_arguments(kw): bad_argument_named(NonFiniteGuard, kw)
@@ -323,3 +325,15 @@ def test_healthcheck_for_one_fit_leaves_with_it():
     learn.fit(1, cbs=hc)
     assert len(hc.ah.fast) == 4 and len(hc.gh.hist) == 4  # the same recorders, history continued
     assert [type(c) for c in learn.cbs] == before
+
+def test_validate_is_not_a_fit(capsys):
+    "fastai's validate() calls before_fit/after_fit too: HealthCheck printed its report and could apply remedies at each call"
+    from fastai.losses import CrossEntropyLossFlat
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    learn = quiet(Learner(digits_dls(), m, loss_func=CrossEntropyLossFlat(), cbs=HealthCheck(remedy={'symmetric'})))
+    learn.fit(1, 1e-3)
+    assert 'health report' in capsys.readouterr().out
+    with torch.no_grad(): m[3].weight.zero_()  # something for BreakSymmetry to act on, were validate a fit
+    loss = learn.validate()[0]
+    assert np.isfinite(loss) and 'health report' not in capsys.readouterr().out
+    assert (m[3].weight == 0).all() and len(learn.health_check.actions) == 0
