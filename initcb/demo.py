@@ -77,7 +77,7 @@ def run_diagnosis(
     epochs:int=3, # epochs for each of the two fits
     lr:float=1e-2, # learning rate
     seed:int=42, # random seed
-    quiet=False, # print nothing
+    quiet=False, # print nothing but HealthCheck's action lines
 ):
     "Train `broken_mlp` with `HealthCheck` (report only), then with `HealthCheck(remedy=True)`; a table of both outcomes"
     say = (lambda *a: None) if quiet else print
