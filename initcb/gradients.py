@@ -313,7 +313,7 @@ def _event(self:GradientHealth, kind, it, layer, value, msg):
     self._events.append(dict(batch=int(it), kind=kind, layer=layer, value=float(value), message=msg))
     if (kind, layer) not in self._told:
         self._told.add((kind, layer))
-        if self.warn: warnings.warn(f"GradientHealth: {msg}")
+        if self.warn and is_main(): warnings.warn(f"GradientHealth: {msg}")  # (DDP: the same flags on every rank, said once)
 
 @patch
 def _per_layer(self:GradientHealth, v, skip):

@@ -430,3 +430,16 @@ def test_file_saved_before_selection_kept_still_loads(tmp_path):
     assert back.mod_sel is None and back.act_grads and back.agrad is None
     pd.testing.assert_frame_equal(back.to_df(), cb.to_df())
     with pytest.raises(ValueError, match='no activation gradients recorded'): back.act_grads_df()
+
+def test_warnings_on_the_main_rank_only(monkeypatch):
+    "Under DDP every rank raises the same flags: only rank 0 warns (the events are kept on every rank)"
+    import warnings, initcb.gradients as g
+    gh = GradientHealth(); gh._events, gh._told = [], set()
+    monkeypatch.setattr(g, 'is_main', lambda: False)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); gh._event('exploding', 3, None, 2.0, 'global gradient norm 2 at batch 3')
+    assert not w and len(gh._events) == 1
+    monkeypatch.setattr(g, 'is_main', lambda: True)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); gh._event('nonfinite', 4, 'a', float('nan'), 'non-finite gradient at batch 4')
+    assert len(w) == 1
