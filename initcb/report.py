@@ -331,10 +331,14 @@ class HealthCheck(Callback):
         xb = self._xb
         d = {} if xb is None or self.ah.names is None else _dormant_fracs(self.ah, xb, self.th.dead_tau)
         return float(np.mean([f for f, _ in d.values()]) * 100) if d else float('nan')
+    def before_epoch(self):
+        if self.run: self._ep0 = self.gh.n_seen  # (the epoch's first batch in the gradient history)
     def _grad_norm(self):
-        g = self.gh.global_norm() if self.gh.hist is not None else np.array([])  # (None: unpickled, no history)
-        n = len(self.dls.train)
-        return float(np.median(g[-n:])) if len(g) else float('nan')
+        # the rows of this epoch's batches (a `GradientHealth(every=k)` records fewer than len(dls.train)); during a fit only
+        ep0, h = getattr(self, '_ep0', None), self.gh.hist
+        if ep0 is None or h is None: return float('nan')
+        g = self.gh.global_norm()[h.iters[:len(h)] >= ep0]
+        return float(np.median(g)) if len(g) else float('nan')
 
     def after_epoch(self):
         if not self.remedy: return
@@ -357,4 +361,4 @@ class HealthCheck(Callback):
     def after_fit(self):
         if not self.run: return
         self.report = self.learn.health_report(self.th, verbose=self.show and is_main(), xb=self._xb)
-        self._xb = None  # (a batch of data has no place in `learn.export`'s pickle)
+        self._xb = self._ep0 = None  # (a batch of data has no place in `learn.export`'s pickle)

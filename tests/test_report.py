@@ -337,3 +337,17 @@ def test_validate_is_not_a_fit(capsys):
     loss = learn.validate()[0]
     assert np.isfinite(loss) and 'health report' not in capsys.readouterr().out
     assert (m[3].weight == 0).all() and len(learn.health_check.actions) == 0
+
+def test_grad_norm_column_reads_the_epoch():
+    "The live 'grad norm' column is the median over the epoch's recorded batches, whatever GradientHealth's cadence"
+    from fastai.losses import CrossEntropyLossFlat
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    gh = GradientHealth(every=2, warn=False)
+    learn = quiet(Learner(digits_dls(), m, loss_func=CrossEntropyLossFlat(), cbs=[gh, HealthCheck(report=False)]))
+    learn.fit(3, 1e-2)
+    n, it = len(learn.dls.train), gh.hist.iters[:len(gh.hist)]
+    for e in range(3):  # (len(dls.train) rows back reached two epochs of a every-2 history)
+        want = np.median(gh.global_norm()[(it >= e * n) & (it < (e + 1) * n)])
+        assert np.isclose(learn.recorder.values[e][-1], want, rtol=1e-6), (e, learn.recorder.values[e][-1], want)
+    assert np.isnan(learn.validate()[-1])  # (outside a fit: NaN)
