@@ -580,23 +580,13 @@ def to_df(self:ActivationHealth):
     "All statistics as a long `DataFrame`: one row per recorded batch (or merged block of `n` batches) and layer; the sampled rows in it pooled (`n_sampled` batches)"
     self._recorded()
     f, k, L = self.fast, len(self.fast), len(self.names)
-    j, ns, s = self._sampled_in_fast()
+    j, ns, s = self.sampled.pooled_by(self.fast)  # (the sampled rows pooled into the every-batch row that holds them)
     cols = {c: np.full((k, L), np.nan, np.float32) for c in SAMPLED}; n = np.full(k, np.nan)
     for c, v in cols.items(): v[j] = s[c]
     n[j] = ns
     return pd.DataFrame({'iter': np.repeat(f.iters[:k], L), 'n': np.repeat(f.n[:k], L), 'layer': np.tile(np.arange(L), k),
                          'name': np.tile(np.array(self.names, dtype=object), k), **{c: f[c].reshape(-1) for c in FAST},
                          'n_sampled': np.repeat(n, L), **{c: v.reshape(-1) for c, v in cols.items()}})
-
-@patch
-def _sampled_in_fast(self:ActivationHealth):
-    "The sampled rows grouped by the every-batch row whose batches hold their first batch, each group pooled as thinning pools"
-    "(the two histories thin apart): (that row of each group, its sampled batches, its columns)"
-    f, s, k = self.fast, self.sampled, len(self.sampled)
-    j = np.clip(np.searchsorted(f.iters[:len(f)], s.iters[:k], 'right') - 1, 0, None)
-    lo = np.flatnonzero(np.r_[True, j[1:] != j[:-1]]) if k else j
-    _, n, d = s.regroup(lo, np.r_[lo[1:], k][:len(lo)].astype(np.int64))
-    return j[lo], n, d
 
 # %% ../nbs/01_activations.ipynb #790ade68
 def _mlp(): return nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 1))
@@ -771,7 +761,7 @@ def save(self:ActivationHealth,
     if fname.suffix == '.npz': np.savez_compressed(fname, **{k: np.array(v) for k, v in self.state_dict().items()})
     elif fname.suffix == '.parquet':
         meta = self._meta()
-        df, (j, _, s) = self.to_df(), self._sampled_in_fast()
+        df, (j, _, s) = self.to_df(), self.sampled.pooled_by(self.fast)
         hist = np.full((len(self.fast), len(self.names), self.bins), np.nan, np.float32); hist[j] = s['hist']
         df = pd.concat([df, pd.DataFrame(hist.reshape(len(df), -1), columns=[f'hist_{b}' for b in range(self.bins)])], axis=1)
         df.attrs['initcb'] = meta
@@ -806,8 +796,7 @@ def _args(meta):
 
 @patch
 def _meta(self:ActivationHealth):
-    sel = self.mod_sel  # (names, or None, as given; a predicate or modules: the names they selected)
-    if not (sel is None or isinstance(sel, (str, list, tuple)) and all(isinstance(m, str) for m in sel)): sel = self.names
+    sel = saved_selection(self.mod_sel, self.names)
     return json.dumps({**{k: getattr(self, k) for k in _META}, 'modules': sel, 'hist_ranges': None if self._hr is None else self._hr.tolist(),
                        'hist_m': None if self._hm is None else self._hm.tolist()})
 

@@ -19,8 +19,8 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STAT
            'sample_index', 'first_tensor', 'watch', 'output_bounds', 'is_activation', 'has_own_params', 'is_frozen',
            'default_watch', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap',
            'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled',
-           'norms_row', 'layer_index', 'check_recorded', 'keep_modes', 'eval_forward', 'first_inputs', 'new_axes',
-           'row_edges', 'layer_heatmap', 'digits_dls']
+           'norms_row', 'layer_index', 'check_recorded', 'saved_selection', 'keep_modes', 'eval_forward',
+           'first_inputs', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -245,6 +245,17 @@ class StatHistory:
                     r = avg(x) if rule == 'mean' else np.sqrt(avg(x**2)) if rule == 'rms' else np.sqrt(np.maximum(avg(x**2 + m**2) - avg(m)**2, 0))
                 out[c] = r.astype(np.float32)
         return out
+
+    def row_of(self, its):
+        "The row whose batches hold each batch of `its` (row 0 for one before it)"
+        return np.clip(np.searchsorted(self.iters[:self.len], its, 'right') - 1, 0, None)
+
+    def pooled_by(self, h):
+        "These rows grouped by the row of history `h` that holds their first batch (two histories thin apart), each group pooled: (those rows of `h`, batches, columns)"
+        k = self.len; j = h.row_of(self.iters[:k])
+        lo = np.flatnonzero(np.r_[True, j[1:] != j[:-1]]) if k else j
+        _, n, d = self.regroup(lo, np.r_[lo[1:], k][:len(lo)].astype(np.int64))
+        return j[lo], n, d
 
     def regroup(self, lo, hi):
         "The rows in groups of consecutive rows [`lo`, `hi`) (all of them, in order), each group pooled into one row: (iters, n, columns)"
@@ -506,6 +517,13 @@ def check_recorded(
     "Raise a `ValueError` that says why `cb` has no history to read: never fitted, or unpickled (`learn.export` leaves histories out)"
     if hist is None: raise ValueError("nothing recorded yet: fit with the callback first" + ("" if cb.names is None else
         f" (the history is not kept through pickling or `learn.export`: keep it with `save` and read it back with `{type(cb).__name__}.load`)"))
+
+def saved_selection(
+    sel, # a recorder's `modules`: None, names, modules or a predicate
+    names:list, # the names it selected
+):
+    "The module selection a recorder saves: None or names as given; modules or a predicate, the `names` they selected"
+    return sel if sel is None or isinstance(sel, (str, list, tuple)) and all(isinstance(m, str) for m in sel) else names
 
 BN_STATS = ('batch', 'running')
 

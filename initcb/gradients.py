@@ -437,10 +437,7 @@ def to_df(self:GradientHealth,
     self._recorded()
     if per not in ('layer', 'param'): raise ValueError(f"`per` must be 'layer' or 'param', got {per!r}")
     h, k, ku = self.hist, len(self.hist), len(self.upd)
-    row = lambda its: np.clip(np.searchsorted(h.iters[:k], its, 'right') - 1, 0, None)  # the gradient row whose batches hold each of `its`
-    j = row(self.upd.iters[:ku])  # (the two histories thin apart: an update row pools into the gradient row it falls in)
-    lo = np.flatnonzero(np.r_[True, j[1:] != j[:-1]]) if ku else j
-    _, _, u = self.upd.regroup(lo, np.r_[lo[1:], ku][:len(lo)].astype(np.int64))
+    ju, _, u = self.upd.pooled_by(h)  # (the two histories thin apart: an update row pools into the gradient row it falls in)
     fz, ufz = self._frozen(), np.isnan(u['weight_norm'])
     if per == 'param':
         names, cols = self.names, dict(**{c: h[c] for c in GRAD_COLS}, frozen=fz)
@@ -459,10 +456,10 @@ def to_df(self:GradientHealth,
     def long(it, n, cs):
         return pd.DataFrame({'iter': np.repeat(it, L), 'n': np.repeat(n, L), per: np.tile(np.array(names, dtype=object), len(it)),
                              **{c: np.asarray(v).reshape(-1) for c, v in cs.items()}})
-    for c, v in ucols.items(): ucols[c] = a = np.full((k, L), np.nan); a[j[lo]] = v
+    for c, v in ucols.items(): ucols[c] = a = np.full((k, L), np.nan); a[ju] = v
     df = long(h.iters[:k], h.n[:k], {**cols, **ucols})
     df['global_grad_norm'] = np.repeat(self.global_norm(), L)
-    for c, its in (('skipped', self.skipped), ('clipped', self.clipped)): df[c] = np.repeat(np.isin(np.arange(k), row(np.asarray(its, np.int64))), L)
+    for c, its in (('skipped', self.skipped), ('clipped', self.clipped)): df[c] = np.repeat(np.isin(np.arange(k), h.row_of(np.asarray(its, np.int64))), L)
     return df
 
 @patch
@@ -536,8 +533,7 @@ def _plain(v):
 def state_dict(self:GradientHealth):
     "Everything needed to resume: arguments and module selection, names, histories (arrays, `act_grads`' too), events and the flags' running values"
     self._recorded()
-    sel = self.mod_sel  # (None or names, as given; a predicate or modules: the names they selected, None if `act_grads` selected none)
-    if not (sel is None or isinstance(sel, (str, list, tuple)) and all(isinstance(m, str) for m in sel)): sel = self.amod_names
+    sel = saved_selection(self.mod_sel, self.amod_names)  # (None if `act_grads` selected none)
     meta = dict(args={**{k: _plain(getattr(self, k)) for k in _GH_ARGS}, 'modules': _plain(sel)}, names=self.names, sizes=self.sizes.tolist(),
                 n_seen=self.n_seen, amod_names=self.amod_names, skipped=_plain(self.skipped), clipped=_plain(self.clipped),
                 events=[{k: _plain(v) for k, v in e.items()} for e in self._events], told=[list(t) for t in self._told],
