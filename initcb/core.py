@@ -19,7 +19,7 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STAT
            'sample_index', 'first_tensor', 'watch', 'output_bounds', 'is_activation', 'has_own_params', 'is_frozen',
            'default_watch', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap',
            'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled',
-           'norms_row', 'layer_index', 'check_recorded', 'saved_selection', 'keep_modes', 'eval_forward',
+           'norms_row', 'layer_index', 'check_recorded', 'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward',
            'first_inputs', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
@@ -543,6 +543,21 @@ def keep_modes(
     finally:
         for m, t in modes: m.training = t
 
+@contextmanager
+def eval_mode(
+    model:nn.Module, # the model
+    bn:str='batch', # BatchNorm normalizes with 'batch': the batch's own statistics, as in a training step; 'running': its running statistics, as at inference
+):
+    "`model` in eval mode (no dropout), its BatchNorms normalizing as `bn` says; no running statistic changes, each module's mode and the hooks restored on exit"
+    if bn not in BN_STATS: raise ValueError(f"`bn` must be one of {BN_STATS}, got {bn!r}")
+    bh = torch.compiler.disable(_batch_stats_hook) if is_compiled(model) else _batch_stats_hook
+    bns = [m.register_forward_hook(bh) for m in model.modules() if bn == 'batch' and isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and not (model.training and not m.training)]  # (one put in eval mode in a training model: its statistics frozen, as training sees it)
+    try:
+        with keep_modes(model): yield model.eval()
+    finally:
+        for h in bns: h.remove()
+
 def eval_forward(
     model:nn.Module, # the model
     mods:list, # modules to hook
@@ -550,18 +565,12 @@ def eval_forward(
     xb, # the inputs (a tensor, or a tuple of them)
     bn:str='batch', # BatchNorm normalizes with 'batch': the batch's own statistics, as in a training step; 'running': its running statistics, as at inference
 ):
-    "One forward pass on `xb` in eval mode (no dropout) without gradients, calling `f(i, output)` for each of `mods`; no running statistic changes, mode and hooks restored"
-    if bn not in BN_STATS: raise ValueError(f"`bn` must be one of {BN_STATS}, got {bn!r}")
-    eager = is_compiled(model)
-    bh = torch.compiler.disable(_batch_stats_hook) if eager else _batch_stats_hook
-    bns = [m.register_forward_hook(bh) for m in model.modules() if bn == 'batch' and isinstance(m, nn.modules.batchnorm._BatchNorm)
-           and not (model.training and not m.training)]  # (one put in eval mode in a training model: its statistics frozen, as training sees it)
-    hooks = Hooks(mods, f, eager=eager)  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
-    try:
-        with keep_modes(model), torch.no_grad(): model.eval()(*(xb if isinstance(xb, (tuple, list)) else (xb,)))
-    finally:
-        hooks.remove()
-        for h in bns: h.remove()
+    "One forward pass on `xb` in eval mode (no dropout) without gradients, calling `f(i, output)` for each of `mods`: `eval_mode`"
+    with eval_mode(model, bn):
+        hooks = Hooks(mods, f, eager=is_compiled(model))  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
+        try:
+            with torch.no_grad(): model(*(xb if isinstance(xb, (tuple, list)) else (xb,)))
+        finally: hooks.remove()
 
 # %% ../nbs/00_core.ipynb #d6c80aa8
 def first_inputs(

@@ -14,9 +14,9 @@ from fastai.callback.core import Callback, TrainEvalCallback
 from .core import *
 
 # %% auto #0
-__all__ = ['WEIGHT_LAYERS', 'INIT_TYPES', 'SCHEMES', 'FROZEN', 'GeneralRelu', 'activation_gain', 'following_activation',
-           'shuffle_groups', 'duplicate_units', 'check_init', 'output_stds', 'init_weights', 'break_symmetry',
-           'BreakSymmetry', 'lsuv_init', 'LSUVInit']
+__all__ = ['WEIGHT_LAYERS', 'INIT_TYPES', 'GRAD_RTOL', 'SCHEMES', 'FROZEN', 'GeneralRelu', 'activation_gain',
+           'following_activation', 'shuffle_groups', 'duplicate_units', 'check_init', 'output_stds', 'init_weights',
+           'break_symmetry', 'learner_batch', 'BreakSymmetry', 'lsuv_init', 'LSUVInit']
 
 # %% ../nbs/03_init.ipynb #9a953faa
 class GeneralRelu(nn.Module):
@@ -87,6 +87,17 @@ def _slack(n, sign):
     "Widen the 2x band by 3 standard errors of a std estimated from `n` weights (a 16-weight layer's std varies ±18%)"
     return max(1 + sign * 3 / math.sqrt(2 * n), 0.2)
 
+def _twins(w, b=None, group=1):
+    "Pairs (unit, the earlier unit it copies) among the rows of `w` (one per unit, with its bias `b`); units `group` at a time make one output channel"
+    rows = w.detach().reshape(w.shape[0], -1)
+    if b is not None: rows = torch.cat([rows, b.detach().reshape(w.shape[0], -1)], 1)
+    _, inv = torch.unique(rows, dim=0, return_inverse=True)
+    first, out = {}, []  # (each distinct row: the first unit that has it)
+    for r, g in enumerate(inv.tolist()):
+        f = first.setdefault(g, r)
+        if f // group != r // group: out.append((r, f))
+    return out
+
 def duplicate_units(
     w:Tensor, # a layer's weight: one row (or filter) per unit
     b:Tensor=None, # its bias, if any: a unit duplicates another only if its bias does too
@@ -94,47 +105,78 @@ def duplicate_units(
 ):
     "Indices of the units (rows of `w`, one per output; with their bias `b`) whose incoming weights equal an earlier unit's of another group"
     check_int('group', group)
-    rows = w.detach().reshape(w.shape[0], -1)
-    if b is not None: rows = torch.cat([rows, b.detach().reshape(-1, 1)], 1)
-    _, inv = torch.unique(rows, dim=0, return_inverse=True)
-    first, dup = {}, []  # (each distinct row: the group it was first seen in)
-    for r, g in enumerate(inv.tolist()):
-        if first.setdefault(g, r // group) != r // group: dup.append(r)
-    return dup
+    return [d for d, _ in _twins(w, b, group)]
 
 def _rnn_layers(m:nn.RNNBase): return [n[len('weight_ih'):] for n in m._flat_weights_names if n.startswith('weight_ih')]  # '_l0', '_l0_reverse', '_l1'...
 
-def _layer_weight(m, s='_l0'):
-    "The weight whose rows are `m`'s units (for an RNN: [W_ih | W_hh] of its layer `s`; a ConvTranspose's output channels, its dim 1) and their bias"
-    if isinstance(m, nn.RNNBase): return torch.cat([getattr(m, 'weight_ih' + s), getattr(m, 'weight_hh' + s)], 1), getattr(m, 'bias_ih' + s, None)
-    w, b = m.weight, getattr(m, 'bias', None)
+def _layer_weight(m, s='_l0', t=None):
+    "The weight whose rows are `m`'s units and their bias (an RNN's layer `s`: a hidden unit's row its [W_ih | W_hh] rows of every gate, its bias a row of gate biases; a ConvTranspose's units, its dim 1); `t` maps each parameter to what is read in its place (its gradient)"
+    t = t or (lambda p: p)
+    if isinstance(m, nn.RNNBase):  # (rows gate by gate, (gates·h, in + h): a hidden unit is one row of each gate)
+        w, b, h = torch.cat([t(getattr(m, 'weight_ih' + s)), t(getattr(m, 'weight_hh' + s))], 1), getattr(m, 'bias_ih' + s, None), m.hidden_size
+        return w.reshape(-1, h, w.shape[1]).transpose(0, 1).reshape(h, -1), None if b is None else t(b).reshape(-1, h).T
+    w, b = t(m.weight), getattr(m, 'bias', None)
+    if b is not None: b = t(b)
     if isinstance(m, nn.modules.conv._ConvTransposeNd):  # (in, out/g, *k) -> (out, in/g, *k)
         g = m.groups
         w = w.reshape(g, w.shape[0] // g, *w.shape[1:]).transpose(1, 2).reshape(w.shape[1] * g, w.shape[0] // g, *w.shape[2:])
     return w, b
 
-def _symmetry(m, group=1):
-    "('zero' | 'constant' | 'symmetric' | None, duplicate unit indices) for a layer with weights (units `group` at a time feed one `PixelShuffle` channel)"
-    if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): return None, []
-    if isinstance(m, nn.RNNBase): return next((k for k in (_symmetry_of(*_layer_weight(m, s)) for s in _rnn_layers(m)) if k[0]), (None, []))  # (its first bad layer)
-    return _symmetry_of(*_layer_weight(m), getattr(m, 'groups', 1), group)
+GRAD_RTOL = 1e-4  # twins' gradients equal to this (relative): float32 rounding apart, not a difference the next step keeps
 
-def _symmetry_of(w, b, groups=1, group=1):
-    "`_symmetry` of weight rows `w` (one per unit) and bias `b`, in `groups` that each read their own inputs"
+def _same_gradient(twins, gw):
+    "The pairs of `twins` (unit, the unit it copies) whose weights' gradient rows `gw` are equal too: the pairs whose weights the next step leaves twins"
+    G = gw.detach().float().reshape(gw.shape[0], -1)  # (not the biases': a zero output layer fed zeros has biases that learn, weights that never move)
+    d, o = (list(x) for x in zip(*twins))
+    same = (G[d] - G[o]).abs().amax(1) <= GRAD_RTOL * torch.maximum(G[d].abs().amax(1), G[o].abs().amax(1))  # (both zero: same)
+    return [p for p, s in zip(twins, same.tolist()) if s]
+
+def _symmetry_of(w, b, groups=1, group=1, g=None):
+    "`_symmetry` of weight rows `w` (one per unit) and bias `b`, in `groups` that each read their own inputs; given `g`, the same rows of the weights' gradients, only twins whose gradients are equal too"
     w, per = w.detach(), w.shape[0] // groups  # (a grouped conv: `per` units a group, each group its own inputs)
     if per == 1 and w.dim() > 1 and w.shape[0] > 1: return None, []  # (depthwise: no two units read the same inputs)
-    if (w == 0).all(): return 'zero', []
-    if w.numel() > 1 and (w == w.flatten()[0]).all(): return 'constant', []
-    if w.dim() < 2: return None, []
-    dup = [k + d for k in range(0, w.shape[0], per) for d in duplicate_units(w[k:k + per], None if b is None else b[k:k + per], group)]
-    return ('symmetric', dup) if dup else (None, [])
+    if (w == 0).all(): kind = 'zero'
+    elif w.numel() > 1 and (w == w.flatten()[0]).all(): kind = 'constant'
+    elif w.dim() < 2: return None, []
+    else: kind = 'symmetric'
+    if kind == 'symmetric': twins = [(k + d, k + o) for k in range(0, w.shape[0], per) for d, o in _twins(w[k:k + per], None if b is None else b[k:k + per], group)]
+    else: twins = [(r, r - r % per) for r in range(w.shape[0]) if r % per]  # (every unit a copy of its group's first)
+    if g is not None and twins: twins = _same_gradient(twins, g)
+    if not twins and (kind == 'symmetric' or g is not None): return None, []  # (a zero layer of one unit a group: flagged from its weights alone)
+    return kind, [d for d, _ in twins]
+
+def _symmetry(m, group=1, grads=None):
+    "('zero' | 'constant' | 'symmetric' | None, duplicate unit indices) for a layer with weights (units `group` at a time feed one `PixelShuffle` channel); given `grads` ({parameter: its gradient on a batch}: `_batch_grads`), only twins whose gradients are equal too"
+    if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): return None, []
+    g = lambda s: None if grads is None else _layer_weight(m, s, grads.__getitem__)[0]
+    if isinstance(m, nn.RNNBase): return next((k for s in _rnn_layers(m) if (k := _symmetry_of(*_layer_weight(m, s), g=g(s)))[0]), (None, []))  # (its first bad layer)
+    return _symmetry_of(*_layer_weight(m), getattr(m, 'groups', 1), group, g('_l0'))
+
+def _batch_grads(model, mods, xb):
+    "{parameter: its gradient} for the parameters of `mods`, from one pass over batch `xb` in `eval_mode` (no dropout, nothing updated); the loss a fixed random projection of the output, so each output unit gets a gradient of its own, as from a real loss. None if the output has no gradient"
+    ps = [p for m in mods for p in m.parameters(recurse=False)]
+    need = [p for p in ps if p.requires_grad]
+    if not need: return None
+    with eval_mode(model), torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):  # (cuDNN's RNN has no backward in eval mode)
+        o = first_tensor(model(*(xb if isinstance(xb, (tuple, list)) else (xb,))))
+        if not isinstance(o, Tensor) or not o.is_floating_point() or not o.requires_grad: return None
+        r = torch.randn(o.shape, generator=torch.Generator(device=o.device).manual_seed(0), device=o.device)  # (not the global generator's draws)
+        got = dict(zip(need, torch.autograd.grad((o.float() * r).sum(), need, allow_unused=True)))
+    return {p: got[p] if got.get(p) is not None else torch.zeros_like(p) for p in ps}  # (frozen or unused: no gradient)
+
+def _flagged(model):
+    "The layers of `model` whose weights alone make them zero, constant or symmetric, frozen ones left out: [(name, module, PixelShuffle group)]"
+    groups = shuffle_groups(model)
+    return [(n, m, groups.get(n, 1)) for n, m in model.named_modules() if isinstance(m, INIT_TYPES) and not is_frozen(m) and _symmetry(m, groups.get(n, 1))[0]]
 
 def check_init(
     model:nn.Module, # the model to check, as it is now (before, during or after training)
-    xb=None, # a batch of inputs: adds each layer's output std (one forward pass without dropout or gradients: `output_stds`)
+    xb=None, # a batch of inputs: adds each layer's output std (`output_stds`) and tests a zero, constant or symmetric layer's gradients on it (`break_symmetry`)
 ):
     "One row per layer with weights: their statistics against the scale its activation needs, zero/constant/symmetric units, and, given a batch `xb`, its output std"
     acts, groups, rows = following_activation(model), shuffle_groups(model), []
+    test = [m for _, m, _ in _flagged(model)]
+    grads = _batch_grads(model, test, xb) if xb is not None and test else None
     for n, m in model.named_modules():
         if not isinstance(m, INIT_TYPES) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): continue
         w = m.weight_hh_l0 if isinstance(m, nn.RNNBase) else m.weight
@@ -145,10 +187,11 @@ def check_init(
         elif isinstance(m, nn.RNNBase): expect = 1 / math.sqrt(m.hidden_size) / math.sqrt(3)  # PyTorch's U(-1/√h, 1/√h)
         else: expect = activation_gain(acts.get(n)) / math.sqrt(_fan_in(w, m))
         std = w.std().item() if w.numel() > 1 else 0.
-        kind, dups = _symmetry(m, groups.get(n, 1))
+        kind = was = _symmetry(m, groups.get(n, 1))[0]
+        kind, dups = _symmetry(m, groups.get(n, 1), grads if grads is not None and any(m is t for t in test) else None)
         dup, const = len(dups), bool((w == w.flatten()[0]).all())
-        if kind in ('zero', 'constant'): dup = _layer_weight(m)[0].shape[0] - getattr(m, 'groups', 1)  # (all but one unit a group)
         if norm: finding = 'ok' if const else 'ok (not the default constant init)'
+        elif was in ('zero', 'constant') and kind is None: finding = f"ok: {was}, but its units' weights get different gradients (the first step tells them apart: a deliberate init)"
         elif kind == 'zero': finding = 'zero: every unit is the same, symmetry is never broken'
         elif kind == 'constant': finding = 'constant: every unit is the same, symmetry is never broken'
         elif dup: finding = f'symmetric: {dup} units duplicate another'
@@ -201,11 +244,12 @@ def init_weights(
     return model
 
 # %% ../nbs/03_init.ipynb #635e3ff5
-def _reinit_(m, act, rows=None):
-    "Re-initialize `m`'s weights (only units `rows` when given) with the scale activation `act` needs; biases of those units zeroed"
+def _reinit_(m, act, rows=None, grads=None):
+    "Re-initialize `m`'s weights (only units `rows` when given) with the scale activation `act` needs; biases of those units zeroed (an RNN: its layers `_symmetry` flags, given `grads`)"
     with torch.no_grad():
         if isinstance(m, nn.RNNBase):  # PyTorch's own init, U(-1/√h, 1/√h), for each bad layer's tensors (gates and all), no other
-            for s in (s for s in _rnn_layers(m) if _symmetry_of(*_layer_weight(m, s))[0]):
+            bad = [s for s in _rnn_layers(m) if _symmetry_of(*_layer_weight(m, s), g=None if grads is None else _layer_weight(m, s, grads.__getitem__)[0])[0]]
+            for s in bad:
                 for p in (getattr(m, k + s, None) for k in ('weight_ih', 'weight_hh', 'bias_ih', 'bias_hh', 'weight_hr')):
                     if p is not None: p.uniform_(-1 / math.sqrt(m.hidden_size), 1 / math.sqrt(m.hidden_size))
             return
@@ -218,20 +262,36 @@ def _reinit_(m, act, rows=None):
 
 def break_symmetry(
     model:nn.Module, # re-initialized in place where a layer is zero/constant or a unit duplicates another
+    xb=None, # a batch of inputs: only twins that get equal gradients on it are re-initialized (None: the weights alone decide)
 ):
     "Re-initialize zero or constant layers and duplicated units of `model` (frozen layers: never); a DataFrame of what changed (empty: nothing did)"
-    acts, groups, rows = following_activation(model), shuffle_groups(model), []
-    for n, m in model.named_modules():
-        if not isinstance(m, INIT_TYPES) or is_frozen(m): continue  # (a frozen layer's symmetry is deliberate: a fixed filter)
-        kind, dup = _symmetry(m, groups.get(n, 1))
-        if kind is None: continue
+    acts, rows, bad = following_activation(model), [], _flagged(model)
+    grads = _batch_grads(model, [m for _, m, _ in bad], xb) if xb is not None and bad else None  # (all read before any changes)
+    found = {n: _symmetry(m, group, grads) for n, m, group in bad}
+    broken = any(k for k, _ in found.values())  # (some layer stuck: an init broken as a whole, its zeros no deliberate choice)
+    for n, m, group in bad:
+        kind, dup = found[n]
+        if kind is None:  # (twins by their weights, told apart by their gradients: a deliberate zero init, in a model with no stuck layer)
+            kind = _symmetry(m, group)[0]
+            if not (broken and kind in ('zero', 'constant')): continue
         whole = kind != 'symmetric' or isinstance(m, (nn.RNNBase, nn.modules.conv._ConvTransposeNd))  # (their units are not rows)
-        _reinit_(m, acts.get(n), None if whole else dup)
+        _reinit_(m, acts.get(n), None if whole else dup, grads)
         units = _layer_weight(m)[0].shape[0]
         rows.append(dict(layer=n, type=type(m).__name__, was=kind, units_reinitialized=units if whole else len(dup), units=units))
     return pd.DataFrame(rows, columns=['layer', 'type', 'was', 'units_reinitialized', 'units'])
 
 # %% ../nbs/03_init.ipynb #249ab3df
+def learner_batch(
+    learn, # a fastai `Learner`
+    dl=None, # where the batch comes from: any iterable of batches (None: the learner's training DataLoader)
+):
+    "The inputs of the first batch of `dl` (its first `learn.dls.n_inp` elements), on the model's device"
+    dl = dl if dl is not None else getattr(getattr(learn, 'dls', None), 'train', None)
+    if dl is None: raise ValueError("`dl` is None and the learner has no training DataLoader")
+    xb = first_inputs(dl, getattr(getattr(learn, 'dls', None), 'n_inp', None))
+    dev = next(learn.model.parameters()).device
+    return tuple(x.to(dev) for x in xb) if isinstance(xb, (tuple, list)) else xb.to(dev)
+
 class BreakSymmetry(Callback):
     "Before each fit, re-initialize zero or constant layers and duplicated units; every other layer is left bit-identical"
     order = TrainEvalCallback.order + 1  # after the model is on its device, before the first batch
@@ -240,8 +300,12 @@ class BreakSymmetry(Callback):
     ): self.verbose, self.report = verbose, None
     def before_fit(self):
         if not real_fit(self): return
-        self.report = break_symmetry(self.model)
-        if not len(self.report): return  # (the same on every rank: the check reads the weights, which DDP keeps identical)
+        xb = None
+        if _flagged(self.model):  # (a batch only when the weights show twins: their gradients on it tell which stay twins)
+            try: xb = learner_batch(self.learn)
+            except ValueError: pass  # (no training batch: the weights alone decide)
+        self.report = break_symmetry(self.model, xb)
+        if not len(self.report): return  # (the same on every rank: weights DDP keeps identical, twins whose gradients are equal on any batch)
         sync_from_main(self.model)
         opt = getattr(self.learn, 'opt', None)
         if opt is not None:
@@ -337,11 +401,7 @@ class LSUVInit(Callback):
     def before_fit(self):
         # once, and never inside lr_find (which restores the weights it started from), get_preds or validate
         if self.done or not real_fit(self): return
-        dl = self.dl if self.dl is not None else getattr(getattr(self.learn, 'dls', None), 'train', None)
-        if dl is None: raise ValueError("`dl` is None and the learner has no training DataLoader")
-        xb = first_inputs(dl, getattr(getattr(self.learn, 'dls', None), 'n_inp', None))
-        dev = next(self.model.parameters()).device
-        xb = tuple(x.to(dev) for x in xb) if isinstance(xb, (tuple, list)) else xb.to(dev)
+        xb = learner_batch(self.learn, self.dl)
         self.report = lsuv_init(self.model, xb, self.target_std, self.tol, self.max_iters, self.centre)
         sync_from_main(self.model)  # each rank scaled on its own batch: rank 0's weights go to all
         self.done = True

@@ -58,11 +58,14 @@ def _finding(layer, problem, severity, evidence, key):
     r, c = REMEDIES[key]
     return dict(layer=layer, problem=problem, severity=severity, evidence=evidence, remedy=r, callback=c)
 
-def _init_rules(model, th):
-    out = []
-    for r in check_init(model).itertuples():
+def _init_rules(model, th, batch=None):
+    "Zero, constant or symmetric layers; when the weights show some, their twins' gradients on `batch()` decide (`check_init`)"
+    out, SYM = [], ('zero', 'constant', 'symmetric')
+    ci = check_init(model)
+    if len(ci) and (ci['finding'].str.split(':').str[0].isin(SYM) & ~ci['frozen']).any() and batch and (xb := batch()) is not None: ci = check_init(model, xb)
+    for r in ci.itertuples():
         kind = r.finding.split(':')[0]
-        if kind in ('zero', 'constant', 'symmetric') and not r.frozen:  # (frozen: deliberate, and `break_symmetry` leaves it)
+        if kind in SYM and not r.frozen:  # (frozen: deliberate, and `break_symmetry` leaves it)
             out.append(_finding(r.layer, f'{kind} units: symmetry is never broken', 'error', r.finding, 'symmetric'))
     return out
 
@@ -135,11 +138,11 @@ def _dormant_fracs(ah, xb, tau):
 def health_report(self:Learner,
     thresholds:Thresholds=None, # the rules' thresholds (None: the defaults)
     verbose:bool=True, # print the findings (or 'no findings')
-    xb=None, # the batch dormancy is scored on (None: the first validation batch)
+    xb=None, # the batch dormancy is scored and the symmetry tested on (None: the first validation batch)
 ):
     "Findings about this learner's training: one row each (layer, problem, severity, evidence, remedy, callback)"
     th = thresholds or Thresholds()
-    rows = _init_rules(self.model, th)
+    rows = _init_rules(self.model, th, lambda: _first_x(self) if xb is None else xb)
     ah = next((c for c in self.cbs if isinstance(c, ActivationHealth)), None)
     gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)
     # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
@@ -318,13 +321,13 @@ class HealthCheck(Callback):
         for c in new: self._add(c)
         for c in sorted(new, key=lambda c: c.order): c('before_fit')  # this event has already begun: run theirs now
         self.ah, self.gh = self.learn.activation_health, self.learn.gradient_health
+        self._xb, self._n_ev = _first_x(self.learn), 0
         if 'symmetric' in self.remedy:
-            rep = break_symmetry(self.model)
+            rep = break_symmetry(self.model, self._xb)
             for r in rep.itertuples(): self._act('BreakSymmetry', f'{r.layer} ({r.type}) was {r.was}: {r.units_reinitialized}/{r.units} units re-initialized')
         if self.columns and not any(getattr(m, 'name', '') == 'dead %' for m in self.learn.metrics):
             self._columns_added = [ValueMetric(self._dead_pct, 'dead %'), ValueMetric(self._grad_norm, 'grad norm')]
             self.learn.metrics = [*self.learn.metrics, *self._columns_added]
-        self._xb, self._n_ev = _first_x(self.learn), 0
 
     def _dead_pct(self):
         # (during a fit only: `validate`, `get_preds` or `predict` afterwards would each pay a forward pass for a column)

@@ -222,3 +222,106 @@ def test_break_symmetry_every_rnn_layer_and_only_the_bad_one(bad):
     for n, p in rnn.named_parameters():
         assert torch.equal(p, keep[n]) == (not n.endswith(bad)), n  # the bad layer changed, every other is bit-identical
     assert len(break_symmetry(nn.Sequential(rnn))) == 0
+
+# Twins their gradients tell apart: given a batch, only units that get equal gradients too are symmetry
+from hypothesis import given, settings, strategies as st
+
+def mlp3(act=nn.ReLU, ni=64):
+    return nn.Sequential(nn.Linear(ni, 32), act(), nn.Linear(32, 32), act(), nn.Linear(32, 10))
+
+def test_zero_output_layer_is_left_and_learns():
+    "A zero-initialized output layer (each output gets its own gradient from the loss): BreakSymmetry leaves it, the fit learns"
+    from fastai.metrics import accuracy
+    torch.manual_seed(0)
+    m = mlp3()
+    with torch.no_grad(): m[4].weight.zero_(); m[4].bias.zero_()
+    keep = {k: v.clone() for k, v in m.state_dict().items()}
+    learn = digits_learner(m, BreakSymmetry(verbose=False)); learn.metrics = accuracy
+    learn.fit(5, 1e-2)
+    assert len(learn.break_symmetry.report) == 0  # (it re-initialized the head: 'zero, symmetry is never broken')
+    assert learn.recorder.values[-1][-1] > 0.75  # (the default init's head: 0.87 on the same 256 digits and schedule)
+    m2 = mlp3(); m2.load_state_dict(keep)
+    assert (m2[4].weight == 0).all() and len(break_symmetry(m2, torch.randn(8, 64))) == 0 and (m2[4].weight == 0).all()
+    assert list(break_symmetry(m2)['layer']) == ['4']  # from the weights alone it looks stuck
+
+def test_zero_hidden_layer_is_still_fixed_given_a_batch():
+    "Before a ReLU (slope 0 at 0), a zero layer gets no gradient: stuck, re-initialized; the all-zero MLP: every layer"
+    x = torch.randn(16, 64)
+    m = mlp3()
+    with torch.no_grad(): m[2].weight.zero_(); m[2].bias.zero_()
+    assert break_symmetry(m, x)[['layer', 'was']].values.tolist() == [['2', 'zero']] and m[2].weight.abs().sum() > 0
+    z = mlp3()
+    for p in z.parameters(): p.data.zero_()
+    # (the output layer too: its input is zero, so its weights get no gradient, only its biases: the biases' do not count)
+    assert break_symmetry(z, x)['layer'].tolist() == ['0', '2', '4']
+    assert not check_init(z, x)['finding'].str.startswith(('zero', 'constant', 'symmetric')).any()
+
+def test_fixup_residual_branch_zero_is_left():
+    "Fixup (Zhang et al. 2019) zero-initializes the last layer of each residual branch: its units get different gradients"
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__(); self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+            nn.init.zeros_(self.c2.weight); nn.init.zeros_(self.c2.bias)
+        def forward(self, x): return torch.relu(x + self.c2(torch.relu(self.c1(x))))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), Block(8), Block(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    x = torch.randn(16, 1, 8, 8)
+    assert check_init(net).set_index('layer').loc['2.c2', 'finding'].startswith('zero')
+    assert check_init(net, x).set_index('layer').loc[['2.c2', '3.c2'], 'finding'].str.startswith('ok: zero').all()
+    assert len(break_symmetry(net, x)) == 0 and (net[2].c2.weight == 0).all()
+
+def test_gradient_test_leaves_no_trace():
+    "The gradient test: no .grad, no running statistic, mode, hooks and the global random state as they were"
+    from helpers import n_hooks
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).train()
+    with torch.no_grad(): m[4].weight.zero_(); m[4].bias.zero_(); m[1].running_mean.fill_(3.)
+    x = torch.randn(32, 8)
+    bn, rng = {k: v.clone() for k, v in m[1].state_dict().items()}, torch.get_rng_state()
+    ci = check_init(m, x)
+    assert ci.set_index('layer').loc['4', 'finding'].startswith('zero')  # before a ReLU: stuck
+    assert all(p.grad is None for p in m.parameters()) and m.training and m[3].training and n_hooks(m) == 0
+    assert all(torch.equal(v, m[1].state_dict()[k]) for k, v in bn.items()) and torch.equal(torch.get_rng_state(), rng)
+
+def test_rnn_hidden_units_are_twins_only_in_and_out():
+    "An RNN's unit is a hidden unit (a row of every gate); twins need equal incoming, recurrent and outgoing weights"
+    torch.manual_seed(0)
+    for kind in (nn.LSTM, nn.GRU, nn.RNN):
+        class S(nn.Module):
+            def __init__(s): super().__init__(); s.rnn, s.out = kind(3, 8, batch_first=True), nn.Linear(8, 2)
+            def forward(s, x): return s.out(s.rnn(x)[0])
+        m, x = S(), torch.randn(4, 5, 3)
+        with torch.no_grad():
+            for n in ('weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0', 'bias_hh_l0'):
+                w = getattr(m.rnn, n)
+                for g in range(w.shape[0] // 8): w[g * 8 + 1] = w[g * 8]  # hidden unit 1 = unit 0, in every gate
+        f = lambda xb=None: check_init(m, xb).finding[0]
+        assert f().startswith('symmetric: 1 units') and not f(x).startswith('symmetric'), kind  # its outgoing weights differ
+        with torch.no_grad(): m.rnn.weight_hh_l0[:, 1] = m.rnn.weight_hh_l0[:, 0]; m.out.weight[:, 1] = m.out.weight[:, 0]
+        assert f(x).startswith('symmetric: 1 units'), kind
+        assert break_symmetry(m, x)[['was', 'units']].values.tolist() == [['symmetric', 8]]
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 1), st.sampled_from([nn.ReLU, nn.Tanh, nn.GELU]), st.integers(0, 31), st.integers(1, 31), st.booleans())
+def test_a_twin_is_found_iff_it_is_one_in_and_out(layer, act, a, d, out_too):
+    "Copy hidden unit `a` onto unit `a+d` of a random MLP: a finding given a batch iff its outgoing weights are copied too"
+    torch.manual_seed(a * 31 + d)
+    m, b = mlp3(act, ni=16), (a + d) % 32
+    l, nxt = m[2 * layer], m[2 * layer + 2]
+    with torch.no_grad():
+        l.weight[b] = l.weight[a]; l.bias[b] = l.bias[a]
+        if out_too: nxt.weight[:, b] = nxt.weight[:, a]
+    row = check_init(m, torch.randn(16, 16)).set_index('layer').loc[str(2 * layer)]
+    assert row['finding'].startswith('symmetric') == out_too and row['duplicate_units'] == int(out_too), row['finding']
+    assert check_init(m).set_index('layer').loc[str(2 * layer), 'duplicate_units'] == 1  # from the weights alone: always
+
+def test_zeros_of_a_broken_init_all_go():
+    "All-zero sigmoid MLP: the output layer's weights get different gradients (its input is 0.5), but other layers are stuck: it goes too"
+    x = torch.randn(16, 64)
+    z = mlp3(nn.Sigmoid)
+    for p in z.parameters(): p.data.zero_()
+    assert check_init(z, x).finding[2].startswith('ok: zero')  # its own units are told apart...
+    assert break_symmetry(z, x)['layer'].tolist() == ['0', '2', '4']  # ...but the init is broken as a whole
+    h = mlp3(nn.Sigmoid)
+    with torch.no_grad(): h[4].weight.zero_()
+    assert len(break_symmetry(h, x)) == 0 and (h[4].weight == 0).all()  # alone: a deliberate zero init, left

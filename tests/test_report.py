@@ -333,10 +333,10 @@ def test_validate_is_not_a_fit(capsys):
     learn = quiet(Learner(digits_dls(), m, loss_func=CrossEntropyLossFlat(), cbs=HealthCheck(remedy={'symmetric'})))
     learn.fit(1, 1e-3)
     assert 'health report' in capsys.readouterr().out
-    with torch.no_grad(): m[3].weight.zero_()  # something for BreakSymmetry to act on, were validate a fit
+    with torch.no_grad(): m[1].weight.zero_(); m[1].bias.zero_()  # something for BreakSymmetry to act on, were validate a fit (a zero layer before a ReLU)
     loss = learn.validate()[0]
     assert np.isfinite(loss) and 'health report' not in capsys.readouterr().out
-    assert (m[3].weight == 0).all() and len(learn.health_check.actions) == 0
+    assert (m[1].weight == 0).all() and len(learn.health_check.actions) == 0
 
 def test_grad_norm_column_reads_the_epoch():
     "The live 'grad norm' column is the median over the epoch's recorded batches, whatever GradientHealth's cadence"
