@@ -19,8 +19,8 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STAT
            'sample_index', 'first_tensor', 'watch', 'output_bounds', 'is_activation', 'has_own_params', 'is_frozen',
            'default_watch', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap',
            'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled',
-           'norms_row', 'layer_index', 'check_recorded', 'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward',
-           'first_inputs', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
+           'foreach_norm', 'norms_row', 'layer_index', 'check_recorded', 'saved_selection', 'keep_modes', 'eval_mode',
+           'eval_forward', 'first_inputs', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -471,6 +471,16 @@ def _slot_hook(f, i, with_input=False):
     return hook
 
 # %% ../nbs/00_core.ipynb #1de7f437
+def foreach_norm(
+    ts:list, # tensors on one device: dense, or sparse (the gradient of `nn.Embedding(sparse=True)`, of `F.embedding(..., sparse=True)`)
+    ord=2, # the norm's order (0: the count of non-zero entries)
+):
+    "`torch._foreach_norm(ts, ord)` in float32, a sparse tensor read as its stored values (duplicates summed: the same norm); no check a batch: the sparse ones are found when the fused call refuses them"
+    try: return torch._foreach_norm(ts, ord, dtype=torch.float32)
+    except RuntimeError:
+        if not any(t.is_sparse for t in ts): raise
+        return torch._foreach_norm([t.coalesce().values() if t.is_sparse else t for t in ts], ord, dtype=torch.float32)
+
 def norms_row(
     ts:list, # tensors of any shapes and dtypes, on one device
     fourth:str='max', # the fourth statistic: 'max', or 'nnz' (non-zero count)

@@ -132,7 +132,14 @@ def before_step(self:GradientHealth):
         if gs[j].is_sparse: gs[j] = gs[j].coalesce().values()
     g, f32 = torch.is_grad_enabled(), torch.float32; _set_grad(False)
     try:
-        self._q.add(torch._foreach_norm(gs, 2, dtype=f32), self._iter)
+        try: n2 = torch._foreach_norm(gs, 2, dtype=f32)
+        except RuntimeError:  # (a sparse gradient no module type announced: a custom module's `F.embedding(sparse=True)`)
+            sp = [j for j, x in enumerate(gs) if x.is_sparse]
+            if not sp: raise
+            self._sparse = sorted({*self._sparse, *sp})  # (for the rest of the fit: no check a batch)
+            for j in sp: gs[j] = gs[j].coalesce().values()
+            n2 = torch._foreach_norm(gs, 2, dtype=f32)
+        self._q.add(n2, self._iter)
         if self._upd:
             nz = torch._foreach_norm(gs, 0, dtype=f32)  # non-zero entries
             nonf = torch._foreach_norm(torch._foreach_mul(gs, 0.), 0, dtype=f32)  # 0*inf and 0*nan are nan: counted

@@ -230,7 +230,7 @@ class NonFiniteGuard(Callback):
         if self.scaled: ok = math.isfinite(loss.item())
         else:
             gs = [p.grad for p in self.params if p.grad is not None]
-            tot = torch.stack(torch._foreach_norm(gs, 2, dtype=torch.float32)).sum() if gs else loss.new_zeros(())
+            tot = torch.stack(foreach_norm(gs)).sum() if gs else loss.new_zeros(())
             ok = math.isfinite((loss + tot).item())  # one host read per batch (`isfinite` on the host: on a CPU torch.isfinite is 4 ops)
         if distributed():  # every rank skips (or stops) together, or DDP would wait forever for the one that went on
             flag = torch.tensor([0. if ok else 1.]); torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX); ok = flag.item() == 0

@@ -22,7 +22,7 @@ MODES = ('awd', 'swd', 'cautious', 'equilibrium')
 def _host_norms(ts, ord=2):
     "The norms of tensors `ts` on the host (float64 array): one multi-tensor reduction, one stack, one copy to the host"
     if not ts: return np.zeros(0)
-    with torch.no_grad(): return torch.stack(torch._foreach_norm(ts, ord, dtype=torch.float32)).double().cpu().numpy()
+    with torch.no_grad(): return torch.stack(foreach_norm(ts, ord)).double().cpu().numpy()
 
 def _group_sums(v, sizes):
     "Sums of consecutive runs of `v` of lengths `sizes` (0 for an empty run)"

@@ -329,12 +329,17 @@ def test_update_rows_survive_thinning():
     d = gh.to_df()
     assert d.dropna(subset=['update_ratio']).groupby('layer').size().eq(len(set(rows))).all()
 
+class Lookup(nn.Module):
+    "A custom embedding: its own weight, looked up with `F.embedding(sparse=True)` (no module type says its gradient is sparse)"
+    def __init__(self, n, d): super().__init__(); self.weight = nn.Parameter(torch.randn(n, d))
+    def forward(self, x): return torch.nn.functional.embedding(x, self.weight, sparse=True)
+
 class SparseEmb(nn.Module):
     "A sparse embedding (`sparse=True`: its weight's gradient is a sparse tensor) and a dense head"
     def __init__(self, bag=False):
         super().__init__()
-        self.emb = nn.EmbeddingBag(50, 4, mode='sum', sparse=True) if bag else nn.Embedding(50, 4, sparse=True)
-        self.head, self.bag = nn.Linear(4, 1), bag
+        self.emb = nn.EmbeddingBag(50, 4, mode='sum', sparse=True) if bag == True else Lookup(50, 4) if bag == 'custom' else nn.Embedding(50, 4, sparse=True)
+        self.head, self.bag = nn.Linear(4, 1), bag == True
     def forward(self, x): return self.head(self.emb(x) if self.bag else self.emb(x).mean(1))
 
 class DenseGrads(Callback):
@@ -343,10 +348,10 @@ class DenseGrads(Callback):
     def before_fit(self): self.g = []
     def before_step(self): self.g.append([p.grad.to_dense().clone() for p in self.model.parameters()])
 
-@pytest.mark.parametrize('bag', [False, True])
+@pytest.mark.parametrize('bag', [False, True, 'custom'])
 @pytest.mark.parametrize('opt', ['fastai SGD', 'torch SGD'])
 def test_sparse_gradients(opt, bag):
-    "nn.Embedding / nn.EmbeddingBag with sparse=True: the fit runs, and the norms, zero fractions and update ratios are the dense gradient's"
+    "nn.Embedding / nn.EmbeddingBag with sparse=True, a custom module's F.embedding(sparse=True): the fit runs, and the norms, zero fractions and update ratios are the dense gradient's"
     from functools import partial
     from fastai.learner import Learner
     from fastai.data.core import DataLoaders
@@ -369,6 +374,25 @@ def test_sparse_gradients(opt, bag):
     assert (df.zero_frac[df.param == 'emb.weight'] > 0.3).all()  # (most rows are not looked up in a batch)
     np.testing.assert_allclose(df.update_ratio, 0.1 * df.grad_norm / df.weight_norm, rtol=1e-4)  # (plain SGD: Δw = lr·g)
     assert (df.nonfinite == 0).all() and not len(cb.events.query("kind == 'no gradient'"))
+
+@pytest.mark.parametrize('wd', ['awd', 'swd'])
+def test_sparse_gradients_through_the_kit(wd):
+    "HealthCheck (its NonFiniteGuard sums the gradients' norms) and AdaptiveWD (gradient norms too) on sparse gradients: they raised"
+    from functools import partial
+    from fastai.learner import Learner
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.losses import MSELossFlat
+    from fastai.optimizer import SGD
+    from initcb.report import HealthCheck
+    from initcb.wd import AdaptiveWD
+    torch.manual_seed(0)
+    x = torch.randint(0, 50, (48, 3)); ds = list(zip(x, torch.randn(48, 1)))
+    dls = DataLoaders(DataLoader(ds, bs=16), DataLoader(ds, bs=16))
+    m = SparseEmb('custom')
+    learn = quiet(Learner(dls, m, loss_func=MSELossFlat(), opt_func=partial(SGD, mom=0.), cbs=[HealthCheck(report=False), AdaptiveWD(wd)]))
+    learn.fit(2, 0.1)
+    assert len(learn.gradient_health.to_df()) == 2 * 3 * 2 and learn.non_finite_guard.skips == []
 
 def test_pre_step_copy_kept_for_the_fit_and_freed():
     "The weights' pre-step copy (`_pbuf`): one buffer the size of the trainable weights, allocated at the first update batch, reused by\n    every later one, kept between them (and through validation), freed when the fit ends (however it ends)"
