@@ -7,14 +7,16 @@ Docs: https://initcb.github.io/initcb/init.html.md"""
 # %% ../nbs/03_init.ipynb #00fcaa7c
 from __future__ import annotations
 import math
+from contextlib import contextmanager
 import pandas as pd, torch
 from torch import nn, Tensor
+from torch.nn.utils.rnn import PackedSequence
 import torch.nn.functional as F
 from fastai.callback.core import Callback, TrainEvalCallback
 from .core import *
 
 # %% auto #0
-__all__ = ['WEIGHT_LAYERS', 'INIT_TYPES', 'GRAD_RTOL', 'SCHEMES', 'FROZEN', 'GeneralRelu', 'activation_gain',
+__all__ = ['WEIGHT_LAYERS', 'INIT_TYPES', 'GRAD_RTOL', 'PROBES', 'SCHEMES', 'FROZEN', 'GeneralRelu', 'activation_gain',
            'following_activation', 'shuffle_groups', 'duplicate_units', 'check_init', 'output_stds', 'init_weights',
            'break_symmetry', 'learner_batch', 'BreakSymmetry', 'lsuv_init', 'LSUVInit']
 
@@ -110,11 +112,12 @@ def duplicate_units(
 def _rnn_layers(m:nn.RNNBase): return [n[len('weight_ih'):] for n in m._flat_weights_names if n.startswith('weight_ih')]  # '_l0', '_l0_reverse', '_l1'...
 
 def _layer_weight(m, s='_l0', t=None):
-    "The weight whose rows are `m`'s units and their bias (an RNN's layer `s`: a hidden unit's row its [W_ih | W_hh] rows of every gate, its bias a row of gate biases; a ConvTranspose's units, its dim 1); `t` maps each parameter to what is read in its place (its gradient)"
+    "The weight whose rows are `m`'s units and their bias (an RNN's layer `s`: a hidden unit's row its [W_ih | W_hh] rows of every gate, its bias a row of gate biases; a ConvTranspose's units, its dim 1; an embedding's, its output features: a token's row is no unit); `t` maps each parameter to what is read in its place (its gradient)"
     t = t or (lambda p: p)
     if isinstance(m, nn.RNNBase):  # (rows gate by gate, (gates·h, in + h): a hidden unit is one row of each gate)
         w, b, h = torch.cat([t(getattr(m, 'weight_ih' + s)), t(getattr(m, 'weight_hh' + s))], 1), getattr(m, 'bias_ih' + s, None), m.hidden_size
         return w.reshape(-1, h, w.shape[1]).transpose(0, 1).reshape(h, -1), None if b is None else t(b).reshape(-1, h).T
+    if isinstance(m, nn.Embedding): return t(m.weight).T, None
     w, b = t(m.weight), getattr(m, 'bias', None)
     if b is not None: b = t(b)
     if isinstance(m, nn.modules.conv._ConvTransposeNd):  # (in, out/g, *k) -> (out, in/g, *k)
@@ -124,12 +127,30 @@ def _layer_weight(m, s='_l0', t=None):
 
 GRAD_RTOL = 1e-4  # twins' gradients equal to this (relative): float32 rounding apart, not a difference the next step keeps
 
-def _same_gradient(twins, gw):
-    "The pairs of `twins` (unit, the unit it copies) whose weights' gradient rows `gw` are equal too: the pairs whose weights the next step leaves twins"
-    G = gw.detach().float().reshape(gw.shape[0], -1)  # (not the biases': a zero output layer fed zeros has biases that learn, weights that never move)
-    d, o = (list(x) for x in zip(*twins))
-    same = (G[d] - G[o]).abs().amax(1) <= GRAD_RTOL * torch.maximum(G[d].abs().amax(1), G[o].abs().amax(1))  # (both zero: same)
-    return [p for p, s in zip(twins, same.tolist()) if s]
+def _classes(w, b, groups, group, kind):
+    "Lists of units alike by their weights: a zero or constant layer's, each conv group's units; a symmetric one's, each unit with its `_twins`"
+    per = w.shape[0] // groups
+    if kind != 'symmetric': return [list(range(k, k + per)) for k in range(0, w.shape[0], per)]
+    cl = {}
+    for k in range(0, w.shape[0], per):
+        for d, o in _twins(w[k:k + per], None if b is None else b[k:k + per], group): cl.setdefault(k + o, [k + o]).append(k + d)
+    return list(cl.values())
+
+def _split(classes, G):
+    "Each of `classes` (lists of units) split into the runs of units whose gradient rows `G` are equal too (to `GRAD_RTOL`): sorted by a random projection of their rows, neighbours compared"
+    r = torch.randn(G.shape[1], generator=torch.Generator().manual_seed(0)).to(G)
+    out = []
+    for c in (c for c in classes if len(c) > 1):
+        idx = torch.tensor(c, device=G.device)
+        idx = idx[(G[idx] @ r).argsort()].tolist()
+        R = G[idx]
+        same = ((R[1:] - R[:-1]).abs().amax(1) <= GRAD_RTOL * torch.maximum(R[1:].abs().amax(1), R[:-1].abs().amax(1))).tolist()  # (both zero: same)
+        run = idx[:1]
+        for u, s in zip(idx[1:], same):
+            if not s: out.append(run); run = []
+            run.append(u)
+        out.append(run)
+    return out
 
 def _symmetry_of(w, b, groups=1, group=1, g=None):
     "`_symmetry` of weight rows `w` (one per unit) and bias `b`, in `groups` that each read their own inputs; given `g`, the same rows of the weights' gradients, only twins whose gradients are equal too"
@@ -139,29 +160,52 @@ def _symmetry_of(w, b, groups=1, group=1, g=None):
     elif w.numel() > 1 and (w == w.flatten()[0]).all(): kind = 'constant'
     elif w.dim() < 2: return None, []
     else: kind = 'symmetric'
-    if kind == 'symmetric': twins = [(k + d, k + o) for k in range(0, w.shape[0], per) for d, o in _twins(w[k:k + per], None if b is None else b[k:k + per], group)]
-    else: twins = [(r, r - r % per) for r in range(w.shape[0]) if r % per]  # (every unit a copy of its group's first)
-    if g is not None and twins: twins = _same_gradient(twins, g)
-    if not twins and (kind == 'symmetric' or g is not None): return None, []  # (a zero layer of one unit a group: flagged from its weights alone)
-    return kind, [d for d, _ in twins]
+    cl = _classes(w, b, groups, group, kind)
+    if g is not None: cl = _split(cl, g.detach().float().reshape(g.shape[0], -1))  # (not the biases': a zero output layer fed zeros has biases that learn, weights that never move)
+    dups = sorted(u for c in cl for u in sorted(c)[1:])  # (each class's first unit keeps its weights)
+    if not dups and (kind == 'symmetric' or g is not None): return None, []  # (a zero layer of one unit a group: flagged from its weights alone)
+    return kind, dups
+
+def _grad_rows(m, s, grads):
+    "The rows of `m`'s weight gradient that `_layer_weight` reads (layer `s` of an RNN); None without `grads`, or for a weight that is no parameter (a parametrization's)"
+    if grads is None: return None
+    try: return _layer_weight(m, s, grads.__getitem__)[0]
+    except KeyError: return None
 
 def _symmetry(m, group=1, grads=None):
-    "('zero' | 'constant' | 'symmetric' | None, duplicate unit indices) for a layer with weights (units `group` at a time feed one `PixelShuffle` channel); given `grads` ({parameter: its gradient on a batch}: `_batch_grads`), only twins whose gradients are equal too"
+    "('zero' | 'constant' | 'symmetric' | None, duplicate unit indices) for a layer with weights (units `group` at a time feed one `PixelShuffle` channel); given `grads` ({parameter: its gradient on a batch}: `_batch_grads`), only twins whose weights' gradients are equal too"
     if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): return None, []
-    g = lambda s: None if grads is None else _layer_weight(m, s, grads.__getitem__)[0]
-    if isinstance(m, nn.RNNBase): return next((k for s in _rnn_layers(m) if (k := _symmetry_of(*_layer_weight(m, s), g=g(s)))[0]), (None, []))  # (its first bad layer)
-    return _symmetry_of(*_layer_weight(m), getattr(m, 'groups', 1), group, g('_l0'))
+    if isinstance(m, nn.RNNBase): return next((k for s in _rnn_layers(m) if (k := _symmetry_of(*_layer_weight(m, s), g=_grad_rows(m, s, grads)))[0]), (None, []))  # (its first bad layer)
+    return _symmetry_of(*_layer_weight(m), getattr(m, 'groups', 1), group, _grad_rows(m, '_l0', grads))
 
-def _batch_grads(model, mods, xb):
-    "{parameter: its gradient} for the parameters of `mods`, from one pass over batch `xb` in `eval_mode` (no dropout, nothing updated); the loss a fixed random projection of the output, so each output unit gets a gradient of its own, as from a real loss. None if the output has no gradient"
-    ps = [p for m in mods for p in m.parameters(recurse=False)]
+def _rnn_bad(m, grads=None): return [s for s in _rnn_layers(m) if _symmetry_of(*_layer_weight(m, s), g=_grad_rows(m, s, grads))[0]]  # (an RNN's layers `_symmetry` flags)
+
+def _float_outputs(o):
+    "Every floating-point tensor with a gradient in a model's output (a tensor, a `PackedSequence`, nested tuples, lists or dicts of them)"
+    if isinstance(o, Tensor): return [o] if o.is_floating_point() and o.requires_grad else []
+    if isinstance(o, PackedSequence): return _float_outputs(o.data)
+    if isinstance(o, dict): o = list(o.values())
+    return [t for x in o for t in _float_outputs(x)] if isinstance(o, (tuple, list)) else []
+
+@contextmanager
+def _no_cudnn(on=True):
+    "cuDNN off inside (`on`): its RNN has no backward in eval mode"
+    was = torch.backends.cudnn.enabled
+    if on: torch.backends.cudnn.enabled = False
+    try: yield
+    finally: torch.backends.cudnn.enabled = was
+
+def _batch_grads(model, ps, xb):
+    "{parameter: its gradient} for parameters `ps`, from one pass over batch `xb` (moved to their device) in `eval_mode` (no dropout, nothing updated); the loss a fixed random projection of every output, so each output unit gets a gradient of its own, as from a real loss. None if the output has no gradient"
     need = [p for p in ps if p.requires_grad]
     if not need: return None
-    with eval_mode(model), torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):  # (cuDNN's RNN has no backward in eval mode)
-        o = first_tensor(model(*(xb if isinstance(xb, (tuple, list)) else (xb,))))
-        if not isinstance(o, Tensor) or not o.is_floating_point() or not o.requires_grad: return None
-        r = torch.randn(o.shape, generator=torch.Generator(device=o.device).manual_seed(0), device=o.device)  # (not the global generator's draws)
-        got = dict(zip(need, torch.autograd.grad((o.float() * r).sum(), need, allow_unused=True)))
+    xb = tuple(x.to(need[0].device) for x in xb) if isinstance(xb, (tuple, list)) else xb.to(need[0].device)
+    with eval_mode(model), torch.enable_grad(), _no_cudnn(any(isinstance(m, nn.RNNBase) for m in model.modules())):
+        os = _float_outputs(model(*(xb if isinstance(xb, tuple) else (xb,))))
+        if not os: return None
+        gen = torch.Generator(device=os[0].device).manual_seed(0)  # (not the global generator's draws)
+        loss = sum((o.float() * torch.randn(o.shape, generator=gen, device=o.device)).sum() for o in os)
+        got = dict(zip(need, torch.autograd.grad(loss, need, allow_unused=True)))
     return {p: got[p] if got.get(p) is not None else torch.zeros_like(p) for p in ps}  # (frozen or unused: no gradient)
 
 def _flagged(model):
@@ -169,14 +213,46 @@ def _flagged(model):
     groups = shuffle_groups(model)
     return [(n, m, groups.get(n, 1)) for n, m in model.named_modules() if isinstance(m, INIT_TYPES) and not is_frozen(m) and _symmetry(m, groups.get(n, 1))[0]]
 
+PROBES = 4  # gradient passes at most: each step lets the gradient through one more zero layer (Fixup's zero branches behind its zero classifier: 2)
+
+def _verdicts(model, bad, xb=None):
+    """{name: (kind, duplicate units, how, an RNN's bad layers)} for the layers `bad` (`_flagged`). `how`: 'weights' (no batch, or no gradient to read),
+    'stuck' (twins whose weights get equal gradients in every pass), 'apart' (told apart by their gradients: a deliberate init),
+    'broken' (zero or constant, told apart, in a model with stuck layers: an init broken as a whole)"""
+    res = {n: (*_symmetry(m, g), 'weights', _rnn_bad(m) if isinstance(m, nn.RNNBase) else None) for n, m, g in bad}
+    if xb is None or not bad: return res
+    ps = [p for _, m, _ in bad for p in m.parameters(recurse=False)]
+    keep, pending = [p.detach().clone() for p in ps], list(bad)
+    try:
+        for k in range(PROBES):
+            grads = _batch_grads(model, ps, xb)
+            if grads is None: break
+            told = False
+            for n, m, g in list(pending):
+                if _grad_rows(m, '_l0', grads) is None: pending.remove((n, m, g)); continue  # (a parametrized weight: the weights decide)
+                kind, dups = _symmetry(m, g, grads)
+                if kind is None: res[n] = (*_symmetry(m, g), 'apart', None); pending.remove((n, m, g)); told = True
+                else: res[n] = (kind, dups, 'stuck', _rnn_bad(m, grads) if isinstance(m, nn.RNNBase) else None)
+            if not told or not pending or k == PROBES - 1: break  # (nothing new told apart: another step tells no more)
+            with torch.no_grad():  # a small step down each flagged layer's gradient, as training's first would take: the gradient gets through it next pass
+                for p in ps:
+                    s = grads[p].abs().max()
+                    if s > 0: p.sub_(grads[p] * (1e-2 * max(1., p.abs().max().item()) / s))
+    finally:
+        with torch.no_grad():
+            for p, v in zip(ps, keep): p.copy_(v)
+    if any(h == 'stuck' for _, _, h, _ in res.values()):
+        res = {n: (k, d, 'broken', l if l is None else _rnn_bad(dict(model.named_modules())[n])) if h == 'apart' and k in ('zero', 'constant') else (k, d, h, l)
+               for n, (k, d, h, l) in res.items()}
+    return res
+
 def check_init(
     model:nn.Module, # the model to check, as it is now (before, during or after training)
     xb=None, # a batch of inputs: adds each layer's output std (`output_stds`) and tests a zero, constant or symmetric layer's gradients on it (`break_symmetry`)
 ):
     "One row per layer with weights: their statistics against the scale its activation needs, zero/constant/symmetric units, and, given a batch `xb`, its output std"
     acts, groups, rows = following_activation(model), shuffle_groups(model), []
-    test = [m for _, m, _ in _flagged(model)]
-    grads = _batch_grads(model, test, xb) if xb is not None and test else None
+    verdicts = _verdicts(model, _flagged(model), xb)
     for n, m in model.named_modules():
         if not isinstance(m, INIT_TYPES) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): continue
         w = m.weight_hh_l0 if isinstance(m, nn.RNNBase) else m.weight
@@ -187,13 +263,13 @@ def check_init(
         elif isinstance(m, nn.RNNBase): expect = 1 / math.sqrt(m.hidden_size) / math.sqrt(3)  # PyTorch's U(-1/√h, 1/√h)
         else: expect = activation_gain(acts.get(n)) / math.sqrt(_fan_in(w, m))
         std = w.std().item() if w.numel() > 1 else 0.
-        kind = was = _symmetry(m, groups.get(n, 1))[0]
-        kind, dups = _symmetry(m, groups.get(n, 1), grads if grads is not None and any(m is t for t in test) else None)
-        dup, const = len(dups), bool((w == w.flatten()[0]).all())
+        kind, dups, how, _ = verdicts[n] if n in verdicts else (*_symmetry(m, groups.get(n, 1)), 'weights', None)  # (frozen: the weights)
+        dup, const = 0 if how == 'apart' else len(dups), bool((w == w.flatten()[0]).all())
         if norm: finding = 'ok' if const else 'ok (not the default constant init)'
-        elif was in ('zero', 'constant') and kind is None: finding = f"ok: {was}, but its units' weights get different gradients (the first step tells them apart: a deliberate init)"
-        elif kind == 'zero': finding = 'zero: every unit is the same, symmetry is never broken'
-        elif kind == 'constant': finding = 'constant: every unit is the same, symmetry is never broken'
+        elif how == 'apart' and kind != 'symmetric': finding = f"ok: {kind}, but its units' weights get different gradients (training tells them apart: a deliberate init)"
+        elif how == 'broken': finding = f"{kind}: its units' weights get different gradients, but other layers are stuck (an init broken as a whole)"
+        elif kind == 'zero' and how != 'apart': finding = 'zero: every unit is the same, symmetry is never broken'
+        elif kind == 'constant' and how != 'apart': finding = 'constant: every unit is the same, symmetry is never broken'
         elif dup: finding = f'symmetric: {dup} units duplicate another'
         elif std < expect / 2 * _slack(w.numel(), -1): finding = f'scale {std / expect:.2g}x too small: outputs shrink layer by layer'
         elif std > expect * 2 * _slack(w.numel(), 1): finding = f'scale {std / expect:.2g}x too large: outputs grow layer by layer'
@@ -244,12 +320,11 @@ def init_weights(
     return model
 
 # %% ../nbs/03_init.ipynb #635e3ff5
-def _reinit_(m, act, rows=None, grads=None):
-    "Re-initialize `m`'s weights (only units `rows` when given) with the scale activation `act` needs; biases of those units zeroed (an RNN: its layers `_symmetry` flags, given `grads`)"
+def _reinit_(m, act, rows=None, layers=None):
+    "Re-initialize `m`'s weights (only units `rows` when given) with the scale activation `act` needs; biases of those units zeroed (an RNN: its `layers`, by default those `_symmetry` flags)"
     with torch.no_grad():
         if isinstance(m, nn.RNNBase):  # PyTorch's own init, U(-1/√h, 1/√h), for each bad layer's tensors (gates and all), no other
-            bad = [s for s in _rnn_layers(m) if _symmetry_of(*_layer_weight(m, s), g=None if grads is None else _layer_weight(m, s, grads.__getitem__)[0])[0]]
-            for s in bad:
+            for s in _rnn_bad(m) if layers is None else layers:
                 for p in (getattr(m, k + s, None) for k in ('weight_ih', 'weight_hh', 'bias_ih', 'bias_hh', 'weight_hr')):
                     if p is not None: p.uniform_(-1 / math.sqrt(m.hidden_size), 1 / math.sqrt(m.hidden_size))
             return
@@ -262,20 +337,16 @@ def _reinit_(m, act, rows=None, grads=None):
 
 def break_symmetry(
     model:nn.Module, # re-initialized in place where a layer is zero/constant or a unit duplicates another
-    xb=None, # a batch of inputs: only twins that get equal gradients on it are re-initialized (None: the weights alone decide)
+    xb=None, # a batch of inputs: only twins whose weights get equal gradients on it are re-initialized (None: the weights alone decide)
 ):
     "Re-initialize zero or constant layers and duplicated units of `model` (frozen layers: never); a DataFrame of what changed (empty: nothing did)"
     acts, rows, bad = following_activation(model), [], _flagged(model)
-    grads = _batch_grads(model, [m for _, m, _ in bad], xb) if xb is not None and bad else None  # (all read before any changes)
-    found = {n: _symmetry(m, group, grads) for n, m, group in bad}
-    broken = any(k for k, _ in found.values())  # (some layer stuck: an init broken as a whole, its zeros no deliberate choice)
+    verdicts = _verdicts(model, bad, xb)  # (all read before any change)
     for n, m, group in bad:
-        kind, dup = found[n]
-        if kind is None:  # (twins by their weights, told apart by their gradients: a deliberate zero init, in a model with no stuck layer)
-            kind = _symmetry(m, group)[0]
-            if not (broken and kind in ('zero', 'constant')): continue
-        whole = kind != 'symmetric' or isinstance(m, (nn.RNNBase, nn.modules.conv._ConvTransposeNd))  # (their units are not rows)
-        _reinit_(m, acts.get(n), None if whole else dup, grads)
+        kind, dup, how, layers = verdicts[n]
+        if how == 'apart': continue  # (twins by their weights, told apart by their gradients: a deliberate init, in a model with no stuck layer)
+        whole = kind != 'symmetric' or isinstance(m, (nn.RNNBase, nn.Embedding, nn.modules.conv._ConvTransposeNd))  # (their units are not rows)
+        _reinit_(m, acts.get(n), None if whole else dup, layers)
         units = _layer_weight(m)[0].shape[0]
         rows.append(dict(layer=n, type=type(m).__name__, was=kind, units_reinitialized=units if whole else len(dup), units=units))
     return pd.DataFrame(rows, columns=['layer', 'type', 'was', 'units_reinitialized', 'units'])
@@ -300,13 +371,15 @@ class BreakSymmetry(Callback):
     ): self.verbose, self.report = verbose, None
     def before_fit(self):
         if not real_fit(self): return
-        xb = None
-        if _flagged(self.model):  # (a batch only when the weights show twins: their gradients on it tell which stay twins)
-            try: xb = learner_batch(self.learn)
-            except ValueError: pass  # (no training batch: the weights alone decide)
+        xb, bad = None, _flagged(self.model)
+        if bad:  # (a batch only when the weights show twins: their gradients on it tell which stay twins)
+            try:  # (the validation set's first: reading the training set's would move its shuffle, and change the run)
+                v = getattr(getattr(self.learn, 'dls', None), 'valid', None)
+                xb = learner_batch(self.learn, v if v is not None and len(v) else None)
+            except (ValueError, TypeError): pass  # (no batch: the weights alone decide)
         self.report = break_symmetry(self.model, xb)
-        if not len(self.report): return  # (the same on every rank: weights DDP keeps identical, twins whose gradients are equal on any batch)
-        sync_from_main(self.model)
+        if bad: sync_from_main(self.model)  # (every rank alike: the weights DDP keeps identical show the same twins on each, but a verdict from a batch could differ)
+        if not len(self.report): return
         opt = getattr(self.learn, 'opt', None)
         if opt is not None:
             changed = {id(p) for n in self.report['layer'] for p in self.model.get_submodule(n).parameters()}

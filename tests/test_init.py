@@ -320,8 +320,98 @@ def test_zeros_of_a_broken_init_all_go():
     x = torch.randn(16, 64)
     z = mlp3(nn.Sigmoid)
     for p in z.parameters(): p.data.zero_()
-    assert check_init(z, x).finding[2].startswith('ok: zero')  # its own units are told apart...
-    assert break_symmetry(z, x)['layer'].tolist() == ['0', '2', '4']  # ...but the init is broken as a whole
+    assert check_init(z, x).finding[2] == "zero: its units' weights get different gradients, but other layers are stuck (an init broken as a whole)"
+    assert break_symmetry(z, x)['layer'].tolist() == ['0', '2', '4']  # its own units are told apart, but the init is broken as a whole
     h = mlp3(nn.Sigmoid)
     with torch.no_grad(): h[4].weight.zero_()
     assert len(break_symmetry(h, x)) == 0 and (h[4].weight == 0).all()  # alone: a deliberate zero init, left
+
+def test_a_zero_chain_is_followed():
+    "Fixup as published (zero classifier too): the branches get no gradient until the classifier moves; the probe steps it and looks again"
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__(); self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+            nn.init.zeros_(self.c2.weight); nn.init.zeros_(self.c2.bias)
+        def forward(self, x): return torch.relu(x + self.c2(torch.relu(self.c1(x))))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), Block(8), Block(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    nn.init.zeros_(net[6].weight); nn.init.zeros_(net[6].bias)
+    keep = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(16, 1, 8, 8)
+    assert check_init(net, x).set_index('layer').loc[['2.c2', '3.c2', '6'], 'finding'].str.startswith('ok: zero').all()
+    assert len(break_symmetry(net, x)) == 0
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in keep.items())  # (the probe's steps undone: bit-identical)
+
+def test_twins_among_a_zero_layer_whoever_comes_first():
+    "Units 1 and 2 of a zero layer alike in and out, unit 0 not: 1 and 2 are twins (they were compared with unit 0 only)"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    with torch.no_grad(): m[0].weight.zero_(); m[0].bias.zero_(); m[2].weight[:, 2] = m[2].weight[:, 1]
+    x = torch.randn(16, 4)
+    ci = check_init(m, x)
+    assert ci.finding[0].startswith('zero') and ci.duplicate_units[0] == 1
+    assert break_symmetry(m, x)[['layer', 'was']].values.tolist() == [['0', 'zero']]
+
+def test_rnn_reinitialized_with_a_broken_init():
+    "A zero LSTM told apart by its head, in a model with a stuck layer: reported re-initialized, and it was (it was left zero)"
+    class M(nn.Module):
+        def __init__(s):
+            super().__init__(); s.rnn, s.head, s.l1, s.l2 = nn.LSTM(3, 8, batch_first=True), nn.Linear(8, 2), nn.Linear(3, 8), nn.Linear(8, 2)
+        def forward(s, x): return s.head(s.rnn(x)[0][:, -1]) + s.l2(torch.relu(s.l1(x[:, -1])))
+    torch.manual_seed(0)
+    m, x = M(), torch.randn(4, 5, 3)
+    with torch.no_grad():
+        for p in m.rnn.parameters(): p.zero_()
+        m.l1.weight.zero_(); m.l1.bias.zero_()
+    assert sorted(break_symmetry(m, x)['layer']) == ['l1', 'rnn']
+    assert all((p != 0).any() for p in m.rnn.parameters())
+
+def test_embedding_units_are_its_features():
+    "An embedding's units are its output features: a zero embedding ahead of a random layer learns (each token's row moves when it is looked up)"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Embedding(100, 6, padding_idx=0), nn.Flatten(), nn.Linear(12, 3))
+    with torch.no_grad(): m[0].weight.zero_()
+    x = torch.randint(0, 10, (16, 2))
+    assert check_init(m).finding[0].startswith('zero') and check_init(m).duplicate_units[0] == 5  # (6 features, one distinct)
+    assert check_init(m, x).finding[0].startswith('ok: zero') and len(break_symmetry(m, x)) == 0
+    with torch.no_grad(): m[0].weight.normal_(); m[0].weight[:, 4] = m[0].weight[:, 1]; m[2].weight[:, [4, 10]] = m[2].weight[:, [1, 7]]
+    assert check_init(m, x).finding[0] == 'symmetric: 1 units duplicate another'  # feature 4 copies feature 1, in and out
+
+def test_every_output_is_projected():
+    "A model returning (features, logits) with a zero head: the head's gradient comes from the logits, not only the first output"
+    class M(nn.Module):
+        def __init__(s):
+            super().__init__(); s.body, s.head = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16)), nn.Linear(16, 3)
+            nn.init.zeros_(s.head.weight)
+        def forward(s, x): f = s.body(x); return f, {'logits': s.head(f)}
+    torch.manual_seed(0)
+    assert check_init(M(), torch.randn(8, 4)).set_index('layer').loc['head', 'finding'].startswith('ok: zero')
+
+def test_parametrized_weight_falls_back_to_the_weights():
+    "weight_norm with a zero gain: its weight is computed, no parameter, and has no gradient entry (KeyError): the weights decide"
+    from torch.nn.utils.parametrizations import weight_norm
+    torch.manual_seed(0)
+    lin = weight_norm(nn.Linear(8, 8))
+    with torch.no_grad(): lin.parametrizations.weight.original0.zero_()
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), lin, nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(16, 4)
+    assert check_init(m, x).finding[1].startswith('zero: every unit') and list(break_symmetry(m, x)['layer']) == ['2']
+
+def test_break_symmetry_keeps_the_batch_order():
+    "The probe's batch is the validation set's: reading the training set's moved its shuffle, and a seeded run changed"
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.callback.core import Callback
+    from fastai.torch_core import set_seed
+    class Order(Callback):
+        def before_fit(self): self.ys = []
+        def before_batch(self):
+            if self.training: self.ys.append(self.yb[0].tolist())
+    ds = [(torch.randn(4), torch.tensor(i)) for i in range(64)]
+    def run(cbs):
+        set_seed(0)
+        dls = DataLoaders(DataLoader(ds, bs=16, shuffle=True), DataLoader(ds, bs=16))
+        m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 64)); nn.init.zeros_(m[2].weight)
+        o = Order(); learn = quiet(Learner(dls, m, nn.functional.cross_entropy, cbs=[o, *cbs])); learn.fit(1, 1e-3)
+        return o.ys
+    assert run([BreakSymmetry(verbose=False)]) == run([])
