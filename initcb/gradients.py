@@ -92,6 +92,8 @@ def setup(self:GradientHealth):
     clip = [cb for cb in self.learn.cbs if isinstance(cb, GradientClip)]
     self._clip = clip[0].max_norm if clip and clip[0].norm_type == 2 else None
     self._rec = 0
+    g = next((c for c in self.learn.cbs if hasattr(c, 'grad_norms')), None)  # (a `NonFiniteGuard` checking the same gradients: its norms are these)
+    self._guard = g if g is not None and len(g.params) == len(self.params) and all(a is b for a, b in zip(g.params, self.params)) else None
     self._q = DeviceChunks(self._sink, self.chunk, collate=stack_scalars)  # rows of norms, stacked a chunk at a time
     self._uq = DeviceChunks(self._usink, max(1, min(4, self.chunk // self.update_every)), collate=stack_scalars)
     if self.act_grads:
@@ -126,19 +128,23 @@ def before_step(self:GradientHealth):
     if not self._on: return
     if self.act_grads:
         with torch.no_grad(): self._reduce_act_grads()
-    ps = self.params
-    gs = [p.grad if p.grad is not None else self._zero(p) for p in ps]
-    for j in self._sparse:  # (a sparse gradient: its stored values, duplicate rows summed; the rows it leaves out are zeros)
-        if gs[j].is_sparse: gs[j] = gs[j].coalesce().values()
+    ps, gd = self.params, self._guard
+    n2 = None if gd is None else gd.grad_norms  # (this batch's, computed by the guard: one multi-tensor norm a batch, not two)
+    if gd is not None: gd.grad_norms = None
+    if n2 is None or self._upd:
+        gs = [p.grad if p.grad is not None else self._zero(p) for p in ps]
+        for j in self._sparse:  # (a sparse gradient: its stored values, duplicate rows summed; the rows it leaves out are zeros)
+            if gs[j].is_sparse: gs[j] = gs[j].coalesce().values()
     g, f32 = torch.is_grad_enabled(), torch.float32; _set_grad(False)
     try:
-        try: n2 = torch._foreach_norm(gs, 2, dtype=f32)
-        except RuntimeError:  # (a sparse gradient no module type announced: a custom module's `F.embedding(sparse=True)`)
-            sp = [j for j, x in enumerate(gs) if x.is_sparse]
-            if not sp: raise
-            self._sparse = sorted({*self._sparse, *sp})  # (for the rest of the fit: no check a batch)
-            for j in sp: gs[j] = gs[j].coalesce().values()
-            n2 = torch._foreach_norm(gs, 2, dtype=f32)
+        if n2 is None:
+            try: n2 = torch._foreach_norm(gs, 2, dtype=f32)
+            except RuntimeError:  # (a sparse gradient no module type announced: a custom module's `F.embedding(sparse=True)`)
+                sp = [j for j, x in enumerate(gs) if x.is_sparse]
+                if not sp: raise
+                self._sparse = sorted({*self._sparse, *sp})  # (for the rest of the fit: no check a batch)
+                for j in sp: gs[j] = gs[j].coalesce().values()
+                n2 = torch._foreach_norm(gs, 2, dtype=f32)
         self._q.add(n2, self._iter)
         if self._upd:
             nz = torch._foreach_norm(gs, 0, dtype=f32)  # non-zero entries

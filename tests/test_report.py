@@ -351,3 +351,27 @@ def test_grad_norm_column_reads_the_epoch():
         want = np.median(gh.global_norm()[(it >= e * n) & (it < (e + 1) * n)])
         assert np.isclose(learn.recorder.values[e][-1], want, rtol=1e-6), (e, learn.recorder.values[e][-1], want)
     assert np.isnan(learn.validate()[-1])  # (outside a fit: NaN)
+
+@pytest.mark.parametrize('unused', [False, True])
+def test_gradient_norms_shared_with_the_guard(unused):
+    """With NonFiniteGuard on the same gradients, GradientHealth reads the guard's norms (one multi-tensor norm a batch, not two): the same history;
+    with a parameter that gets no gradient (an unused head) the guard's norms leave it out, and GradientHealth takes its own"""
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.callback.training import GradientAccumulation
+    class M(nn.Module):
+        def __init__(s): super().__init__(); s.body, s.spare = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)), nn.Linear(2, 2)
+        def forward(s, x): return s.body(x)
+    hist = {}
+    for name, extra in [('alone', []), ('guarded', [NonFiniteGuard()]), ('accumulated', [NonFiniteGuard(), GradientAccumulation(64)])]:
+        torch.manual_seed(0)
+        m = M() if unused else M().body
+        learn = quiet(Learner(digits_dls(n_train=256, bs=32), m, loss_func=CrossEntropyLossFlat(), cbs=[GradientHealth(warn=False, update_every=3), *extra]))
+        learn.fit(2, 1e-3)
+        gh = learn.gradient_health
+        assert (gh._guard is not None) == bool(extra)  # (with an unused parameter the guard offers no norms: each batch, its own)
+        hist[name] = gh.to_df(per='param')
+    a, b = hist['alone'], hist['guarded']
+    assert len(a) == len(b) and np.array_equal(a.grad_norm.values, b.grad_norm.values, equal_nan=True)
+    assert np.array_equal(a.update_ratio.values, b.update_ratio.values, equal_nan=True)
+    c = hist['accumulated']  # (steps every 2nd batch: the guard's norms of the batch that steps are the accumulated gradients')
+    assert len(c) == len(a) // 2 and np.isfinite(c.grad_norm.dropna()).all()
