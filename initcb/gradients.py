@@ -124,6 +124,17 @@ def before_batch(self:GradientHealth):
     self.n_seen += 1
 
 @patch
+def _norms(self:GradientHealth, gs, ord):
+    "The float32 norms of gradients `gs`, sparse ones found as the fused call refuses them (a custom module's `F.embedding(sparse=True)`: no module type says so) made dense in `gs` and remembered for the fit"
+    try: return torch._foreach_norm(gs, ord, dtype=torch.float32)
+    except RuntimeError:
+        sp = [j for j, x in enumerate(gs) if x.is_sparse]
+        if not sp: raise
+        self._sparse = sorted({*self._sparse, *sp})  # (for the rest of the fit: no check a batch)
+        for j in sp: gs[j] = gs[j].coalesce().values()
+        return torch._foreach_norm(gs, ord, dtype=torch.float32)
+
+@patch
 def before_step(self:GradientHealth):
     if not self._on: return
     if self.act_grads:
@@ -137,17 +148,10 @@ def before_step(self:GradientHealth):
             if gs[j].is_sparse: gs[j] = gs[j].coalesce().values()
     g, f32 = torch.is_grad_enabled(), torch.float32; _set_grad(False)
     try:
-        if n2 is None:
-            try: n2 = torch._foreach_norm(gs, 2, dtype=f32)
-            except RuntimeError:  # (a sparse gradient no module type announced: a custom module's `F.embedding(sparse=True)`)
-                sp = [j for j, x in enumerate(gs) if x.is_sparse]
-                if not sp: raise
-                self._sparse = sorted({*self._sparse, *sp})  # (for the rest of the fit: no check a batch)
-                for j in sp: gs[j] = gs[j].coalesce().values()
-                n2 = torch._foreach_norm(gs, 2, dtype=f32)
+        if n2 is None: n2 = self._norms(gs, 2)
         self._q.add(n2, self._iter)
         if self._upd:
-            nz = torch._foreach_norm(gs, 0, dtype=f32)  # non-zero entries
+            nz = self._norms(gs, 0)  # non-zero entries
             nonf = torch._foreach_norm(torch._foreach_mul(gs, 0.), 0, dtype=f32)  # 0*inf and 0*nan are nan: counted
             self._nonf, self._hasg = nz + nonf, np.array([p.grad is not None for p in ps])
             if self._pbuf is None: self._pbuf = [torch.empty_like(p) for p in ps]  # kept for the fit: no allocation a step
