@@ -12,6 +12,7 @@ import pandas as pd, torch
 from torch import nn, Tensor
 from torch.nn.utils.rnn import PackedSequence
 import torch.nn.functional as F
+from fastai.torch_core import to_device
 from fastai.callback.core import Callback, TrainEvalCallback
 from .core import *
 
@@ -125,7 +126,7 @@ def _layer_weight(m, s='_l0', t=None):
         w = w.reshape(g, w.shape[0] // g, *w.shape[1:]).transpose(1, 2).reshape(w.shape[1] * g, w.shape[0] // g, *w.shape[2:])
     return w, b
 
-GRAD_RTOL = 1e-4  # twins' gradients equal to this (relative): float32 rounding apart, not a difference the next step keeps
+GRAD_RTOL = 1e-5  # twins' gradients equal to this (relative; 4 eps for 16-bit weights): float32 rounding apart, not a difference the next step keeps
 
 def _classes(w, b, groups, group, kind):
     "Lists of units alike by their weights: a zero or constant layer's, each conv group's units; a symmetric one's, each unit with its `_twins`"
@@ -136,23 +137,29 @@ def _classes(w, b, groups, group, kind):
         for d, o in _twins(w[k:k + per], None if b is None else b[k:k + per], group): cl.setdefault(k + o, [k + o]).append(k + d)
     return list(cl.values())
 
-def _split(classes, G):
-    "Each of `classes` (lists of units) split into the runs of units whose gradient rows `G` are equal too (to `GRAD_RTOL`): sorted by a random projection of their rows, neighbours compared"
-    r = torch.randn(G.shape[1], generator=torch.Generator().manual_seed(0)).to(G)
-    out = []
+def _split(classes, G, rtol=GRAD_RTOL):
+    """Each of `classes` (lists of units) split into runs of units whose gradient rows `G` are equal too, to `rtol`: sorted by a random
+    projection of their rows, each compared with its run's first. All-zero rows are equal only where the whole class's rows are zero (no
+    evidence: the weights decide); beside units the gradient reaches, a unit idle on the batch (behind a ReLU) is no twin of another"""
+    r, out = torch.randn(G.shape[1], generator=torch.Generator().manual_seed(0)).to(G), []
     for c in (c for c in classes if len(c) > 1):
         idx = torch.tensor(c, device=G.device)
-        idx = idx[(G[idx] @ r).argsort()].tolist()
-        R = G[idx]
-        same = ((R[1:] - R[:-1]).abs().amax(1) <= GRAD_RTOL * torch.maximum(R[1:].abs().amax(1), R[:-1].abs().amax(1))).tolist()  # (both zero: same)
-        run = idx[:1]
-        for u, s in zip(idx[1:], same):
-            if not s: out.append(run); run = []
+        dead = not G[idx].any()
+        close = lambda a, b: ((a - b).abs().amax(-1) <= rtol * torch.maximum(a.abs().amax(-1), b.abs().amax(-1))) & (dead | (a.abs().amax(-1) > 0))
+        idx = idx[(G[idx] @ r).argsort()]
+        same = close(G[idx[1:]], G[idx[:-1]]).tolist()  # (neighbours: candidate runs, each then checked against its first)
+        runs, run = [], [int(idx[0])]
+        for u, s in zip(idx[1:].tolist(), same):
+            if not s: runs.append(run); run = []
             run.append(u)
-        out.append(run)
+        runs.append(run)
+        for run in runs:
+            while len(run) > 1:
+                ok = close(G[run], G[run[0]].expand(len(run), -1)).tolist()
+                out.append([u for u, o in zip(run, ok) if o]); run = [u for u, o in zip(run, ok) if not o]
     return out
 
-def _symmetry_of(w, b, groups=1, group=1, g=None):
+def _symmetry_of(w, b, groups=1, group=1, g=None, rtol=GRAD_RTOL):
     "`_symmetry` of weight rows `w` (one per unit) and bias `b`, in `groups` that each read their own inputs; given `g`, the same rows of the weights' gradients, only twins whose gradients are equal too"
     w, per = w.detach(), w.shape[0] // groups  # (a grouped conv: `per` units a group, each group its own inputs)
     if per == 1 and w.dim() > 1 and w.shape[0] > 1: return None, []  # (depthwise: no two units read the same inputs)
@@ -161,24 +168,39 @@ def _symmetry_of(w, b, groups=1, group=1, g=None):
     elif w.dim() < 2: return None, []
     else: kind = 'symmetric'
     cl = _classes(w, b, groups, group, kind)
-    if g is not None: cl = _split(cl, g.detach().float().reshape(g.shape[0], -1))  # (not the biases': a zero output layer fed zeros has biases that learn, weights that never move)
+    if g is not None: cl = _split(cl, g.detach().float().reshape(g.shape[0], -1), rtol)  # (not the biases': a zero output layer fed zeros has biases that learn, weights that never move)
     dups = sorted(u for c in cl for u in sorted(c)[1:])  # (each class's first unit keeps its weights)
     if not dups and (kind == 'symmetric' or g is not None): return None, []  # (a zero layer of one unit a group: flagged from its weights alone)
     return kind, dups
 
+def _get(d, p):
+    "`d[p]`, a KeyError where it is None (a parameter that got no gradient)"
+    if d.get(p) is None: raise KeyError(p)
+    return d[p]
+
 def _grad_rows(m, s, grads):
-    "The rows of `m`'s weight gradient that `_layer_weight` reads (layer `s` of an RNN); None without `grads`, or for a weight that is no parameter (a parametrization's)"
+    "The rows of `m`'s weight gradients that `_layer_weight` reads (layer `s` of an RNN), those of each projection side by side; None without `grads`, for a parameter that got none (unused in the pass) or a weight that is no parameter (a parametrization's)"
     if grads is None: return None
-    try: return _layer_weight(m, s, grads.__getitem__)[0]
+    try: rows = [_layer_weight(m, s, lambda p: _get(d, p))[0] for d in grads]
     except KeyError: return None
+    return torch.cat([w.reshape(w.shape[0], -1) for w in rows], 1)
 
-def _symmetry(m, group=1, grads=None):
-    "('zero' | 'constant' | 'symmetric' | None, duplicate unit indices) for a layer with weights (units `group` at a time feed one `PixelShuffle` channel); given `grads` ({parameter: its gradient on a batch}: `_batch_grads`), only twins whose weights' gradients are equal too"
+def _rtol(m):
+    w = next((p for n, p in m.named_parameters(recurse=False) if n.startswith('weight')), None)
+    return GRAD_RTOL if w is None or not w.is_floating_point() else max(GRAD_RTOL, 4 * torch.finfo(w.dtype).eps)
+
+def _symmetry(m, group=1, grads=None, orig=None):
+    """('zero' | 'constant' | 'symmetric' | None, duplicate unit indices) for a layer with weights (units `group` at a time feed one `PixelShuffle` channel);
+    given `grads` (`_batch_grads`), only twins whose weights' gradients are equal too; `orig` ({parameter: its value}): the weights to read in place of the live ones"""
     if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): return None, []
-    if isinstance(m, nn.RNNBase): return next((k for s in _rnn_layers(m) if (k := _symmetry_of(*_layer_weight(m, s), g=_grad_rows(m, s, grads)))[0]), (None, []))  # (its first bad layer)
-    return _symmetry_of(*_layer_weight(m), getattr(m, 'groups', 1), group, _grad_rows(m, '_l0', grads))
+    w_of, rtol = None if orig is None else (lambda p: orig.get(p, p)), _rtol(m)
+    if isinstance(m, nn.RNNBase): return next((k for s in _rnn_layers(m) if (k := _symmetry_of(*_layer_weight(m, s, w_of), g=_grad_rows(m, s, grads), rtol=rtol))[0]), (None, []))  # (its first bad layer)
+    return _symmetry_of(*_layer_weight(m, '_l0', w_of), getattr(m, 'groups', 1), group, _grad_rows(m, '_l0', grads), rtol)
 
-def _rnn_bad(m, grads=None): return [s for s in _rnn_layers(m) if _symmetry_of(*_layer_weight(m, s), g=_grad_rows(m, s, grads))[0]]  # (an RNN's layers `_symmetry` flags)
+def _rnn_bad(m, grads=None, orig=None):
+    "An RNN's layers `_symmetry` flags"
+    w_of = None if orig is None else (lambda p: orig.get(p, p))
+    return [s for s in _rnn_layers(m) if _symmetry_of(*_layer_weight(m, s, w_of), g=_grad_rows(m, s, grads), rtol=_rtol(m))[0]]
 
 def _float_outputs(o):
     "Every floating-point tensor with a gradient in a model's output (a tensor, a `PackedSequence`, nested tuples, lists or dicts of them)"
@@ -196,17 +218,24 @@ def _no_cudnn(on=True):
     finally: torch.backends.cudnn.enabled = was
 
 def _batch_grads(model, ps, xb):
-    "{parameter: its gradient} for parameters `ps`, from one pass over batch `xb` (moved to their device) in `eval_mode` (no dropout, nothing updated); the loss a fixed random projection of every output, so each output unit gets a gradient of its own, as from a real loss. None if the output has no gradient"
+    """[{parameter: its gradient}, ...] for parameters `ps`, from one pass over batch `xb` (its tensors moved to the model's device) in `eval_mode`
+    (no dropout, nothing updated), under two losses: each a fixed random projection of every output, so each output unit gets a gradient
+    of its own, as from a real loss (units equal under both are twins; units near-equal by accident under one are not under the other).
+    A parameter the pass does not use: None; a frozen one: zeros. None if the output has no gradient"""
     need = [p for p in ps if p.requires_grad]
     if not need: return None
-    xb = tuple(x.to(need[0].device) for x in xb) if isinstance(xb, (tuple, list)) else xb.to(need[0].device)
+    xb = to_device(xb, next(model.parameters()).device)
     with eval_mode(model), torch.enable_grad(), _no_cudnn(any(isinstance(m, nn.RNNBase) for m in model.modules())):
-        os = _float_outputs(model(*(xb if isinstance(xb, tuple) else (xb,))))
+        os = _float_outputs(model(*(xb if isinstance(xb, (tuple, list)) else (xb,))))
         if not os: return None
-        gen = torch.Generator(device=os[0].device).manual_seed(0)  # (not the global generator's draws)
-        loss = sum((o.float() * torch.randn(o.shape, generator=gen, device=o.device)).sum() for o in os)
-        got = dict(zip(need, torch.autograd.grad(loss, need, allow_unused=True)))
-    return {p: got[p] if got.get(p) is not None else torch.zeros_like(p) for p in ps}  # (frozen or unused: no gradient)
+        gen, res = torch.Generator(device=os[0].device).manual_seed(0), []  # (not the global generator's draws)
+        for k in range(2):
+            loss = sum((o.float() * torch.randn(o.shape, generator=gen, device=o.device)).sum() for o in os)
+            gs = torch.autograd.grad(loss, need, allow_unused=True, retain_graph=k == 0)
+            d = {p: torch.zeros_like(p) for p in ps if not p.requires_grad}
+            d.update({p: None if g is None else g.to_dense() if g.is_sparse else g for p, g in zip(need, gs)})
+            res.append(d)
+    return res
 
 def _flagged(model):
     "The layers of `model` whose weights alone make them zero, constant or symmetric, frozen ones left out: [(name, module, PixelShuffle group)]"
@@ -216,32 +245,32 @@ def _flagged(model):
 PROBES = 4  # gradient passes at most: each step lets the gradient through one more zero layer (Fixup's zero branches behind its zero classifier: 2)
 
 def _verdicts(model, bad, xb=None):
-    """{name: (kind, duplicate units, how, an RNN's bad layers)} for the layers `bad` (`_flagged`). `how`: 'weights' (no batch, or no gradient to read),
-    'stuck' (twins whose weights get equal gradients in every pass), 'apart' (told apart by their gradients: a deliberate init),
-    'broken' (zero or constant, told apart, in a model with stuck layers: an init broken as a whole)"""
+    """{name: (kind, duplicate units, how, an RNN's bad layers)} for the layers `bad` (`_flagged`), kind from their weights. `how`: 'weights'
+    (no batch, or no gradient to read: unused in the pass, a parametrized weight), 'stuck' (twins whose weights get equal gradients in every
+    pass), 'apart' (told apart by their gradients: a deliberate init), 'broken' (zero or constant, told apart, in a model where some zero or
+    constant layer is stuck: an init broken as a whole)"""
     res = {n: (*_symmetry(m, g), 'weights', _rnn_bad(m) if isinstance(m, nn.RNNBase) else None) for n, m, g in bad}
     if xb is None or not bad: return res
-    ps = [p for _, m, _ in bad for p in m.parameters(recurse=False)]
-    keep, pending = [p.detach().clone() for p in ps], list(bad)
+    ps = list({id(p): p for _, m, _ in bad for p in m.parameters(recurse=False)}.values())  # (a tied parameter once)
+    orig, pending = {p: p.detach().clone() for p in ps}, list(bad)
     try:
         for k in range(PROBES):
             grads = _batch_grads(model, ps, xb)
             if grads is None: break
             told = False
             for n, m, g in list(pending):
-                if _grad_rows(m, '_l0', grads) is None: pending.remove((n, m, g)); continue  # (a parametrized weight: the weights decide)
-                kind, dups = _symmetry(m, g, grads)
-                if kind is None: res[n] = (*_symmetry(m, g), 'apart', None); pending.remove((n, m, g)); told = True
-                else: res[n] = (kind, dups, 'stuck', _rnn_bad(m, grads) if isinstance(m, nn.RNNBase) else None)
+                if _grad_rows(m, '_l0', grads) is None: pending.remove((n, m, g)); continue  # (no gradient to read: the weights decide)
+                kind, dups = _symmetry(m, g, grads, orig)  # (the weights as they were: this pass's steps are not theirs)
+                if kind is None: res[n] = (res[n][0], [], 'apart', None); pending.remove((n, m, g)); told = True
+                else: res[n] = (kind, dups, 'stuck', _rnn_bad(m, grads, orig) if isinstance(m, nn.RNNBase) else None)
             if not told or not pending or k == PROBES - 1: break  # (nothing new told apart: another step tells no more)
-            with torch.no_grad():  # a small step down each flagged layer's gradient, as training's first would take: the gradient gets through it next pass
-                for p in ps:
-                    s = grads[p].abs().max()
-                    if s > 0: p.sub_(grads[p] * (1e-2 * max(1., p.abs().max().item()) / s))
+            for p in ps:  # a small step down each flagged layer's gradient, as training's first would take: the gradient gets through it next pass
+                d = grads[0][p]
+                s = 0. if d is None else d.abs().max()
+                if s > 0: p.data.sub_(d * (1e-2 * max(1., orig[p].abs().max().item()) / s))  # (`.data`: no autograd version bump, a graph of the caller's stays valid)
     finally:
-        with torch.no_grad():
-            for p, v in zip(ps, keep): p.copy_(v)
-    if any(h == 'stuck' for _, _, h, _ in res.values()):
+        for p, v in orig.items(): p.data.copy_(v)
+    if any(h == 'stuck' and k in ('zero', 'constant') for k, _, h, _ in res.values()):
         res = {n: (k, d, 'broken', l if l is None else _rnn_bad(dict(model.named_modules())[n])) if h == 'apart' and k in ('zero', 'constant') else (k, d, h, l)
                for n, (k, d, h, l) in res.items()}
     return res
@@ -332,8 +361,10 @@ def _reinit_(m, act, rows=None, layers=None):
         std = 1. if isinstance(m, nn.Embedding) else activation_gain(act) / math.sqrt(_fan_in(w, m))
         new = torch.randn_like(w) * std
         if rows is None: w.copy_(new)
+        elif isinstance(m, nn.Embedding): w[:, rows] = new[:, rows]  # (its units: output features, the columns)
         else: w[rows] = new[rows]
         if b is not None and not isinstance(m, nn.Embedding) and rows is not None: b[rows] = 0.
+        if isinstance(m, nn.Embedding) and m.padding_idx is not None: w[m.padding_idx] = 0.  # (the padding row gets no gradient: it stays as set)
 
 def break_symmetry(
     model:nn.Module, # re-initialized in place where a layer is zero/constant or a unit duplicates another
@@ -345,7 +376,7 @@ def break_symmetry(
     for n, m, group in bad:
         kind, dup, how, layers = verdicts[n]
         if how == 'apart': continue  # (twins by their weights, told apart by their gradients: a deliberate init, in a model with no stuck layer)
-        whole = kind != 'symmetric' or isinstance(m, (nn.RNNBase, nn.Embedding, nn.modules.conv._ConvTransposeNd))  # (their units are not rows)
+        whole = kind != 'symmetric' or isinstance(m, (nn.RNNBase, nn.modules.conv._ConvTransposeNd))  # (their units are not rows)
         _reinit_(m, acts.get(n), None if whole else dup, layers)
         units = _layer_weight(m)[0].shape[0]
         rows.append(dict(layer=n, type=type(m).__name__, was=kind, units_reinitialized=units if whole else len(dup), units=units))
@@ -359,7 +390,8 @@ def learner_batch(
     "The inputs of the first batch of `dl` (its first `learn.dls.n_inp` elements), on the model's device"
     dl = dl if dl is not None else getattr(getattr(learn, 'dls', None), 'train', None)
     if dl is None: raise ValueError("`dl` is None and the learner has no training DataLoader")
-    xb = first_inputs(dl, getattr(getattr(learn, 'dls', None), 'n_inp', None))
+    with torch.random.fork_rng(devices=[]):  # (PyTorch's DataLoader draws its seed from the global generator: a seeded run stays as it was)
+        xb = first_inputs(dl, getattr(getattr(learn, 'dls', None), 'n_inp', None))
     dev = next(learn.model.parameters()).device
     return tuple(x.to(dev) for x in xb) if isinstance(xb, (tuple, list)) else xb.to(dev)
 

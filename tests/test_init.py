@@ -224,7 +224,7 @@ def test_break_symmetry_every_rnn_layer_and_only_the_bad_one(bad):
     assert len(break_symmetry(nn.Sequential(rnn))) == 0
 
 # Twins their gradients tell apart: given a batch, only units that get equal gradients too are symmetry
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings, assume, strategies as st
 
 def mlp3(act=nn.ReLU, ni=64):
     return nn.Sequential(nn.Linear(ni, 32), act(), nn.Linear(32, 32), act(), nn.Linear(32, 10))
@@ -311,7 +311,10 @@ def test_a_twin_is_found_iff_it_is_one_in_and_out(layer, act, a, d, out_too):
     with torch.no_grad():
         l.weight[b] = l.weight[a]; l.bias[b] = l.bias[a]
         if out_too: nxt.weight[:, b] = nxt.weight[:, a]
-    row = check_init(m, torch.randn(16, 16)).set_index('layer').loc[str(2 * layer)]
+    x = torch.randn(16, 16)
+    with torch.no_grad(): live = act is not nn.ReLU or (m[:2 * layer + 1](x)[:, a] > 0).any()
+    assume(live)  # (a ReLU unit off on every example gets no gradient: no evidence, its weights decide)
+    row = check_init(m, x).set_index('layer').loc[str(2 * layer)]
     assert row['finding'].startswith('symmetric') == out_too and row['duplicate_units'] == int(out_too), row['finding']
     assert check_init(m).set_index('layer').loc[str(2 * layer), 'duplicate_units'] == 1  # from the weights alone: always
 
@@ -415,3 +418,83 @@ def test_break_symmetry_keeps_the_batch_order():
         o = Order(); learn = quiet(Learner(dls, m, nn.functional.cross_entropy, cbs=[o, *cbs])); learn.fit(1, 1e-3)
         return o.ys
     assert run([BreakSymmetry(verbose=False)]) == run([])
+
+def test_verdicts_read_the_weights_as_they_were():
+    "Later passes judge a layer by its weights before the probe's steps: a truly stuck zero layer ('a') was reported 'symmetric' and half re-initialized"
+    class M(nn.Module):
+        def __init__(s): super().__init__(); s.l1, s.l2, s.a, s.b = nn.Linear(4, 8), nn.Linear(8, 3), nn.Linear(4, 6), nn.Linear(6, 3)
+        def forward(s, x): return s.l2(s.l1(x)) + s.b(s.a(x))
+    torch.manual_seed(0); m = M()
+    with torch.no_grad():
+        m.l1.weight.zero_(); m.l1.bias.uniform_(0.1, 1); m.l2.weight.fill_(0.1)  # (l1: equal, nonzero gradients until l2 moves)
+        m.a.weight.zero_(); m.a.bias.zero_(); m.b.weight.fill_(0.1)  # (a, b: stuck)
+    x = torch.randn(16, 4)
+    ci = check_init(m, x).set_index('layer')['finding']
+    assert ci['a'].startswith('zero: every unit') and ci['l1'].startswith('zero: ')
+    rep = break_symmetry(m, x).set_index('layer')
+    assert rep.loc['a', 'was'] == 'zero' and rep.loc['a', 'units_reinitialized'] == 6
+    assert duplicate_units(m.a.weight, m.a.bias) == [] and (m.l1.weight != 0).any()
+
+@pytest.mark.parametrize('bs', [2, 4, 16])
+def test_units_idle_on_the_batch_are_no_twins(bs):
+    "A deliberate zero branch (out = relu(x + Z(...))): units inactive on every example have zero gradient rows, no twins of each other"
+    class Res(nn.Module):
+        def __init__(s):
+            super().__init__(); s.inp, s.L, s.Z, s.head = nn.Linear(16, 64), nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 10)
+            nn.init.zeros_(s.Z.weight); nn.init.zeros_(s.Z.bias)
+        def forward(s, x): x = torch.relu(s.inp(x)); return s.head(torch.relu(x + s.Z(torch.relu(s.L(x)))))
+    for seed in range(5):
+        torch.manual_seed(seed); m = Res()
+        assert len(break_symmetry(m, torch.randn(bs, 16))) == 0, seed
+
+@pytest.mark.parametrize('classes,bs', [(1000, 1), (20000, 2)])
+def test_rank_one_gradients_are_no_twins(classes, bs):
+    "A zero head on a batch of one: its gradient rows are multiples of one vector, a few near-equal by accident (16 of 1000 were twins)"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, classes)); nn.init.zeros_(m[2].weight)
+    assert check_init(m, torch.randn(bs, 8)).finding[1].startswith('ok: zero')
+
+def test_probe_leaves_a_graph_and_the_inputs_alone():
+    "check_init(m, xb) steps weights through `.data` (a caller's graph stays valid); a batch with non-tensors or a dict is read as given"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)); nn.init.zeros_(m[2].weight)
+    x = torch.randn(16, 4)
+    loss = m(x).pow(2).sum()
+    check_init(m, x)
+    loss.backward()  # (it raised: "modified by an inplace operation")
+    class Two(nn.Module):
+        def __init__(s): super().__init__(); s.m = m
+        def forward(s, x, extra=None): return s.m(x['x'] if isinstance(x, dict) else x)
+    for xb in ((x, None), (x, 3), {'x': x}):
+        assert check_init(Two(), xb).finding[1].startswith('ok: zero'), xb
+
+def test_seeded_run_unchanged_by_the_probe_batch():
+    "Reading the validation batch draws a seed from torch's global generator (PyTorch's DataLoader): with dropout the run changed"
+    from fastai.torch_core import set_seed
+    def run(cbs):
+        set_seed(0)
+        m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10)); nn.init.zeros_(m[3].weight)
+        learn = digits_learner(m, cbs); learn.fit(1, 1e-3)
+        return torch.cat([p.detach().flatten() for p in m.parameters()])
+    assert torch.equal(run([BreakSymmetry(verbose=False)]), run([]))
+
+def test_embedding_feature_twin_alone_and_padding_kept():
+    "A duplicated embedding feature: its column re-initialized, the other features and the padding row (zero) kept"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Embedding(10, 6, padding_idx=0), nn.Flatten(), nn.Linear(12, 3))
+    with torch.no_grad(): m[0].weight[:, 4] = m[0].weight[:, 1]; m[2].weight[:, [4, 10]] = m[2].weight[:, [1, 7]]
+    keep = m[0].weight.detach().clone()
+    assert break_symmetry(m, torch.randint(0, 10, (16, 2)))[['was', 'units_reinitialized']].values.tolist() == [['symmetric', 1]]
+    w = m[0].weight
+    assert torch.equal(w[:, [0, 1, 2, 3, 5]], keep[:, [0, 1, 2, 3, 5]]) and not torch.equal(w[1:, 4], keep[1:, 4]) and (w[0] == 0).all()
+
+def test_unused_layer_does_not_break_the_init():
+    "A zero layer the pass never uses (no gradient) and a copied unit elsewhere: not 'an init broken as a whole', LoRA's B stays zero"
+    class M(nn.Module):
+        def __init__(s):
+            super().__init__(); s.A, s.B, s.extra, s.mid = nn.Linear(8, 2, bias=False), nn.Linear(2, 8, bias=False), nn.Linear(8, 8), nn.Linear(8, 8)
+            nn.init.zeros_(s.B.weight); nn.init.zeros_(s.extra.weight)
+            with torch.no_grad(): s.mid.weight[1] = s.mid.weight[0]; s.mid.bias[1] = s.mid.bias[0]
+        def forward(s, x): return s.mid(x + s.B(s.A(x)))
+    torch.manual_seed(0); m = M()
+    assert 'B' not in set(break_symmetry(m, torch.randn(16, 8))['layer']) and (m.B.weight == 0).all()
