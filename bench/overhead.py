@@ -139,6 +139,12 @@ class Calibration(HealthCallback):
     def remove(self):
         if getattr(self, 'hooks', None) is not None: self.hooks.remove()
 
+class UnsharedGuard(NonFiniteGuard):
+    "NonFiniteGuard that keeps its gradient norms to itself: GradientHealth takes its own, as before they were shared (a calibration row)"
+    def after_backward(self):
+        try: super().after_backward()
+        finally: self.grad_norms = None
+
 def _spin(s):
     t = time.perf_counter() + s
     while time.perf_counter() < t: pass
@@ -164,6 +170,7 @@ EXTRA_CFGS = {
     'minimal sampler (sampled after the forward pass)': lambda: [HeldSampler(every=1)],
     'NonFiniteGuard()': lambda: [NonFiniteGuard(verbose=False)],
     'HealthCheck(report=False)': lambda: [HealthCheck(report=False)],
+    'HealthCheck(report=False), norms not shared': lambda: [UnsharedGuard(verbose=False), HealthCheck(report=False)],
 }
 ALL_CFGS = {**CFGS, **EXTRA_CFGS}
 

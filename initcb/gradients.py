@@ -92,8 +92,8 @@ def setup(self:GradientHealth):
     clip = [cb for cb in self.learn.cbs if isinstance(cb, GradientClip)]
     self._clip = clip[0].max_norm if clip and clip[0].norm_type == 2 else None
     self._rec = 0
-    g = next((c for c in self.learn.cbs if hasattr(c, 'grad_norms')), None)  # (a `NonFiniteGuard` checking the same gradients: its norms are these)
-    self._guard = g if g is not None and len(g.params) == len(self.params) and all(a is b for a, b in zip(g.params, self.params)) else None
+    # (a `NonFiniteGuard` checking the same gradients: its norms are these. Checked at the first step: its `before_fit` may come after this one)
+    self._guard, self._guard_ok = next((c for c in self.learn.cbs if 'grad_norms' in vars(c)), None), None
     self._q = DeviceChunks(self._sink, self.chunk, collate=stack_scalars)  # rows of norms, stacked a chunk at a time
     self._uq = DeviceChunks(self._usink, max(1, min(4, self.chunk // self.update_every)), collate=stack_scalars)
     if self.act_grads:
@@ -140,6 +140,10 @@ def before_step(self:GradientHealth):
     if self.act_grads:
         with torch.no_grad(): self._reduce_act_grads()
     ps, gd = self.params, self._guard
+    if gd is not None and self._guard_ok is None:
+        gp = vars(gd).get('params')
+        self._guard_ok = gp is not None and len(gp) == len(ps) and all(a is b for a, b in zip(gp, ps))
+        if not self._guard_ok: self._guard = gd = None
     n2 = None if gd is None else gd.grad_norms  # (this batch's, computed by the guard: one multi-tensor norm a batch, not two)
     if gd is not None: gd.grad_norms = None
     if n2 is None or self._upd:

@@ -362,10 +362,12 @@ def test_gradient_norms_shared_with_the_guard(unused):
         def __init__(s): super().__init__(); s.body, s.spare = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)), nn.Linear(2, 2)
         def forward(s, x): return s.body(x)
     hist = {}
-    for name, extra in [('alone', []), ('guarded', [NonFiniteGuard()]), ('accumulated', [NonFiniteGuard(), GradientAccumulation(64)])]:
+    for name, extra in [('alone', []), ('guarded', [NonFiniteGuard()]), ('accumulated', [NonFiniteGuard(), GradientAccumulation(64)]),
+                        ('with HealthCheck', [NonFiniteGuard(), HealthCheck(report=False)])]:  # (HealthCheck's before_fit ran GradientHealth's before the guard's: it raised)
         torch.manual_seed(0)
         m = M() if unused else M().body
-        learn = quiet(Learner(digits_dls(n_train=256, bs=32), m, loss_func=CrossEntropyLossFlat(), cbs=[GradientHealth(warn=False, update_every=3), *extra]))
+        own = [] if name == 'with HealthCheck' else [GradientHealth(warn=False, update_every=3)]  # (HealthCheck's own: it ran its before_fit before the guard's)
+        learn = quiet(Learner(digits_dls(n_train=256, bs=32), m, loss_func=CrossEntropyLossFlat(), cbs=[*own, *extra]))
         learn.fit(2, 1e-3)
         gh = learn.gradient_health
         assert (gh._guard is not None) == bool(extra)  # (with an unused parameter the guard offers no norms: each batch, its own)
@@ -375,3 +377,4 @@ def test_gradient_norms_shared_with_the_guard(unused):
     assert np.array_equal(a.update_ratio.values, b.update_ratio.values, equal_nan=True)
     c = hist['accumulated']  # (steps every 2nd batch: the guard's norms of the batch that steps are the accumulated gradients')
     assert len(c) == len(a) // 2 and np.isfinite(c.grad_norm.dropna()).all()
+    assert np.array_equal(a.grad_norm.values, hist['with HealthCheck'].grad_norm.values, equal_nan=True)
