@@ -170,7 +170,7 @@ EXTRA_CFGS = {
     'minimal sampler (sampled after the forward pass)': lambda: [HeldSampler(every=1)],
     'NonFiniteGuard()': lambda: [NonFiniteGuard(verbose=False)],
     'HealthCheck(report=False)': lambda: [HealthCheck(report=False)],
-    'HealthCheck(report=False), norms not shared': lambda: [UnsharedGuard(verbose=False), HealthCheck(report=False)],
+    'HealthCheck(report=False) unshared norms': lambda: [UnsharedGuard(verbose=False), HealthCheck(report=False)],
 }
 ALL_CFGS = {**CFGS, **EXTRA_CFGS}
 
