@@ -256,15 +256,20 @@ def test_zero_hidden_layer_is_still_fixed_given_a_batch():
     assert break_symmetry(z, x)['layer'].tolist() == ['0', '2', '4']
     assert not check_init(z, x)['finding'].str.startswith(('zero', 'constant', 'symmetric')).any()
 
+class FixupBlock(nn.Module):
+    "A residual block whose branch ends in a zero-initialized conv (Fixup, Zhang et al. 2019)"
+    def __init__(self, c):
+        super().__init__(); self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        nn.init.zeros_(self.c2.weight); nn.init.zeros_(self.c2.bias)
+    def forward(self, x): return torch.relu(x + self.c2(torch.relu(self.c1(x))))
+
+def fixup_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), FixupBlock(8), FixupBlock(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
 def test_fixup_residual_branch_zero_is_left():
     "Fixup (Zhang et al. 2019) zero-initializes the last layer of each residual branch: its units get different gradients"
-    class Block(nn.Module):
-        def __init__(self, c):
-            super().__init__(); self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
-            nn.init.zeros_(self.c2.weight); nn.init.zeros_(self.c2.bias)
-        def forward(self, x): return torch.relu(x + self.c2(torch.relu(self.c1(x))))
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), Block(8), Block(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    net = fixup_net()
     x = torch.randn(16, 1, 8, 8)
     assert check_init(net).set_index('layer').loc['2.c2', 'finding'].startswith('zero')
     assert check_init(net, x).set_index('layer').loc[['2.c2', '3.c2'], 'finding'].str.startswith('ok: zero').all()
@@ -331,13 +336,7 @@ def test_zeros_of_a_broken_init_all_go():
 
 def test_a_zero_chain_is_followed():
     "Fixup as published (zero classifier too): the branches get no gradient until the classifier moves; the probe steps it and looks again"
-    class Block(nn.Module):
-        def __init__(self, c):
-            super().__init__(); self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
-            nn.init.zeros_(self.c2.weight); nn.init.zeros_(self.c2.bias)
-        def forward(self, x): return torch.relu(x + self.c2(torch.relu(self.c1(x))))
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), Block(8), Block(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    net = fixup_net()
     nn.init.zeros_(net[6].weight); nn.init.zeros_(net[6].bias)
     keep = {k: v.clone() for k, v in net.state_dict().items()}
     x = torch.randn(16, 1, 8, 8)
