@@ -143,7 +143,7 @@ class UnsharedGuard(NonFiniteGuard):
     "NonFiniteGuard that keeps its gradient norms to itself: GradientHealth takes its own, as before they were shared (a calibration row)"
     def after_backward(self):
         try: super().after_backward()
-        finally: self.grad_norms = None
+        finally: self._grad_norms = None
 
 def _spin(s):
     t = time.perf_counter() + s

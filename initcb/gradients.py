@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch, matplotlib.pyplot as plt
 from fastcore.basics import patch
 from fastai.callback.fp16 import MixedPrecision
-from fastai.callback.training import GradientClip
+from fastai.callback.training import GradientClip, GradientAccumulation
 from fastai.optimizer import weight_decay
 from .core import *
 from .core import _set_grad
@@ -93,7 +93,7 @@ def setup(self:GradientHealth):
     self._clip = clip[0].max_norm if clip and clip[0].norm_type == 2 else None
     self._rec = 0
     # (a `NonFiniteGuard` checking the same gradients: its norms are these. Checked at the first step: its `before_fit` may come after this one)
-    self._guard, self._guard_ok = next((c for c in self.learn.cbs if 'grad_norms' in vars(c)), None), None
+    self._guard, self._guard_ok = next((c for c in self.learn.cbs if getattr(type(c), 'shares_grad_norms', False)), None), None
     self._q = DeviceChunks(self._sink, self.chunk, collate=stack_scalars)  # rows of norms, stacked a chunk at a time
     self._uq = DeviceChunks(self._usink, max(1, min(4, self.chunk // self.update_every)), collate=stack_scalars)
     if self.act_grads:
@@ -124,6 +124,13 @@ def before_batch(self:GradientHealth):
     self.n_seen += 1
 
 @patch
+def _between(self:GradientHealth, gd):
+    "Whether a callback that could change the gradients runs between guard `gd`'s `after_backward` and this `before_step` (then its norms are not these)"
+    safe = lambda c: c is self or c is gd or isinstance(c, (GradientAccumulation, MixedPrecision)) or getattr(type(c), 'shares_grad_norms', False)  # (MixedPrecision unscales only a scaled loss, whose guard shares nothing)
+    return any(not safe(c) and ('after_backward' in dir(type(c)) and c.order >= gd.order or 'before_step' in dir(type(c)) and c.order <= self.order)
+               for c in self.learn.cbs)
+
+@patch
 def _norms(self:GradientHealth, gs, ord):
     "The float32 norms of gradients `gs`, sparse ones found as the fused call refuses them (a custom module's `F.embedding(sparse=True)`: no module type says so) made dense in `gs` and remembered for the fit"
     try: return torch._foreach_norm(gs, ord, dtype=torch.float32)
@@ -142,10 +149,10 @@ def before_step(self:GradientHealth):
     ps, gd = self.params, self._guard
     if gd is not None and self._guard_ok is None:
         gp = vars(gd).get('params')
-        self._guard_ok = gp is not None and len(gp) == len(ps) and all(a is b for a, b in zip(gp, ps))
+        self._guard_ok = gp is not None and len(gp) == len(ps) and all(a is b for a, b in zip(gp, ps)) and not self._between(gd)
         if not self._guard_ok: self._guard = gd = None
-    n2 = None if gd is None else gd.grad_norms  # (this batch's, computed by the guard: one multi-tensor norm a batch, not two)
-    if gd is not None: gd.grad_norms = None
+    n2 = None if gd is None else gd._grad_norms  # (this batch's, computed by the guard: one multi-tensor norm a batch, not two)
+    if gd is not None: gd._grad_norms = None
     if n2 is None or self._upd:
         gs = [p.grad if p.grad is not None else self._zero(p) for p in ps]
         for j in self._sparse:  # (a sparse gradient: its stored values, duplicate rows summed; the rows it leaves out are zeros)

@@ -12,7 +12,6 @@ import pandas as pd, torch
 from torch import nn, Tensor
 from torch.nn.utils.rnn import PackedSequence
 import torch.nn.functional as F
-from fastai.torch_core import to_device
 from fastai.callback.core import Callback, TrainEvalCallback
 from .core import *
 
@@ -217,6 +216,14 @@ def _no_cudnn(on=True):
     try: yield
     finally: torch.backends.cudnn.enabled = was
 
+def _to(x, dev):
+    "`x`'s tensors moved to `dev`, nested tuples (named ones too: fastai's `to_device` rebuilds them with one argument), lists and dicts as they are"
+    if isinstance(x, Tensor): return x.to(dev)
+    if isinstance(x, dict): return {k: _to(v, dev) for k, v in x.items()}
+    if isinstance(x, list): return [_to(v, dev) for v in x]
+    if isinstance(x, tuple): return type(x)(*(_to(v, dev) for v in x)) if hasattr(x, '_fields') else tuple(_to(v, dev) for v in x)
+    return x
+
 def _batch_grads(model, ps, xb):
     """[{parameter: its gradient}, ...] for parameters `ps`, from one pass over batch `xb` (its tensors moved to the model's device) in `eval_mode`
     (no dropout, nothing updated), under two losses: each a fixed random projection of every output, so each output unit gets a gradient
@@ -224,7 +231,7 @@ def _batch_grads(model, ps, xb):
     A parameter the pass does not use: None; a frozen one: zeros. None if the output has no gradient"""
     need = [p for p in ps if p.requires_grad]
     if not need: return None
-    xb = to_device(xb, next(model.parameters()).device)
+    xb = _to(xb, next(model.parameters()).device)
     with eval_mode(model), torch.enable_grad(), _no_cudnn(any(isinstance(m, nn.RNNBase) for m in model.modules())):
         os = _float_outputs(model(*(xb if isinstance(xb, (tuple, list)) else (xb,))))
         if not os: return None
@@ -358,7 +365,8 @@ def _reinit_(m, act, rows=None, layers=None):
                     if p is not None: p.uniform_(-1 / math.sqrt(m.hidden_size), 1 / math.sqrt(m.hidden_size))
             return
         w, b = m.weight, getattr(m, 'bias', None)
-        std = 1. if isinstance(m, nn.Embedding) else activation_gain(act) / math.sqrt(_fan_in(w, m))
+        std = activation_gain(act) / math.sqrt(_fan_in(w, m)) if not isinstance(m, nn.Embedding) else 1. if rows is None or len(rows) >= w.shape[1] else \
+              w[:, [j for j in range(w.shape[1]) if j not in set(rows)]].std().item()  # (an embedding's new features: the scale of the others, PyTorch's N(0, 1) for a whole table)
         new = torch.randn_like(w) * std
         if rows is None: w.copy_(new)
         elif isinstance(m, nn.Embedding): w[:, rows] = new[:, rows]  # (its units: output features, the columns)
@@ -392,8 +400,7 @@ def learner_batch(
     if dl is None: raise ValueError("`dl` is None and the learner has no training DataLoader")
     with torch.random.fork_rng(devices=[]):  # (PyTorch's DataLoader draws its seed from the global generator: a seeded run stays as it was)
         xb = first_inputs(dl, getattr(getattr(learn, 'dls', None), 'n_inp', None))
-    dev = next(learn.model.parameters()).device
-    return tuple(x.to(dev) for x in xb) if isinstance(xb, (tuple, list)) else xb.to(dev)
+    return _to(xb, next(learn.model.parameters()).device)
 
 class BreakSymmetry(Callback):
     "Before each fit, re-initialize zero or constant layers and duplicated units; every other layer is left bit-identical"

@@ -196,6 +196,7 @@ def find_nonfinite(
 class NonFiniteGuard(Callback):
     "Once per batch, catch a NaN/Inf loss or gradient; name the module where it began; skip the batch (no trace of it left) or stop the fit"
     order = 5  # after backward hooks have run; before MixedPrecision (10) unscales and steps
+    shares_grad_norms = True  # (`GradientHealth` reads this batch's per-parameter norms, `_grad_norms`, instead of taking its own)
     def __init__(self,
         policy:str='skip', # 'skip': drop the batch (no step), go on; 'stop': end the fit
         max_skips:int=10, # with 'skip', raise an error once more batches than this were skipped
@@ -203,7 +204,7 @@ class NonFiniteGuard(Callback):
     ):
         if policy not in ('skip', 'stop'): raise ValueError(f"`policy` must be 'skip' or 'stop', got {policy!r}")
         self.policy, self.max_skips, self.verbose = policy, check_int('max_skips', max_skips, 0), verbose
-        self.skips, self.reports, self.last_good_loss, self.grad_norms = [], [], None, None
+        self.skips, self.reports, self.last_good_loss, self._grad_norms = [], [], None, None
     def before_fit(self):
         self.run = real_fit(self)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -214,7 +215,7 @@ class NonFiniteGuard(Callback):
         if not (self.training and self.bufs): return
         if self._snap is None: self._snap = [b.detach().clone() for b in self.bufs]
         else: torch._foreach_copy_(self._snap, self.bufs)  # one multi-tensor copy a batch
-    def after_fit(self): self._snap = self._gsnap = self.grad_norms = None
+    def after_fit(self): self._snap = self._gsnap = self._grad_norms = None
     def before_backward(self):
         "Under `GradientAccumulation`, the window's gradients so far (backward adds this batch's to them: a skip must not drop theirs)"
         if not (self.training and self.accum): return
@@ -227,14 +228,14 @@ class NonFiniteGuard(Callback):
         loss = self.learn.loss.detach().float()
         sc = self.learn.__dict__.get('scaler')  # (MixedPrecision makes it in its before_fit, after this one's; a failed getattr: 3 µs)
         self.scaled = sc is not None and sc.is_enabled()
-        self.grad_norms = None
+        self._grad_norms = None
         if self.scaled: ok = math.isfinite(loss.item())
         else:
             gs = [p.grad for p in self.params if p.grad is not None]
             ns = foreach_norm(gs) if gs else []
             tot = torch.stack(ns).sum() if gs else loss.new_zeros(())
             ok = math.isfinite((loss + tot).item())  # one host read per batch (`isfinite` on the host: on a CPU torch.isfinite is 4 ops)
-            if ok and len(gs) == len(self.params): self.grad_norms = ns  # (every parameter's: `GradientHealth` reads them, and takes no norms of its own)
+            if ok and len(gs) == len(self.params): self._grad_norms = ns  # (every parameter's: `GradientHealth` reads them, and takes no norms of its own)
         if distributed():  # every rank skips (or stops) together, or DDP would wait forever for the one that went on
             flag = torch.tensor([0. if ok else 1.]); torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX); ok = flag.item() == 0
         if ok: self.last_good_loss = loss.item() if self.learn.iter % 50 == 0 or self.last_good_loss is None else self.last_good_loss; return

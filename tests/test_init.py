@@ -497,3 +497,29 @@ def test_unused_layer_does_not_break_the_init():
         def forward(s, x): return s.mid(x + s.B(s.A(x)))
     torch.manual_seed(0); m = M()
     assert 'B' not in set(break_symmetry(m, torch.randn(16, 8))['layer']) and (m.B.weight == 0).all()
+
+def test_named_tuple_and_dict_batches():
+    "A batch given as a namedtuple (fastai's to_device rebuilt it with one argument) or with dict inputs (BreakSymmetry's fit raised AttributeError)"
+    from collections import namedtuple
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    class M(nn.Module):
+        def __init__(s): super().__init__(); s.l, s.h = nn.Linear(4, 8), nn.Linear(8, 2); nn.init.zeros_(s.h.weight)
+        def forward(s, d, e=None): return s.h(torch.relu(s.l(d['x'] if isinstance(d, dict) else d)))
+    B = namedtuple('B', 'a b')
+    torch.manual_seed(0)
+    assert len(break_symmetry(M(), B(torch.randn(8, 4), torch.randn(8, 4)))) == 0
+    ds = [({'x': torch.randn(4)}, torch.tensor(i % 2)) for i in range(32)]
+    learn = quiet(Learner(DataLoaders(DataLoader(ds, bs=8), DataLoader(ds, bs=8)), M(), loss_func=nn.CrossEntropyLoss(), cbs=BreakSymmetry(verbose=False)))
+    learn.fit(1)
+    assert len(learn.break_symmetry.report) == 0
+
+def test_embedding_feature_reinit_at_the_tables_scale():
+    "A re-initialized embedding feature is drawn at the other features' scale (it was N(0, 1) in a 0.01 table: 93x)"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Embedding(10, 8, padding_idx=0), nn.Flatten(), nn.Linear(16, 3))
+    with torch.no_grad():
+        m[0].weight.normal_(0, 0.01); m[0].weight[0] = 0.
+        m[0].weight[:, 5] = m[0].weight[:, 2]; m[2].weight[:, [5, 13]] = m[2].weight[:, [2, 10]]
+    assert break_symmetry(m, torch.randint(1, 10, (16, 2)))['units_reinitialized'].tolist() == [1]
+    assert 0.5 < m[0].weight[1:, 5].std() / m[0].weight[1:, [0, 1, 3, 4, 6, 7]].std() < 2 and (m[0].weight[0] == 0).all()

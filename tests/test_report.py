@@ -378,3 +378,24 @@ def test_gradient_norms_shared_with_the_guard(unused):
     c = hist['accumulated']  # (steps every 2nd batch: the guard's norms of the batch that steps are the accumulated gradients')
     assert len(c) == len(a) // 2 and np.isfinite(c.grad_norm.dropna()).all()
     assert np.array_equal(a.grad_norm.values, hist['with HealthCheck'].grad_norm.values, equal_nan=True)
+
+@pytest.mark.parametrize('order', [0, 7])
+def test_gradient_norms_not_shared_past_a_callback_that_changes_them(order):
+    "A callback between the guard's after_backward and GradientHealth's before_step that halves the gradients: the norms recorded are the halved ones"
+    from fastai.optimizer import SGD
+    class Halve(Callback):
+        def before_step(self):
+            for p in self.model.parameters(): p.grad.mul_(0.5)
+    class Lookalike(Callback):  # (a user's own logger with the same attribute names: it was taken for the guard)
+        def before_fit(self): self.params, self.grad_norms = list(self.model.parameters()), []
+    def run(guard):
+        from fastai.data.core import DataLoaders
+        from fastai.data.load import DataLoader
+        torch.manual_seed(0)
+        ds = [(torch.randn(4), torch.tensor(i % 2)) for i in range(32)]
+        h = Halve(); h.order = order
+        learn = quiet(Learner(DataLoaders(DataLoader(ds, bs=8), DataLoader(ds, bs=8)), nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)),
+                              loss_func=nn.CrossEntropyLoss(), opt_func=SGD, cbs=[GradientHealth(warn=False), h, Lookalike(), *([NonFiniteGuard()] if guard else [])]))
+        learn.fit(1, 0.1)
+        return learn.gradient_health.to_df()['grad_norm'].values
+    assert np.array_equal(run(False), run(True))
