@@ -299,13 +299,13 @@ def check_init(
         elif isinstance(m, nn.RNNBase): expect = 1 / math.sqrt(m.hidden_size) / math.sqrt(3)  # PyTorch's U(-1/√h, 1/√h)
         else: expect = activation_gain(acts.get(n)) / math.sqrt(_fan_in(w, m))
         std = w.std().item() if w.numel() > 1 else 0.
-        kind, dups, how, _ = verdicts[n] if n in verdicts else (*_symmetry(m, groups.get(n, 1)), 'weights', None)  # (frozen: the weights)
+        kind, dups, how, _ = verdicts[n] if n in verdicts else (*_symmetry(m, groups.get(n, 1)), 'weights', None) if is_frozen(m) else (None, [], 'weights', None)  # (frozen: the weights; any other `_flagged` found alike)
         dup, const = 0 if how == 'apart' else len(dups), bool((w == w.flatten()[0]).all())
         if norm: finding = 'ok' if const else 'ok (not the default constant init)'
         elif how == 'apart' and kind != 'symmetric': finding = f"ok: {kind}, but its units' weights get different gradients (training tells them apart: a deliberate init)"
         elif how == 'broken': finding = f"{kind}: its units' weights get different gradients, but other layers are stuck (an init broken as a whole)"
-        elif kind == 'zero' and how != 'apart': finding = 'zero: every unit is the same, symmetry is never broken'
-        elif kind == 'constant' and how != 'apart': finding = 'constant: every unit is the same, symmetry is never broken'
+        elif kind == 'zero': finding = 'zero: every unit is the same, symmetry is never broken'
+        elif kind == 'constant': finding = 'constant: every unit is the same, symmetry is never broken'
         elif dup: finding = f'symmetric: {dup} units duplicate another'
         elif std < expect / 2 * _slack(w.numel(), -1): finding = f'scale {std / expect:.2g}x too small: outputs shrink layer by layer'
         elif std > expect * 2 * _slack(w.numel(), 1): finding = f'scale {std / expect:.2g}x too large: outputs grow layer by layer'
@@ -365,8 +365,10 @@ def _reinit_(m, act, rows=None, layers=None):
                     if p is not None: p.uniform_(-1 / math.sqrt(m.hidden_size), 1 / math.sqrt(m.hidden_size))
             return
         w, b = m.weight, getattr(m, 'bias', None)
-        std = activation_gain(act) / math.sqrt(_fan_in(w, m)) if not isinstance(m, nn.Embedding) else 1. if rows is None or len(rows) >= w.shape[1] else \
-              w[:, [j for j in range(w.shape[1]) if j not in set(rows)]].std().item()  # (an embedding's new features: the scale of the others, PyTorch's N(0, 1) for a whole table)
+        if not isinstance(m, nn.Embedding): std = activation_gain(act) / math.sqrt(_fan_in(w, m))
+        else:  # (its new features at the scale of the others; a whole table, PyTorch's N(0, 1))
+            keep = [j for j in range(w.shape[1]) if rows is not None and j not in set(rows)]
+            std = w[:, keep].std().item() if keep else 1.
         new = torch.randn_like(w) * std
         if rows is None: w.copy_(new)
         elif isinstance(m, nn.Embedding): w[:, rows] = new[:, rows]  # (its units: output features, the columns)
@@ -379,7 +381,11 @@ def break_symmetry(
     xb=None, # a batch of inputs: only twins whose weights get equal gradients on it are re-initialized (None: the weights alone decide)
 ):
     "Re-initialize zero or constant layers and duplicated units of `model` (frozen layers: never); a DataFrame of what changed (empty: nothing did)"
-    acts, rows, bad = following_activation(model), [], _flagged(model)
+    return _break(model, _flagged(model), xb)
+
+def _break(model, bad, xb=None):
+    "`break_symmetry` of the layers `bad` (`_flagged`)"
+    acts, rows = following_activation(model), []
     verdicts = _verdicts(model, bad, xb)  # (all read before any change)
     for n, m, group in bad:
         kind, dup, how, layers = verdicts[n]
@@ -416,7 +422,7 @@ class BreakSymmetry(Callback):
                 v = getattr(getattr(self.learn, 'dls', None), 'valid', None)
                 xb = learner_batch(self.learn, v if v is not None and len(v) else None)
             except (ValueError, TypeError): pass  # (no batch: the weights alone decide)
-        self.report = break_symmetry(self.model, xb)
+        self.report = _break(self.model, bad, xb)
         if bad: sync_from_main(self.model)  # (every rank alike: the weights DDP keeps identical show the same twins on each, but a verdict from a batch could differ)
         if not len(self.report): return
         opt = getattr(self.learn, 'opt', None)
