@@ -19,8 +19,9 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STAT
            'sample_index', 'first_tensor', 'watch', 'output_bounds', 'is_activation', 'has_own_params', 'is_frozen',
            'default_watch', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap',
            'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled',
-           'foreach_norm', 'norms_row', 'layer_index', 'check_recorded', 'saved_selection', 'keep_modes', 'eval_mode',
-           'eval_forward', 'first_inputs', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
+           'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'saved_selection',
+           'keep_modes', 'eval_mode', 'eval_forward', 'first_inputs', 'new_axes', 'row_edges', 'layer_heatmap',
+           'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -475,11 +476,21 @@ def foreach_norm(
     ts:list, # tensors on one device: dense, or sparse (the gradient of `nn.Embedding(sparse=True)`, of `F.embedding(..., sparse=True)`)
     ord=2, # the norm's order (0: the count of non-zero entries)
 ):
-    "`torch._foreach_norm(ts, ord)` in float32, a sparse tensor read as its stored values (duplicates summed: the same norm); no check a batch: the sparse ones are found when the fused call refuses them"
+    "`torch._foreach_norm(ts, ord)` in float32, a sparse tensor read as its stored values (`sparse_values_`); no check a batch: the sparse ones are found when the fused call refuses them"
     try: return torch._foreach_norm(ts, ord, dtype=torch.float32)
     except RuntimeError:
-        if not any(t.is_sparse for t in ts): raise
-        return torch._foreach_norm([t.coalesce().values() if t.is_sparse else t for t in ts], ord, dtype=torch.float32)
+        ts = list(ts)
+        if not sparse_values_(ts): raise
+        return torch._foreach_norm(ts, ord, dtype=torch.float32)
+
+def sparse_values_(
+    ts:list, # tensors, replaced in place
+    idx=None, # the positions to look at (None: all)
+):
+    "Replace each sparse tensor of list `ts` by its stored values, duplicates summed (the same norms; the entries it leaves out are zeros); their positions"
+    sp = [j for j in (range(len(ts)) if idx is None else idx) if ts[j].is_sparse]
+    for j in sp: ts[j] = ts[j].coalesce().values()
+    return sp
 
 def norms_row(
     ts:list, # tensors of any shapes and dtypes, on one device

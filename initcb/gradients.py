@@ -135,10 +135,9 @@ def _norms(self:GradientHealth, gs, ord):
     "The float32 norms of gradients `gs`, sparse ones found as the fused call refuses them (a custom module's `F.embedding(sparse=True)`: no module type says so) made dense in `gs` and remembered for the fit"
     try: return torch._foreach_norm(gs, ord, dtype=torch.float32)
     except RuntimeError:
-        sp = [j for j, x in enumerate(gs) if x.is_sparse]
+        sp = sparse_values_(gs)
         if not sp: raise
         self._sparse = sorted({*self._sparse, *sp})  # (for the rest of the fit: no check a batch)
-        for j in sp: gs[j] = gs[j].coalesce().values()
         return torch._foreach_norm(gs, ord, dtype=torch.float32)
 
 @patch
@@ -155,8 +154,7 @@ def before_step(self:GradientHealth):
     if gd is not None: gd._grad_norms = None
     if n2 is None or self._upd:
         gs = [p.grad if p.grad is not None else self._zero(p) for p in ps]
-        for j in self._sparse:  # (a sparse gradient: its stored values, duplicate rows summed; the rows it leaves out are zeros)
-            if gs[j].is_sparse: gs[j] = gs[j].coalesce().values()
+        if self._sparse: sparse_values_(gs, self._sparse)  # (a sparse gradient: its stored values)
     g, f32 = torch.is_grad_enabled(), torch.float32; _set_grad(False)
     try:
         if n2 is None: n2 = self._norms(gs, 2)
