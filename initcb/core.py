@@ -20,8 +20,8 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STAT
            'default_watch', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap',
            'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled',
            'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'saved_selection',
-           'keep_modes', 'eval_mode', 'eval_forward', 'first_inputs', 'new_axes', 'row_edges', 'layer_heatmap',
-           'digits_dls']
+           'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs', 'new_axes', 'row_edges',
+           'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -594,13 +594,30 @@ def eval_forward(
         finally: hooks.remove()
 
 # %% ../nbs/00_core.ipynb #d6c80aa8
+@contextmanager
+def rng_kept(
+    dl=None, # a fastai DataLoader (its own `rng` is kept too), or anything else
+):
+    "Run the block, then put back every random state reading a batch can move: torch's (CPU; CUDA's once initialized), Python's, NumPy's, and `dl`'s own `rng`"
+    own = getattr(dl, 'rng', None)
+    own, py, npst = own.getstate() if isinstance(own, random.Random) else None, random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []): yield
+    finally:
+        random.setstate(py); np.random.set_state(npst)
+        if own is not None: dl.rng.setstate(own)  # (fastai's `randomize` replaces `dl.rng` at each iteration, drawing its seed from the old one)
+
 def first_inputs(
     dl, # a fastai or PyTorch DataLoader, or any iterable of batches
     n_inp:int=None, # how many leading elements of a batch are inputs (None: all but the last, the target)
 ):
-    "The inputs of the first batch of `dl`: a tensor, or a tuple of them when there are several"
-    try: b = next(iter(dl))
-    except StopIteration: raise ValueError("`dl` is empty: one batch is needed") from None
+    "The inputs of the first batch of `dl`: a tensor, or a tuple of them when there are several; every random state as it was"
+    with rng_kept(dl):  # (a training DataLoader read here would otherwise shuffle differently from then on: a seeded run changed)
+        it = iter(dl)
+        try: b = next(it)
+        except StopIteration: raise ValueError("`dl` is empty: one batch is needed") from None
+        finally:
+            if hasattr(it, 'close'): it.close()  # (a fastai DataLoader's generator: its worker processes go now, not when collected)
     if not isinstance(b, (tuple, list)): return b
     if len(b) == 0: raise ValueError("`dl` gave an empty batch")
     n = n_inp or max(len(b) - 1, 1)

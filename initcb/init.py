@@ -404,8 +404,7 @@ def learner_batch(
     "The inputs of the first batch of `dl` (its first `learn.dls.n_inp` elements), on the model's device"
     dl = dl if dl is not None else getattr(getattr(learn, 'dls', None), 'train', None)
     if dl is None: raise ValueError("`dl` is None and the learner has no training DataLoader")
-    with torch.random.fork_rng(devices=[]):  # (PyTorch's DataLoader draws its seed from the global generator: a seeded run stays as it was)
-        xb = first_inputs(dl, getattr(getattr(learn, 'dls', None), 'n_inp', None))
+    xb = first_inputs(dl, getattr(getattr(learn, 'dls', None), 'n_inp', None))  # (every random state as it was: a seeded run stays as it was)
     return _to(xb, next(learn.model.parameters()).device)
 
 class BreakSymmetry(Callback):
@@ -418,7 +417,7 @@ class BreakSymmetry(Callback):
         if not real_fit(self): return
         xb, bad = None, _flagged(self.model)
         if bad:  # (a batch only when the weights show twins: their gradients on it tell which stay twins)
-            try:  # (the validation set's first: reading the training set's would move its shuffle, and change the run)
+            try:  # (the validation set's first: no augmentation)
                 v = getattr(getattr(self.learn, 'dls', None), 'valid', None)
                 xb = learner_batch(self.learn, v if v is not None and len(v) else None)
             except (ValueError, TypeError): pass  # (no batch: the weights alone decide)

@@ -523,3 +523,22 @@ def test_embedding_feature_reinit_at_the_tables_scale():
         m[0].weight[:, 5] = m[0].weight[:, 2]; m[2].weight[:, [5, 13]] = m[2].weight[:, [2, 10]]
     assert break_symmetry(m, torch.randint(1, 10, (16, 2)))['units_reinitialized'].tolist() == [1]
     assert 0.5 < m[0].weight[1:, 5].std() / m[0].weight[1:, [0, 1, 3, 4, 6, 7]].std() < 2 and (m[0].weight[0] == 0).all()
+
+def test_lsuv_init_reading_the_training_set_leaves_its_shuffle():
+    "LSUVInit reads the training DataLoader's first batch; the fit then sees the batches it would have seen without it"
+    from fastai.learner import Learner
+    from fastai.callback.core import Callback
+    from initcb.core import digits_dls
+    from initcb.init import LSUVInit
+    class Seen(Callback):
+        def __init__(self): self.ys = []
+        def before_batch(self):
+            if self.training: self.ys.append(self.yb[0].clone())
+    seen = []
+    for cbs in ([], [LSUVInit(verbose=False)]):
+        torch.manual_seed(0); import random; random.seed(0)
+        s = Seen()
+        learn = Learner(digits_dls(bs=32, n_train=128), nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), cbs=cbs + [s])
+        with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-3)
+        seen.append(torch.cat(s.ys))
+    assert torch.equal(seen[0], seen[1])
