@@ -75,7 +75,7 @@ def _sample_stats(s, c, bins, dead_thresh, levels=0):
 
 # %% ../nbs/01_activations.ipynb #98a18ef0
 def _unit_dim(m, o, prev):
-    if isinstance(m, (nn.Linear, nn.RNNBase, nn.Embedding, nn.LayerNorm, nn.MultiheadAttention)): return -1
+    if isinstance(m, (nn.Linear, nn.RNNBase, nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.MultiheadAttention)): return -1
     if isinstance(m, (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm)): return 1
     return prev if prev is not None else (1 if o.ndim > 2 else -1)
 

@@ -16,9 +16,9 @@ from fastai.callback.core import Callback, TrainEvalCallback
 from .core import *
 
 # %% auto #0
-__all__ = ['WEIGHT_LAYERS', 'INIT_TYPES', 'GRAD_RTOL', 'PROBES', 'SCHEMES', 'FROZEN', 'GeneralRelu', 'activation_gain',
-           'following_activation', 'shuffle_groups', 'duplicate_units', 'check_init', 'output_stds', 'init_weights',
-           'break_symmetry', 'learner_batch', 'BreakSymmetry', 'lsuv_init', 'LSUVInit']
+__all__ = ['WEIGHT_LAYERS', 'EMBEDDINGS', 'INIT_TYPES', 'GRAD_RTOL', 'PROBES', 'SCHEMES', 'FROZEN', 'GeneralRelu',
+           'activation_gain', 'following_activation', 'shuffle_groups', 'duplicate_units', 'check_init', 'output_stds',
+           'init_weights', 'break_symmetry', 'learner_batch', 'BreakSymmetry', 'lsuv_init', 'LSUVInit']
 
 # %% ../nbs/03_init.ipynb #9a953faa
 class GeneralRelu(nn.Module):
@@ -47,7 +47,8 @@ ELEMENTWISE_TYPES.append(GeneralRelu)  # its sample is computed from its input's
 _PASS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Dropout, nn.Flatten, nn.Identity,
          nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)  # the layers `init_weights`, `lsuv_init` and `break_symmetry` set
-INIT_TYPES = (*WEIGHT_LAYERS, nn.Embedding, nn.RNNBase, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)  # lookups: their units are output features
+INIT_TYPES = (*WEIGHT_LAYERS, *EMBEDDINGS, nn.RNNBase, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 def activation_gain(
     act:nn.Module, # the activation module that follows a layer (None: no activation)
@@ -117,7 +118,7 @@ def _layer_weight(m, s='_l0', t=None):
     if isinstance(m, nn.RNNBase):  # (rows gate by gate, (gates·h, in + h): a hidden unit is one row of each gate)
         w, b, h = torch.cat([t(getattr(m, 'weight_ih' + s)), t(getattr(m, 'weight_hh' + s))], 1), getattr(m, 'bias_ih' + s, None), m.hidden_size
         return w.reshape(-1, h, w.shape[1]).transpose(0, 1).reshape(h, -1), None if b is None else t(b).reshape(-1, h).T
-    if isinstance(m, nn.Embedding): return t(m.weight).T, None
+    if isinstance(m, EMBEDDINGS): return t(m.weight).T, None
     w, b = t(m.weight), getattr(m, 'bias', None)
     if b is not None: b = t(b)
     if isinstance(m, nn.modules.conv._ConvTransposeNd):  # (in, out/g, *k) -> (out, in/g, *k)
@@ -295,7 +296,7 @@ def check_init(
         w = w.detach().float()
         norm = isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
         # (an embedding's scale is a lookup's, not a step through depth: fastai's 0.01 is on purpose)
-        if norm or isinstance(m, nn.Embedding): expect = float('nan')
+        if norm or isinstance(m, EMBEDDINGS): expect = float('nan')
         elif isinstance(m, nn.RNNBase): expect = 1 / math.sqrt(m.hidden_size) / math.sqrt(3)  # PyTorch's U(-1/√h, 1/√h)
         else: expect = activation_gain(acts.get(n)) / math.sqrt(_fan_in(w, m))
         std = w.std().item() if w.numel() > 1 else 0.
@@ -365,16 +366,16 @@ def _reinit_(m, act, rows=None, layers=None):
                     if p is not None: p.uniform_(-1 / math.sqrt(m.hidden_size), 1 / math.sqrt(m.hidden_size))
             return
         w, b = m.weight, getattr(m, 'bias', None)
-        if not isinstance(m, nn.Embedding): std = activation_gain(act) / math.sqrt(_fan_in(w, m))
+        if not isinstance(m, EMBEDDINGS): std = activation_gain(act) / math.sqrt(_fan_in(w, m))
         else:  # (its new features at the scale of the others; a whole table, PyTorch's N(0, 1))
             keep = [j for j in range(w.shape[1]) if rows is not None and j not in set(rows)]
             std = w[:, keep].std().item() if keep else 1.
         new = torch.randn_like(w) * std
         if rows is None: w.copy_(new)
-        elif isinstance(m, nn.Embedding): w[:, rows] = new[:, rows]  # (its units: output features, the columns)
+        elif isinstance(m, EMBEDDINGS): w[:, rows] = new[:, rows]  # (its units: output features, the columns)
         else: w[rows] = new[rows]
-        if b is not None and not isinstance(m, nn.Embedding) and rows is not None: b[rows] = 0.
-        if isinstance(m, nn.Embedding) and m.padding_idx is not None: w[m.padding_idx] = 0.  # (the padding row gets no gradient: it stays as set)
+        if b is not None and not isinstance(m, EMBEDDINGS) and rows is not None: b[rows] = 0.
+        if isinstance(m, EMBEDDINGS) and m.padding_idx is not None: w[m.padding_idx] = 0.  # (the padding row gets no gradient: it stays as set)
 
 def break_symmetry(
     model:nn.Module, # re-initialized in place where a layer is zero/constant or a unit duplicates another

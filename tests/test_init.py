@@ -542,3 +542,17 @@ def test_lsuv_init_reading_the_training_set_leaves_its_shuffle():
         with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-3)
         seen.append(torch.cat(s.ys))
     assert torch.equal(seen[0], seen[1])
+
+def test_embedding_bag_is_an_embedding():
+    "nn.EmbeddingBag (a bag of tokens summed): checked and re-initialized like an embedding, its units its output features (it was not checked at all)"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.EmbeddingBag(10, 6, mode='sum', padding_idx=0), nn.Linear(6, 3))
+    x = torch.randint(0, 10, (16, 3))
+    with torch.no_grad(): m[0].weight.zero_()
+    assert check_init(m).finding[0].startswith('zero') and check_init(m, x).finding[0].startswith('ok: zero') and len(break_symmetry(m, x)) == 0
+    with torch.no_grad(): m[0].weight.normal_(); m[0].weight[0] = 0.; m[0].weight[:, 4] = m[0].weight[:, 1]; m[1].weight[:, 4] = m[1].weight[:, 1]
+    keep = m[0].weight.detach().clone()
+    assert check_init(m, x).finding[0] == 'symmetric: 1 units duplicate another'
+    assert break_symmetry(m, x)[['layer', 'was', 'units_reinitialized']].values.tolist() == [['0', 'symmetric', 1]]
+    w = m[0].weight
+    assert torch.equal(w[:, [0, 1, 2, 3, 5]], keep[:, [0, 1, 2, 3, 5]]) and not torch.equal(w[1:, 4], keep[1:, 4]) and (w[0] == 0).all()
