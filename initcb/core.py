@@ -6,7 +6,7 @@ Docs: https://initcb.github.io/initcb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #5b59af97
 from __future__ import annotations
-import math, random, sys
+import dataclasses, math, random, sys
 from contextlib import contextmanager
 import numpy as np, torch
 from torch import nn, Tensor
@@ -16,12 +16,12 @@ from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException
 
 # %% auto #0
 __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STATS', 'check_int', 'check_float', 'coprime_stride',
-           'sample_index', 'first_tensor', 'watch', 'output_bounds', 'is_activation', 'has_own_params', 'is_frozen',
-           'default_watch', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap',
-           'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled',
-           'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'saved_selection',
-           'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs', 'new_axes', 'row_edges',
-           'layer_heatmap', 'digits_dls']
+           'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds', 'is_activation', 'has_own_params',
+           'is_frozen', 'default_watch', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main',
+           'unwrap', 'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks',
+           'is_compiled', 'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded',
+           'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs', 'new_axes',
+           'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -72,17 +72,24 @@ def sample_index(
     return torch.arange(size, device=device) * coprime_stride(n, size, row), size
 
 # %% ../nbs/00_core.ipynb #f9d1642a
-def first_tensor(
-    o, # a module's output: a tensor, a PackedSequence, or nested tuples/lists/dicts of them
+def out_parts(
+    o, # a module's or model's output
 ):
-    "The first tensor in a module output (a tensor, a `PackedSequence`, or nested tuples/lists of them)"
+    "The parts of a container output, in order: a tuple's or list's items, a dict's values (HuggingFace's `ModelOutput` is one), a dataclass's fields; None for anything else"
+    if isinstance(o, (tuple, list)): return o
+    if isinstance(o, dict): return list(o.values())
+    if dataclasses.is_dataclass(o) and not isinstance(o, type): return [getattr(o, f.name) for f in dataclasses.fields(o)]
+    return None
+
+def first_tensor(
+    o, # a module's output: a tensor, a PackedSequence, or nested tuples/lists/dicts/dataclasses of them
+):
+    "The first tensor in a module output (a tensor, a `PackedSequence`, or nested containers of them: `out_parts`)"
     if isinstance(o, Tensor): return o
     if isinstance(o, PackedSequence): return o.data
-    if isinstance(o, (tuple, list)):
-        for x in o:
-            t = first_tensor(x)
-            if t is not None: return t
-    if isinstance(o, dict): return first_tensor(list(o.values()))
+    for x in out_parts(o) or ():
+        t = first_tensor(x)
+        if t is not None: return t
     return None
 
 # %% ../nbs/00_core.ipynb #9e94d79e

@@ -203,11 +203,10 @@ def _rnn_bad(m, grads=None, orig=None):
     return [s for s in _rnn_layers(m) if _symmetry_of(*_layer_weight(m, s, w_of), g=_grad_rows(m, s, grads), rtol=_rtol(m))[0]]
 
 def _float_outputs(o):
-    "Every floating-point tensor with a gradient in a model's output (a tensor, a `PackedSequence`, nested tuples, lists or dicts of them)"
+    "Every floating-point tensor with a gradient in a model's output (a tensor, a `PackedSequence`, nested containers of them: `out_parts`)"
     if isinstance(o, Tensor): return [o] if o.is_floating_point() and o.requires_grad else []
     if isinstance(o, PackedSequence): return _float_outputs(o.data)
-    if isinstance(o, dict): o = list(o.values())
-    return [t for x in o for t in _float_outputs(x)] if isinstance(o, (tuple, list)) else []
+    return [t for x in out_parts(o) or () for t in _float_outputs(x)]
 
 @contextmanager
 def _no_cudnn(on=True):

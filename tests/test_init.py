@@ -556,3 +556,19 @@ def test_embedding_bag_is_an_embedding():
     assert break_symmetry(m, x)[['layer', 'was', 'units_reinitialized']].values.tolist() == [['0', 'symmetric', 1]]
     w = m[0].weight
     assert torch.equal(w[:, [0, 1, 2, 3, 5]], keep[:, [0, 1, 2, 3, 5]]) and not torch.equal(w[1:, 4], keep[1:, 4]) and (w[0] == 0).all()
+
+def test_dataclass_output_is_projected():
+    "A model returning a dataclass (features, logits) with a zero head: its fields are outputs too (it was 'no output', the weights decided: 'zero')"
+    import dataclasses
+    @dataclasses.dataclass
+    class Out:
+        features: torch.Tensor
+        logits: torch.Tensor
+    class M(nn.Module):
+        def __init__(s):
+            super().__init__(); s.body, s.head = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16)), nn.Linear(16, 3)
+            nn.init.zeros_(s.head.weight)
+        def forward(s, x): f = s.body(x); return Out(f.detach(), s.head(f))
+    torch.manual_seed(0)
+    assert check_init(M(), torch.randn(8, 4)).set_index('layer').loc['head', 'finding'].startswith('ok: zero')
+    assert len(break_symmetry(M(), torch.randn(8, 4))) == 0
