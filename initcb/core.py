@@ -424,7 +424,14 @@ class HealthCallback(Callback):
         # through two `GetAttr` levels: 2.7 µs, measured, and the hot path sets state several times a batch), and warns
         # when one shadows them: `GradientHealth.layers` "shadowed" every `TabularModel.layers`. These callbacks' attributes
         # are their own, read as `self.x` only after they set them: no check
+        if name == 'learn' and value is None:
+            learn = self.__dict__.get('learn')
+            if learn is not None: self._taken_off(learn)
         object.__setattr__(self, name, value)
+    def _taken_off(self, learn):
+        "`remove_cb` (or the end of a `fit(cbs=...)`) sets `learn` to None; mid-fit, `after_fit` will not come: clean up now"
+        self.cleanup()  # (idempotent: after a whole fit, nothing left to do)
+        if not any(isinstance(c, HealthCallback) and c is not self for c in learn.cbs): _unguard(learn)
     # fastai calls every callback for every event and reads its `training` each time; an event the callback does not
     # define is looked up through `GetAttr` (the Learner, then the model) before it falls back to a no-op. Measured, a
     # callback costs fastai ~44 µs a batch that way, ~10 µs with these two shortcuts.

@@ -319,12 +319,14 @@ class HealthCheck(Callback):
         self.run = real_fit(self)
         if not self.run: return
         new, free = [], lambda c: c is not None and c.learn is None  # (its own from an earlier fit, taken off with it: the history goes on)
-        if not any(isinstance(c, ActivationHealth) for c in self.learn.cbs): new.append(self.ah if free(self.ah) else ActivationHealth())
-        if not any(isinstance(c, GradientHealth) for c in self.learn.cbs): new.append(self.gh if free(self.gh) else GradientHealth(warn=False))
-        if self.guard and not any(isinstance(c, NonFiniteGuard) for c in self.learn.cbs): new.append(NonFiniteGuard(verbose=False))
+        def have(t): return next((c for c in self.learn.cbs if isinstance(c, t)), None)  # (a subclass too: it is named after its class)
+        ah, gh = have(ActivationHealth), have(GradientHealth)
+        if ah is None: new.append(ah := self.ah if free(self.ah) else ActivationHealth())
+        if gh is None: new.append(gh := self.gh if free(self.gh) else GradientHealth(warn=False))
+        if self.guard and have(NonFiniteGuard) is None: new.append(NonFiniteGuard(verbose=False))
         for c in new: self._add(c)
         for c in sorted(new, key=lambda c: c.order): c('before_fit')  # this event has already begun: run theirs now
-        self.ah, self.gh = self.learn.activation_health, self.learn.gradient_health
+        self.ah, self.gh = ah, gh
         self._xb, self._n_ev = _first_x(self.learn), 0
         if 'symmetric' in self.remedy:
             rep = break_symmetry(self.model, self._xb)

@@ -173,3 +173,32 @@ def test_get_preds_and_validate_record_nothing():
     n = len(cb.to_df())
     learn.get_preds(); learn.validate()
     assert len(cb.to_df()) == n and n_hooks(learn.model) == 0
+
+@pytest.mark.parametrize('what', ['ActivationHealth', 'HealthCheck', 'AdaptiveWD'])
+def test_removed_mid_fit_cleans_up(what):
+    "A callback taken off mid-fit (`remove_cb` from another callback): no `after_fit` comes, its hooks were left on the model"
+    "(pickling the model then failed) and AdaptiveWD's λ stayed in the optimizer"
+    from initcb.report import HealthCheck
+    from initcb.wd import AdaptiveWD
+    cb = dict(ActivationHealth=ActivationHealth, HealthCheck=lambda: HealthCheck(report=False), AdaptiveWD=AdaptiveWD)[what]()
+    class Remover(Callback):
+        def after_epoch(self):
+            if self.epoch == 0: self.learn.remove_cb(cb)
+    learn = quiet(synth_learner(n_trn=5, cbs=[cb, Remover()], wd=0.1))
+    learn.fit(2)
+    assert n_hooks(learn.model) == 0 and '_do_epoch' not in learn.__dict__
+    assert [type(c).__name__ for c in learn.cbs] == ['TrainEvalCallback', 'Recorder', 'CastToTensor', 'Remover']
+    pickle.dumps(learn.model)
+    assert learn.opt.hypers[0]['wd'] == 0.1
+
+def test_health_check_with_subclassed_recorders():
+    "A user's subclass of GradientHealth on the learner is named after its class (`learn.my_gh`): HealthCheck raised AttributeError"
+    from initcb.gradients import GradientHealth
+    from initcb.report import HealthCheck
+    class MyGH(GradientHealth): pass
+    class MyAH(ActivationHealth): pass
+    gh, ah = MyGH(warn=False), MyAH()
+    hc = HealthCheck(report=False)
+    learn = quiet(synth_learner(n_trn=5, cbs=[gh, ah, hc]))
+    learn.fit(1)
+    assert hc.gh is gh and hc.ah is ah and len(gh.hist) == 5
