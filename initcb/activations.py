@@ -445,7 +445,7 @@ def _sampled_rows(self:ActivationHealth, rows, nval):
     with torch.no_grad():
         s = torch.cat([m.float() for r in rows for m in r[0]] + [nanS]).index_select(0, torch.from_numpy(perm.ravel()).to(dev))
         w = self._mask(nval, dev)
-        if self._hr is None: self._set_hist_range(s[:L], w)
+        if self._hr is None: self._set_hist_range(s.view(k, L, -1), w)
         lv = _HLEVELS if self._hm is not None and (self._hm >= 0).any() else 0  # (the range may double before the chunk lands: `_rebin`)
         r = _sample_stats(s, self._const(('stat', k, tuple(nval)), dev, lambda: self._stat_consts(k, nval, w, dev)), self.bins, self.dead_thresh, lv).view(k, L, -1)
         if 0 in nval:  # a layer that gave no output (a module the forward pass did not call): no statistics, and no non-finite value
@@ -467,9 +467,9 @@ def _stat_consts(self:ActivationHealth, k, nval, w, dev):
 
 @patch
 def _set_hist_range(self:ActivationHealth, s, w):
-    "Histogram range per layer: a bounded output's bounds, else twice the first sample's range with 0 on a bin edge (one sync)"
-    ok = (w > 0) & torch.isfinite(s)
-    lo, hi = torch.where(ok, s, math.inf).amin(1), torch.where(ok, s, -math.inf).amax(1)
+    "Histogram range per layer: a bounded output's bounds, else twice the range of the first chunk's samples `s` (batches, layers, sample) with 0 on a bin edge (one sync)"
+    ok = (w > 0) & torch.isfinite(s)  # (the whole chunk's, not its first batch's: fastai's zero-initialized BatchNorm gives all zeros there)
+    lo, hi = torch.where(ok, s, math.inf).amin(2).amin(0), torch.where(ok, s, -math.inf).amax(2).amax(0)
     if distributed():  # one range for all ranks, so that their histograms add up: the union's (once per fit)
         torch.distributed.all_reduce(lo, torch.distributed.ReduceOp.MIN); torch.distributed.all_reduce(hi, torch.distributed.ReduceOp.MAX)
     lo, hi = lo.nan_to_num(0., 0., 0.).cpu().numpy(), hi.nan_to_num(0., 0., 0.).cpu().numpy()
@@ -477,6 +477,7 @@ def _set_hist_range(self:ActivationHealth, s, w):
     for b, l, h in zip(self.bounds, lo, hi):
         if b is not None: hr.append(b); hm.append(-1); continue
         l, h = min(float(l), 0.), max(float(h), 0.)
+        if l == h: l, h = -0.5, 0.5  # (every sample 0, or none: nothing to go on; ±1, 0 in the middle, doubling as values come)
         m = 0 if l == 0 or B == 1 else int(min(max(round(B * -l / (h - l)), 1), B - 1))
         wd = max(-2 * l / m if m else 0., 2 * h / (B - m), 1e-6)
         hr.append((-m * wd, (B - m) * wd)); hm.append(m)
