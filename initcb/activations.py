@@ -728,7 +728,7 @@ def dormancy(self:ActivationHealth,
     layers=None, # watched layers to score (positions or names; default: all)
     bn:str='batch', # BatchNorm on the batch's own statistics ('batch', as in training) or its running ones ('running'): `eval_forward`
 ):
-    "Per-unit dormancy scores E|h_i| / mean_j E|h_j| of each watched layer on batch `xb` (Sokar et al. 2023)"
+    "Per-unit dormancy scores E|h_i - r| / mean_j E|h_j - r| of each watched layer on batch `xb` (Sokar et al. 2023; r: `rest_value`, 0 but for a shifted activation); a module called twice: its first call, as recorded"
     if getattr(self, 'learn', None) is None: raise ValueError("`dormancy` runs the model: attach the callback to a learner (`learn.add_cb`)")
     model = self.learn.model
     mods = self.mods or [m for _, m in select_modules(model, self.mod_sel)]
@@ -742,8 +742,9 @@ def dormancy(self:ActivationHealth,
         o = first_tensor(o)
         if o is None or not o.is_floating_point(): return
         d = _unit_dim(mods[i], o, prev[0]); prev[0] = d
-        if i not in want: return
-        a = o.detach().float().abs().mean([k for k in range(o.ndim) if k != d % o.ndim]) if o.ndim > 1 else o.detach().float().abs()
+        if i not in want or names[i] in res: return
+        a = (o.detach().float() - rest_value(mods[i])).abs()
+        a = a.mean([k for k in range(o.ndim) if k != d % o.ndim]) if o.ndim > 1 else a
         res[names[i]] = a / a.mean().clamp_min(1e-12)
     eval_forward(model, mods, hook, xb, bn)
     return res

@@ -16,12 +16,12 @@ from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException
 
 # %% auto #0
 __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STATS', 'check_int', 'check_float', 'coprime_stride',
-           'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds', 'is_activation', 'has_own_params',
-           'is_frozen', 'default_watch', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main',
-           'unwrap', 'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks',
-           'is_compiled', 'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded',
-           'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs', 'new_axes',
-           'row_edges', 'layer_heatmap', 'digits_dls']
+           'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds', 'rest_value', 'is_activation',
+           'has_own_params', 'is_frozen', 'default_watch', 'select_modules', 'StatHistory', 'run_lengths',
+           'distributed', 'is_main', 'unwrap', 'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit',
+           'HealthCallback', 'Hooks', 'is_compiled', 'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index',
+           'check_recorded', 'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs',
+           'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -120,6 +120,12 @@ def output_bounds(
     if b is not None: return b
     if isinstance(m, nn.Hardtanh) and not isinstance(m, nn.ReLU6): return (float(m.min_val), float(m.max_val))
     return next((v for t, v in BOUNDS.items() if isinstance(m, t)), None)
+
+def rest_value(
+    m:nn.Module, # an activation module
+):
+    "What `m` outputs for a unit that is off, a dead unit's constant: 0 (a ReLU), or the module's `_initcb_rest` (`GeneralRelu`: -sub); dormancy is measured from it"
+    return float(getattr(m, '_initcb_rest', 0.))
 
 def is_activation(
     m:nn.Module, # a module

@@ -33,6 +33,8 @@ class GeneralRelu(nn.Module):
         if sub is not None: check_float('sub', sub, -1e6, 1e6)
         if maxv is not None: check_float('maxv', maxv, -1e6, 1e6)
         self.leak, self.sub, self.maxv = leak, sub, maxv
+    @property
+    def _initcb_rest(self): return -(self.sub or 0.)  # (a dead unit's constant output: dormancy is measured from it, `rest_value`)
     def forward(self, x):
         x = F.leaky_relu(x, self.leak) if self.leak is not None else F.relu(x)
         if self.sub is not None: x = x - self.sub

@@ -21,6 +21,10 @@ _PASS_UNITS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)  # besides `
 _POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _LAYER = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
+class _Tracer(fx.Tracer):
+    "torch.fx's tracer, stopping at elementwise modules defined outside `torch.nn` too (`GeneralRelu`: traced into, its `relu` was no module ReDo follows)"
+    def is_leaf_module(self, m, qualname): return _elementwise(m) or super().is_leaf_module(m, qualname)
+
 def _elementwise(m):
     import initcb.init  # (adds GeneralRelu to `ELEMENTWISE_TYPES`)
     return isinstance(m, tuple(ELEMENTWISE_TYPES) + _PASS_UNITS)
@@ -37,12 +41,14 @@ OUTPUT_LAYER = "the model's output layer (its units are the outputs: not re-init
 def unit_chains(
     model:nn.Module, # traced with torch.fx
 ):
-    "For each Linear/Conv layer: ({'next', 'norm', 'act', 'flatten'}, None) when its units feed one layer safely, else (None, why)"
-    try: gm = fx.symbolic_trace(model)
+    "For each Linear/Conv layer: ({'next', 'norm', 'act', 'act_call', 'flatten'}, None) when its units feed one layer safely, else (None, why);"
+    "`act_call`: which call of the activation module is the layer's (fastai's `TabularModel` calls one ReLU in every block)"
+    try: gm = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as e: return {n: (None, f'the model cannot be traced by torch.fx ({type(e).__name__})') for n, m in model.named_modules() if isinstance(m, _LAYER)}
-    mods, res, uses, owners = dict(model.named_modules()), {}, {}, {}
+    mods, res, uses, owners, call = dict(model.named_modules()), {}, {}, {}, {}
     for nd in gm.graph.nodes:  # each module's calls, and reads of its weights outside a call
-        if nd.op in ('call_module', 'get_attr'): k = nd.target if nd.op == 'call_module' else nd.target.rpartition('.')[0]; uses[k] = uses.get(k, 0) + 1
+        if nd.op in ('call_module', 'get_attr'):
+            k = nd.target if nd.op == 'call_module' else nd.target.rpartition('.')[0]; call[nd] = uses.get(k, 0); uses[k] = call[nd] + 1
     for n, m in mods.items():
         for p in m.parameters(recurse=False): owners.setdefault(id(p), set()).add(n)
     def shared(n):  # why changing module `n` for this chain would change the network elsewhere too
@@ -51,7 +57,7 @@ def unit_chains(
         if tied: return f'{n} shares its weights with {", ".join(sorted(tied))}'
     for node in gm.graph.nodes:
         if node.op != 'call_module' or not isinstance(mods[node.target], _LAYER): continue
-        chain, why, cur = dict(norm=None, act=None, flatten=False), None, node
+        chain, why, cur = dict(norm=None, act=None, act_call=0, flatten=False), None, node
         m = mods[node.target]; lin = isinstance(m, nn.Linear)  # (a Linear's units are its output's last dim, a conv's dim 1)
         while True:
             users = list(cur.users)
@@ -62,11 +68,11 @@ def unit_chains(
                 if chain['flatten'] and not isinstance(um, nn.Linear): why = 'a flatten feeds a conv'; break
                 if isinstance(um, nn.Linear) != (lin or chain['flatten']): why = 'a Linear feeds a conv' if lin else 'a conv feeds a Linear without a flatten'; break
                 chain['next'] = u.target; break
-            if isinstance(um, nn.modules.batchnorm._BatchNorm) and um.num_features == m.weight.shape[0] and chain['norm'] is None and chain['act'] is None and not chain['flatten']: chain['norm'] = u.target
+            if isinstance(um, nn.modules.batchnorm._BatchNorm) and um.num_features == m.weight.shape[0] and chain['norm'] is None and not chain['flatten']: chain['norm'] = u.target  # (before its activation, or after: fastai's `LinBnDrop` in `TabularModel`)
             elif um is not None and _elementwise(um):
                 if chain['act'] is None and not isinstance(um, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)):
                     if chain['flatten']: why = 'its activation comes after a flatten (its units would be scored per element)'; break
-                    chain['act'] = u.target
+                    chain['act'], chain['act_call'] = u.target, call[u]
             elif isinstance(um, _POOL) and not chain['flatten'] and not lin: pass  # (after a Linear a pool would mix its units)
             elif _flattens(u, um) and not chain['flatten']: chain['flatten'] = True
             elif u.op == 'output': why = OUTPUT_LAYER; break
@@ -79,9 +85,9 @@ def unit_chains(
     return res
 
 # %% ../nbs/04_reinit.ipynb #f2039fcc
-def _unit_means(o, dim=1):
-    "Mean |x| per unit of an output, the units along `dim` (1: a conv's channels; -1: a Linear's features)"
-    o = o.detach().float().abs()
+def _unit_means(o, dim=1, rest=0.):
+    "Mean |x - rest| per unit of an output, the units along `dim` (1: a conv's channels; -1: a Linear's features)"
+    o = (o.detach().float() - rest).abs()
     return o.mean([d for d in range(o.ndim) if d != dim % o.ndim]) if o.ndim > 1 else o
 
 def dormancy_scores(
@@ -90,12 +96,15 @@ def dormancy_scores(
     chains:dict, # `unit_chains(model)`: the layers to score and where (their activation)
     bn:str='batch', # BatchNorm on the batch's own statistics ('batch', as in training) or its running ones ('running'): `eval_forward`
 ):
-    "{layer: per-unit score E|h_i| / mean_j E|h_j|} for the layers of `chains`, on batch `xb`"
+    "{layer: per-unit score E|h_i - r| / mean_j E|h_j - r|} for the layers of `chains`, on batch `xb` (r: the activation's `rest_value`, 0 for a ReLU)"
     mods = dict(model.named_modules())
     names = [n for n, (c, _) in chains.items() if c is not None]
     at = [mods[chains[n][0]['act'] or n] for n in names]
-    res = {}
-    def f(i, o): res[names[i]] = _unit_means(first_tensor(o), -1 if isinstance(mods[names[i]], nn.Linear) else 1)
+    res, calls = {}, [0] * len(names)
+    def f(i, o):  # (a module called in several places: the layer's own call, as traced)
+        calls[i] += 1
+        if calls[i] - 1 == chains[names[i]][0].get('act_call', 0):
+            res[names[i]] = _unit_means(first_tensor(o), -1 if isinstance(mods[names[i]], nn.Linear) else 1, rest_value(at[i]))
     eval_forward(model, at, f, xb, bn)
     if distributed() and res:  # the same scores, hence the same decisions, on every rank: one all-reduce
         flat = torch.cat([res[n] for n in names if n in res]); torch.distributed.all_reduce(flat)

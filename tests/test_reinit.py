@@ -15,7 +15,7 @@ def test_conv_bn_act_conv_function_preserved(seed):
     m.train(); m(x); m(x)  # running statistics away from their init
     with torch.no_grad(): m[0][1].bias[[2, 6]] = -50.; m[1][1].bias[1] = -50.
     ch = unit_chains(m)
-    assert ch['0.0'][0] == dict(norm='0.1', act='0.2', flatten=False, next='1.0')
+    assert ch['0.0'][0] == dict(norm='0.1', act='0.2', act_call=0, flatten=False, next='1.0')
     assert ch['1.0'][0]['next'] == '4' and ch['1.0'][0]['flatten']
     sc = dormancy_scores(m, x, ch)
     d0, d1 = (sc['0.0'] == 0).nonzero().flatten().tolist(), (sc['1.0'] == 0).nonzero().flatten().tolist()
@@ -221,3 +221,62 @@ def test_activation_after_a_flatten_not_followed():
     assert chain is None and 'after a flatten' in why
     x = torch.randn(8, 1, 4, 4)
     with warnings.catch_warnings(): warnings.simplefilter('ignore'); assert reinit_dormant(m, x) == [] or all(not r['units'] for r in reinit_dormant(m, x))
+
+@pytest.mark.parametrize('widths', [(8, 8), (8, 16), (16, 8)])
+def test_one_activation_module_called_after_every_layer(widths):
+    "`self.act = nn.ReLU()` called after each layer (fastai's TabularModel does it too): each layer scored on its own call"
+    "(both were scored on the last call: working units re-initialized, dead ones left, IndexError or a wrong count)"
+    from initcb.activations import ActivationHealth
+    a, b = widths
+    class M(nn.Module):
+        def __init__(s): super().__init__(); s.l1, s.l2, s.l3, s.act = nn.Linear(1, a), nn.Linear(a, b), nn.Linear(b, 1), nn.ReLU()
+        def forward(s, x): return s.l3(s.act(s.l2(s.act(s.l1(x)))))
+    torch.manual_seed(0); m = M(); x = torch.randn(64, 1)  # (synth_learner's input size, below)
+    with torch.no_grad(): m.l1.bias[[5, 6, 7]] = -50.  # dead in l1, alive in l2
+    ch = unit_chains(m)
+    assert (ch['l1'][0]['act'], ch['l1'][0]['act_call'], ch['l2'][0]['act_call']) == ('act', 0, 1)
+    with torch.no_grad(): dead = (torch.relu(m.l1(x)).sum(0) == 0).nonzero().flatten().tolist(); y0 = m(x)
+    assert {5, 6, 7} <= set(dead)
+    sc = dormancy_scores(m, x, ch)
+    assert (len(sc['l1']), len(sc['l2'])) == (a, b) and (sc['l1'] == 0).nonzero().flatten().tolist() == dead
+    rec = {r['layer']: r for r in reinit_dormant(m, x, ch)}
+    assert rec['l1']['unit_ids'] == dead and rec['l1']['of'] == a
+    with torch.no_grad(): torch.testing.assert_close(m(x), y0, rtol=0, atol=1e-5)
+    learn = quiet(synth_learner(n_trn=2, cbs=ActivationHealth()))
+    learn.model = M(); learn.fit(1)
+    with torch.no_grad(): learn.model.l1.bias[[5, 6, 7]] = -50.
+    with torch.no_grad(): dead = (torch.relu(learn.model.l1(x)).sum(0) == 0).nonzero().flatten().tolist()
+    d = learn.activation_health.dormancy(x)  # (the module watched once, under its name: its first call, as recorded)
+    assert len(d['act']) == a and (d['act'] == 0).nonzero().flatten().tolist() == dead
+
+def test_tabular_model_dead_units_recycled():
+    "fastai's TabularModel: Linear -> ReLU (one instance for every block) -> BatchNorm -> the next block's Linear: followed, dead units recycled"
+    from fastai.tabular.model import TabularModel
+    torch.manual_seed(0)
+    m = TabularModel([(10, 4)], 3, 1, [32, 16]).eval()
+    ch = unit_chains(m)
+    assert ch['layers.0.0'][0] == dict(norm='layers.0.2', act='layers.0.1', act_call=0, flatten=False, next='layers.1.0')
+    assert ch['layers.1.0'][0]['act_call'] == 1 and m.layers[0][1] is m.layers[1][1]
+    with torch.no_grad(): m.layers[0][0].weight[:16] = 0.  # (no bias: it has a BatchNorm)
+    xb = (torch.randint(0, 10, (64, 1)), torch.randn(64, 3))
+    with torch.no_grad(): y0 = m(*xb)
+    rec = {r['layer']: r for r in reinit_dormant(m, xb, ch)}
+    assert rec['layers.0.0']['unit_ids'] == list(range(16))
+    # (a BatchNorm after the activation passes a dead unit on as its bias, fastai's 1e-3, and the next Linear has no bias
+    # to take it: the output moves by that much, and the next BatchNorm takes the shift out in training)
+    with torch.no_grad(): torch.testing.assert_close(m(*xb), y0, rtol=0, atol=1e-3)
+    with torch.no_grad(): m.layers[0][0].weight[:16] = 0.; m.layers[0][2].bias.zero_(); y0 = m(*xb)
+    reinit_dormant(m, xb, ch)
+    with torch.no_grad(): torch.testing.assert_close(m(*xb), y0, rtol=0, atol=1e-5)  # (with a zero bias there: exactly)
+
+def test_general_relu_followed_and_scored_from_its_rest():
+    "initcb's GeneralRelu: not traced into (ReDo followed no layer in front of one), and a dead unit of GeneralRelu(sub=0.4),"
+    "a constant -0.4, scores 0 (E|h| called it busy)"
+    from initcb.init import GeneralRelu
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 16), GeneralRelu(sub=0.4), nn.Linear(16, 16), GeneralRelu(leak=0.1, sub=0.4), nn.Linear(16, 2))
+    ch = unit_chains(m)
+    assert ch['0'][0]['act'] == '1' and ch['2'][0]['act'] == '3'
+    with torch.no_grad(): m[0].bias[:8] = -50.
+    x = torch.randn(64, 4)
+    assert (dormancy_scores(m, x, ch)['0'] == 0).nonzero().flatten().tolist() == list(range(8))
