@@ -496,12 +496,16 @@ def foreach_norm(
     ts:list, # tensors on one device: dense, or sparse (the gradient of `nn.Embedding(sparse=True)`, of `F.embedding(..., sparse=True)`)
     ord=2, # the norm's order (0: the count of non-zero entries)
 ):
-    "`torch._foreach_norm(ts, ord)` in float32, a sparse tensor read as its stored values (`sparse_values_`); no check a batch: the sparse ones are found when the fused call refuses them"
+    "`torch._foreach_norm(ts, ord)` in float32, a sparse tensor read as its stored values (`sparse_values_`), a float64 one's norm taken in float64; no check a batch: those are found when the fused call refuses them"
     try: return torch._foreach_norm(ts, ord, dtype=torch.float32)
     except RuntimeError:
-        ts = list(ts)
-        if not sparse_values_(ts): raise
-        return torch._foreach_norm(ts, ord, dtype=torch.float32)
+        ts = list(ts); sparse_values_(ts)
+        f64 = [j for j, t in enumerate(ts) if t.dtype == torch.float64]  # (`dtype=float32` refuses to narrow them)
+        if not f64: return torch._foreach_norm(ts, ord, dtype=torch.float32)  # (no sparse tensor either: its error again)
+        out, rest = {}, [j for j in range(len(ts)) if j not in set(f64)]
+        out.update(zip(f64, (x.float() for x in torch._foreach_norm([ts[j] for j in f64], ord))))
+        if rest: out.update(zip(rest, torch._foreach_norm([ts[j] for j in rest], ord, dtype=torch.float32)))
+        return [out[j] for j in range(len(ts))]
 
 def sparse_values_(
     ts:list, # tensors, replaced in place
@@ -521,18 +525,18 @@ def norms_row(
     for j, t in enumerate(ts): groups.setdefault(t.dtype, []).append(j)
     nf = 3 if ts[0].is_cuda else 2  # statistics computed in float32; the others come in each group's dtype
     sts, order = [], []
-    for js in groups.values():
-        g = ts if len(groups) == 1 else [ts[j] for j in js]
-        if nf == 3: st = [torch._foreach_norm(g, p, dtype=f32) for p in (1, 2, math.inf)]
+    for dt, js in groups.items():
+        g, d = ts if len(groups) == 1 else [ts[j] for j in js], None if dt == torch.float64 else f32  # (float64: not narrowed before the norm, it refuses)
+        if nf == 3: st = [torch._foreach_norm(g, p, dtype=d) for p in (1, 2, math.inf)]
         else:  # on a CPU, an ord=inf norm costs ~7x a max of |x| (the one pass over |x| is cheaper than the difference)
             a = torch._foreach_abs(g)
-            st = [torch._foreach_norm(a, 1, dtype=f32), torch._foreach_norm(g, 2, dtype=f32), torch._foreach_max(a)]
-        st.append(torch._foreach_max(g) if fourth == 'max' else torch._foreach_norm(g, 0, dtype=f32))
+            st = [torch._foreach_norm(a, 1, dtype=d), torch._foreach_norm(g, 2, dtype=d), torch._foreach_max(a)]
+        st.append(torch._foreach_max(g) if fourth == 'max' else torch._foreach_norm(g, 0, dtype=d))
         sts.append(st); order += js
     n = len(order)
     if len(sts) == 1 and ts[0].dtype == f32:  # one dtype, float32: one stack
         return torch.stack([x for k in sts[0] for x in k]).view(4, n), order
-    hi = torch.stack([x for k in range(nf) for st in sts for x in st[k]]).view(nf, n)
+    hi = torch.stack([x for k in range(nf) for st in sts for x in st[k]]).float().view(nf, n)
     lo = [torch.stack([x for k in st[nf:] for x in k]).float().view(4 - nf, -1) for st in sts]
     return torch.cat([hi, *lo] if len(lo) == 1 else [hi, torch.cat(lo, 1)]), order
 

@@ -136,9 +136,8 @@ def _norms(self:GradientHealth, gs, ord):
     try: return torch._foreach_norm(gs, ord, dtype=torch.float32)
     except RuntimeError:
         sp = sparse_values_(gs)
-        if not sp: raise
-        self._sparse = sorted({*self._sparse, *sp})  # (for the rest of the fit: no check a batch)
-        return torch._foreach_norm(gs, ord, dtype=torch.float32)
+        if sp: self._sparse = sorted({*self._sparse, *sp})  # (for the rest of the fit: no check a batch)
+        return foreach_norm(gs, ord)  # (float64 gradients too)
 
 @patch
 def before_step(self:GradientHealth):
@@ -155,13 +154,13 @@ def before_step(self:GradientHealth):
     if n2 is None or self._upd:
         gs = [p.grad if p.grad is not None else self._zero(p) for p in ps]
         if self._sparse: sparse_values_(gs, self._sparse)  # (a sparse gradient: its stored values)
-    g, f32 = torch.is_grad_enabled(), torch.float32; _set_grad(False)
+    g = torch.is_grad_enabled(); _set_grad(False)
     try:
         if n2 is None: n2 = self._norms(gs, 2)
         self._q.add(n2, self._iter)
         if self._upd:
             nz = self._norms(gs, 0)  # non-zero entries
-            nonf = torch._foreach_norm(torch._foreach_mul(gs, 0.), 0, dtype=f32)  # 0*inf and 0*nan are nan: counted
+            nonf = foreach_norm(torch._foreach_mul(gs, 0.), 0)  # 0*inf and 0*nan are nan: counted
             self._nonf, self._hasg = nz + nonf, np.array([p.grad is not None for p in ps])
             if self._pbuf is None: self._pbuf = [torch.empty_like(p) for p in ps]  # kept for the fit: no allocation a step
             torch._foreach_copy_(self._pbuf, ps); self._prev = self._pbuf
@@ -171,10 +170,9 @@ def before_step(self:GradientHealth):
 def after_step(self:GradientHealth):
     if not self._on or self._prev is None: return self._done()
     with torch.no_grad():
-        f32 = torch.float32
-        w = torch._foreach_norm(self._prev, 2, dtype=f32)
+        w = foreach_norm(self._prev, 2)
         torch._foreach_sub_(self._prev, self.params)  # the weights before the step less those after: -Δw
-        d = torch._foreach_norm(self._prev, 2, dtype=f32)
+        d = foreach_norm(self._prev, 2)
         lr, c = self._step_hypers()
         if c is not None: c[~self._hasg] = 0.  # (no gradient: no step, no decay)
         k = None
@@ -182,7 +180,7 @@ def after_step(self:GradientHealth):
             ok = c < 0.5               # is the gradient's: (1 - 2c)·lerp(-Δw, w_after, -c / (1 - 2c)), one in-place op (the norm's factor on the host)
             c = np.where(ok, c, 0.); k = np.where(ok, 1 - 2 * c, np.nan)  # (NaN: a decay of half the weight or more in one step)
             torch._foreach_lerp_(self._prev, self.params, (-c / np.where(ok, k, 1.)).tolist())
-            s = torch._foreach_norm(self._prev, 2, dtype=f32)
+            s = foreach_norm(self._prev, 2)
         else: s = d
         self._uq.add(d + w + self._nonf + s, (self._iter, lr, k))
     self._done()

@@ -467,3 +467,23 @@ def test_warnings_on_the_main_rank_only(monkeypatch):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always'); gh._event('nonfinite', 4, 'a', float('nan'), 'non-finite gradient at batch 4')
     assert len(w) == 1
+
+@pytest.mark.parametrize('whole', [True, False])
+def test_float64_parameters_and_outputs(whole):
+    "A float64 model (or one float64 submodule): every norm was taken with dtype=float32, which refuses to narrow float64"
+    "(GradientHealth, NonFiniteGuard, HealthCheck, and ActivationHealth's whole-output reductions raised RuntimeError)"
+    from initcb.activations import ActivationHealth
+    from initcb.report import HealthCheck
+    class Rec(Callback):
+        order = 60
+        def before_step(self): self.g2 = float(sum(p.grad.double().pow(2).sum() for p in self.learn.model.parameters()).sqrt())
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(1, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
+    class M(nn.Module):
+        def __init__(s): super().__init__(); s.body = body.double() if whole else body; s.mid = nn.Linear(1, 1).double()
+        def forward(s, x): return s.mid(s.body(x.double() if whole else x).double()).float()
+    rec, gh, ah = Rec(), GradientHealth(warn=False), ActivationHealth(full_max=1 << 20)
+    learn = quiet(synth_learner(n_trn=4, cbs=[rec, gh, ah, HealthCheck(report=False)]))
+    learn.model = M(); learn.fit(1, 1e-3)
+    assert len(gh.hist) == 4 and len(ah.fast) == 4 and np.isfinite(ah.to_df()['rms']).all()
+    assert math.isclose(gh.global_norm()[-1], rec.g2, rel_tol=1e-4)
