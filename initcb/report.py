@@ -21,7 +21,8 @@ from .reinit import reinit_dormant
 from .wd import AdaptiveWD
 
 # %% auto #0
-__all__ = ['COLUMNS', 'REMEDIES', 'STALLED_OTHER', 'RULES', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
+__all__ = ['COLUMNS', 'REMEDIES', 'STALLED_OTHER', 'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard',
+           'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
 class Thresholds:
@@ -273,6 +274,7 @@ class NonFiniteGuard(Callback):
 
 # %% ../nbs/06_report.ipynb #b7439ec6
 RULES = ('symmetric', 'dead', 'exploding', 'growing')
+WD_BASE = 0.01  # the weight decay HealthCheck's AdaptiveWD adapts from where the fit has none (fastai's Adam default)
 
 class HealthCheck(Callback):
     "ActivationHealth + GradientHealth + NonFiniteGuard, live columns, the health report after the fit; with `remedy`, the matching remedies"
@@ -359,8 +361,13 @@ class HealthCheck(Callback):
         self._n_ev = len(ev)
         if 'growing' in self.remedy and not any(isinstance(c, AdaptiveWD) for c in self.learn.cbs):
             if any(f['callback'] == 'AdaptiveWD' and f['problem'].startswith('weights growing') for f in _gradient_rules(self.gh, self.th)):
-                cb = AdaptiveWD('awd'); self._add(cb); cb('before_fit')
-                self._act('AdaptiveWD', "weights growing without bound: adaptive weight decay ('awd') from the next batch")
+                # (a fit with no weight decay: every mode scales the fit's own λ, 0; 'equilibrium' from fastai's Adam default instead,
+                # the λ that stops the growth at the run's own update size: 'awd' from 0.01 stayed ~1e-4, measured, and changed nothing)
+                none = not any(h['wd'] for h in self.learn.opt.hypers)
+                mode = 'equilibrium' if none else 'awd'
+                cb = AdaptiveWD(mode, base=WD_BASE if none else None); self._add(cb); cb('before_fit')
+                self._act('AdaptiveWD', f"weights growing without bound: adaptive weight decay ('{mode}') from the next batch"
+                          + (f" (from λ = {WD_BASE}, fastai's Adam default: the fit had none)" if none else ''))
 
     def _revive(self):
         if self._xb is None: return

@@ -39,15 +39,17 @@ class AdaptiveWD(HealthCallback):
         eps:float=1e-8, # 'swd': added to √(mean v̂)
         gain:float=0.05, # 'equilibrium': fraction of the way (in log) toward the equilibrium value per measurement
         bound:float=10., # 'equilibrium': λ stays within [base/bound, base*bound]
-        every:int=10): # 'equilibrium': batches between measurements of the update ratio (a copy of the weights each time)
+        every:int=10, # 'equilibrium': batches between measurements of the update ratio (a copy of the weights each time)
+        base:float=None): # the λ a group adapts from where its optimizer's weight decay is 0 (None: that 0, which every mode keeps at 0)
         if mode not in MODES: raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
+        self.base = None if base is None else check_float('base', base, 0., 1e6)
         self.mode, self.wd_max = mode, check_float('wd_max', wd_max, 0., 1e6)
         self.beta, self.eps = check_float('beta', beta, 0., 1.), check_float('eps', eps, 0., 1.)
         self.gain, self.bound, self.every = check_float('gain', gain, 0., 1.), check_float('bound', bound, 1., 1e6), check_int('every', every)
         self.hist, self.bases, self._events, self.state = [], [], [], {}
 
     def setup(self):
-        self.n_seen, self._base, self._prev = self.state.get('n_seen', 0), None, None
+        self.n_seen, self._base, self._orig, self._prev = self.state.get('n_seen', 0), None, None, None
 
     # parameters fastai decays, per group
     def _decayed(self):
@@ -61,7 +63,8 @@ class AdaptiveWD(HealthCallback):
 
     def before_step(self):
         opt = self.learn.opt
-        self._base = [h['wd'] for h in opt.hypers]
+        self._orig = [h['wd'] for h in opt.hypers]  # (the fit's own, put back after each step and at the end)
+        self._base = [self.base if self.base is not None and not w else w for w in self._orig]
         self.bases.append(list(self._base))
         groups = self._decayed()
         lams = getattr(self, f'_{self.mode}')(groups)
@@ -130,9 +133,14 @@ class AdaptiveWD(HealthCallback):
             with torch.no_grad(): self._prev = torch._foreach_mul([p for ps in groups for p in ps], 1.)  # a copy
         out = []
         for g, ps in enumerate(groups):
-            lams = [self.state.get(('eq', g, j), self._base[g]) for j in self._js[g]]
+            lams = [self._eq_lam(g, j) for j in self._js[g]]
             out.append(float(np.mean(lams)) if lams else self._base[g])
         return out
+
+    def _eq_lam(self, g, j):
+        "'equilibrium': tensor `j` of group `g`'s λ, within [base/bound, base·bound] of this step's base (a later fit's or a schedule's; 0: no decay)"
+        b = self._base[g]
+        return 0. if b <= 0 else min(max(self.state.get(('eq', g, j), b), b / self.bound), b * self.bound)
 
     def after_step(self):
         opt = self.learn.opt
@@ -140,8 +148,8 @@ class AdaptiveWD(HealthCallback):
         if self.mode == 'cautious': self._decay_by_hand(groups, lambda g, j: self._base[g], cautious=True)
         elif self.mode == 'equilibrium':
             if getattr(self, '_prev', None) is not None: self._measure(groups)
-            self._decay_by_hand(groups, lambda g, j: self.state.get(('eq', g, j), self._base[g]))
-        opt.set_hyper('wd', self._base)
+            self._decay_by_hand(groups, self._eq_lam)
+        opt.set_hyper('wd', self._orig)
         self.n_seen += 1; self.state['n_seen'] = self.n_seen
 
     def _decay_by_hand(self, groups, lam, cautious=False):
@@ -186,10 +194,10 @@ class AdaptiveWD(HealthCallback):
         self._prev = None
 
     def after_cancel_step(self):
-        if self._base is not None: self.learn.opt.set_hyper('wd', self._base)
+        if self._orig is not None: self.learn.opt.set_hyper('wd', self._orig)
     def cleanup(self):
         "Put the fit's own weight decay back: at the end of a fit, however it ends (an exception mid-step included)"
-        if getattr(self, '_base', None) is not None and getattr(self.learn, 'opt', None) is not None: self.learn.opt.set_hyper('wd', self._base)
+        if getattr(self, '_orig', None) is not None and getattr(self.learn, 'opt', None) is not None: self.learn.opt.set_hyper('wd', self._orig)
 
     @property
     def events(self):

@@ -399,3 +399,24 @@ def test_gradient_norms_not_shared_past_a_callback_that_changes_them(order):
         learn.fit(1, 0.1)
         return learn.gradient_health.to_df()['grad_norm'].values
     assert np.array_equal(run(False), run(True))
+
+def test_growing_weights_without_weight_decay_remedied():
+    "HealthCheck's remedy for weights growing without bound, in a fit with no weight decay (fastai's SGD): AdaptiveWD('awd') scaled"
+    "the fit's λ, 0, and did nothing; now 'equilibrium' from 0.01, which brings the growth to its equilibrium (the finding clears)"
+    from functools import partial
+    from fastai.optimizer import SGD
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from initcb.wd import AdaptiveWD
+    torch.manual_seed(0)
+    x = torch.randn(256, 4); y = x.sum(1, keepdim=True) + 0.1 * torch.randn(256, 1)
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=16), DataLoader(list(zip(x[:16], y[:16])), bs=16))
+    m = nn.Sequential(nn.Linear(4, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 1))
+    with torch.no_grad():
+        for l in (m[0], m[3]): l.weight.mul_(0.01)  # small weights under BatchNorm: scale-invariant, their norm grows every step
+    hc = HealthCheck(remedy={'growing'}, report=False, columns=False)
+    learn = quiet(Learner(dls, m, loss_func=nn.MSELoss(), opt_func=partial(SGD, mom=0.9), cbs=hc))
+    learn.fit(6, 0.05)
+    acts = hc.actions
+    assert list(acts.action) == ['AdaptiveWD'] and "'equilibrium'" in acts.detail[0]
+    assert not any(p.startswith('weights growing') for p in hc.report.problem) and learn.opt.hypers[0]['wd'] == 0

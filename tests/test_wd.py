@@ -131,3 +131,31 @@ def test_equilibrium_keys_follow_the_tensor_through_unfreeze():
     assert {k[2] for k in cb.state if k[:2] == ('eq', 0)} == bn  # keyed by their place in the group, not in the trainable subset
     learn.unfreeze(); learn.fit(1)
     assert {k[2] for k in cb.state if k[:2] == ('eq', 0)} == set(range(4))
+
+def test_equilibrium_follows_a_later_fits_base():
+    "A second fit with wd=0 (or a schedule to 0): the λ carried over from the first kept decaying (0.07 applied, 'kept λ' events)"
+    class Pre(Callback):
+        order = AdaptiveWD.order - 0.5
+        def after_step(self): self.w = [p.detach().clone() for p in self.learn.model.parameters()]
+    class Post(Callback):
+        order = AdaptiveWD.order + 0.5
+        def before_fit(self): self.same = []
+        def after_step(self): self.same.append(all(torch.equal(p, q) for p, q in zip(self.learn.model.parameters(), self.learn.pre.w)))
+    cb = AdaptiveWD('equilibrium', every=1)
+    learn = quiet(synth_learner(n_trn=4, cbs=cb))
+    learn.fit(2, 1e-2, wd=0.1)
+    assert cb.hist[-1][1] > 0
+    post = Post(); learn.fit(1, 1e-2, wd=0., cbs=[Pre(), post])
+    assert all(post.same) and cb.hist[-1][1] == 0 and learn.opt.hypers[0]['wd'] == 0
+    learn.fit(1, 1e-2, wd=1e-3)  # (a smaller base: λ within [base/bound, base·bound] of it, not the first fit's)
+    assert 1e-4 <= cb.hist[-1][1] <= 1e-2
+
+@pytest.mark.parametrize('mode', MODES)
+def test_base_where_the_fit_has_no_weight_decay(mode):
+    "`base`: the λ a mode adapts from where the optimizer's is 0 (every mode scales the fit's own λ: 0 stayed 0); the fit's 0 put back"
+    cb = AdaptiveWD(mode, base=0.01, every=1)
+    learn = quiet(synth_learner(n_trn=4, cbs=cb))
+    learn.fit(1, 1e-2, wd=0.)
+    assert cb.bases[-1] == [0.01] and all(h[1] > 0 for h in cb.hist) and learn.opt.hypers[0]['wd'] == 0
+    learn.fit(1, 1e-2, wd=0.05)
+    assert cb.bases[-1] == [0.05]  # (a fit with its own: that one)
