@@ -10,7 +10,9 @@ import copy, math, warnings
 import numpy as np, pandas as pd, torch
 from torch import nn
 import torch.fx as fx
+import torch.nn.functional as F
 from fastai.callback.core import Callback
+from fastai.layers import Flatten as FlattenFa
 from .core import *
 
 # %% auto #0
@@ -22,8 +24,18 @@ _POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgP
 _LAYER = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 class _Tracer(fx.Tracer):
-    "torch.fx's tracer, stopping at elementwise modules defined outside `torch.nn` too (`GeneralRelu`: traced into, its `relu` was no module ReDo follows)"
-    def is_leaf_module(self, m, qualname): return _elementwise(m) or super().is_leaf_module(m, qualname)
+    "torch.fx's tracer, stopping at elementwise modules defined outside `torch.nn` too (`GeneralRelu`: traced into, its `relu` was no module ReDo follows) and at fastai's `Flatten`"
+    def is_leaf_module(self, m, qualname): return _elementwise(m) or isinstance(m, FlattenFa) or super().is_leaf_module(m, qualname)
+
+_ACT_FNS = {torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, torch.sigmoid, F.sigmoid,
+            torch.tanh, F.tanh, F.hardtanh, F.hardsigmoid, F.hardswish, F.softplus, F.softsign, F.logsigmoid}
+_ACT_METHODS = {'relu': torch.relu, 'sigmoid': torch.sigmoid, 'tanh': torch.tanh}
+
+def _act_fn(u):
+    "A functional activation at node `u` (`F.relu(x)`, `torch.tanh(x)`, `x.relu()`), as (fn, args, kwargs) without `inplace`; else None"
+    fn = u.target if u.op == 'call_function' and u.target in _ACT_FNS else _ACT_METHODS.get(u.target) if u.op == 'call_method' else None
+    if fn is None: return None
+    return fn, tuple(u.args[1:]), {k: v for k, v in u.kwargs.items() if k != 'inplace'}
 
 def _elementwise(m):
     import initcb.init  # (adds GeneralRelu to `ELEMENTWISE_TYPES`)
@@ -32,6 +44,7 @@ def _elementwise(m):
 def _flattens(u, um):
     "Whether node `u` (module `um`) flattens every dim from 1 on: `nn.Flatten()`, `torch.flatten(x, 1)`"
     if isinstance(um, nn.Flatten): return (um.start_dim, um.end_dim) == (1, -1)
+    if isinstance(um, FlattenFa): return not um.full
     if u.op != 'call_function' or u.target is not torch.flatten: return False
     a = {**dict(zip(('input', 'start_dim', 'end_dim'), u.args)), **u.kwargs}
     return (a.get('start_dim', 0), a.get('end_dim', -1)) == (1, -1)
@@ -41,8 +54,9 @@ OUTPUT_LAYER = "the model's output layer (its units are the outputs: not re-init
 def unit_chains(
     model:nn.Module, # traced with torch.fx
 ):
-    "For each Linear/Conv layer: ({'next', 'norm', 'act', 'act_call', 'flatten'}, None) when its units feed one layer safely, else (None, why);"
-    "`act_call`: which call of the activation module is the layer's (fastai's `TabularModel` calls one ReLU in every block)"
+    "For each Linear/Conv layer: ({'next', 'norm', 'act', 'act_call', 'act_fn', 'flatten'}, None) when its units feed one layer safely, else (None, why);"
+    "`act_call`: which call of the activation module is the layer's (fastai's `TabularModel` calls one ReLU in every block); `act_fn`: a functional"
+    "activation (`F.relu(x)`) as (fn, args, kwargs, the module whose output it takes)"
     try: gm = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as e: return {n: (None, f'the model cannot be traced by torch.fx ({type(e).__name__})') for n, m in model.named_modules() if isinstance(m, _LAYER)}
     mods, res, uses, owners, call = dict(model.named_modules()), {}, {}, {}, {}
@@ -57,7 +71,7 @@ def unit_chains(
         if tied: return f'{n} shares its weights with {", ".join(sorted(tied))}'
     for node in gm.graph.nodes:
         if node.op != 'call_module' or not isinstance(mods[node.target], _LAYER): continue
-        chain, why, cur = dict(norm=None, act=None, act_call=0, flatten=False), None, node
+        chain, why, cur = dict(norm=None, act=None, act_call=0, act_fn=None, flatten=False), None, node
         m = mods[node.target]; lin = isinstance(m, nn.Linear)  # (a Linear's units are its output's last dim, a conv's dim 1)
         while True:
             users = list(cur.users)
@@ -70,9 +84,15 @@ def unit_chains(
                 chain['next'] = u.target; break
             if isinstance(um, nn.modules.batchnorm._BatchNorm) and um.num_features == m.weight.shape[0] and chain['norm'] is None and not chain['flatten']: chain['norm'] = u.target  # (before its activation, or after: fastai's `LinBnDrop` in `TabularModel`)
             elif um is not None and _elementwise(um):
-                if chain['act'] is None and not isinstance(um, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)):
+                if chain['act'] is None and chain['act_fn'] is None and not isinstance(um, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)):
                     if chain['flatten']: why = 'its activation comes after a flatten (its units would be scored per element)'; break
                     chain['act'], chain['act_call'] = u.target, call[u]
+            elif _act_fn(u) is not None:  # (a functional activation: scored on the output of the module before it, through the same function)
+                if chain['act'] is None and chain['act_fn'] is None:
+                    fn, a, kw = _act_fn(u)
+                    if chain['flatten']: why = 'its activation comes after a flatten (its units would be scored per element)'; break
+                    if cur.op != 'call_module' or any(isinstance(v, fx.Node) for v in (*a, *kw.values())): why = f'it feeds {fn.__name__} on a value ReDo cannot score'; break
+                    chain['act_fn'], chain['act_call'] = (fn, a, kw, cur.target), call[cur]
             elif isinstance(um, _POOL) and not chain['flatten'] and not lin: pass  # (after a Linear a pool would mix its units)
             elif _flattens(u, um) and not chain['flatten']: chain['flatten'] = True
             elif u.op == 'output': why = OUTPUT_LAYER; break
@@ -99,12 +119,16 @@ def dormancy_scores(
     "{layer: per-unit score E|h_i - r| / mean_j E|h_j - r|} for the layers of `chains`, on batch `xb` (r: the activation's `rest_value`, 0 for a ReLU)"
     mods = dict(model.named_modules())
     names = [n for n, (c, _) in chains.items() if c is not None]
-    at = [mods[chains[n][0]['act'] or n] for n in names]
+    cs = [chains[n][0] for n in names]
+    at = [mods[c['act'] or (c['act_fn'][3] if c.get('act_fn') else n)] for n, c in zip(names, cs)]
     res, calls = {}, [0] * len(names)
     def f(i, o):  # (a module called in several places: the layer's own call, as traced)
         calls[i] += 1
-        if calls[i] - 1 == chains[names[i]][0].get('act_call', 0):
-            res[names[i]] = _unit_means(first_tensor(o), -1 if isinstance(mods[names[i]], nn.Linear) else 1, rest_value(at[i]))
+        c = cs[i]
+        if calls[i] - 1 == c.get('act_call', 0):
+            o = first_tensor(o)
+            if c.get('act_fn'): fn, a, kw, _ = c['act_fn']; o = fn(o, *a, **kw)
+            res[names[i]] = _unit_means(o, -1 if isinstance(mods[names[i]], nn.Linear) else 1, rest_value(at[i]) if c['act'] else 0.)
     eval_forward(model, at, f, xb, bn)
     if distributed() and res:  # the same scores, hence the same decisions, on every rank: one all-reduce
         flat = torch.cat([res[n] for n in names if n in res]); torch.distributed.all_reduce(flat)

@@ -15,7 +15,7 @@ def test_conv_bn_act_conv_function_preserved(seed):
     m.train(); m(x); m(x)  # running statistics away from their init
     with torch.no_grad(): m[0][1].bias[[2, 6]] = -50.; m[1][1].bias[1] = -50.
     ch = unit_chains(m)
-    assert ch['0.0'][0] == dict(norm='0.1', act='0.2', act_call=0, flatten=False, next='1.0')
+    assert ch['0.0'][0] == dict(norm='0.1', act='0.2', act_call=0, act_fn=None, flatten=False, next='1.0')
     assert ch['1.0'][0]['next'] == '4' and ch['1.0'][0]['flatten']
     sc = dormancy_scores(m, x, ch)
     d0, d1 = (sc['0.0'] == 0).nonzero().flatten().tolist(), (sc['1.0'] == 0).nonzero().flatten().tolist()
@@ -38,7 +38,7 @@ def test_unsupported_structures_skipped_with_a_message():
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always'); learn.fit(1)
     msgs = [str(x.message) for x in w if 'ReinitDormant' in str(x.message)]
-    assert any('skips 1 layer: a: it feeds relu, which ReDo cannot follow' in s for s in msgs) and any('no layer it can handle' in s for s in msgs)
+    assert any('skips 1 layer: a: its output has 2 consumers' in s for s in msgs) and any('no layer it can handle' in s for s in msgs)
     assert not any("output layer" in s for s in msgs)  # (b, the output layer, is never re-initialized: nothing to warn about)
     assert len(cb.events) == 0
 
@@ -255,7 +255,7 @@ def test_tabular_model_dead_units_recycled():
     torch.manual_seed(0)
     m = TabularModel([(10, 4)], 3, 1, [32, 16]).eval()
     ch = unit_chains(m)
-    assert ch['layers.0.0'][0] == dict(norm='layers.0.2', act='layers.0.1', act_call=0, flatten=False, next='layers.1.0')
+    assert ch['layers.0.0'][0] == dict(norm='layers.0.2', act='layers.0.1', act_call=0, act_fn=None, flatten=False, next='layers.1.0')
     assert ch['layers.1.0'][0]['act_call'] == 1 and m.layers[0][1] is m.layers[1][1]
     with torch.no_grad(): m.layers[0][0].weight[:16] = 0.  # (no bias: it has a BatchNorm)
     xb = (torch.randint(0, 10, (64, 1)), torch.randn(64, 3))
@@ -280,3 +280,33 @@ def test_general_relu_followed_and_scored_from_its_rest():
     with torch.no_grad(): m[0].bias[:8] = -50.
     x = torch.randn(64, 4)
     assert (dormancy_scores(m, x, ch)['0'] == 0).nonzero().flatten().tolist() == list(range(8))
+
+@pytest.mark.parametrize('act', ['F.relu', 'torch.relu', 'method', 'inplace', 'leaky'])  # (leaky: followed, and its units pass a gradient: none dormant)
+def test_functional_activation_followed(act):
+    "The PyTorch tutorials' style, `self.fc2(F.relu(self.fc1(x)))`: ReDo 'cannot follow relu' before; now scored through the same function"
+    import torch.nn.functional as F
+    fn = {'F.relu': F.relu, 'torch.relu': torch.relu, 'method': lambda h: h.relu(), 'inplace': lambda h: F.relu(h, inplace=True),
+          'leaky': lambda h: F.leaky_relu(h, 0.01)}[act]
+    class M(nn.Module):
+        def __init__(s): super().__init__(); s.fc1, s.bn, s.fc2, s.fc3 = nn.Linear(4, 16), nn.BatchNorm1d(16), nn.Linear(16, 8), nn.Linear(8, 2)
+        def forward(s, x): return s.fc3(fn(s.fc2(fn(s.bn(s.fc1(x))))))
+    torch.manual_seed(0); m = M(); x = torch.randn(64, 4)
+    ch = unit_chains(m)
+    assert ch['fc1'][0]['norm'] == 'bn' and ch['fc1'][0]['act_fn'][3] == 'bn' and ch['fc2'][0]['act_fn'][3] == 'fc2'
+    with torch.no_grad(): m.fc2.bias[[1, 5]] = -50.
+    sc = dormancy_scores(m, x, ch)
+    dead = (sc['fc2'] <= 0).nonzero().flatten().tolist()
+    assert dead == ([] if act == 'leaky' else [1, 5]) and len(sc['fc1']) == 16
+    if act == 'leaky': assert ch['fc2'][0]['act_fn'][0] is F.leaky_relu and 0.01 in (*ch['fc2'][0]['act_fn'][1], *ch['fc2'][0]['act_fn'][2].values()); return
+    m.eval()
+    with torch.no_grad(): y0 = m(x)
+    reinit_units(m, 'fc2', [1, 5], ch['fc2'][0])
+    with torch.no_grad(): torch.testing.assert_close(m(x), y0, rtol=0, atol=1e-5)
+
+def test_fastai_flatten_followed():
+    "fastai's Flatten (x.view(x.size(0), -1), traced into: 'its output has 2 consumers'), as in a ConvLayer stack"
+    from fastai.layers import Flatten
+    m = nn.Sequential(ConvLayer(3, 8, stride=2), ConvLayer(8, 16, stride=2), nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(16, 3))
+    ch = unit_chains(m)
+    assert ch['1.0'][0] is not None and ch['1.0'][0]['flatten'] and ch['1.0'][0]['next'] == '4'
+    assert unit_chains(nn.Sequential(nn.Conv2d(3, 8, 3), Flatten(full=True), nn.Linear(8 * 36 * 64, 3)))['0'][0] is None  # (the batch flattened too)
