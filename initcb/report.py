@@ -17,12 +17,12 @@ from .core import *
 from .activations import ActivationHealth
 from .gradients import GradientHealth
 from .init import check_init, break_symmetry, WEIGHT_LAYERS
-from .reinit import reinit_dormant
+from .reinit import reinit_dormant, unit_chains
 from .wd import AdaptiveWD
 
 # %% auto #0
-__all__ = ['COLUMNS', 'REMEDIES', 'STALLED_OTHER', 'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard',
-           'HealthCheck']
+__all__ = ['COLUMNS', 'REMEDIES', 'DEAD_UNFOLLOWED', 'STALLED_OTHER', 'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite',
+           'NonFiniteGuard', 'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
 class Thresholds:
@@ -53,6 +53,7 @@ REMEDIES = {
     'too hot': ("lower the learning rate, or decay the weights", 'AdaptiveWD'),
     'growing': ("apply weight decay, adapted to the run", 'AdaptiveWD'),
 }
+DEAD_UNFOLLOWED = "use a leaky activation (GeneralRelu(leak=0.1)): ReinitDormant cannot follow the layer in front of this one (`unit_chains` says why: a residual add, a branch)"  # dead, no chain ends in it
 STALLED_OTHER = "raise the learning rate (this layer's, where the optimizer has parameter groups), or reset the layer's weights (too large for the updates it gets)"  # stalled, not a Linear/Conv layer
 
 def _finding(layer, problem, severity, evidence, key):
@@ -82,6 +83,10 @@ def _activation_rules(learn, ah, th, xb):
             if frac > th.dead_frac:
                 out.append(_finding(n, 'dead units', 'error' if frac > 0.5 else 'warning',
                                     f'{frac:.0%} of {units} units have dormancy score <= {th.dead_tau:g} on a batch', 'dead'))
+        if out:  # (a remedy that would do nothing is none: where no layer ReDo follows ends in this activation, say so)
+            ends = {c['act'] for c, _ in unit_chains(unwrap(learn.model)).values() if c is not None and c['act']}
+            for f in out:
+                if f['layer'] not in ends: f.update(remedy=DEAD_UNFOLLOWED, callback='')
     summ = ah.summary(last=th.last)
     for n, v in summ['% saturated'].dropna().items():
         if v > th.sat_pct: out.append(_finding(n, 'saturated activation', 'warning', f'{v:.0f}% of outputs within sat_eps of an asymptote', 'saturated'))

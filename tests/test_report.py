@@ -420,3 +420,19 @@ def test_growing_weights_without_weight_decay_remedied():
     acts = hc.actions
     assert list(acts.action) == ['AdaptiveWD'] and "'equilibrium'" in acts.detail[0]
     assert not any(p.startswith('weights growing') for p in hc.report.problem) and learn.opt.hypers[0]['wd'] == 0
+
+def test_dead_units_ReDo_cannot_reach_say_so():
+    "Dead units behind an activation no followable layer ends in (a residual add): the remedy was ReinitDormant, which then did nothing"
+    class Res(nn.Module):
+        def __init__(s):
+            super().__init__(); s.inp, s.a, s.act, s.b, s.act2, s.out = nn.Linear(64, 32), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)
+            with torch.no_grad(): s.a.bias.sub_(5.); s.b.bias.sub_(5.)
+        def forward(s, x):
+            h = s.inp(x.flatten(1))
+            return s.out(s.act2(s.b(h + s.act(s.a(h)))))  # (act feeds a residual add: a is no chain ReDo follows; b is)
+    torch.manual_seed(0)
+    learn = quiet(Learner(digits_dls(), Res(), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+    learn.fit(1, 1e-3)
+    rep = learn.health_check.report.set_index('layer')
+    assert rep.loc['act', 'problem'] == 'dead units' and rep.loc['act', 'callback'] == '' and 'cannot follow' in rep.loc['act', 'remedy']
+    assert rep.loc['act2', 'problem'] == 'dead units' and rep.loc['act2', 'callback'] == 'ReinitDormant'
