@@ -143,11 +143,19 @@ def _state_dicts(opt, p):
     else: st = getattr(opt, 'state', {})
     return [st[p]] if p in st else []
 
+def _slow(opt, p):
+    "fastai's `Lookahead` (`ranger`): its slow copy of `p`; None without one (another optimizer, or before its first step)"
+    sw, pls = getattr(opt, 'slow_weights', None), getattr(opt, 'param_lists', None)
+    if sw is None or pls is None: return None
+    return next((s for spg, pg in zip(sw, pls) for s, q in zip(spg, pg) if q is p), None)
+
 def _zero_(p, idx, opt):
-    "Zero `p`'s state tensors (its shape) at `idx` (an index into `p`)"
+    "Zero `p`'s state tensors (its shape) at `idx` (an index into `p`); a Lookahead's slow copy there takes `p`'s new values (else its next sync pulls them halfway back)"
     for st in _state_dicts(opt, p):
         for k, v in st.items():
             if isinstance(v, torch.Tensor) and v.shape == p.shape: v[idx] = 0.
+    s = _slow(opt, p)
+    if s is not None: s[idx] = p.detach()[idx]
 
 def reinit_units(
     model:nn.Module, # changed in place
@@ -270,6 +278,9 @@ class ReinitDormant(Callback):
                 for p, q in [(m.weight, fresh.weight), (m.bias, fresh.bias)]:
                     if p is not None: p.mul_(self.shrink).add_(q, alpha=self.perturb)
                 sync_from_main(m)  # the perturbation was drawn on each rank: rank 0's goes to all
+                for p in (m.weight, m.bias):  # (a Lookahead's slow copy too: its next sync would undo half of it)
+                    s = None if p is None else _slow(getattr(self.learn, 'opt', None), p)
+                    if s is not None: s.copy_(p)
                 self._events.append(dict(batch=it, layer=n, units=m.weight.shape[0], of=m.weight.shape[0], unit_ids=None, mean_score=float('nan')))
 
     @property

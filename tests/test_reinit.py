@@ -310,3 +310,22 @@ def test_fastai_flatten_followed():
     ch = unit_chains(m)
     assert ch['1.0'][0] is not None and ch['1.0'][0]['flatten'] and ch['1.0'][0]['next'] == '4'
     assert unit_chains(nn.Sequential(nn.Conv2d(3, 8, 3), Flatten(full=True), nn.Linear(8 * 36 * 64, 3)))['0'][0] is None  # (the batch flattened too)
+
+def test_lookahead_slow_weights_follow_the_new_units():
+    "fastai's ranger (Lookahead): the slow copy of re-initialized rows and zeroed columns was left old, and the next sync"
+    "(every k steps) blended them 50/50 back: the revived units died again and the network's output jumped"
+    from fastai.optimizer import ranger
+    from fastai.test_utils import synth_dbunch
+    from fastai.learner import Learner
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(1, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
+    with torch.no_grad(): m[2].bias[[0, 1]] = -50.
+    learn = quiet(Learner(synth_dbunch(n_train=4), m, loss_func=nn.MSELoss(), opt_func=ranger))
+    learn.fit(1, 1e-3)  # (the slow copy exists from the first step)
+    x = torch.randn(32, 1)
+    rec = {r['layer']: r for r in reinit_dormant(m, x, opt=learn.opt)}
+    u = rec['2']['unit_ids']
+    assert {0, 1} <= set(u)
+    slow = {id(q): s for spg, pg in zip(learn.opt.slow_weights, learn.opt.param_lists) for s, q in zip(spg, pg)}
+    assert torch.equal(slow[id(m[2].weight)][u], m[2].weight[u]) and torch.equal(slow[id(m[2].bias)][u], m[2].bias[u])
+    assert torch.equal(slow[id(m[4].weight)][:, u], m[4].weight[:, u]) and (m[4].weight[:, u] == 0).all()
