@@ -310,7 +310,7 @@ def _reduce_act_grads(self:GradientHealth):
     nan1 = self._cache.setdefault(('nan1', dev), torch.full((1,), math.nan, device=dev))
     sub = [g if g is not None else nan1 for g in gs]
     r, perm = norms_row(sub, 'nnz')
-    self._aq.add(r, (self._iter, [sub[j].numel() for j in perm], perm))
+    self._aq.add(r, (self._iter, [gs[j].numel() if gs[j] is not None else 0 for j in perm], perm))  # (0: no gradient, the NaN placeholder)
     self._gs = [None] * len(gs)
 
 @patch
@@ -319,6 +319,8 @@ def _asink(self:GradientHealth, arr, metas):
     a, ns = np.empty((k, 4, L)), np.empty((k, L))
     for r, (_, n, perm) in enumerate(metas):  # columns come grouped by dtype: back to module order
         a[r][:, perm] = arr[r]; ns[r, perm] = n
+    a = np.where(ns[:, None] == 0, np.nan, a)  # (a module with no gradient this batch: NaN in every column, its placeholder's count of 1 no "no zeros")
+    ns = np.where(ns == 0, np.nan, ns)
     with np.errstate(invalid='ignore', over='ignore'):
         self.agrad.append([m[0] for m in metas], dict(abs_mean=a[:, 0] / ns, rms=a[:, 1] / np.sqrt(ns), abs_max=a[:, 2], zero_frac=1 - a[:, 3] / ns))
 

@@ -487,3 +487,14 @@ def test_float64_parameters_and_outputs(whole):
     learn.model = M(); learn.fit(1, 1e-3)
     assert len(gh.hist) == 4 and len(ah.fast) == 4 and np.isfinite(ah.to_df()['rms']).all()
     assert math.isclose(gh.global_norm()[-1], rec.g2, rel_tol=1e-4)
+
+def test_act_grads_no_gradient_is_nan_in_every_column():
+    "act_grads: a module that got no gradient this batch (not called, cut off from the loss) read zero_frac 0.0 ('no zeros')"
+    class M(nn.Module):
+        def __init__(s): super().__init__(); s.a, s.unused, s.cut, s.out = nn.Linear(1, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 1)
+        def forward(s, x): h = s.a(x); return s.out(h + 0 * s.cut(h).detach())
+    gh = GradientHealth(act_grads=True, warn=False)
+    learn = quiet(synth_learner(n_trn=2, cbs=gh)); learn.model = M(); learn.fit(1)
+    d = gh.act_grads_df().set_index('module')
+    assert d.loc[['unused', 'cut']].isna().drop(columns='iter').all().all()
+    assert d.loc[['a', 'out'], ['abs_mean', 'zero_frac']].notna().all().all()
