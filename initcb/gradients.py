@@ -75,25 +75,15 @@ def setup(self:GradientHealth):
     named = list(self.model.named_parameters())
     train = [j for j, (_, p) in enumerate(named) if p.requires_grad]
     if not train: raise ValueError("GradientHealth: the model has no parameter that requires grad")
-    self.frozen = [n for n, p in named if not p.requires_grad]
-    if self.frozen and getattr(self, '_told_frozen', None) != self.frozen:
-        warnings.warn(f"GradientHealth skips {len(self.frozen)} frozen parameters: {', '.join(self.frozen[:5])}{' ...' if len(self.frozen) > 5 else ''}")
-        self._told_frozen = self.frozen
     names = [n for n, _ in named]
     if names != self.names or self.hist is None:  # (None: unpickled from learn.export, which leaves the history out)
         if self.hist is not None and len(self.hist): warnings.warn("GradientHealth: the model's parameters changed; history starts afresh")
         self._reset(names, [p.numel() for _, p in named])
-    if len(self.hist) and not np.array_equal(self._cols, train):  # frozen or unfrozen since the last fit: the global norm now
-        self._streak = {}  # sums other parameters, a jump that is no explosion; the rules' runs and running median start afresh
-    self.params, self._cols, self._pbuf = [named[j][1] for j in train], np.array(train), None  # (`_cols`: their columns)
-    sp = {id(m.weight) for m in self.model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse}
-    self._sparse = [j for j, p in enumerate(self.params) if id(p) in sp]  # (trainable weights with sparse gradients)
+    self._set_params(named, train)
     self._group_of, self._lr_peak, self._warm = None, np.full(len(self.layers), np.nan), None  # (per fit: the optimizer's groups, each layer's peak lr, layers growing from zero)
     clip = [cb for cb in self.learn.cbs if isinstance(cb, GradientClip)]
     self._clip = clip[0].max_norm if clip and clip[0].norm_type == 2 else None
     self._rec = 0
-    # (a `NonFiniteGuard` checking the same gradients: its norms are these. Checked at the first step: its `before_fit` may come after this one)
-    self._guard, self._guard_ok = next((c for c in self.learn.cbs if getattr(type(c), 'shares_grad_norms', False)), None), None
     self._q = DeviceChunks(self._sink, self.chunk, collate=stack_scalars)  # rows of norms, stacked a chunk at a time
     self._uq = DeviceChunks(self._usink, max(1, min(4, self.chunk // self.update_every)), collate=stack_scalars)
     if self.act_grads:
@@ -104,6 +94,21 @@ def setup(self:GradientHealth):
         self.amods = [m for _, m in sel]
         self._gs, self._gidx = [None] * len(sel), [None] * len(sel)
         self._aq = DeviceChunks(self._asink, self.chunk)
+
+@patch
+def _set_params(self:GradientHealth, named, train):
+    "The parameters recorded: those at positions `train` of `named` (the trainable ones), at each fit and when a layer is frozen or unfrozen mid-fit"
+    self.frozen = [n for n, p in named if not p.requires_grad]
+    if self.frozen and getattr(self, '_told_frozen', None) != self.frozen:
+        warnings.warn(f"GradientHealth skips {len(self.frozen)} frozen parameters: {', '.join(self.frozen[:5])}{' ...' if len(self.frozen) > 5 else ''}")
+        self._told_frozen = self.frozen
+    if len(self.hist) and not np.array_equal(self._cols, train):  # frozen or unfrozen since: the global norm now
+        self._streak = {}  # sums other parameters, a jump that is no explosion; the rules' runs and running median start afresh
+    self.params, self._cols, self._pbuf, self._group_of = [named[j][1] for j in train], np.array(train), None, None  # (`_cols`: their columns; `_group_of`: their optimizer groups, found again)
+    sp = {id(m.weight) for m in self.model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse}
+    self._sparse = [j for j, p in enumerate(self.params) if id(p) in sp]  # (trainable weights with sparse gradients)
+    # (a `NonFiniteGuard` checking the same gradients: its norms are these. Checked at the first step: its `before_fit` may come after this one)
+    self._guard, self._guard_ok = next((c for c in self.learn.cbs if getattr(type(c), 'shares_grad_norms', False)), None), None
 
 @patch
 def _reset(self:GradientHealth, names, sizes):
@@ -289,6 +294,11 @@ AGRAD_COLS = dict(abs_mean='mean', rms='rms', abs_max='max', zero_frac='mean')
 @patch
 def before_train(self:GradientHealth):
     if self.act_grads and self.hooks is None: self.hooks = Hooks(self.amods, self._fhook)
+    named = list(self.model.named_parameters())  # (once an epoch: gradual unfreezing by a callback changes what trains mid-fit)
+    train = [j for j, (_, p) in enumerate(named) if p.requires_grad]
+    if train and [n for n, _ in named] == self.names and not np.array_equal(self._cols, train):
+        self.flush()  # (the rows waiting on the device were taken on the old parameters)
+        self._set_params(named, train)
 
 @patch
 def _fhook(self:GradientHealth, i, o):

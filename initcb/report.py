@@ -217,6 +217,9 @@ class NonFiniteGuard(Callback):
         self.bufs = [b for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for b in m.buffers(recurse=False)]
         self._snap = None  # (their values before the batch: a forward pass updates them, with NaN too)
         self.accum, self._gsnap = any(isinstance(c, GradientAccumulation) for c in self.learn.cbs), None
+    def before_train(self):  # (once an epoch: a layer frozen or unfrozen mid-fit, by a gradual-unfreezing callback, is checked from now on)
+        ps = [p for p in self.model.parameters() if p.requires_grad]
+        if len(ps) != len(self.params) or any(a is not b for a, b in zip(ps, self.params)): self.params, self._gsnap = ps, None
     def before_batch(self):
         if not (self.training and self.bufs): return
         if self._snap is None: self._snap = [b.detach().clone() for b in self.bufs]

@@ -498,3 +498,29 @@ def test_act_grads_no_gradient_is_nan_in_every_column():
     d = gh.act_grads_df().set_index('module')
     assert d.loc[['unused', 'cut']].isna().drop(columns='iter').all().all()
     assert d.loc[['a', 'out'], ['abs_mean', 'zero_frac']].notna().all().all()
+
+@pytest.mark.parametrize('how', ['unfreeze', 'freeze'])
+def test_frozen_or_unfrozen_mid_fit(how):
+    "Gradual unfreezing by a callback, in one fit: the parameters were fixed at before_fit, so layers unfrozen mid-fit went unrecorded"
+    "(NaN, 'frozen') while they trained, and layers frozen mid-fit were flagged 'no gradient' (a false flag, reported by HealthCheck)"
+    import warnings
+    from fastai.torch_core import params
+    from initcb.report import NonFiniteGuard
+    class Sched(Callback):
+        order = -50
+        def before_fit(self):
+            if how == 'unfreeze': self.learn.freeze_to(-1)
+        def before_epoch(self):
+            if self.epoch == 1: self.learn.unfreeze() if how == 'unfreeze' else self.learn.freeze_to(-1)
+    torch.manual_seed(0)
+    gh, gd = GradientHealth(vanish_batches=3), NonFiniteGuard()
+    learn = quiet(synth_learner(n_trn=6, cbs=[Sched(), gh, gd]))
+    learn.model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+    learn.splitter = lambda m: [params(m[0]), params(m[2]), params(m[4])]
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); learn.fit(2, 1e-2)
+    n = gh.to_df().pivot(index='iter', columns='layer', values='grad_norm')
+    first, second = n.loc[:5, '0'], n.loc[6:, '0']
+    if how == 'unfreeze': assert first.isna().all() and second.notna().all() and len(gd.params) == 6
+    else: assert first.notna().all() and second.isna().all() and len(gd.params) == 2
+    assert not any('no gradient' in str(x.message) for x in w) and not (gh.events['kind'] == 'no gradient').any()
