@@ -622,14 +622,17 @@ def eval_forward(
 def rng_kept(
     dl=None, # a fastai DataLoader (its own `rng` is kept too), or anything else
 ):
-    "Run the block, then put back every random state reading a batch can move: torch's (CPU; CUDA's once initialized), Python's, NumPy's, and `dl`'s own `rng`"
+    "Run the block, then put back every random state reading a batch can move: torch's (CPU; CUDA's once initialized), Python's, NumPy's, `dl`'s own `rng` (fastai) and its `generator` and its sampler's (PyTorch)"
     own = getattr(dl, 'rng', None)
     own, py, npst = own.getstate() if isinstance(own, random.Random) else None, random.getstate(), np.random.get_state()
+    gens = {id(g): g for g in (getattr(dl, 'generator', None), getattr(getattr(dl, 'sampler', None), 'generator', None)) if isinstance(g, torch.Generator)}
+    gst = [(g, g.get_state()) for g in gens.values()]
     try:
         with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []): yield
     finally:
         random.setstate(py); np.random.set_state(npst)
         if own is not None: dl.rng.setstate(own)  # (fastai's `randomize` replaces `dl.rng` at each iteration, drawing its seed from the old one)
+        for g, s in gst: g.set_state(s)
 
 def first_inputs(
     dl, # a fastai or PyTorch DataLoader, or any iterable of batches
@@ -641,7 +644,7 @@ def first_inputs(
         try: b = next(it)
         except StopIteration: raise ValueError("`dl` is empty: one batch is needed") from None
         finally:
-            if hasattr(it, 'close'): it.close()  # (a fastai DataLoader's generator: its worker processes go now, not when collected)
+            if it is not dl and hasattr(it, 'close'): it.close()  # (a fastai DataLoader's generator: its worker processes go now; a generator given as `dl` is the caller's)
     if not isinstance(b, (tuple, list)): return b
     if len(b) == 0: raise ValueError("`dl` gave an empty batch")
     n = n_inp or max(len(b) - 1, 1)

@@ -65,6 +65,7 @@ def unit_chains(
             k = nd.target if nd.op == 'call_module' else nd.target.rpartition('.')[0]; call[nd] = uses.get(k, 0); uses[k] = call[nd] + 1
     for n, m in mods.items():
         for p in m.parameters(recurse=False): owners.setdefault(id(p), set()).add(n)
+    inner = {id(s): nd.target for nd in gm.graph.nodes if nd.op == 'call_module' for s in mods[nd.target].modules() if s is not mods[nd.target]}  # (modules called inside a leaf fx does not trace into: their calls there are not in the graph)
     def shared(n):  # why changing module `n` for this chain would change the network elsewhere too
         if uses.get(n, 0) > 1: return f'{n} is used {uses[n]} times in the forward'
         tied = set().union(*[owners[id(p)] for p in mods[n].parameters(recurse=False)]) - {n}
@@ -86,12 +87,13 @@ def unit_chains(
             elif um is not None and _elementwise(um):
                 if chain['act'] is None and chain['act_fn'] is None and not isinstance(um, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)):
                     if chain['flatten']: why = 'its activation comes after a flatten (its units would be scored per element)'; break
+                    if id(um) in inner: why = f'its activation {u.target} is also called inside {inner[id(um)]}, which torch.fx does not trace: its calls cannot be told apart'; break
                     chain['act'], chain['act_call'] = u.target, call[u]
             elif _act_fn(u) is not None:  # (a functional activation: scored on the output of the module before it, through the same function)
                 if chain['act'] is None and chain['act_fn'] is None:
                     fn, a, kw = _act_fn(u)
                     if chain['flatten']: why = 'its activation comes after a flatten (its units would be scored per element)'; break
-                    if cur.op != 'call_module' or any(isinstance(v, fx.Node) for v in (*a, *kw.values())): why = f'it feeds {fn.__name__} on a value ReDo cannot score'; break
+                    if cur.op != 'call_module' or any(isinstance(v, fx.Node) for v in (*a, *kw.values())) or id(mods[cur.target]) in inner: why = f'it feeds {fn.__name__} on a value ReDo cannot score'; break
                     chain['act_fn'], chain['act_call'] = (fn, a, kw, cur.target), call[cur]
             elif isinstance(um, _POOL) and not chain['flatten'] and not lin: pass  # (after a Linear a pool would mix its units)
             elif _flattens(u, um) and not chain['flatten']: chain['flatten'] = True
@@ -128,7 +130,8 @@ def dormancy_scores(
         if calls[i] - 1 == c.get('act_call', 0):
             o = first_tensor(o)
             if c.get('act_fn'): fn, a, kw, _ = c['act_fn']; o = fn(o, *a, **kw)
-            res[names[i]] = _unit_means(o, -1 if isinstance(mods[names[i]], nn.Linear) else 1, rest_value(at[i]) if c['act'] else 0.)
+            s = _unit_means(o, -1 if isinstance(mods[names[i]], nn.Linear) else 1, rest_value(at[i]) if c['act'] else 0.)
+            if len(s) == mods[names[i]].weight.shape[0]: res[names[i]] = s  # (else not this layer's output after all: no score, nothing re-initialized)
     eval_forward(model, at, f, xb, bn)
     if distributed() and res:  # the same scores, hence the same decisions, on every rank: one all-reduce
         flat = torch.cat([res[n] for n in names if n in res]); torch.distributed.all_reduce(flat)

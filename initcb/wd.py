@@ -140,7 +140,7 @@ class AdaptiveWD(HealthCallback):
     def _eq_lam(self, g, j):
         "'equilibrium': tensor `j` of group `g`'s λ, within [base/bound, base·bound] of this step's base (a later fit's or a schedule's; 0: no decay)"
         b = self._base[g]
-        return 0. if b <= 0 else min(max(self.state.get(('eq', g, j), b), b / self.bound), b * self.bound)
+        return 0. if b <= 0 else min(max(self.state.get(('eq', g, j), b), b / self.bound), b * self.bound, self.wd_max)
 
     def after_step(self):
         opt = self.learn.opt

@@ -329,3 +329,18 @@ def test_lookahead_slow_weights_follow_the_new_units():
     slow = {id(q): s for spg, pg in zip(learn.opt.slow_weights, learn.opt.param_lists) for s, q in zip(spg, pg)}
     assert torch.equal(slow[id(m[2].weight)][u], m[2].weight[u]) and torch.equal(slow[id(m[2].bias)][u], m[2].bias[u])
     assert torch.equal(slow[id(m[4].weight)][:, u], m[4].weight[:, u]) and (m[4].weight[:, u] == 0).all()
+
+def test_activation_also_called_inside_an_untraced_module():
+    "One ReLU instance after l1 and inside a TransformerEncoderLayer (a leaf for torch.fx): the traced call index is not the"
+    "runtime one (l1 was scored on the encoder's 32-wide feed-forward: dead units missed, IndexError): not followed"
+    class M(nn.Module):
+        def __init__(s):
+            super().__init__(); s.act = nn.ReLU()
+            s.enc = nn.TransformerEncoderLayer(8, 2, dim_feedforward=32, activation=s.act, dropout=0.)
+            s.l1, s.l2 = nn.Linear(8, 8), nn.Linear(8, 3)
+        def forward(s, x): return s.l2(s.act(s.l1(s.enc(x))))
+    torch.manual_seed(0); m = M(); x = torch.randn(5, 2, 8)
+    with torch.no_grad(): m.l1.bias[:4] = -100.
+    c, why = unit_chains(m)['l1']
+    assert c is None and 'also called inside enc' in why
+    assert all(len(r['unit_ids']) == 0 or r['layer'] != 'l1' for r in reinit_dormant(m, x, tau=0.5))

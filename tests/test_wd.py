@@ -159,3 +159,10 @@ def test_base_where_the_fit_has_no_weight_decay(mode):
     assert cb.bases[-1] == [0.01] and all(h[1] > 0 for h in cb.hist) and learn.opt.hypers[0]['wd'] == 0
     learn.fit(1, 1e-2, wd=0.05)
     assert cb.bases[-1] == [0.05]  # (a fit with its own: that one)
+
+def test_equilibrium_history_is_the_lambda_applied():
+    "'equilibrium' with wd_max below base/bound: the history recorded base/bound (0.01) where 1e-4 was applied"
+    cb = AdaptiveWD('equilibrium', wd_max=1e-4, every=1)
+    learn = quiet(synth_learner(n_trn=4, cbs=cb))
+    learn.fit(1, 1e-2, wd=0.1)
+    assert max(h[1] for h in cb.hist) <= 1e-4
