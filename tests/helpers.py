@@ -44,3 +44,10 @@ def works_or_names_argument(make, kw, n_trn=2):
     learn = quiet(synth_learner(n_trn=n_trn, cbs=cb)); learn.fit(1)
     assert n_hooks(learn.model) == 0 and len(cb.to_df()) > 0
     return cb
+
+from fastai.callback.core import Callback
+class BatchOrder(Callback):
+    "The targets of every training batch a fit sees, in order: whether something changed the data's shuffle"
+    def before_fit(self): self.ys = []
+    def before_batch(self):
+        if self.training: self.ys.append(self.yb[0].tolist())

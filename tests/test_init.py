@@ -403,18 +403,14 @@ def test_break_symmetry_keeps_the_batch_order():
     "The probe's batch is the validation set's: reading the training set's moved its shuffle, and a seeded run changed"
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
-    from fastai.callback.core import Callback
     from fastai.torch_core import set_seed
-    class Order(Callback):
-        def before_fit(self): self.ys = []
-        def before_batch(self):
-            if self.training: self.ys.append(self.yb[0].tolist())
+    from helpers import BatchOrder
     ds = [(torch.randn(4), torch.tensor(i)) for i in range(64)]
     def run(cbs):
         set_seed(0)
         dls = DataLoaders(DataLoader(ds, bs=16, shuffle=True), DataLoader(ds, bs=16))
         m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 64)); nn.init.zeros_(m[2].weight)
-        o = Order(); learn = quiet(Learner(dls, m, nn.functional.cross_entropy, cbs=[o, *cbs])); learn.fit(1, 1e-3)
+        o = BatchOrder(); learn = quiet(Learner(dls, m, nn.functional.cross_entropy, cbs=[o, *cbs])); learn.fit(1, 1e-3)
         return o.ys
     assert run([BreakSymmetry(verbose=False)]) == run([])
 
@@ -526,22 +522,19 @@ def test_embedding_feature_reinit_at_the_tables_scale():
 
 def test_lsuv_init_reading_the_training_set_leaves_its_shuffle():
     "LSUVInit reads the training DataLoader's first batch; the fit then sees the batches it would have seen without it"
+    import random
     from fastai.learner import Learner
-    from fastai.callback.core import Callback
     from initcb.core import digits_dls
     from initcb.init import LSUVInit
-    class Seen(Callback):
-        def __init__(self): self.ys = []
-        def before_batch(self):
-            if self.training: self.ys.append(self.yb[0].clone())
+    from helpers import BatchOrder
     seen = []
     for cbs in ([], [LSUVInit(verbose=False)]):
-        torch.manual_seed(0); import random; random.seed(0)
-        s = Seen()
-        learn = Learner(digits_dls(bs=32, n_train=128), nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), cbs=cbs + [s])
-        with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-3)
-        seen.append(torch.cat(s.ys))
-    assert torch.equal(seen[0], seen[1])
+        torch.manual_seed(0); random.seed(0)
+        o = BatchOrder()
+        learn = quiet(Learner(digits_dls(bs=32, n_train=128), nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), cbs=cbs + [o]))
+        learn.fit(2, 1e-3)
+        seen.append(o.ys)
+    assert seen[0] == seen[1]
 
 def test_embedding_bag_is_an_embedding():
     "nn.EmbeddingBag (a bag of tokens summed): checked and re-initialized like an embedding, its units its output features (it was not checked at all)"
