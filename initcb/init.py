@@ -46,8 +46,8 @@ ACTIVATION_TYPES.append(GeneralRelu)  # watched by default by ActivationHealth
 ELEMENTWISE_TYPES.append(GeneralRelu)  # its sample is computed from its input's
 
 # %% ../nbs/03_init.ipynb #5e605f10
-_PASS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Dropout, nn.Flatten, nn.Identity,
-         nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+_POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)  # every pooling: channels kept
+_PASS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Dropout, nn.Flatten, nn.Identity, *_POOLS)
 WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)  # the layers `init_weights`, `lsuv_init` and `break_symmetry` set
 EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)  # lookups: their units are output features
 INIT_TYPES = (*WEIGHT_LAYERS, *EMBEDDINGS, nn.RNNBase, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)

@@ -20,7 +20,7 @@ __all__ = ['OUTPUT_LAYER', 'unit_chains', 'dormancy_scores', 'reinit_units', 'fr
 
 # %% ../nbs/04_reinit.ipynb #44447b5e
 _PASS_UNITS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)  # besides `ELEMENTWISE_TYPES`: unit i out is unit i in
-_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_POOL = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)  # (AdaptiveMaxPool1d, text CNNs' max over time, was missing)
 _LAYER = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 class _Tracer(fx.Tracer):

@@ -17,7 +17,7 @@ from .core import *
 from .activations import ActivationHealth
 from .gradients import GradientHealth
 from .init import check_init, break_symmetry, WEIGHT_LAYERS
-from .reinit import reinit_dormant, unit_chains
+from .reinit import reinit_dormant, unit_chains, OUTPUT_LAYER
 from .wd import AdaptiveWD
 
 # %% auto #0
@@ -53,7 +53,7 @@ REMEDIES = {
     'too hot': ("lower the learning rate, or decay the weights", 'AdaptiveWD'),
     'growing': ("apply weight decay, adapted to the run", 'AdaptiveWD'),
 }
-DEAD_UNFOLLOWED = "use a leaky activation (GeneralRelu(leak=0.1)): ReinitDormant cannot follow the layer in front of this one (`unit_chains` says why: a residual add, a branch)"  # dead, no chain ends in it
+DEAD_UNFOLLOWED = "use a leaky activation (GeneralRelu(leak=0.1)): ReinitDormant cannot follow the layer in front of this one"  # dead, no chain ends in it (`unit_chains` says why)
 STALLED_OTHER = "raise the learning rate (this layer's, where the optimizer has parameter groups), or reset the layer's weights (too large for the updates it gets)"  # stalled, not a Linear/Conv layer
 
 def _finding(layer, problem, severity, evidence, key):
@@ -83,10 +83,12 @@ def _activation_rules(learn, ah, th, xb):
             if frac > th.dead_frac:
                 out.append(_finding(n, 'dead units', 'error' if frac > 0.5 else 'warning',
                                     f'{frac:.0%} of {units} units have dormancy score <= {th.dead_tau:g} on a batch', 'dead'))
-        if out:  # (a remedy that would do nothing is none: where no layer ReDo follows ends in this activation, say so)
-            ends = {c['act'] for c, _ in unit_chains(unwrap(learn.model)).values() if c is not None and c['act']}
+        if out:  # (a remedy that would do nothing is none: where no layer ReDo follows ends in this activation, say so, and why where it is one reason)
+            ch = unit_chains(unwrap(learn.model))
+            ends, whys = {c['act'] for c, _ in ch.values() if c is not None and c['act']}, {w for c, w in ch.values() if c is None and w != OUTPUT_LAYER}
+            why = f' ({next(iter(whys))})' if len(whys) == 1 else ' (`unit_chains(model)` says why: a residual add, a branch)'
             for f in out:
-                if f['layer'] not in ends: f.update(remedy=DEAD_UNFOLLOWED, callback='')
+                if f['layer'] not in ends: f.update(remedy=DEAD_UNFOLLOWED + why, callback='')
     summ = ah.summary(last=th.last)
     for n, v in summ['% saturated'].dropna().items():
         if v > th.sat_pct: out.append(_finding(n, 'saturated activation', 'warning', f'{v:.0f}% of outputs within sat_eps of an asymptote', 'saturated'))
@@ -175,6 +177,7 @@ def find_nonfinite(
     xb, # the inputs of the batch to replay
     yb=None, # its targets: with `loss_func`, the backward pass is checked too
     loss_func=None, # the loss function
+    take_first:bool=False, # the loss reads the output's first element (fastai's `RNNCallback` does so with a text model's (logits, raw, dropped) tuple)
 ):
     "Replay a batch to find where NaN/Inf begins: ('forward' | 'backward' | None, module name)"
     leaves, first_f, grads = _leaves(model), [], []
@@ -189,6 +192,7 @@ def find_nonfinite(
     try:
         out = model(*xb) if isinstance(xb, (tuple, list)) else model(xb)
         if first_f: return 'forward', first_f[0]
+        if take_first and isinstance(out, (tuple, list)): out = out[0]
         if loss_func is not None and yb is not None:
             loss = loss_func(out, *yb) if isinstance(yb, (tuple, list)) else loss_func(out, yb)
             if not torch.isfinite(loss): return 'loss', None
@@ -217,14 +221,17 @@ class NonFiniteGuard(Callback):
         self.bufs = [b for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for b in m.buffers(recurse=False)]
         self._snap = None  # (their values before the batch: a forward pass updates them, with NaN too)
         self.accum, self._gsnap = any(isinstance(c, GradientAccumulation) for c in self.learn.cbs), None
+        # (a state carried from batch to batch, fastai's AWD_LSTM `hidden`: NaN from a skipped batch would poison every later one)
+        self._stateful, self._hid = [m for m in self.model.modules() if 'hidden' in vars(m) and callable(getattr(m, 'reset', None))], []
     def before_train(self):  # (once an epoch: a layer frozen or unfrozen mid-fit, by a gradual-unfreezing callback, is checked from now on)
         ps = [p for p in self.model.parameters() if p.requires_grad]
         if len(ps) != len(self.params) or any(a is not b for a, b in zip(ps, self.params)): self.params, self._gsnap = ps, None
     def before_batch(self):
+        if self._stateful and self.training: self._hid = [(m, vars(m)['hidden'], vars(m).get('bs')) for m in self._stateful]  # (references: the forward replaces them)
         if not (self.training and self.bufs): return
         if self._snap is None: self._snap = [b.detach().clone() for b in self.bufs]
         else: torch._foreach_copy_(self._snap, self.bufs)  # one multi-tensor copy a batch
-    def after_fit(self): self._snap = self._gsnap = self._grad_norms = None
+    def after_fit(self): self._snap = self._gsnap = self._grad_norms = None; self._hid = []
     def before_backward(self):
         "Under `GradientAccumulation`, the window's gradients so far (backward adds this batch's to them: a skip must not drop theirs)"
         if not (self.training and self.accum): return
@@ -250,8 +257,12 @@ class NonFiniteGuard(Callback):
         if ok: self.last_good_loss = loss.item() if self.learn.iter % 50 == 0 or self.last_good_loss is None else self.last_good_loss; return
         where, mod = self._locate()
         if self._snap is not None: torch._foreach_copy_(self.bufs, self._snap)  # running statistics as before the batch (and its replay)
+        for m, h, bs in self._hid:  # the carried state as before the batch (and its replay)
+            m.hidden = h
+            if bs is not None: m.bs = bs
         it = self.learn.train_iter
-        msg = (f"NonFiniteGuard: non-finite {'loss' if where in ('loss', None) else where + ' values'} at training batch {it}"
+        what = where + ' values' if where else 'loss' if not math.isfinite(loss.item()) else 'gradients (a replay did not find where they began)'
+        msg = (f"NonFiniteGuard: non-finite {'loss' if where == 'loss' else what} at training batch {it}"
                + (f", beginning in module {mod!r}" if mod else '') + f"; input {_stats(self.learn.xb[0])}; last good loss {self.last_good_loss}")
         self.reports.append(dict(batch=it, where=where, module=mod, message=msg))
         if self.policy == 'stop':
@@ -275,7 +286,8 @@ class NonFiniteGuard(Callback):
             else: p.grad.copy_(next(snap))
     def _locate(self):
         try:
-            with keep_modes(self.model), torch.enable_grad(): return find_nonfinite(unwrap(self.model), self.learn.xb, self.learn.yb, self.learn.loss_func)
+            with keep_modes(self.model), torch.enable_grad():
+                return find_nonfinite(unwrap(self.model), self.learn.xb, self.learn.yb, self.learn.loss_func, take_first=not isinstance(self.learn.pred, (tuple, list)))
         except Exception: return None, None
     @property
     def events(self): return pd.DataFrame(self.reports, columns=['batch', 'where', 'module', 'message'])

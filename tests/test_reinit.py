@@ -344,3 +344,15 @@ def test_activation_also_called_inside_an_untraced_module():
     c, why = unit_chains(m)['l1']
     assert c is None and 'also called inside enc' in why
     assert all(len(r['unit_ids']) == 0 or r['layer'] != 'l1' for r in reinit_dormant(m, x, tau=0.5))
+
+def test_text_cnn_max_over_time_followed():
+    "Embedding -> Conv1d -> ReLU -> AdaptiveMaxPool1d -> Flatten -> Linear (text CNNs' max over time): AdaptiveMaxPool1d was not a pool ReDo knew"
+    class T(nn.Module):
+        def __init__(s): super().__init__(); s.e, s.c, s.a, s.p, s.f, s.l = nn.Embedding(50, 8), nn.Conv1d(8, 16, 3), nn.ReLU(), nn.AdaptiveMaxPool1d(1), nn.Flatten(), nn.Linear(16, 2)
+        def forward(s, x): return s.l(s.f(s.p(s.a(s.c(s.e(x).transpose(1, 2))))))
+    torch.manual_seed(0); m = T(); x = torch.randint(0, 50, (16, 12))
+    with torch.no_grad(): m.c.bias[[3, 9]] = -50.
+    assert unit_chains(m)['c'][0]['next'] == 'l'
+    with torch.no_grad(): y0 = m(x)
+    assert {r['layer']: r for r in reinit_dormant(m, x)}['c']['unit_ids'] == [3, 9]
+    with torch.no_grad(): torch.testing.assert_close(m(x), y0, rtol=0, atol=1e-5)

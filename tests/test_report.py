@@ -1,5 +1,5 @@
 "health_report, NonFiniteGuard, HealthCheck: rules that fire and ones that must not, clean ends, bad input."
-import warnings, pytest, torch, numpy as np
+import math, warnings, pytest, torch, numpy as np
 from torch import nn
 from hypothesis import given, settings, strategies as st
 from fastai.learner import Learner, CancelFitException
@@ -436,3 +436,44 @@ def test_dead_units_ReDo_cannot_reach_say_so():
     rep = learn.health_check.report.set_index('layer')
     assert rep.loc['act', 'problem'] == 'dead units' and rep.loc['act', 'callback'] == '' and 'cannot follow' in rep.loc['act', 'remedy']
     assert rep.loc['act2', 'problem'] == 'dead units' and rep.loc['act2', 'callback'] == 'ReinitDormant'
+    class Branchy(Res):  # (data-dependent control flow: torch.fx cannot trace it, and the remedy says so)
+        def forward(s, x): return super().forward(x) if x.sum() > -1e9 else x
+    torch.manual_seed(0)
+    learn = quiet(Learner(digits_dls(), Branchy(), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+    learn.fit(1, 1e-3)
+    assert 'cannot be traced by torch.fx' in learn.health_check.report.set_index('layer').loc['act', 'remedy']
+
+def _awd_lm(poison_at=None):
+    "fastai's AWD_LSTM language model on random tokens (LMDataLoader), a TextLearner, and a NonFiniteGuard"
+    import random
+    from fastai.text.all import get_language_model, AWD_LSTM, LMDataLoader, TensorText, TextLearner, CrossEntropyLossFlat
+    from fastai.data.core import DataLoaders
+    torch.manual_seed(0); random.seed(0)
+    toks = [TensorText(torch.randint(2, 60, (random.randint(20, 80),))) for _ in range(40)]
+    dls = DataLoaders(LMDataLoader(toks[:32], bs=8, seq_len=16, shuffle=True), LMDataLoader(toks[32:], bs=8, seq_len=16))
+    model = get_language_model(AWD_LSTM, 60, config=dict(emb_sz=32, n_hid=48, n_layers=2, pad_token=1, tie_weights=True, out_bias=True, output_p=0.1))
+    guard = NonFiniteGuard(max_skips=3, verbose=False)
+    learn = quiet(TextLearner(dls, model, loss_func=CrossEntropyLossFlat(), cbs=[guard]))
+    return learn, model, guard
+
+def test_guard_restores_a_carried_hidden_state():
+    "AWD_LSTM carries `hidden` from batch to batch: a skipped batch left NaN there and every later batch was skipped too"
+    learn, model, guard = _awd_lm()
+    lstm = model[0].rnns[1].module
+    def poison(m, i, o):
+        if learn.training and learn.train_iter == 3: out, (h, c) = o; return out * math.nan, (h * math.nan, c * math.nan)
+    lstm.register_forward_hook(poison)
+    learn.fit(1, 1e-3)
+    assert guard.skips == [3] and all(torch.isfinite(h).all() for hc in model[0].hidden for h in hc)
+
+def test_guard_locates_in_a_text_models_backward():
+    "A text model's output is a (logits, raw, dropped) tuple that fastai's RNNCallback reduces to its first element: the"
+    "replay called the loss on the tuple, failed, and the report said 'non-finite loss' where the loss was finite"
+    learn, model, guard = _awd_lm()
+    lstm = model[0].rnns[0].module
+    def poison(m, i, o):
+        if learn.training and learn.train_iter == 2 and o[0].requires_grad: o[0].register_hook(lambda g: g * math.nan)
+    lstm.register_forward_hook(poison)
+    learn.fit(1, 1e-3)
+    ev = guard.events
+    assert list(ev['batch']) == [2] and ev['where'][0] == 'backward' and 'rnns.0' in ev['module'][0] and 'loss' not in ev['message'][0].split(' at ')[0]
