@@ -134,6 +134,8 @@ def setup(self:ActivationHealth):
         if self.fast is not None and len(self.fast): warnings.warn("ActivationHealth: the watched modules changed; history starts afresh")
         self._reset(names, bounds)
     self.kinds, self.mods, L = kinds, [m for _, m in sel], len(sel)
+    # (saturation counts an asymptote's neighbourhood; ReLU6's floor, 0, is a ReLU's: its zeros are `near_zero`, not saturated)
+    self._satb = [(-math.inf, b[1]) if b is not None and isinstance(m, nn.ReLU6) else b for (_, m), b in zip(sel, bounds)]
     self._rec, self._inplace, self._skip, self._insample = 0, [False] * L, [False] * L, [False] * L
     self._elem = [isinstance(m, tuple(ELEMENTWISE_TYPES)) for m in self.mods]
     self._idx = None  # sample indices and the whole-or-sampled choice are made afresh each fit (the device may have changed)
@@ -458,7 +460,8 @@ def _sampled_rows(self:ActivationHealth, rows, nval):
 def _stat_consts(self:ActivationHealth, k, nval, w, dev):
     "`_sample_stats`' constants for chunks of `k` sampling batches with `nval` distinct samples per layer, weights `w` (made again when a histogram range changes)"
     L = len(self.bounds)
-    lo_b, hi_b = [torch.tensor([[_as_bounds(b)[j]] for b in self.bounds], device=dev) for j in (0, 1)]
+    sb = self.__dict__.get('_satb') or self.bounds  # (the saturating bounds: ReLU6's cap only)
+    lo_b, hi_b = [torch.tensor([[_as_bounds(b)[j]] for b in sb], device=dev) for j in (0, 1)]
     h_lo, h_sc = torch.tensor(self._hr[:, :1], device=dev), torch.tensor(self.bins / (self._hr[:, 1:] - self._hr[:, :1]), device=dev)
     offs = torch.arange(k * L, device=dev)[:, None] * self.bins
     per = (lambda c: c) if k == 1 else (lambda c: c.repeat(k, 1))  # per-layer constants, once per batch of the chunk

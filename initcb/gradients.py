@@ -42,7 +42,7 @@ class GradientHealth(HealthCallback):
         stall_lr:float=0.1, # a layer is not stalled while its lr is below this fraction of its peak in the fit or of the largest lr now
         chunk:int=64, # recorded batches kept on the device between copies to the host
         max_rows:int=2048, # rows kept per history; past it, older rows are merged pairwise
-        warn:bool=True, # issue a warning the first time each problem is found
+        warn:bool=True, # issue a warning the first time each problem is found, and list frozen parameters once
         act_grads:bool=False, # also record the gradient flowing into each watched module's output (one op per module per batch)
         modules=None, # the modules watched for `act_grads`, as `ActivationHealth`'s `modules`
         sample:int=2048, # elements of each output gradient sampled for `act_grads`
@@ -99,7 +99,7 @@ def setup(self:GradientHealth):
 def _set_params(self:GradientHealth, named, train):
     "The parameters recorded: those at positions `train` of `named` (the trainable ones), at each fit and when a layer is frozen or unfrozen mid-fit"
     self.frozen = [n for n, p in named if not p.requires_grad]
-    if self.frozen and getattr(self, '_told_frozen', None) != self.frozen:
+    if self.frozen and self.warn and getattr(self, '_told_frozen', None) != self.frozen:
         warnings.warn(f"GradientHealth skips {len(self.frozen)} frozen parameters: {', '.join(self.frozen[:5])}{' ...' if len(self.frozen) > 5 else ''}")
         self._told_frozen = self.frozen
     if len(self.hist) and not np.array_equal(self._cols, train):  # frozen or unfrozen since: the global norm now

@@ -71,6 +71,7 @@ def _init_rules(model, th, batch=None):
             out.append(_finding(r.layer, f'{kind} units: symmetry is never broken', 'error', r.finding, 'symmetric'))
     return out
 
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 _LOOKUPS = (nn.Embedding, nn.EmbeddingBag)  # (their output's scale is their initialization, fastai's 0.01 on purpose: not a step through depth)
 
 def _activation_rules(learn, ah, th, xb):
@@ -95,8 +96,10 @@ def _activation_rules(learn, ah, th, xb):
     f = ah.fast
     if len(f):
         rms0 = f['rms'][0]
+        leaves = [m for m in unwrap(learn.model).modules() if not any(True for _ in m.children())]
+        normed = {id(a) for a, b in zip(leaves, leaves[1:]) if isinstance(b, _NORMS)}  # (a layer a norm layer follows: its scale is set again right after)
         par = [j for j, m in enumerate(ah.mods) if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, _LOOKUPS)
-               and np.isfinite(rms0[j]) and rms0[j] > 0]
+               and id(m) not in normed and np.isfinite(rms0[j]) and rms0[j] > 0]
         if len(par) >= 2:
             lo, hi = min(par, key=lambda j: rms0[j]), max(par, key=lambda j: rms0[j])
             orders = math.log10(rms0[hi] / rms0[lo])
@@ -377,7 +380,8 @@ class HealthCheck(Callback):
         ev = self.gh.events
         if 'exploding' in self.remedy and len(ev) > self._n_ev and ev.iloc[self._n_ev:]['kind'].isin(['exploding', 'nonfinite']).any() \
            and not any(isinstance(c, GradientClip) for c in self.learn.cbs):
-            self._add(GradientClip(1.)); self._act('GradientClip', 'exploding or non-finite gradients: clipping the global norm at 1.0 from the next batch')
+            c = self._clip_level()
+            self._add(GradientClip(c)); self._act('GradientClip', f'exploding or non-finite gradients: clipping the global norm at {c:.3g} (the largest running median of the fit\'s norms) from the next batch')
         self._n_ev = len(ev)
         if 'growing' in self.remedy and not any(isinstance(c, AdaptiveWD) for c in self.learn.cbs):
             if any(f['callback'] == 'AdaptiveWD' and f['problem'].startswith('weights growing') for f in _gradient_rules(self.gh, self.th)):
@@ -388,6 +392,13 @@ class HealthCheck(Callback):
                 cb = AdaptiveWD(mode, base=WD_BASE if none else None); self._add(cb); cb('before_fit')
                 self._act('AdaptiveWD', f"weights growing without bound: adaptive weight decay ('{mode}') from the next batch"
                           + (f" (from λ = {WD_BASE}, fastai's Adam default: the fit had none)" if none else ''))
+
+    def _clip_level(self):
+        "Where to clip: the largest running median of the fit's global gradient norm, the scale it trained at (1.0 had clipped a"
+        "healthy fit's ordinary steps, 5-20 early on, to a twentieth); 1.0 where there is none"
+        g = self.gh.global_norm()
+        m = pd.Series(g[np.isfinite(g)]).rolling(self.gh.explode_window, min_periods=5).median().max()
+        return float(m) if np.isfinite(m) and m > 0 else 1.
 
     def _revive(self):
         if self._xb is None: return

@@ -403,7 +403,7 @@ def test_pre_step_copy_kept_for_the_fit_and_freed():
         def after_batch(self): self.bufs.append(None if cb._pbuf is None else tuple(map(id, cb._pbuf)))
     w = Watch()
     learn = quiet(synth_learner(n_trn=6, cbs=[cb, w])); learn.model = mlp(1); learn.model[0].weight.requires_grad_(False)
-    with pytest.warns(UserWarning, match='frozen'): learn.fit(1)
+    learn.fit(1); assert cb.frozen == ['0.weight']  # (listed; said as a warning only with `warn`)
     assert len(w.bufs) >= 6 and len(set(w.bufs)) == 1 and w.bufs[0] is not None and cb._pbuf is None and cb._prev is None
     learn.fit(1)  # (a buffer per fit)
     assert len(set(w.bufs)) == 1 and w.bufs[0] is not None and cb._pbuf is None
@@ -524,3 +524,12 @@ def test_frozen_or_unfrozen_mid_fit(how):
     if how == 'unfreeze': assert first.isna().all() and second.notna().all() and len(gd.params) == 6
     else: assert first.notna().all() and second.isna().all() and len(gd.params) == 2
     assert not any('no gradient' in str(x.message) for x in w) and not (gh.events['kind'] == 'no gradient').any()
+
+def test_warn_false_says_nothing_of_frozen_parameters():
+    "`warn=False` (HealthCheck's GradientHealth): every fine_tune printed 'GradientHealth skips N frozen parameters' anyway"
+    import warnings
+    cb = GradientHealth(warn=False)
+    learn = quiet(synth_learner(n_trn=2, cbs=cb)); learn.model = mlp(1); learn.model[0].weight.requires_grad_(False)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); learn.fit(1)
+    assert not [x for x in w if 'GradientHealth' in str(x.message)] and cb.frozen == ['0.weight']

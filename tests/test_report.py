@@ -35,6 +35,10 @@ def test_exploding_gradients_reported_and_clipped():
     rep = learn.health_check.report
     assert rep.problem.str.contains('exploding|nonfinite').any(), rep
     assert any(isinstance(c, GradientClip) for c in learn.cbs) and 'GradientClip' in set(learn.health_check.actions.action)
+    # (clipped at the scale the fit trained at, the largest running median of its norms: 1.0 had clipped healthy steps)
+    g = learn.gradient_health.global_norm()
+    clip = next(c for c in learn.cbs if isinstance(c, GradientClip)).max_norm
+    assert clip != 1. and np.nanmin(g) <= clip <= np.nanmax(g[np.isfinite(g)])
 
 def test_dead_units_reported_and_revived():
     "ReLU layers with biases shifted far down: dead units reported; remedy re-initializes them"
@@ -271,6 +275,11 @@ def test_scale_drift_reported():
     assert (rep.problem == 'activation scale drifts through depth').sum() == 1, rep
     rep = _report(_mlp((2 / 64) ** 0.5))  # Kaiming: no drift
     assert not (rep.problem == 'activation scale drifts through depth').any(), rep
+    m = _mlp((2 / 64) ** 0.5, depth=2)  # a tiny layer a BatchNorm follows (torchvision's depthwise convs): rescaled right after, no drift
+    m = nn.Sequential(m[0], nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), *m[1:])
+    nn.init.normal_(m[1].weight, std=1e-6); nn.init.zeros_(m[1].bias)
+    rep = _report(m)
+    assert not (rep.problem == 'activation scale drifts through depth').any(), rep
 
 class Tabular(nn.Module):
     "fastai's TabularModel (its embeddings initialized at std 0.01, on purpose) on the digits: one categorical column, 64 continuous"
@@ -477,3 +486,19 @@ def test_guard_locates_in_a_text_models_backward():
     learn.fit(1, 1e-3)
     ev = guard.events
     assert list(ev['batch']) == [2] and ev['where'][0] == 'backward' and 'rnns.0' in ev['module'][0] and 'loss' not in ev['message'][0].split(' at ')[0]
+
+def test_relu6_floor_is_no_saturation():
+    "MobileNetV2's ReLU6 after BatchNorm: half its outputs are 0, a ReLU's zeros; they were counted saturated (every ReLU6 reported"
+    "'saturated activation' on a healthy model). Its cap, 6, still counts"
+    def net(scale):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(), nn.Flatten(), nn.Linear(8 * 64, 10))
+        with torch.no_grad(): m[1].weight.fill_(scale)
+        return m
+    learn = quiet(Learner(digits_dls(), net(1.), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+    learn.fit(1, 1e-3)
+    assert 'saturated activation' not in set(learn.health_check.report.problem)
+    assert learn.health_check.ah.summary().loc['2', '% saturated'] < 5 and learn.health_check.ah.summary().loc['2', '% near zero'] > 30
+    learn = quiet(Learner(digits_dls(), net(50.), loss_func=nn.CrossEntropyLoss(), cbs=ActivationHealth(sample_every=1)))
+    learn.fit(1, 1e-3)
+    assert learn.activation_health.summary().loc['2', '% saturated'] > 20  # (BatchNorm scaled x50: most positives at the cap)
