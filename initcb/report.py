@@ -122,8 +122,14 @@ def _gradient_rules(gh, th, model=None):
         if key not in REMEDIES: continue
         sev = 'error' if kind in ('nonfinite', 'exploding') else 'warning'
         problem = 'no gradient reaches it' if kind == 'no gradient' else f'{kind} gradients' if kind in ('vanishing', 'exploding', 'nonfinite') else f'{kind} updates'
+        note = ''
+        if kind == 'exploding':  # (a spike over a running median that fell as the loss did, no larger than the fit's norms before: a warning)
+            g, it = gh.global_norm(), gh.hist.iters[:len(gh.hist)]
+            before = g[(it < d.batch.min()) & np.isfinite(g)]
+            if len(before) and np.isfinite(d.value).all() and d.value.max() <= before.max():
+                sev, note = 'warning', f"; none above the {before.max():.3g} the fit had before"
         out.append(_finding(layer or '(all)', problem,
-                            sev, f"{len(d)} flags, batches {d.batch.min()}-{d.batch.max()}: {d.message.iloc[0]}", key))
+                            sev, f"{len(d)} flags, batches {d.batch.min()}-{d.batch.max()}: {d.message.iloc[0]}{note}", key))
         if key == 'stalled' and layer in mods and not isinstance(mods[layer], WEIGHT_LAYERS):  # (LSUV rescales Linear and Conv layers only)
             out[-1].update(remedy=STALLED_OTHER, callback='')
     df = gh.to_df()

@@ -502,3 +502,21 @@ def test_relu6_floor_is_no_saturation():
     learn = quiet(Learner(digits_dls(), net(50.), loss_func=nn.CrossEntropyLoss(), cbs=ActivationHealth(sample_every=1)))
     learn.fit(1, 1e-3)
     assert learn.activation_health.summary().loc['2', '% saturated'] > 20  # (BatchNorm scaled x50: most positives at the cap)
+
+@pytest.mark.parametrize('spike,sev', [(5., 'warning'), (1000., 'error')])
+def test_exploding_spike_within_the_fits_range_is_a_warning(spike, sev):
+    "A converged fit's running median falls to ~0.05 and an ordinary spike (5, below the 10 of its first batches) was an"
+    "'error'; one above anything the fit had before stays one"
+    from fastai.optimizer import SGD
+    class Grads(Callback):  # (the global gradient norm chosen batch by batch: 10 early on, then 0.05, one spike at batch 30)
+        order = GradientHealth.order - 1
+        def before_step(self):
+            i = self.learn.train_iter; v = 10. if i < 10 else spike if i == 30 else 0.05
+            ps = [p for p in self.learn.model.parameters()]
+            n = sum(p.numel() for p in ps)
+            for p in ps: p.grad = torch.full_like(p, v / n ** 0.5)
+    gh = GradientHealth(warn=False)
+    learn = quiet(synth_learner(n_trn=40, cbs=[Grads(), gh], lr=0.)); learn.opt_func = SGD
+    learn.fit(1, 0.)
+    f = learn.health_report(verbose=False).set_index('problem').loc['exploding gradients']
+    assert f['severity'] == sev and ('none above' in f['evidence']) == (sev == 'warning')
