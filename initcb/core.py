@@ -502,7 +502,7 @@ def foreach_norm(
         ts = list(ts); sparse_values_(ts)
         f64 = [j for j, t in enumerate(ts) if t.dtype == torch.float64]  # (`dtype=float32` refuses to narrow them)
         if not f64: return torch._foreach_norm(ts, ord, dtype=torch.float32)  # (no sparse tensor either: its error again)
-        out, rest = {}, [j for j in range(len(ts)) if j not in set(f64)]
+        wide = set(f64); out, rest = {}, [j for j in range(len(ts)) if j not in wide]
         out.update(zip(f64, (x.float() for x in torch._foreach_norm([ts[j] for j in f64], ord))))
         if rest: out.update(zip(rest, torch._foreach_norm([ts[j] for j in rest], ord, dtype=torch.float32)))
         return [out[j] for j in range(len(ts))]

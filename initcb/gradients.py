@@ -72,8 +72,7 @@ class GradientHealth(HealthCallback):
 # %% ../nbs/02_gradients.ipynb #6f06c0c0
 @patch
 def setup(self:GradientHealth):
-    named = list(self.model.named_parameters())
-    train = [j for j, (_, p) in enumerate(named) if p.requires_grad]
+    named, train = self._trainable()
     if not train: raise ValueError("GradientHealth: the model has no parameter that requires grad")
     names = [n for n, _ in named]
     if names != self.names or self.hist is None:  # (None: unpickled from learn.export, which leaves the history out)
@@ -94,6 +93,12 @@ def setup(self:GradientHealth):
         self.amods = [m for _, m in sel]
         self._gs, self._gidx = [None] * len(sel), [None] * len(sel)
         self._aq = DeviceChunks(self._asink, self.chunk)
+
+@patch
+def _trainable(self:GradientHealth):
+    "The model's named parameters, and the positions of those that require grad"
+    named = list(self.model.named_parameters())
+    return named, [j for j, (_, p) in enumerate(named) if p.requires_grad]
 
 @patch
 def _set_params(self:GradientHealth, named, train):
@@ -294,8 +299,7 @@ AGRAD_COLS = dict(abs_mean='mean', rms='rms', abs_max='max', zero_frac='mean')
 @patch
 def before_train(self:GradientHealth):
     if self.act_grads and self.hooks is None: self.hooks = Hooks(self.amods, self._fhook)
-    named = list(self.model.named_parameters())  # (once an epoch: gradual unfreezing by a callback changes what trains mid-fit)
-    train = [j for j, (_, p) in enumerate(named) if p.requires_grad]
+    named, train = self._trainable()  # (once an epoch: gradual unfreezing by a callback changes what trains mid-fit)
     if train and [n for n, _ in named] == self.names and not np.array_equal(self._cols, train):
         self.flush()  # (the rows waiting on the device were taken on the old parameters)
         self._set_params(named, train)

@@ -16,7 +16,7 @@ from fastai.callback.core import Callback, TrainEvalCallback
 from .core import *
 
 # %% auto #0
-__all__ = ['WEIGHT_LAYERS', 'EMBEDDINGS', 'INIT_TYPES', 'GRAD_RTOL', 'PROBES', 'SCHEMES', 'FROZEN', 'GeneralRelu',
+__all__ = ['NORM_LAYERS', 'WEIGHT_LAYERS', 'EMBEDDINGS', 'INIT_TYPES', 'GRAD_RTOL', 'PROBES', 'SCHEMES', 'FROZEN', 'GeneralRelu',
            'activation_gain', 'following_activation', 'shuffle_groups', 'duplicate_units', 'check_init', 'output_stds',
            'init_weights', 'break_symmetry', 'learner_batch', 'BreakSymmetry', 'lsuv_init', 'LSUVInit']
 
@@ -47,10 +47,11 @@ ELEMENTWISE_TYPES.append(GeneralRelu)  # its sample is computed from its input's
 
 # %% ../nbs/03_init.ipynb #5e605f10
 _POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)  # every pooling: channels kept
-_PASS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Dropout, nn.Flatten, nn.Identity, *_POOLS)
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # the normalization layers: their init is constant on purpose, and they set a scale again
+_PASS = (*NORM_LAYERS, nn.Dropout, nn.Flatten, nn.Identity, *_POOLS)
 WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)  # the layers `init_weights`, `lsuv_init` and `break_symmetry` set
 EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)  # lookups: their units are output features
-INIT_TYPES = (*WEIGHT_LAYERS, *EMBEDDINGS, nn.RNNBase, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+INIT_TYPES = (*WEIGHT_LAYERS, *EMBEDDINGS, nn.RNNBase, *NORM_LAYERS)
 
 def activation_gain(
     act:nn.Module, # the activation module that follows a layer (None: no activation)
@@ -194,7 +195,7 @@ def _rtol(m):
 def _symmetry(m, group=1, grads=None, orig=None):
     """('zero' | 'constant' | 'symmetric' | None, duplicate unit indices) for a layer with weights (units `group` at a time feed one `PixelShuffle` channel);
     given `grads` (`_batch_grads`), only twins whose weights' gradients are equal too; `orig` ({parameter: its value}): the weights to read in place of the live ones"""
-    if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): return None, []
+    if isinstance(m, NORM_LAYERS) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): return None, []
     w_of, rtol = None if orig is None else (lambda p: orig.get(p, p)), _rtol(m)
     if isinstance(m, nn.RNNBase): return next((k for s in _rnn_layers(m) if (k := _symmetry_of(*_layer_weight(m, s, w_of), g=_grad_rows(m, s, grads), rtol=rtol))[0]), (None, []))  # (its first bad layer)
     return _symmetry_of(*_layer_weight(m, '_l0', w_of), getattr(m, 'groups', 1), group, _grad_rows(m, '_l0', grads), rtol)
@@ -295,7 +296,7 @@ def check_init(
         if not isinstance(m, INIT_TYPES) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): continue
         w = m.weight_hh_l0 if isinstance(m, nn.RNNBase) else m.weight
         w = w.detach().float()
-        norm = isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
+        norm = isinstance(m, NORM_LAYERS)
         # (an embedding's scale is a lookup's, not a step through depth: fastai's 0.01 is on purpose)
         if norm or isinstance(m, EMBEDDINGS): expect = float('nan')
         elif isinstance(m, nn.RNNBase): expect = 1 / math.sqrt(m.hidden_size) / math.sqrt(3)  # PyTorch's U(-1/√h, 1/√h)

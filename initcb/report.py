@@ -16,7 +16,7 @@ from fastai.callback.training import GradientClip, GradientAccumulation
 from .core import *
 from .activations import ActivationHealth
 from .gradients import GradientHealth
-from .init import check_init, break_symmetry, WEIGHT_LAYERS
+from .init import check_init, break_symmetry, WEIGHT_LAYERS, NORM_LAYERS
 from .reinit import reinit_dormant, unit_chains, OUTPUT_LAYER
 from .wd import AdaptiveWD
 
@@ -71,7 +71,6 @@ def _init_rules(model, th, batch=None):
             out.append(_finding(r.layer, f'{kind} units: symmetry is never broken', 'error', r.finding, 'symmetric'))
     return out
 
-_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 _LOOKUPS = (nn.Embedding, nn.EmbeddingBag)  # (their output's scale is their initialization, fastai's 0.01 on purpose: not a step through depth)
 
 def _activation_rules(learn, ah, th, xb):
@@ -97,7 +96,7 @@ def _activation_rules(learn, ah, th, xb):
     if len(f):
         rms0 = f['rms'][0]
         leaves = [m for m in unwrap(learn.model).modules() if not any(True for _ in m.children())]
-        normed = {id(a) for a, b in zip(leaves, leaves[1:]) if isinstance(b, _NORMS)}  # (a layer a norm layer follows: its scale is set again right after)
+        normed = {id(a) for a, b in zip(leaves, leaves[1:]) if isinstance(b, NORM_LAYERS)}  # (a layer a norm layer follows: its scale is set again right after)
         par = [j for j, m in enumerate(ah.mods) if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, _LOOKUPS)
                and id(m) not in normed and np.isfinite(rms0[j]) and rms0[j] > 0]
         if len(par) >= 2:
@@ -226,15 +225,16 @@ class NonFiniteGuard(Callback):
         self.skips, self.reports, self.last_good_loss, self._grad_norms = [], [], None, None
     def before_fit(self):
         self.run = real_fit(self)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params = self._trainable()
         self.bufs = [b for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for b in m.buffers(recurse=False)]
         self._snap = None  # (their values before the batch: a forward pass updates them, with NaN too)
         self.accum, self._gsnap = any(isinstance(c, GradientAccumulation) for c in self.learn.cbs), None
         # (a state carried from batch to batch, fastai's AWD_LSTM `hidden`: NaN from a skipped batch would poison every later one)
         self._stateful, self._hid = [m for m in self.model.modules() if 'hidden' in vars(m) and callable(getattr(m, 'reset', None))], []
     def before_train(self):  # (once an epoch: a layer frozen or unfrozen mid-fit, by a gradual-unfreezing callback, is checked from now on)
-        ps = [p for p in self.model.parameters() if p.requires_grad]
+        ps = self._trainable()
         if len(ps) != len(self.params) or any(a is not b for a, b in zip(ps, self.params)): self.params, self._gsnap = ps, None
+    def _trainable(self): return [p for p in self.model.parameters() if p.requires_grad]
     def before_batch(self):
         if self._stateful and self.training: self._hid = [(m, vars(m)['hidden'], vars(m).get('bs')) for m in self._stateful]  # (references: the forward replaces them)
         if not (self.training and self.bufs): return
