@@ -495,17 +495,27 @@ def _slot_hook(f, i, with_input=False):
 def foreach_norm(
     ts:list, # tensors on one device: dense, or sparse (the gradient of `nn.Embedding(sparse=True)`, of `F.embedding(..., sparse=True)`)
     ord=2, # the norm's order (0: the count of non-zero entries)
+    memo:dict=None, # kept by the caller for lists of one layout (each position's tensor sparse or not, float64 or not, call after call): remembers what the fused call refused; then sparse tensors are replaced in `ts` itself
 ):
-    "`torch._foreach_norm(ts, ord)` in float32, a sparse tensor read as its stored values (`sparse_values_`), a float64 one's norm taken in float64; no check a batch: those are found when the fused call refuses them"
-    try: return torch._foreach_norm(ts, ord, dtype=torch.float32)
-    except RuntimeError:
-        ts = list(ts); sparse_values_(ts)
-        f64 = [j for j, t in enumerate(ts) if t.dtype == torch.float64]  # (`dtype=float32` refuses to narrow them)
-        if not f64: return torch._foreach_norm(ts, ord, dtype=torch.float32)  # (no sparse tensor either: its error again)
-        wide = set(f64); out, rest = {}, [j for j in range(len(ts)) if j not in wide]
-        out.update(zip(f64, (x.float() for x in torch._foreach_norm([ts[j] for j in f64], ord))))
-        if rest: out.update(zip(rest, torch._foreach_norm([ts[j] for j in rest], ord, dtype=torch.float32)))
-        return [out[j] for j in range(len(ts))]
+    "`torch._foreach_norm(ts, ord)` in float32, a sparse tensor read as its stored values (`sparse_values_`), a float64 one's norm taken in float64; no check a batch: those are found when the fused call refuses them (with a `memo`, once)"
+    if not memo:  # (an empty memo: the fused call has always worked)
+        try: return torch._foreach_norm(ts, ord, dtype=torch.float32)
+        except RuntimeError:
+            if memo is None: ts, memo = list(ts), {}
+    try: return _split_norms(ts, ord, memo)
+    except RuntimeError:  # (a sparse or float64 tensor where the memo has none: found again)
+        memo.update(sparse=sparse_values_(ts), f64=[j for j, t in enumerate(ts) if t.dtype == torch.float64])  # (`dtype=float32` refuses to narrow them)
+        return _split_norms(ts, ord, memo)  # (neither: the fused call's error again)
+
+def _split_norms(ts, ord, memo):
+    "`foreach_norm` of `ts`, whose sparse and float64 positions `memo` names"
+    if memo.get('sparse'): sparse_values_(ts, memo['sparse'])
+    f64 = memo.get('f64')
+    if not f64: return torch._foreach_norm(ts, ord, dtype=torch.float32)
+    wide = set(f64); out, rest = {}, [j for j in range(len(ts)) if j not in wide]
+    out.update(zip(f64, (x.float() for x in torch._foreach_norm([ts[j] for j in f64], ord))))
+    if rest: out.update(zip(rest, torch._foreach_norm([ts[j] for j in rest], ord, dtype=torch.float32)))
+    return [out[j] for j in range(len(ts))]
 
 def sparse_values_(
     ts:list, # tensors, replaced in place

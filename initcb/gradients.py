@@ -111,7 +111,8 @@ def _set_params(self:GradientHealth, named, train):
         self._streak = {}  # sums other parameters, a jump that is no explosion; the rules' runs and running median start afresh
     self.params, self._cols, self._pbuf, self._group_of = [named[j][1] for j in train], np.array(train), None, None  # (`_cols`: their columns; `_group_of`: their optimizer groups, found again)
     sp = {id(m.weight) for m in self.model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse}
-    self._sparse = [j for j, p in enumerate(self.params) if id(p) in sp]  # (trainable weights with sparse gradients)
+    sp = [j for j, p in enumerate(self.params) if id(p) in sp]  # (trainable weights with sparse gradients; others, a custom module's `F.embedding(sparse=True)`, found by `foreach_norm`)
+    self._memo, self._pmemo = dict(sparse=sp) if sp else {}, {}  # (`foreach_norm`'s, of the gradients and of the weights: a float64 model's found once a fit, not once a call)
     # (a `NonFiniteGuard` checking the same gradients: its norms are these. Checked at the first step: its `before_fit` may come after this one)
     self._guard, self._guard_ok = next((c for c in self.learn.cbs if getattr(type(c), 'shares_grad_norms', False)), None), None
 
@@ -141,15 +142,6 @@ def _between(self:GradientHealth, gd):
                for c in self.learn.cbs)
 
 @patch
-def _norms(self:GradientHealth, gs, ord):
-    "The float32 norms of gradients `gs`, sparse ones found as the fused call refuses them (a custom module's `F.embedding(sparse=True)`: no module type says so) made dense in `gs` and remembered for the fit"
-    try: return torch._foreach_norm(gs, ord, dtype=torch.float32)
-    except RuntimeError:
-        sp = sparse_values_(gs)
-        if sp: self._sparse = sorted({*self._sparse, *sp})  # (for the rest of the fit: no check a batch)
-        return foreach_norm(gs, ord)  # (float64 gradients too)
-
-@patch
 def before_step(self:GradientHealth):
     if not self._on: return
     if self.act_grads:
@@ -162,15 +154,14 @@ def before_step(self:GradientHealth):
     n2 = None if gd is None else gd._grad_norms  # (this batch's, computed by the guard: one multi-tensor norm a batch, not two)
     if gd is not None: gd._grad_norms = None
     if n2 is None or self._upd:
-        gs = [p.grad if p.grad is not None else self._zero(p) for p in ps]
-        if self._sparse: sparse_values_(gs, self._sparse)  # (a sparse gradient: its stored values)
+        gs = [p.grad if p.grad is not None else self._zero(p) for p in ps]  # (a sparse gradient: `foreach_norm` puts its stored values in `gs`)
     g = torch.is_grad_enabled(); _set_grad(False)
     try:
-        if n2 is None: n2 = self._norms(gs, 2)
+        if n2 is None: n2 = foreach_norm(gs, 2, self._memo)
         self._q.add(n2, self._iter)
         if self._upd:
-            nz = self._norms(gs, 0)  # non-zero entries
-            nonf = foreach_norm(torch._foreach_mul(gs, 0.), 0)  # 0*inf and 0*nan are nan: counted
+            nz = foreach_norm(gs, 0, self._memo)  # non-zero entries
+            nonf = foreach_norm(torch._foreach_mul(gs, 0.), 0, self._memo)  # 0*inf and 0*nan are nan: counted
             self._nonf, self._hasg = nz + nonf, np.array([p.grad is not None for p in ps])
             if self._pbuf is None: self._pbuf = [torch.empty_like(p) for p in ps]  # kept for the fit: no allocation a step
             torch._foreach_copy_(self._pbuf, ps); self._prev = self._pbuf
@@ -180,9 +171,9 @@ def before_step(self:GradientHealth):
 def after_step(self:GradientHealth):
     if not self._on or self._prev is None: return self._done()
     with torch.no_grad():
-        w = foreach_norm(self._prev, 2)
+        w = foreach_norm(self._prev, 2, self._pmemo)
         torch._foreach_sub_(self._prev, self.params)  # the weights before the step less those after: -Δw
-        d = foreach_norm(self._prev, 2)
+        d = foreach_norm(self._prev, 2, self._pmemo)
         lr, c = self._step_hypers()
         if c is not None: c[~self._hasg] = 0.  # (no gradient: no step, no decay)
         k = None
@@ -190,7 +181,7 @@ def after_step(self:GradientHealth):
             ok = c < 0.5               # is the gradient's: (1 - 2c)·lerp(-Δw, w_after, -c / (1 - 2c)), one in-place op (the norm's factor on the host)
             c = np.where(ok, c, 0.); k = np.where(ok, 1 - 2 * c, np.nan)  # (NaN: a decay of half the weight or more in one step)
             torch._foreach_lerp_(self._prev, self.params, (-c / np.where(ok, k, 1.)).tolist())
-            s = foreach_norm(self._prev, 2)
+            s = foreach_norm(self._prev, 2, self._pmemo)
         else: s = d
         self._uq.add(d + w + self._nonf + s, (self._iter, lr, k))
     self._done()

@@ -225,7 +225,7 @@ class NonFiniteGuard(Callback):
         self.skips, self.reports, self.last_good_loss, self._grad_norms = [], [], None, None
     def before_fit(self):
         self.run = real_fit(self)
-        self.params = self._trainable()
+        self.params, self._memo = self._trainable(), {}  # (`_memo`: `foreach_norm`'s, a float64 model's found once, not every batch)
         self.bufs = [b for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for b in m.buffers(recurse=False)]
         self._snap = None  # (their values before the batch: a forward pass updates them, with NaN too)
         self.accum, self._gsnap = any(isinstance(c, GradientAccumulation) for c in self.learn.cbs), None
@@ -233,7 +233,7 @@ class NonFiniteGuard(Callback):
         self._stateful, self._hid = [m for m in self.model.modules() if 'hidden' in vars(m) and callable(getattr(m, 'reset', None))], []
     def before_train(self):  # (once an epoch: a layer frozen or unfrozen mid-fit, by a gradual-unfreezing callback, is checked from now on)
         ps = self._trainable()
-        if len(ps) != len(self.params) or any(a is not b for a, b in zip(ps, self.params)): self.params, self._gsnap = ps, None
+        if len(ps) != len(self.params) or any(a is not b for a, b in zip(ps, self.params)): self.params, self._gsnap, self._memo = ps, None, {}
     def _trainable(self): return [p for p in self.model.parameters() if p.requires_grad]
     def before_batch(self):
         if self._stateful and self.training: self._hid = [(m, vars(m)['hidden'], vars(m).get('bs')) for m in self._stateful]  # (references: the forward replaces them)
@@ -257,7 +257,7 @@ class NonFiniteGuard(Callback):
         if self.scaled: ok = math.isfinite(loss.item())
         else:
             gs = [p.grad for p in self.params if p.grad is not None]
-            ns = foreach_norm(gs) if gs else []
+            ns = foreach_norm(gs, 2, self._memo) if gs else []
             tot = torch.stack(ns).sum() if gs else loss.new_zeros(())
             ok = math.isfinite((loss + tot).item())  # one host read per batch (`isfinite` on the host: on a CPU torch.isfinite is 4 ops)
             if ok and len(gs) == len(self.params): self._grad_norms = ns  # (every parameter's: `GradientHealth` reads them, and takes no norms of its own)
