@@ -21,8 +21,8 @@ from .reinit import reinit_dormant, unit_chains, OUTPUT_LAYER
 from .wd import AdaptiveWD
 
 # %% auto #0
-__all__ = ['COLUMNS', 'REMEDIES', 'DEAD_UNFOLLOWED', 'STALLED_OTHER', 'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite',
-           'NonFiniteGuard', 'HealthCheck']
+__all__ = ['COLUMNS', 'REMEDIES', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'RULES', 'WD_BASE', 'Thresholds',
+           'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
 class Thresholds:
@@ -33,14 +33,22 @@ class Thresholds:
         sat_pct:float=20., # 'saturated' when more than this % of a bounded activation's outputs sit on an asymptote
         drift_orders:float=2., # 'scale drifts' when the layers' output rms spans more than this many orders of magnitude
         growth:float=10., # 'weights growing' when a layer's weight norm grew more than this factor and still grows
+        diverge:float=2., # 'loss diverging' when the fit's smoothed training loss ends above this factor of its start
+        plateau:float=0.95, # 'loss not decreasing' when it ends above this factor of its start, over at least `min_batches` batches
+        min_batches:int=50, # the shortest fit the loss rules read (and 'loss diverging' at least 10 batches)
         last:int=None, # read the last `last` recorded batches (None: all)
     ):
         self.dead_frac, self.dead_tau = check_float('dead_frac', dead_frac, 0., 1.), check_float('dead_tau', dead_tau, 0., 1e6)
         self.sat_pct, self.drift_orders = check_float('sat_pct', sat_pct, 0., 100.), check_float('drift_orders', drift_orders, 0., 1e3)
         self.growth, self.last = check_float('growth', growth, 1., 1e12), check_int('last', last, none_ok=True)
+        self.diverge, self.plateau = check_float('diverge', diverge, 1., 1e12), check_float('plateau', plateau, 0., 1.)
+        self.min_batches = check_int('min_batches', min_batches, 1)
 
 COLUMNS = ['layer', 'problem', 'severity', 'evidence', 'remedy', 'callback']
 REMEDIES = {
+    'diverging': ("lower the learning rate (`learn.lr_find()` suggests one): the other findings may be its symptoms", ''),
+    'chance': ("the model has learned nothing: check the learning rate (`learn.lr_find()`), the init (LSUVInit) and, in a deep net, the activations (ReLU/GELU with normalization rather than sigmoid/tanh)", ''),
+    'plateau': ("check the learning rate (`learn.lr_find()`), the init (LSUVInit) and, in a deep net, the activations (ReLU/GELU with normalization rather than sigmoid/tanh); nothing to do where the model was trained before this fit", ''),
     'symmetric': ("re-initialize zero, constant or duplicated units before the fit", 'BreakSymmetry'),
     'dead': ("re-initialize dormant units during training, or use a leaky activation (GeneralRelu)", 'ReinitDormant'),
     'saturated': ("rescale the init so each layer's input has unit std, or normalize the inputs", 'LSUVInit'),
@@ -48,17 +56,43 @@ REMEDIES = {
     'nonfinite': ("lower the learning rate, clip gradients, guard the fit", 'NonFiniteGuard'),
     'exploding': ("clip gradients (GradientClip) or lower the learning rate", 'GradientClip'),
     'vanishing': ("rescale the init (LSUV), add normalization or residual connections, or use an LSTM/GRU", 'LSUVInit'),
-    'no gradient': ("use the layer in the forward pass (an unused head or branch?), or freeze it (requires_grad_(False))", ''),
+    'no gradient': ("where the layer is used, a layer after it passes no gradient back (zero weights, dead or saturated units: see the other findings); where it is not (an unused head or branch), freeze it (requires_grad_(False))", ''),
     'stalled': ("raise the learning rate, or rescale the layer's init (weights too large for the updates it gets)", 'LSUVInit'),
     'too hot': ("lower the learning rate, or decay the weights", 'AdaptiveWD'),
     'growing': ("apply weight decay, adapted to the run", 'AdaptiveWD'),
 }
 DEAD_UNFOLLOWED = "use a leaky activation (GeneralRelu(leak=0.1)): ReinitDormant cannot follow the layer in front of this one"  # dead, no chain ends in it (`unit_chains` says why)
+SYMPTOM = "likely a symptom of the diverging loss: lower the learning rate first; if it stays: "  # (a finding in a fit whose loss diverged)
 STALLED_OTHER = "raise the learning rate (this layer's, where the optimizer has parameter groups), or reset the layer's weights (too large for the updates it gets)"  # stalled, not a Linear/Conv layer
 
 def _finding(layer, problem, severity, evidence, key):
     r, c = REMEDIES[key]
     return dict(layer=layer, problem=problem, severity=severity, evidence=evidence, remedy=r, callback=c)
+
+def _losses(learn):
+    "The last fit's smoothed training losses (fastai's `Recorder`; a float64 array, up to the first non-finite one), or None"
+    ls = getattr(getattr(learn, 'recorder', None), 'losses', None)
+    if not ls: return None
+    v = np.array([float(x) for x in ls])
+    return v[:np.argmin(np.isfinite(v))] if not np.isfinite(v).all() else v
+
+def _chance_loss(learn):
+    "ln(classes): the cross-entropy of a uniform guess, where the loss is plain cross-entropy over `dls.c` classes; else None"
+    lf, c = getattr(learn, 'loss_func', None), getattr(getattr(learn, 'dls', None), 'c', None)
+    ce = isinstance(lf, nn.CrossEntropyLoss) or isinstance(getattr(lf, 'func', None), nn.CrossEntropyLoss)  # (fastai's CrossEntropyLossFlat wraps one)
+    return math.log(c) if ce and isinstance(c, int) and c >= 2 and getattr(lf, 'label_smoothing', getattr(getattr(lf, 'func', None), 'label_smoothing', 0.)) == 0 else None
+
+def _loss_rules(v, th, chance=None):
+    "'loss diverging' (the smoothed training loss ends `diverge`x above its start), 'loss at chance level' (a cross-entropy that ends"
+    "within 3% of ln(classes), `chance`), or 'loss not decreasing' (ends above `plateau`x its start); the last two over `min_batches` or more"
+    if v is None or len(v) < min(10, th.min_batches): return []
+    first, last = float(np.median(v[:3])), float(v[-1])
+    ev = f'smoothed training loss {first:.3g} at the start of the fit, {last:.3g} at its end ({len(v)} batches; highest {v.max():.3g})'
+    if first > 0 and last > th.diverge * first: return [_finding('(all)', 'loss diverging', 'error', ev, 'diverging')]
+    if len(v) < th.min_batches: return []
+    if chance is not None and last >= 0.97 * chance: return [_finding('(all)', 'loss at chance level', 'error', ev + f'; a uniform guess scores ln(classes) = {chance:.3g}', 'chance')]
+    if first > 0 and last > th.plateau * first: return [_finding('(all)', 'loss not decreasing', 'warning', ev, 'plateau')]
+    return []
 
 def _init_rules(model, th, batch=None):
     "Zero, constant or symmetric layers; when the weights show some, their twins' gradients on `batch()` decide (`check_init`)"
@@ -113,12 +147,16 @@ def _activation_rules(learn, ah, th, xb):
                                 f'first at recorded batch {int(f.iters[first])} in {ah.names[j]} (the earliest layer); {int(nf.sum())} layer-batches in all', 'nonfinite'))
     return out
 
-def _gradient_rules(gh, th, model=None):
+def _gradient_rules(gh, th, model=None, losses=None):
+    "`GradientHealth`'s flags as findings, weighed against the fit's training `losses` where given (`_losses`)"
     out, mods = [], dict(unwrap(model).named_modules()) if model is not None else {}
-    ev = gh.events
+    ev, v = gh.events, losses if losses is not None and len(losses) else None
+    start = gh.n_seen - len(v) if v is not None else 0  # (the fit's first batch in the history's count; skipped batches aside)
+    def loss_at(b): return float(v[int(np.clip(b - start, 0, len(v) - 1))])
     for (kind, layer), d in ev.groupby(['kind', ev['layer'].fillna('')], sort=False):
         key = {'nonfinite': 'nonfinite'}.get(kind, kind)
         if key not in REMEDIES: continue
+        if kind == 'vanishing' and isinstance(mods.get(layer), NORM_LAYERS): continue  # (a norm layer's scale and shift before a small weight: fastai's zero-initialized BatchNorm that ends a residual branch, by design)
         sev = 'error' if kind in ('nonfinite', 'exploding') else 'warning'
         problem = 'no gradient reaches it' if kind == 'no gradient' else f'{kind} gradients' if kind in ('vanishing', 'exploding', 'nonfinite') else f'{kind} updates'
         note = ''
@@ -127,10 +165,15 @@ def _gradient_rules(gh, th, model=None):
             before = g[(it < d.batch.min()) & np.isfinite(g)]
             if len(before) and np.isfinite(d.value).all() and d.value.max() <= before.max():
                 sev, note = 'warning', f"; none above the {before.max():.3g} the fit had before"
+            elif v is not None and np.isfinite(d.value).all() and v[-1] < loss_at(d.batch.min()):  # (spikes of a healthy LSTM, Transformer early on)
+                sev, note = 'info', f"; the loss fell after it ({loss_at(d.batch.min()):.3g} -> {v[-1]:.3g}): the fit went on learning"
+        if kind == 'stalled' and v is not None and v[-1] * 10 <= v[:3].mean():  # (updates of a model near its optimum are small: a converged Transformer's LayerNorms)
+            sev, note = 'info', f"; the loss fell {v[:3].mean() / max(v[-1], 1e-30):.3g}-fold over the fit: small updates are expected there"
         out.append(_finding(layer or '(all)', problem,
                             sev, f"{len(d)} flags, batches {d.batch.min()}-{d.batch.max()}: {d.message.iloc[0]}{note}", key))
         if key == 'stalled' and layer in mods and not isinstance(mods[layer], WEIGHT_LAYERS):  # (LSUV rescales Linear and Conv layers only)
             out[-1].update(remedy=STALLED_OTHER, callback='')
+        if sev == 'info': out[-1].update(remedy='nothing while the loss is this low' if kind == 'stalled' else f'nothing unless it recurs; then: {out[-1]["remedy"]}', callback='')
     df = gh.to_df()
     w = df.dropna(subset=['weight_norm'])
     for layer, d in w.groupby('layer', sort=False):
@@ -158,18 +201,26 @@ def health_report(self:Learner,
 ):
     "Findings about this learner's training: one row each (layer, problem, severity, evidence, remedy, callback)"
     th = thresholds or Thresholds()
-    rows = _init_rules(self.model, th, lambda: _first_x(self) if xb is None else xb)
+    if not isinstance(th, Thresholds): raise ValueError(f"`thresholds` must be a Thresholds (or None), got {type(th).__name__}")
+    losses = _losses(self)
+    rows = _loss_rules(losses, th, _chance_loss(self)) + _init_rules(self.model, th, lambda: _first_x(self) if xb is None else xb)
     ah = next((c for c in self.cbs if isinstance(c, ActivationHealth)), None)
     gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)
     # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
     if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, _first_x(self) if xb is None else xb)
-    if gh is not None and gh.hist is not None: rows += _gradient_rules(gh, th, self.model)
+    if gh is not None and gh.hist is not None: rows += _gradient_rules(gh, th, self.model, losses)
+    if rows and rows[0]['problem'] == 'loss diverging':  # (weights blown up: stalled updates, no gradient, growth, dead units are its symptoms)
+        for r in rows[1:]:
+            if r['problem'] in ('stalled updates', 'no gradient reaches it', 'weights growing without bound', 'too hot updates', 'dead units'):
+                r.update(remedy=SYMPTOM + r['remedy'], callback='')
     df = pd.DataFrame(rows, columns=COLUMNS)
-    if len(df): df = df.sort_values('severity', key=lambda s: s.map({'error': 0, 'warning': 1}), kind='stable', ignore_index=True)
+    if len(df): df = df.sort_values('severity', key=lambda s: s.map({'error': 0, 'warning': 1, 'info': 2}), kind='stable', ignore_index=True)
     if verbose:
         if not len(df): print('health report: no findings' + ('' if ah or gh else ' (attach ActivationHealth / GradientHealth for more than the init checks)'))
         else:
             with pd.option_context('display.max_colwidth', 70, 'display.width', 200): print(f'health report: {len(df)} findings\n' + df[['layer', 'problem', 'severity', 'evidence', 'callback']].to_string(index=False))
+            fixes = dict.fromkeys(f"  {r.problem}: {r.remedy}" for r in df.itertuples())  # (the remedies in words, once each: the table has no room for them)
+            print('remedies:\n' + '\n'.join(fixes))
     return df
 
 # %% ../nbs/06_report.ipynb #ab178f45
@@ -217,11 +268,13 @@ class NonFiniteGuard(Callback):
     shares_grad_norms = True  # (`GradientHealth` reads this batch's per-parameter norms, `_grad_norms`, instead of taking its own)
     def __init__(self,
         policy:str='skip', # 'skip': drop the batch (no step), go on; 'stop': end the fit
-        max_skips:int=10, # with 'skip', raise an error once more batches than this were skipped
+        max_skips:int=10, # with 'skip', the most batches skipped before `at_max` applies
         verbose:bool=True, # warn at each skipped batch
+        at_max:str='raise', # past `max_skips`: 'raise' an error, or 'stop' the fit as a normal end (a warning; `after_fit` runs: a report is made)
     ):
         if policy not in ('skip', 'stop'): raise ValueError(f"`policy` must be 'skip' or 'stop', got {policy!r}")
-        self.policy, self.max_skips, self.verbose = policy, check_int('max_skips', max_skips, 0), verbose
+        if at_max not in ('raise', 'stop'): raise ValueError(f"`at_max` must be 'raise' or 'stop', got {at_max!r}")
+        self.policy, self.max_skips, self.verbose, self.at_max = policy, check_int('max_skips', max_skips, 0), verbose, at_max
         self.skips, self.reports, self.last_good_loss, self._grad_norms = [], [], None, None
     def before_fit(self):
         self.run = real_fit(self)
@@ -281,7 +334,11 @@ class NonFiniteGuard(Callback):
         self._drop_grads()
         self.learn.yb = ()  # (fastai's `Recorder` leaves a batch without targets out of the losses and metrics: no NaN train_loss)
         if self.verbose and is_main(): warnings.warn(msg + f" (batch skipped, {len(self.skips)} so far)")
-        if len(self.skips) > self.max_skips: raise RuntimeError(f"NonFiniteGuard: more than `max_skips`={self.max_skips} batches had non-finite values; last: {msg}")
+        if len(self.skips) > self.max_skips:
+            msg = f"NonFiniteGuard: more than `max_skips`={self.max_skips} batches had non-finite values; last: {msg}"
+            if self.at_max == 'raise': raise RuntimeError(msg)
+            if is_main(): warnings.warn(msg + '; the fit stops here')
+            raise CancelFitException()
         raise CancelBatchException()
     def _drop_grads(self):
         "This batch's gradients go; under `GradientAccumulation` the window's earlier ones are put back"
@@ -315,14 +372,19 @@ class HealthCheck(Callback):
         report:bool=True, # print the health report after the fit
         columns:bool=True, # add the 'dead %' and 'grad norm' columns to the progress table
     ):
+        given = remedy
         if remedy is True: remedy = set(RULES)
         elif remedy is False or remedy is None: remedy = set()
         elif isinstance(remedy, str): remedy = {remedy}
-        else:
-            remedy = set(remedy)
-            if not remedy <= set(RULES): raise ValueError(f"`remedy` must be True/False or a subset of {RULES}, got {sorted(remedy)}")
+        elif isinstance(remedy, (set, frozenset, list, tuple)): remedy = set(remedy)
+        else: remedy = None
+        if remedy is None or not all(isinstance(r, str) for r in remedy) or not remedy <= set(RULES):
+            raise ValueError(f"`remedy` must be True/False, or a rule name or a set of them from {RULES}; got {given!r}")
+        if thresholds is not None and not isinstance(thresholds, Thresholds): raise ValueError(f"`thresholds` must be a Thresholds (or None), got {type(thresholds).__name__}")
+        for k, x in dict(guard=guard, report=report, columns=columns).items():
+            if not isinstance(x, bool): raise ValueError(f"`{k}` must be True or False, got {x!r}")
         self.remedy, self.th, self.guard, self.show, self.columns = remedy, thresholds or Thresholds(), guard, report, columns
-        self._actions, self.report, self.ah, self.gh, self._added, self._columns_added = [], None, None, None, [], []
+        self._actions, self.report, self.ah, self.gh, self._added, self._columns_added, self._held = [], None, None, None, [], [], False
 
     def __setattr__(self, name, value):
         if name == 'learn' and value is None and self.__dict__.get('learn') is not None: self._detach(self.__dict__['learn'])
@@ -354,11 +416,11 @@ class HealthCheck(Callback):
         ah, gh = have(ActivationHealth), have(GradientHealth)
         if ah is None: new.append(ah := self.ah if free(self.ah) else ActivationHealth())
         if gh is None: new.append(gh := self.gh if free(self.gh) else GradientHealth(warn=False))
-        if self.guard and have(NonFiniteGuard) is None: new.append(NonFiniteGuard(verbose=False))
+        if self.guard and have(NonFiniteGuard) is None: new.append(NonFiniteGuard(verbose=False, at_max='stop'))  # (a fit it ends still gets its report)
         for c in new: self._add(c)
         for c in sorted(new, key=lambda c: c.order): c('before_fit')  # this event has already begun: run theirs now
         self.ah, self.gh = ah, gh
-        self._xb, self._n_ev = _first_x(self.learn), 0
+        self._xb, self._n_ev, self._held = _first_x(self.learn), 0, False
         if 'symmetric' in self.remedy:
             rep = break_symmetry(self.model, self._xb)
             for r in rep.itertuples(): self._act('BreakSymmetry', f'{r.layer} ({r.type}) was {r.was}: {r.units_reinitialized}/{r.units} units re-initialized')
@@ -382,14 +444,19 @@ class HealthCheck(Callback):
 
     def after_epoch(self):
         if not self.remedy: return
-        if 'dead' in self.remedy: self._revive()
+        v = _losses(self.learn)
+        div = bool(_loss_rules(v, self.th)) and _loss_rules(v, self.th)[0]['problem'] == 'loss diverging'
+        if div and not self._held:  # (dead units and growing weights are its symptoms there: re-initializing them, decaying them made it worse, measured)
+            self._held = True; self._act('held back', "the loss is diverging: no ReinitDormant or AdaptiveWD in this fit; lower the learning rate (learn.lr_find())")
+        if 'dead' in self.remedy and not div: self._revive()
         ev = self.gh.events
-        if 'exploding' in self.remedy and len(ev) > self._n_ev and ev.iloc[self._n_ev:]['kind'].isin(['exploding', 'nonfinite']).any() \
-           and not any(isinstance(c, GradientClip) for c in self.learn.cbs):
+        new = ev.iloc[self._n_ev:]
+        if 'exploding' in self.remedy and len(new) and not any(isinstance(c, GradientClip) for c in self.learn.cbs) and ((new['kind'] == 'nonfinite').any() or
+           any(f['problem'] == 'exploding gradients' and f['severity'] == 'error' for f in _gradient_rules(self.gh, self.th, None, v))):  # (a spike the fit learned on through: none)
             c = self._clip_level()
-            self._add(GradientClip(c)); self._act('GradientClip', f'exploding or non-finite gradients: clipping the global norm at {c:.3g} (the largest running median of the fit\'s norms) from the next batch')
+            self._add(GradientClip(c)); self._act('GradientClip', f'exploding or non-finite gradients: clipping the global norm at {c:.3g} (the scale the fit trained at before its first such flag) from the next batch')
         self._n_ev = len(ev)
-        if 'growing' in self.remedy and not any(isinstance(c, AdaptiveWD) for c in self.learn.cbs):
+        if 'growing' in self.remedy and not div and not any(isinstance(c, AdaptiveWD) for c in self.learn.cbs):
             if any(f['callback'] == 'AdaptiveWD' and f['problem'].startswith('weights growing') for f in _gradient_rules(self.gh, self.th)):
                 # (a fit with no weight decay: every mode scales the fit's own λ, 0; 'equilibrium' from fastai's Adam default instead,
                 # the λ that stops the growth at the run's own update size: 'awd' from 0.01 stayed ~1e-4, measured, and changed nothing)
@@ -400,10 +467,13 @@ class HealthCheck(Callback):
                           + (f" (from λ = {WD_BASE}, fastai's Adam default: the fit had none)" if none else ''))
 
     def _clip_level(self):
-        "Where to clip: the largest running median of the fit's global gradient norm, the scale it trained at (1.0 had clipped a"
-        "healthy fit's ordinary steps, 5-20 early on, to a twentieth); 1.0 where there is none"
-        g = self.gh.global_norm()
-        m = pd.Series(g[np.isfinite(g)]).rolling(self.gh.explode_window, min_periods=5).median().max()
+        "Where to clip: the largest running median of the global gradient norm before the first exploding or non-finite flag, the"
+        "scale the fit trained at (1.0 had clipped a healthy fit's ordinary steps, 5-20 early on, to a twentieth; after the flag,"
+        "a run blowing up had medians in the thousands: no clip); their median where fewer than 5 batches came first; else 1.0"
+        g, ev, it = self.gh.global_norm(), self.gh.events, self.gh.hist.iters[:len(self.gh.hist)]
+        bad = ev.batch[ev.kind.isin(['exploding', 'nonfinite'])]
+        pre = g[np.isfinite(g) & (it < (bad.min() if len(bad) else np.inf))]
+        m = pd.Series(pre).rolling(self.gh.explode_window, min_periods=5).median().max() if len(pre) >= 5 else np.median(pre) if len(pre) else np.nan
         return float(m) if np.isfinite(m) and m > 0 else 1.
 
     def _revive(self):

@@ -520,3 +520,107 @@ def test_exploding_spike_within_the_fits_range_is_a_warning(spike, sev):
     learn.fit(1, 0.)
     f = learn.health_report(verbose=False).set_index('problem').loc['exploding gradients']
     assert f['severity'] == sev and ('none above' in f['evidence']) == (sev == 'warning')
+
+
+# --- the loss rules, and findings weighed against the loss (an audit of healthy and failing fits, 2026-11-27) ---
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(), nn.Linear(200, 10))
+
+def test_learning_rate_far_too_high_is_named_and_not_made_worse():
+    "SGD at lr=5: the report said 'raise the learning rate' (stalled) and remedy=True re-initialized 200/200 units an epoch and added weight decay"
+    from fastai.optimizer import SGD
+    for remedy in (False, True):
+        learn = quiet(Learner(digits_dls(flat=True), mlp(), loss_func=nn.CrossEntropyLoss(), opt_func=SGD, cbs=HealthCheck(remedy=remedy, report=False)))
+        with warnings.catch_warnings(): warnings.simplefilter('ignore'); learn.fit(2, 5.)
+        rep = learn.health_check.report
+        assert rep.problem.iloc[0] == 'loss diverging' and rep.severity.iloc[0] == 'error', rep
+        assert 'lower the learning rate' in rep.remedy.iloc[0]
+        sym = rep[rep.problem.isin(['stalled updates', 'no gradient reaches it', 'dead units', 'weights growing without bound'])]
+        assert len(sym) and sym.remedy.str.startswith('likely a symptom of the diverging loss').all() and (sym.callback == '').all(), sym
+        if remedy:
+            acts = learn.health_check.actions
+            assert 'held back' in set(acts.action) and not acts.action.isin(['ReinitDormant', 'AdaptiveWD']).any(), acts
+            # (clipped at the scale before the first flag, not at the exploded one)
+            clip = next(c for c in learn.cbs if isinstance(c, GradientClip)).max_norm
+            gh = learn.gradient_health
+            first = gh.events.batch[gh.events.kind.isin(['exploding', 'nonfinite'])].min()
+            assert clip < gh.global_norm()[gh.hist.iters[:len(gh.hist)] == first][0]
+
+def test_chance_level_loss_is_a_finding():
+    "A deep sigmoid MLP after LSUVInit ends at ln(10): 'no findings' before"
+    import fastai.callback.schedule  # (Learner.fit_one_cycle)
+    from initcb.init import LSUVInit
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 100), nn.Sigmoid(), *[l for _ in range(8) for l in (nn.Linear(100, 100), nn.Sigmoid())], nn.Linear(100, 10))
+    learn = quiet(Learner(digits_dls(flat=True), m, loss_func=nn.CrossEntropyLoss(), cbs=[HealthCheck(report=False), LSUVInit(verbose=False)]))
+    learn.fit_one_cycle(3, 3e-3)
+    rep = learn.health_check.report
+    assert rep.problem.iloc[0] == 'loss at chance level', rep
+    # a healthy fit of the same data: none of the loss rules
+    learn = quiet(Learner(digits_dls(flat=True), mlp(), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+    learn.fit_one_cycle(2, 3e-3)
+    assert not learn.health_check.report.problem.str.startswith('loss').any(), learn.health_check.report
+
+def test_loss_rules_on_given_curves():
+    from initcb.report import _loss_rules
+    th, up, flat, down = Thresholds(), np.linspace(1, 5, 60), np.full(60, 2.), np.geomspace(2.3, 0.1, 60)
+    assert _loss_rules(up, th)[0]['problem'] == 'loss diverging'
+    assert _loss_rules(flat, th)[0]['problem'] == 'loss not decreasing'
+    assert _loss_rules(flat, th, chance=math.log(7))[0]['problem'] == 'loss at chance level'
+    assert _loss_rules(down, th, chance=math.log(10)) == [] and _loss_rules(None, th) == [] and _loss_rules(up[:5], th) == []
+    assert _loss_rules(flat[:30], th) == []  # (shorter than `min_batches`: too short to call it a plateau)
+
+class _Flags(GradientHealth):
+    "A GradientHealth whose flags are set by hand, after a real short fit"
+    def inject(self, *evs): self._events = [dict(batch=b, kind=k, layer=l, value=v, message='m') for b, k, l, v in evs]
+
+def _flagged(model, evs, losses):
+    from initcb.report import _gradient_rules
+    gh = _Flags(warn=False)
+    learn = quiet(Learner(digits_dls(flat=True, n_train=256), model, loss_func=nn.CrossEntropyLoss(), cbs=gh))
+    learn.fit(1, 1e-3)
+    gh.inject(*evs)
+    return pd_rows(_gradient_rules(gh, Thresholds(), learn.model, np.asarray(losses, float) if losses is not None else None))
+
+def pd_rows(rows): return {(r['layer'], r['problem']): r for r in rows}
+
+def test_severity_follows_the_loss():
+    "A spike the loss fell after (healthy LSTM, Transformer) and small updates of a converged model: 'info'; vanishing in a norm layer: none"
+    m = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+    n = 4  # batches in that fit
+    falling, rising = np.geomspace(2., 0.01, n), np.linspace(2., 3., n)
+    evs = [(2, 'exploding', None, 5.), (1, 'vanishing', '1', 1e-6), (1, 'vanishing', '0', 1e-6), (3, 'stalled', '3', 1e-7)]
+    r = _flagged(m, evs, falling)
+    assert r[('(all)', 'exploding gradients')]['severity'] == 'info' and r[('(all)', 'exploding gradients')]['callback'] == ''
+    assert ('1', 'vanishing gradients') not in r and ('0', 'vanishing gradients') in r  # (the BatchNorm1d: left out; the Linear: kept)
+    assert r[('3', 'stalled updates')]['severity'] == 'info'
+    r = _flagged(m, evs, rising)
+    assert r[('(all)', 'exploding gradients')]['severity'] == 'error' and r[('3', 'stalled updates')]['severity'] == 'warning'
+    r = _flagged(m, evs, None)
+    assert r[('(all)', 'exploding gradients')]['severity'] == 'error'
+
+def test_healthcheck_diagnosing_a_nan_run_still_reports():
+    "lr=100: the guard's max_skips ended the fit with a RuntimeError and the report was lost"
+    from fastai.optimizer import SGD
+    hc = HealthCheck(report=False)
+    learn = quiet(Learner(digits_dls(flat=True), mlp(), loss_func=nn.CrossEntropyLoss(), opt_func=SGD, cbs=hc))
+    with pytest.warns(UserWarning, match='the fit stops here'): learn.fit(2, 100.)
+    assert hc.report is not None and hc.report.problem.str.contains('non-finite').any(), hc.report
+    assert n_hooks(learn.model) == 0
+    g = NonFiniteGuard(max_skips=1, verbose=False)  # (the guard alone: an error, as before)
+    learn = quiet(Learner(digits_dls(flat=True), mlp(), loss_func=nn.CrossEntropyLoss(), opt_func=SGD, cbs=g))
+    with pytest.raises(RuntimeError, match='max_skips'): learn.fit(1, 100.)
+
+@pytest.mark.parametrize('kw', [dict(remedy='Dead'), dict(remedy='explode'), dict(remedy=1), dict(remedy=[1]), dict(thresholds=dict(dead_frac=0.5)),
+                                dict(guard='yes'), dict(report=None), dict(columns=1)])
+def test_healthcheck_bad_arguments(kw):
+    bad_argument_named(HealthCheck, kw)
+
+@pytest.mark.parametrize('kw', [dict(at_max='skip'), dict(policy='ignore')])
+def test_guard_bad_arguments(kw): bad_argument_named(NonFiniteGuard, kw)
+
+def test_thresholds_bad_arguments():
+    for kw in (dict(diverge=0.5), dict(plateau=1.5), dict(min_batches=0)): bad_argument_named(Thresholds, kw)
+    with pytest.raises(ValueError, match='`thresholds`'): quiet(synth_learner(n_trn=2)).health_report(thresholds=dict(dead_frac=0.5))
