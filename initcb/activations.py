@@ -661,6 +661,7 @@ def color_dim(self:ActivationHealth,
 ):
     "The 'colorful dimension' plot of layer `idx`: its histogram (log scale) over time, in the units of its output"
     i, h = self._layer(idx), self.hist(idx)
+    check_rows(self.sampled, 'sampled batch')
     ax = new_axes(ax, figsize)
     it = self.sampled.iters[:len(self.sampled)]
     lo, hi = self._hr[i] if self._hr is not None else (0, 1)
@@ -675,6 +676,7 @@ def plot_layer_stats(self:ActivationHealth,
 ):
     "Mean, std and % near zero of layer `idx` over time, as fastai's"
     st, i = self.layer_stats(idx), self._layer(idx)
+    check_rows(self.sampled, 'sampled batch')
     axs = new_axes(axs, (12, 3), 3)
     it = self.sampled.iters[:len(self.sampled)]
     for ax, v, t in zip(axs, [st[0], st[1], 100 * st[2]], ['mean', 'std', '% near zero']):
@@ -688,7 +690,7 @@ def plot_stats(self:ActivationHealth,
     figsize=(15, 4), # size of a new figure
 ):
     "All layers: root mean square over time (log), % near zero over time, and rms through depth at start and end"
-    self._recorded()
+    self._recorded(); check_rows(self.fast)
     axs = new_axes(axs, figsize, 3)
     it, rms = self.fast.iters[:len(self.fast)], self.fast['rms']
     cols = plt.cm.viridis(np.linspace(0, 1, len(self.names)))
@@ -708,7 +710,7 @@ def dead_chart(self:ActivationHealth,
     figsize=(8, 4), # size of a new figure
 ):
     "Fraction of outputs near zero (|x| <= `dead_thresh`) per layer over time"
-    self._recorded()
+    self._recorded(); check_rows(self.sampled, 'sampled batch')
     return layer_heatmap(new_axes(ax, figsize), self.sampled['near_zero'], self.sampled.iters[:len(self.sampled)], self.names,
                          f'fraction |x| <= {self.dead_thresh:g}', 'fraction near zero', cmap='magma', vmin=0, vmax=1)
 
@@ -721,6 +723,7 @@ def saturation_chart(self:ActivationHealth,
     self._recorded()
     js = [j for j, b in enumerate(self.bounds) if b is not None]
     if not js: raise ValueError("no watched module has bounded outputs: watch a Sigmoid/Tanh, or mark one with `watch(m, bounds=(lo, hi))`")
+    check_rows(self.sampled, 'sampled batch')
     return layer_heatmap(new_axes(ax, figsize), self.sampled['saturated'][:, js], self.sampled.iters[:len(self.sampled)],
                          [self.names[j] for j in js], f'fraction within {self.sat_eps:g} of a bound', 'fraction saturated', cmap='magma', vmin=0, vmax=1)
 

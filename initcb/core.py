@@ -20,8 +20,8 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STAT
            'has_own_params', 'is_frozen', 'default_watch', 'select_modules', 'StatHistory', 'run_lengths',
            'distributed', 'is_main', 'unwrap', 'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit',
            'HealthCallback', 'Hooks', 'is_compiled', 'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index',
-           'check_recorded', 'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs',
-           'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
+           'check_recorded', 'check_rows', 'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept',
+           'first_inputs', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -572,6 +572,13 @@ def check_recorded(
     "Raise a `ValueError` that says why `cb` has no history to read: never fitted, or unpickled (`learn.export` leaves histories out)"
     if hist is None: raise ValueError("nothing recorded yet: fit with the callback first" + ("" if cb.names is None else
         f" (the history is not kept through pickling or `learn.export`: keep it with `save` and read it back with `{type(cb).__name__}.load`)"))
+
+def check_rows(
+    hist, # a recorder's history, flushed (`check_recorded` first)
+    what:str='training batch', # what its rows stand for, for the message
+):
+    "Raise a `ValueError` when `hist` holds no row (`fit(0)`, a fit stopped at its first batch): a plot has nothing to draw"
+    if not len(hist): raise ValueError(f"nothing recorded yet: the history holds no {what} (`fit(0)`, or a fit stopped at its first batch); nothing to plot")
 
 def saved_selection(
     sel, # a recorder's `modules`: None, names, modules or a predicate

@@ -151,6 +151,26 @@ def test_readers_before_fit(tmp_path):
     for n, f in readers(cb, tmp_path).items():
         with pytest.raises(ValueError, match='nothing recorded yet'): f()
 
+class NaNFirst(Callback):
+    "NaN inputs at the first training batch"
+    def before_batch(self):
+        if self.training and self.train_iter == 0: self.learn.xb = (self.xb[0] * float('nan'),)
+
+@pytest.mark.parametrize('how', ['fit(0)', 'stopped'])
+def test_plots_after_a_fit_that_recorded_nothing(tmp_path, how):
+    "A fit that recorded no step (`fit(0)`; stopped at its first batch by `NonFiniteGuard`): every plot says that nothing is recorded (a ValueError, not matplotlib's TypeError)"
+    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    from initcb.report import NonFiniteGuard
+    cb = GradientHealth(warn=False)
+    learn = quiet(synth_learner(n_trn=2, cbs=[cb] + ([NonFiniteGuard(policy='stop', verbose=False), NaNFirst()] if how == 'stopped' else [])))
+    learn.model = mlp(1); learn.fit(0 if how == 'fit(0)' else 1)
+    assert len(cb.hist) == 0
+    try:
+        for n in ('plot_grad_norms', 'plot_update_ratios', 'plot_layer'):
+            with pytest.raises(ValueError, match='nothing recorded yet: the history holds no'): readers(cb, tmp_path)[n]()
+    finally: plt.close('all')
+    assert len(cb.to_df()) == 0
+
 def test_readers_after_pickling(tmp_path):
     "Pickling (`learn.export`) leaves the history out by design: the readers of the copy say so, and point to `save`; the copy records afresh"
     import pickle

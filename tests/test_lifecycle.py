@@ -126,6 +126,19 @@ def test_readers_after_pickling(tmp_path):
         with pytest.raises(ValueError, match='not kept through pickling'): f()
     assert len(cb.to_df()) == 2 * len(cb.names)
 
+def test_plots_after_a_fit_that_recorded_nothing(tmp_path):
+    "`fit(0)` leaves an empty history: every plot says that nothing is recorded (a ValueError, not matplotlib's TypeError); the tables are empty"
+    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    cb = ActivationHealth()
+    learn = quiet(synth_learner(n_trn=2, cbs=cb)); learn.model = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1)); learn.fit(0)
+    plots = ['color_dim', 'plot_layer_stats', 'plot_stats', 'dead_chart', 'saturation_chart']
+    try:
+        for n, f in readers(cb, tmp_path).items():
+            if n in plots:
+                with pytest.raises(ValueError, match='nothing recorded yet: the history holds no'): f()
+    finally: plt.close('all')
+    assert len(cb.to_df()) == 0 and cb.summary().shape[0] == 3
+
 def test_modules_changed_between_fits():
     cb = ActivationHealth()
     learn = quiet(synth_learner(n_trn=2, cbs=cb)); learn.fit(1)
