@@ -598,14 +598,15 @@ def _mlp(): return nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 8), nn
 # %% ../nbs/01_activations.ipynb #fd9446ff
 @patch
 def summary(self:ActivationHealth,
-    last:int=None, # summarize the last `last` recorded batches (None: all)
+    last:int=None, # summarize the rows that cover the last `last` recorded batches (None: all)
 ):
-    "One row per layer over the last `last` recorded batches (all by default): mean, std, rms, max |x|, % near zero, % saturated, non-finite batches, non-finite (sampled elements)"
+    "One row per layer over the rows covering the last `last` recorded batches (all by default): mean, std, rms, max |x|, % near zero, % saturated, non-finite batches, non-finite (sampled elements)"
     self._recorded()
-    if last is not None: check_int('last', last)
     f, s = self.fast, self.sampled
-    # both windows end at the last recorded batch: the sampled one holds the sampling batches among them (none: NaN)
-    start = None if last is None or not len(f) else f.iters[len(f) - 1] - last * (self.every or 1) + 1
+    # the fewest last rows that cover `last` recorded batches (a merged row counts for its `n`; one straddling the start is taken whole)
+    k = 0 if last is None else max(0, len(f) - 1 - int(np.searchsorted(np.cumsum(f.n[:len(f)][::-1]), check_int('last', last))))
+    # both windows start at that row's first batch: the sampled one holds the sampling batches from there on (none: NaN)
+    start = None if last is None or not len(f) else f.iters[k]
     def tail(h): return slice(0 if start is None else int(np.searchsorted(h.iters[:len(h)], start)), len(h))
     fi, si = tail(f), tail(s)
     def wmean(v, w):  # weighted by the batches each row stands for (`w`; 0: a row left out); NaN where no row is left
@@ -614,8 +615,9 @@ def summary(self:ActivationHealth,
     sm = lambda c: wmean(s[c][si].astype(np.float64), sw)
     r, gone = f['rms'][fi].astype(np.float64), np.isnan(f['rms'][fi]) & (f['nonfinite_batches'][fi] == 0)  # (NaN and no non-finite
     fw = f.n[fi].astype(np.float64)[:, None] * ~gone  # value: no output that batch, left out; a non-finite output's NaN stays in)
-    sat = sm('saturated') * 100
-    df = pd.DataFrame({'layer': self.names, 'mean': sm('mean'), 'std': sm('std'), 'rms': np.sqrt(wmean(r ** 2, fw)),
+    sat, mean = sm('saturated') * 100, sm('mean')
+    std = np.sqrt(np.maximum(wmean((s['std'][si].astype(np.float64)**2 + s['mean'][si].astype(np.float64)**2), sw) - mean**2, 0))  # (pooled, as rows merge)
+    df = pd.DataFrame({'layer': self.names, 'mean': mean, 'std': std, 'rms': np.sqrt(wmean(r ** 2, fw)),
                        'max |x|': np.where(fw.sum(0) > 0, np.where(gone, -np.inf, f['abs_max'][fi].astype(np.float64)).max(0, initial=-np.inf), np.nan),
                        '% near zero': sm('near_zero') * 100,
                        '% saturated': np.where([b is None for b in self.bounds], np.nan, sat),
