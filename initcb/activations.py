@@ -107,7 +107,7 @@ class ActivationHealth(HealthCallback):
         self.dead_thresh, self.sat_eps = check_float('dead_thresh', dead_thresh), check_float('sat_eps', sat_eps)
         if hist_range is not None:
             if (not isinstance(hist_range, (tuple, list)) or len(hist_range) != 2
-                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in hist_range) or not hist_range[0] < hist_range[1]):
+                or not all(is_number(v) and math.isfinite(v) for v in hist_range) or not hist_range[0] < hist_range[1]):
                 raise ValueError(f"`hist_range` must be None or (lo, hi) with finite lo < hi, got {hist_range!r}")
             hist_range = tuple(float(v) for v in hist_range)
         if isinstance(modules, (list, tuple)) and not modules: raise ValueError("`modules` is empty: pass None for the default selection")

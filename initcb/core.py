@@ -15,13 +15,13 @@ from torch.nn.utils.rnn import PackedSequence
 from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException, event
 
 # %% auto #0
-__all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STATS', 'check_int', 'check_float', 'coprime_stride',
-           'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds', 'rest_value', 'is_activation',
-           'has_own_params', 'is_frozen', 'default_watch', 'select_modules', 'StatHistory', 'run_lengths',
-           'distributed', 'is_main', 'unwrap', 'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit',
-           'HealthCallback', 'Hooks', 'is_compiled', 'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index',
-           'check_recorded', 'check_rows', 'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept',
-           'first_inputs', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
+__all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STATS', 'check_int', 'check_float', 'check_bool',
+           'is_number', 'coprime_stride', 'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds',
+           'rest_value', 'is_activation', 'has_own_params', 'is_frozen', 'default_watch', 'select_modules',
+           'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap', 'sync_from_main', 'DeviceChunks',
+           'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'foreach_norm', 'sparse_values_',
+           'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection', 'keep_modes', 'eval_mode',
+           'eval_forward', 'rng_kept', 'first_inputs', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -44,9 +44,23 @@ def check_float(
     hi:float=math.inf, # the largest allowed
 ):
     "Raise a `ValueError` naming `name` unless `v` is a finite number in [`lo`, `hi`]"
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v) or not lo <= v <= hi:
+    if not is_number(v) or not math.isfinite(v) or not lo <= v <= hi:
         raise ValueError(f"`{name}` must be a finite number in [{lo}, {hi}], got {v!r}")
     return float(v)
+
+def check_bool(
+    name:str, # the argument's name, for the error message
+    v, # its value
+):
+    "Raise a `ValueError` naming `name` unless `v` is a bool (Python's or NumPy's): 'no', 0 or None are not taken for one"
+    if not isinstance(v, (bool, np.bool_)): raise ValueError(f"`{name}` must be True or False, got {v!r}")
+    return bool(v)
+
+def is_number(
+    v, # a value
+):
+    "Whether `v` is a real number: a Python or NumPy int or float, not a bool"
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 # %% ../nbs/00_core.ipynb #f48ba897
 def coprime_stride(

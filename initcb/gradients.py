@@ -52,12 +52,12 @@ class GradientHealth(HealthCallback):
         self.explode_factor, self.explode_ceiling = check_float('explode_factor', explode_factor, 1.), check_float('explode_ceiling', explode_ceiling, 0.)
         self.explode_window = check_int('explode_window', explode_window, 5)
         self.growth, self.growth_batches = check_float('growth', growth, 1.), check_int('growth_batches', growth_batches)
-        if (not isinstance(band, (tuple, list)) or len(band) != 2 or not all(isinstance(b, (int, float)) and math.isfinite(b) and b > 0 for b in band)
+        if (not isinstance(band, (tuple, list)) or len(band) != 2 or not all(is_number(b) and math.isfinite(b) and b > 0 for b in band)
             or not band[0] < band[1]): raise ValueError(f"`band` must be (lo, hi) with 0 < lo < hi, got {band!r}")
         self.band, self.band_batches = tuple(float(b) for b in band), check_int('band_batches', band_batches)
         self.stall_lr = check_float('stall_lr', stall_lr, 0., 1.)
-        self.chunk, self.max_rows, self.warn = check_int('chunk', chunk), check_int('max_rows', max_rows, 4), bool(warn)
-        self.act_grads, self.mod_sel, self.sample = bool(act_grads), modules, check_int('sample', sample)
+        self.chunk, self.max_rows, self.warn = check_int('chunk', chunk), check_int('max_rows', max_rows, 4), check_bool('warn', warn)
+        self.act_grads, self.mod_sel, self.sample = check_bool('act_grads', act_grads), modules, check_int('sample', sample)
         self.names = None
         self._init_state()
 

@@ -126,10 +126,16 @@ def test_weights_growing_from_zero_are_not_too_hot(lr):
 
 bad = [dict(every=0), dict(update_every=0), dict(explode_window=4), dict(vanish_frac=-1), dict(vanish_frac=2.), dict(vanish_batches=0), dict(explode_factor=0.5),
        dict(explode_ceiling=float('nan')), dict(growth=0.), dict(growth_batches=0), dict(band=(0, 1)), dict(band=(1, 1e-3)),
-       dict(band='x'), dict(band_batches=0), dict(stall_lr=1.5), dict(stall_lr=-0.1), dict(chunk=0), dict(max_rows=1)]
+       dict(band='x'), dict(band=(True, 2)), dict(band_batches=0), dict(stall_lr=1.5), dict(stall_lr=-0.1), dict(chunk=0), dict(max_rows=1),
+       dict(warn='no'), dict(warn=None), dict(act_grads=1), dict(act_grads='yes')]
 
 @pytest.mark.parametrize('kw', bad)
 def test_bad_arguments_name_the_argument(kw): bad_argument_named(GradientHealth, kw)
+
+def test_numpy_numbers_and_bools_are_taken():
+    "NumPy numbers and bools are taken as Python's, stored as Python's"
+    cb = GradientHealth(band=(np.float32(1e-5), np.int64(1)), every=np.int64(1), vanish_frac=np.float32(1e-4), warn=np.bool_(False), act_grads=np.False_)
+    assert cb.band == (np.float32(1e-5), 1.) and all(type(b) is float for b in cb.band) and cb.warn is False and cb.act_grads is False and type(cb.every) is int
 
 @settings(max_examples=40, deadline=None)
 @given(st.dictionaries(st.sampled_from(['every', 'update_every', 'vanish_frac', 'vanish_batches', 'explode_factor', 'growth', 'stall_lr', 'chunk', 'max_rows']),

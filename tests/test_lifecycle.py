@@ -89,10 +89,17 @@ def test_history_keeps_totals():
 
 bad = [dict(sample=0), dict(sample=-1), dict(bins=0), dict(bins=2.5), dict(every=0), dict(every='2'), dict(sample_every=0),
        dict(chunk=0), dict(max_rows=2), dict(hold_max=-1), dict(hold_max=1.5), dict(dead_thresh=-1), dict(dead_thresh=float('nan')), dict(sat_eps=float('inf')),
-       dict(hist_range=(1, 1)), dict(hist_range=(0, float('inf'))), dict(hist_range=[0]), dict(modules=[]), dict(modules=3)]
+       dict(hist_range=(1, 1)), dict(hist_range=(0, float('inf'))), dict(hist_range=[0]), dict(hist_range=(False, True)), dict(modules=[]), dict(modules=3)]
 
 @pytest.mark.parametrize('kw', bad)
 def test_bad_arguments_name_the_argument(kw): bad_argument_named(ActivationHealth, kw)
+
+def test_numpy_numbers_are_numbers(tmp_path):
+    "NumPy ints and floats are taken as Python's, stored as Python's (the saved arguments are JSON)"
+    cb = ActivationHealth(hist_range=(np.float32(-1), np.int64(1)), bins=np.int64(10), dead_thresh=np.float32(0.1), max_rows=np.int32(64))
+    assert cb.hist_range == (-1., 1.) and type(cb.hist_range[0]) is float and type(cb.bins) is int and type(cb.dead_thresh) is float
+    learn = quiet(synth_learner(n_trn=2, cbs=cb)); learn.fit(1)
+    assert ActivationHealth.load(cb.save(tmp_path/'a.npz')).hist_range == (-1., 1.)
 
 @settings(max_examples=60, deadline=None)
 @given(st.dictionaries(st.sampled_from(['sample', 'bins', 'every', 'sample_every', 'chunk', 'max_rows', 'dead_thresh', 'sat_eps', 'hold_max', 'full_max']),
