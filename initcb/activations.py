@@ -107,7 +107,7 @@ class ActivationHealth(HealthCallback):
         self.dead_thresh, self.sat_eps = check_float('dead_thresh', dead_thresh), check_float('sat_eps', sat_eps)
         if hist_range is not None:
             if (not isinstance(hist_range, (tuple, list)) or len(hist_range) != 2
-                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in hist_range) or not hist_range[0] < hist_range[1]):
+                or not all(is_number(v) and math.isfinite(v) for v in hist_range) or not hist_range[0] < hist_range[1]):
                 raise ValueError(f"`hist_range` must be None or (lo, hi) with finite lo < hi, got {hist_range!r}")
             hist_range = tuple(float(v) for v in hist_range)
         if isinstance(modules, (list, tuple)) and not modules: raise ValueError("`modules` is empty: pass None for the default selection")
@@ -598,14 +598,15 @@ def _mlp(): return nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 8), nn
 # %% ../nbs/01_activations.ipynb #fd9446ff
 @patch
 def summary(self:ActivationHealth,
-    last:int=None, # summarize the last `last` recorded batches (None: all)
+    last:int=None, # summarize the rows that cover the last `last` recorded batches (None: all)
 ):
-    "One row per layer over the last `last` recorded batches (all by default): mean, std, rms, max |x|, % near zero, % saturated, non-finite batches, non-finite (sampled elements)"
+    "One row per layer over the rows covering the last `last` recorded batches (all by default): mean, std, rms, max |x|, % near zero, % saturated, non-finite batches, non-finite (sampled elements)"
     self._recorded()
-    if last is not None: check_int('last', last)
     f, s = self.fast, self.sampled
-    # both windows end at the last recorded batch: the sampled one holds the sampling batches among them (none: NaN)
-    start = None if last is None or not len(f) else f.iters[len(f) - 1] - last * (self.every or 1) + 1
+    # the fewest last rows that cover `last` recorded batches (a merged row counts for its `n`; one straddling the start is taken whole)
+    k = 0 if last is None else max(0, len(f) - 1 - int(np.searchsorted(np.cumsum(f.n[:len(f)][::-1]), check_int('last', last))))
+    # both windows start at that row's first batch: the sampled one holds the sampling batches from there on (none: NaN)
+    start = None if last is None or not len(f) else f.iters[k]
     def tail(h): return slice(0 if start is None else int(np.searchsorted(h.iters[:len(h)], start)), len(h))
     fi, si = tail(f), tail(s)
     def wmean(v, w):  # weighted by the batches each row stands for (`w`; 0: a row left out); NaN where no row is left
@@ -614,8 +615,9 @@ def summary(self:ActivationHealth,
     sm = lambda c: wmean(s[c][si].astype(np.float64), sw)
     r, gone = f['rms'][fi].astype(np.float64), np.isnan(f['rms'][fi]) & (f['nonfinite_batches'][fi] == 0)  # (NaN and no non-finite
     fw = f.n[fi].astype(np.float64)[:, None] * ~gone  # value: no output that batch, left out; a non-finite output's NaN stays in)
-    sat = sm('saturated') * 100
-    df = pd.DataFrame({'layer': self.names, 'mean': sm('mean'), 'std': sm('std'), 'rms': np.sqrt(wmean(r ** 2, fw)),
+    sat, mean = sm('saturated') * 100, sm('mean')
+    std = np.sqrt(np.maximum(wmean((s['std'][si].astype(np.float64)**2 + s['mean'][si].astype(np.float64)**2), sw) - mean**2, 0))  # (pooled, as rows merge)
+    df = pd.DataFrame({'layer': self.names, 'mean': mean, 'std': std, 'rms': np.sqrt(wmean(r ** 2, fw)),
                        'max |x|': np.where(fw.sum(0) > 0, np.where(gone, -np.inf, f['abs_max'][fi].astype(np.float64)).max(0, initial=-np.inf), np.nan),
                        '% near zero': sm('near_zero') * 100,
                        '% saturated': np.where([b is None for b in self.bounds], np.nan, sat),
@@ -661,6 +663,7 @@ def color_dim(self:ActivationHealth,
 ):
     "The 'colorful dimension' plot of layer `idx`: its histogram (log scale) over time, in the units of its output"
     i, h = self._layer(idx), self.hist(idx)
+    check_rows(self.sampled, 'sampled batch')
     ax = new_axes(ax, figsize)
     it = self.sampled.iters[:len(self.sampled)]
     lo, hi = self._hr[i] if self._hr is not None else (0, 1)
@@ -675,6 +678,7 @@ def plot_layer_stats(self:ActivationHealth,
 ):
     "Mean, std and % near zero of layer `idx` over time, as fastai's"
     st, i = self.layer_stats(idx), self._layer(idx)
+    check_rows(self.sampled, 'sampled batch')
     axs = new_axes(axs, (12, 3), 3)
     it = self.sampled.iters[:len(self.sampled)]
     for ax, v, t in zip(axs, [st[0], st[1], 100 * st[2]], ['mean', 'std', '% near zero']):
@@ -688,7 +692,7 @@ def plot_stats(self:ActivationHealth,
     figsize=(15, 4), # size of a new figure
 ):
     "All layers: root mean square over time (log), % near zero over time, and rms through depth at start and end"
-    self._recorded()
+    self._recorded(); check_rows(self.fast)
     axs = new_axes(axs, figsize, 3)
     it, rms = self.fast.iters[:len(self.fast)], self.fast['rms']
     cols = plt.cm.viridis(np.linspace(0, 1, len(self.names)))
@@ -708,7 +712,7 @@ def dead_chart(self:ActivationHealth,
     figsize=(8, 4), # size of a new figure
 ):
     "Fraction of outputs near zero (|x| <= `dead_thresh`) per layer over time"
-    self._recorded()
+    self._recorded(); check_rows(self.sampled, 'sampled batch')
     return layer_heatmap(new_axes(ax, figsize), self.sampled['near_zero'], self.sampled.iters[:len(self.sampled)], self.names,
                          f'fraction |x| <= {self.dead_thresh:g}', 'fraction near zero', cmap='magma', vmin=0, vmax=1)
 
@@ -721,6 +725,7 @@ def saturation_chart(self:ActivationHealth,
     self._recorded()
     js = [j for j, b in enumerate(self.bounds) if b is not None]
     if not js: raise ValueError("no watched module has bounded outputs: watch a Sigmoid/Tanh, or mark one with `watch(m, bounds=(lo, hi))`")
+    check_rows(self.sampled, 'sampled batch')
     return layer_heatmap(new_axes(ax, figsize), self.sampled['saturated'][:, js], self.sampled.iters[:len(self.sampled)],
                          [self.names[j] for j in js], f'fraction within {self.sat_eps:g} of a bound', 'fraction saturated', cmap='magma', vmin=0, vmax=1)
 

@@ -15,13 +15,13 @@ from torch.nn.utils.rnn import PackedSequence
 from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException, event
 
 # %% auto #0
-__all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STATS', 'check_int', 'check_float', 'coprime_stride',
-           'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds', 'rest_value', 'is_activation',
-           'has_own_params', 'is_frozen', 'default_watch', 'select_modules', 'StatHistory', 'run_lengths',
-           'distributed', 'is_main', 'unwrap', 'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit',
-           'HealthCallback', 'Hooks', 'is_compiled', 'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index',
-           'check_recorded', 'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs',
-           'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
+__all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STATS', 'check_int', 'check_float', 'check_bool',
+           'is_number', 'coprime_stride', 'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds',
+           'rest_value', 'is_activation', 'has_own_params', 'is_frozen', 'default_watch', 'select_modules',
+           'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap', 'sync_from_main', 'DeviceChunks',
+           'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'foreach_norm', 'sparse_values_',
+           'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection', 'keep_modes', 'eval_mode',
+           'eval_forward', 'rng_kept', 'first_inputs', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -44,9 +44,23 @@ def check_float(
     hi:float=math.inf, # the largest allowed
 ):
     "Raise a `ValueError` naming `name` unless `v` is a finite number in [`lo`, `hi`]"
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v) or not lo <= v <= hi:
+    if not is_number(v) or not math.isfinite(v) or not lo <= v <= hi:
         raise ValueError(f"`{name}` must be a finite number in [{lo}, {hi}], got {v!r}")
     return float(v)
+
+def check_bool(
+    name:str, # the argument's name, for the error message
+    v, # its value
+):
+    "Raise a `ValueError` naming `name` unless `v` is a bool (Python's or NumPy's): 'no', 0 or None are not taken for one"
+    if not isinstance(v, (bool, np.bool_)): raise ValueError(f"`{name}` must be True or False, got {v!r}")
+    return bool(v)
+
+def is_number(
+    v, # a value
+):
+    "Whether `v` is a real number: a Python or NumPy int or float, not a bool"
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 # %% ../nbs/00_core.ipynb #f48ba897
 def coprime_stride(
@@ -572,6 +586,13 @@ def check_recorded(
     "Raise a `ValueError` that says why `cb` has no history to read: never fitted, or unpickled (`learn.export` leaves histories out)"
     if hist is None: raise ValueError("nothing recorded yet: fit with the callback first" + ("" if cb.names is None else
         f" (the history is not kept through pickling or `learn.export`: keep it with `save` and read it back with `{type(cb).__name__}.load`)"))
+
+def check_rows(
+    hist, # a recorder's history, flushed (`check_recorded` first)
+    what:str='training batch', # what its rows stand for, for the message
+):
+    "Raise a `ValueError` when `hist` holds no row (`fit(0)`, a fit stopped at its first batch): a plot has nothing to draw"
+    if not len(hist): raise ValueError(f"nothing recorded yet: the history holds no {what} (`fit(0)`, or a fit stopped at its first batch); nothing to plot")
 
 def saved_selection(
     sel, # a recorder's `modules`: None, names, modules or a predicate

@@ -52,12 +52,12 @@ class GradientHealth(HealthCallback):
         self.explode_factor, self.explode_ceiling = check_float('explode_factor', explode_factor, 1.), check_float('explode_ceiling', explode_ceiling, 0.)
         self.explode_window = check_int('explode_window', explode_window, 5)
         self.growth, self.growth_batches = check_float('growth', growth, 1.), check_int('growth_batches', growth_batches)
-        if (not isinstance(band, (tuple, list)) or len(band) != 2 or not all(isinstance(b, (int, float)) and math.isfinite(b) and b > 0 for b in band)
+        if (not isinstance(band, (tuple, list)) or len(band) != 2 or not all(is_number(b) and math.isfinite(b) and b > 0 for b in band)
             or not band[0] < band[1]): raise ValueError(f"`band` must be (lo, hi) with 0 < lo < hi, got {band!r}")
         self.band, self.band_batches = tuple(float(b) for b in band), check_int('band_batches', band_batches)
         self.stall_lr = check_float('stall_lr', stall_lr, 0., 1.)
-        self.chunk, self.max_rows, self.warn = check_int('chunk', chunk), check_int('max_rows', max_rows, 4), bool(warn)
-        self.act_grads, self.mod_sel, self.sample = bool(act_grads), modules, check_int('sample', sample)
+        self.chunk, self.max_rows, self.warn = check_int('chunk', chunk), check_int('max_rows', max_rows, 4), check_bool('warn', warn)
+        self.act_grads, self.mod_sel, self.sample = check_bool('act_grads', act_grads), modules, check_int('sample', sample)
         self.names = None
         self._init_state()
 
@@ -509,7 +509,7 @@ def plot_grad_norms(self:GradientHealth,
     figsize=(9, 4), # size of a new figure
 ):
     "Gradient norm of every layer over time (log10), layers from input (bottom) to output (top)"
-    df = self.to_df()
+    df = self.to_df(); check_rows(self.hist)
     v = np.log10(np.maximum(df['grad_norm'].to_numpy().reshape(-1, len(self.layers)), 1e-30))
     return layer_heatmap(new_axes(ax, figsize), v, self.hist.iters[:len(self.hist)], self.layers,
                          'gradient norm per layer', 'log10 gradient norm', cmap='viridis')
@@ -522,7 +522,7 @@ def plot_update_ratios(self:GradientHealth,
 ):
     "Update ratio ‖Δw‖/‖w‖ of every layer over time, with the stalled/too-hot band and the usual 1e-3"
     col = 'update_ratio' if decay else 'grad_update_ratio'
-    df = self.to_df().dropna(subset=[col])
+    df = self.to_df().dropna(subset=[col]); check_rows(self.upd, 'measured update')
     ax = new_axes(ax, figsize)
     cols = plt.cm.viridis(np.linspace(0, 1, len(self.layers)))
     for c, (name, d) in zip(cols, df.groupby('layer', sort=False)): ax.plot(d['iter'], d[col], color=c, lw=1, label=name)
@@ -539,7 +539,7 @@ def plot_layer(self:GradientHealth,
     figsize=(12, 3), # size of a new figure
 ):
     "Gradient norm, weight norm and update ratio of one layer over time"
-    self._recorded(); j = self._lidx(idx); name = self.layers[j]
+    self._recorded(); check_rows(self.hist); j = self._lidx(idx); name = self.layers[j]
     df = self.to_df().query('layer == @name')
     axs = new_axes(axs, figsize, 3)
     axs[0].plot(df['iter'], df['grad_norm']); axs[0].set_yscale('log'); axs[0].set_title(f'gradient norm ({name})')

@@ -29,10 +29,9 @@ class GeneralRelu(nn.Module):
         maxv:float=None, # cap on the output
     ):
         super().__init__()
-        if leak is not None: check_float('leak', leak, 0., 1.)
-        if sub is not None: check_float('sub', sub, -1e6, 1e6)
-        if maxv is not None: check_float('maxv', maxv, -1e6, 1e6)
-        self.leak, self.sub, self.maxv = leak, sub, maxv
+        self.leak = None if leak is None else check_float('leak', leak, 0., 1.)
+        self.sub = None if sub is None else check_float('sub', sub, -1e6, 1e6)
+        self.maxv = None if maxv is None else check_float('maxv', maxv, -1e6, 1e6)
     @property
     def _initcb_rest(self): return -(self.sub or 0.)  # (a dead unit's constant output: dormancy is measured from it, `rest_value`)
     def forward(self, x):
@@ -400,12 +399,18 @@ def _break(model, bad, xb=None):
     return pd.DataFrame(rows, columns=['layer', 'type', 'was', 'units_reinitialized', 'units'])
 
 # %% ../nbs/03_init.ipynb #249ab3df
+def _check_dl(dl):
+    "`dl`, unless it is neither None nor an iterable of batches: then a `ValueError` naming it"
+    if dl is not None and (not hasattr(dl, '__iter__') or isinstance(dl, (str, bytes))):
+        raise ValueError(f"`dl` must be None or an iterable of batches (a DataLoader, a list of batches), got {type(dl).__name__} {dl!r}")
+    return dl
+
 def learner_batch(
     learn, # a fastai `Learner`
     dl=None, # where the batch comes from: any iterable of batches (None: the learner's training DataLoader)
 ):
     "The inputs of the first batch of `dl` (its first `learn.dls.n_inp` elements), on the model's device"
-    dl = dl if dl is not None else getattr(getattr(learn, 'dls', None), 'train', None)
+    dl = _check_dl(dl) if dl is not None else getattr(getattr(learn, 'dls', None), 'train', None)
     if dl is None: raise ValueError("`dl` is None and the learner has no training DataLoader")
     xb = first_inputs(dl, getattr(getattr(learn, 'dls', None), 'n_inp', None))  # (every random state as it was: a seeded run stays as it was)
     return _to(xb, next(learn.model.parameters()).device)
@@ -415,7 +420,7 @@ class BreakSymmetry(Callback):
     order = TrainEvalCallback.order + 1  # after the model is on its device, before the first batch
     def __init__(self,
         verbose:bool=True, # print what was re-initialized
-    ): self.verbose, self.report = verbose, None
+    ): self.verbose, self.report = check_bool('verbose', verbose), None
     def before_fit(self):
         if not real_fit(self): return
         xb, bad = None, _flagged(self.model)
@@ -515,8 +520,8 @@ class LSUVInit(Callback):
         centre:bool=False, # also shift each bias until the output mean is within `tol` of 0
         verbose:bool=True, # print a one-line summary
     ):
-        check_float('target_std', target_std, 1e-6, 1e6); check_float('tol', tol, 1e-9, 1e6); check_int('max_iters', max_iters)
-        self.dl, self.target_std, self.tol, self.max_iters, self.centre, self.verbose = dl, target_std, tol, max_iters, centre, verbose
+        self.dl, self.target_std, self.tol = _check_dl(dl), check_float('target_std', target_std, 1e-6, 1e6), check_float('tol', tol, 1e-9, 1e6)
+        self.max_iters, self.centre, self.verbose = check_int('max_iters', max_iters), check_bool('centre', centre), check_bool('verbose', verbose)
         self.report, self.done = None, False
     def before_fit(self):
         # once, and never inside lr_find (which restores the weights it started from), get_preds or validate

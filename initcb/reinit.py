@@ -248,7 +248,7 @@ class ReinitDormant(Callback):
         self.tau, self.max_frac = check_float('tau', tau, 0., 1e6), check_float('max_frac', max_frac, 0., 1.)
         if scheme not in ('redo', 'shrink_perturb'): raise ValueError(f"`scheme` must be 'redo' or 'shrink_perturb', got {scheme!r}")
         self.scheme, self.shrink, self.perturb = scheme, check_float('shrink', shrink, 0., 1.), check_float('perturb', perturb, 0., 1e3)
-        self.verbose, self._events, self._checks, self.n_seen, self._told = verbose, [], [], 0, set()
+        self.verbose, self._events, self._checks, self.n_seen, self._told = check_bool('verbose', verbose), [], [], 0, set()
 
     def before_fit(self):
         self.run = real_fit(self)  # (lr_find restores the weights it began with; get_preds and validate do not train)

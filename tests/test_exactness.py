@@ -240,6 +240,30 @@ def test_summary_last_reads_the_same_batches():
     np.testing.assert_allclose(s8['mean'], cb.sampled['mean'][2], rtol=1e-6)
     assert (s4['non-finite (sampled elements)'] == 0).all()
 
+def _digits_fit(max_rows, sample_every):
+    from torch import nn
+    from fastai.learner import Learner
+    from initcb.core import digits_dls
+    from helpers import quiet
+    torch.manual_seed(0); cb = ActivationHealth(max_rows=max_rows, sample_every=sample_every)
+    learn = quiet(Learner(digits_dls(bs=16, n_train=512), nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),
+                          loss_func=nn.CrossEntropyLoss(), cbs=cb))
+    learn.fit(2, 1e-2); return cb  # (64 batches)
+
+@pytest.mark.parametrize('sample_every', [1, 3])
+def test_summary_does_not_depend_on_thinning(sample_every):
+    "The same seeded fit, its history thinned (`max_rows=8`) or not, has the same summary: std pooled from each row's mean and std, as rows merge;"
+    "`last=n` reads the fewest last rows covering n batches (a merged row across the start whole: the unthinned history's last m batches)"
+    full, thin = _digits_fit(2048, sample_every), _digits_fit(8, sample_every)
+    f = thin.fast
+    assert len(full.fast) == 64 and len(f) == 8 and f.n[0] > 1
+    pd.testing.assert_frame_equal(full.summary(), thin.summary(), rtol=1e-4)
+    c = np.cumsum(f.n[:len(f)][::-1])  # the batches the last 1, 2... rows cover
+    for n in (1, 10, 33, 60, 64, 100):
+        m = int(c[min(np.searchsorted(c, n), len(c) - 1)])
+        assert m >= min(n, 64)
+        pd.testing.assert_frame_equal(full.summary(last=m), thin.summary(last=n), rtol=1e-4)
+
 def test_sampled_rows_survive_thinning(tmp_path):
     "The every-batch and sampled histories thin apart: each `to_df` row keeps its every-batch columns, and every sampled row lands, pooled, in the row that holds its first batch"
     from fastai.test_utils import synth_learner

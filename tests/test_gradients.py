@@ -126,10 +126,16 @@ def test_weights_growing_from_zero_are_not_too_hot(lr):
 
 bad = [dict(every=0), dict(update_every=0), dict(explode_window=4), dict(vanish_frac=-1), dict(vanish_frac=2.), dict(vanish_batches=0), dict(explode_factor=0.5),
        dict(explode_ceiling=float('nan')), dict(growth=0.), dict(growth_batches=0), dict(band=(0, 1)), dict(band=(1, 1e-3)),
-       dict(band='x'), dict(band_batches=0), dict(stall_lr=1.5), dict(stall_lr=-0.1), dict(chunk=0), dict(max_rows=1)]
+       dict(band='x'), dict(band=(True, 2)), dict(band_batches=0), dict(stall_lr=1.5), dict(stall_lr=-0.1), dict(chunk=0), dict(max_rows=1),
+       dict(warn='no'), dict(warn=None), dict(act_grads=1), dict(act_grads='yes')]
 
 @pytest.mark.parametrize('kw', bad)
 def test_bad_arguments_name_the_argument(kw): bad_argument_named(GradientHealth, kw)
+
+def test_numpy_numbers_and_bools_are_taken():
+    "NumPy numbers and bools are taken as Python's, stored as Python's"
+    cb = GradientHealth(band=(np.float32(1e-5), np.int64(1)), every=np.int64(1), vanish_frac=np.float32(1e-4), warn=np.bool_(False), act_grads=np.False_)
+    assert cb.band == (np.float32(1e-5), 1.) and all(type(b) is float for b in cb.band) and cb.warn is False and cb.act_grads is False and type(cb.every) is int
 
 @settings(max_examples=40, deadline=None)
 @given(st.dictionaries(st.sampled_from(['every', 'update_every', 'vanish_frac', 'vanish_batches', 'explode_factor', 'growth', 'stall_lr', 'chunk', 'max_rows']),
@@ -150,6 +156,26 @@ def test_readers_before_fit(tmp_path):
     learn = quiet(synth_learner(n_trn=2, cbs=cb))
     for n, f in readers(cb, tmp_path).items():
         with pytest.raises(ValueError, match='nothing recorded yet'): f()
+
+class NaNFirst(Callback):
+    "NaN inputs at the first training batch"
+    def before_batch(self):
+        if self.training and self.train_iter == 0: self.learn.xb = (self.xb[0] * float('nan'),)
+
+@pytest.mark.parametrize('how', ['fit(0)', 'stopped'])
+def test_plots_after_a_fit_that_recorded_nothing(tmp_path, how):
+    "A fit that recorded no step (`fit(0)`; stopped at its first batch by `NonFiniteGuard`): every plot says that nothing is recorded (a ValueError, not matplotlib's TypeError)"
+    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    from initcb.report import NonFiniteGuard
+    cb = GradientHealth(warn=False)
+    learn = quiet(synth_learner(n_trn=2, cbs=[cb] + ([NonFiniteGuard(policy='stop', verbose=False), NaNFirst()] if how == 'stopped' else [])))
+    learn.model = mlp(1); learn.fit(0 if how == 'fit(0)' else 1)
+    assert len(cb.hist) == 0
+    try:
+        for n in ('plot_grad_norms', 'plot_update_ratios', 'plot_layer'):
+            with pytest.raises(ValueError, match='nothing recorded yet: the history holds no'): readers(cb, tmp_path)[n]()
+    finally: plt.close('all')
+    assert len(cb.to_df()) == 0
 
 def test_readers_after_pickling(tmp_path):
     "Pickling (`learn.export`) leaves the history out by design: the readers of the copy say so, and point to `save`; the copy records afresh"

@@ -39,6 +39,8 @@ def test_general_relu_watched_by_activation_health():
 @pytest.mark.parametrize('kw', [dict(leak=-0.1), dict(leak=2.), dict(sub=float('nan')), dict(maxv=float('inf'))])
 def test_general_relu_bad_arguments(kw): bad_argument_named(GeneralRelu, kw)
 
+def test_general_relu_numpy_arguments(): assert type(GeneralRelu(leak=np.float32(0.1), sub=np.int64(0)).leak) is float
+
 def test_bad_scheme(): bad_argument_named(lambda scheme: init_weights(cnn(), scheme), dict(scheme='he'))
 
 # BreakSymmetry and LSUVInit
@@ -124,7 +126,11 @@ def test_lsuv_dl_argument_and_bad_input():
     with pytest.raises(ValueError, match='`dl` is empty'): learn.fit(1)
     assert n_hooks(learn.model) == 0
     with pytest.raises(ValueError, match='`model` has no Linear or Conv layer'): lsuv_init(nn.Sequential(nn.ReLU()), x)
-    for kw in [dict(target_std=0), dict(tol=-1), dict(max_iters=0), dict(max_iters=1.5)]: bad_argument_named(LSUVInit, kw)
+    for kw in [dict(target_std=0), dict(tol=-1), dict(max_iters=0), dict(max_iters=1.5), dict(dl=5), dict(dl='train'), dict(centre=1), dict(verbose='no')]:
+        bad_argument_named(LSUVInit, kw)
+    bad_argument_named(BreakSymmetry, dict(verbose='no'))
+    cb = LSUVInit(target_std=np.float32(1), max_iters=np.int64(3), verbose=np.True_)
+    assert type(cb.target_std) is float and type(cb.max_iters) is int and cb.verbose is True
 
 def test_lsuv_never_makes_nan():
     "Non-finite or all-zero outputs are reported and skipped: no weight becomes NaN"

@@ -89,10 +89,17 @@ def test_history_keeps_totals():
 
 bad = [dict(sample=0), dict(sample=-1), dict(bins=0), dict(bins=2.5), dict(every=0), dict(every='2'), dict(sample_every=0),
        dict(chunk=0), dict(max_rows=2), dict(hold_max=-1), dict(hold_max=1.5), dict(dead_thresh=-1), dict(dead_thresh=float('nan')), dict(sat_eps=float('inf')),
-       dict(hist_range=(1, 1)), dict(hist_range=(0, float('inf'))), dict(hist_range=[0]), dict(modules=[]), dict(modules=3)]
+       dict(hist_range=(1, 1)), dict(hist_range=(0, float('inf'))), dict(hist_range=[0]), dict(hist_range=(False, True)), dict(modules=[]), dict(modules=3)]
 
 @pytest.mark.parametrize('kw', bad)
 def test_bad_arguments_name_the_argument(kw): bad_argument_named(ActivationHealth, kw)
+
+def test_numpy_numbers_are_numbers(tmp_path):
+    "NumPy ints and floats are taken as Python's, stored as Python's (the saved arguments are JSON)"
+    cb = ActivationHealth(hist_range=(np.float32(-1), np.int64(1)), bins=np.int64(10), dead_thresh=np.float32(0.1), max_rows=np.int32(64))
+    assert cb.hist_range == (-1., 1.) and type(cb.hist_range[0]) is float and type(cb.bins) is int and type(cb.dead_thresh) is float
+    learn = quiet(synth_learner(n_trn=2, cbs=cb)); learn.fit(1)
+    assert ActivationHealth.load(cb.save(tmp_path/'a.npz')).hist_range == (-1., 1.)
 
 @settings(max_examples=60, deadline=None)
 @given(st.dictionaries(st.sampled_from(['sample', 'bins', 'every', 'sample_every', 'chunk', 'max_rows', 'dead_thresh', 'sat_eps', 'hold_max', 'full_max']),
@@ -125,6 +132,19 @@ def test_readers_after_pickling(tmp_path):
     for n, f in readers(back, tmp_path).items():
         with pytest.raises(ValueError, match='not kept through pickling'): f()
     assert len(cb.to_df()) == 2 * len(cb.names)
+
+def test_plots_after_a_fit_that_recorded_nothing(tmp_path):
+    "`fit(0)` leaves an empty history: every plot says that nothing is recorded (a ValueError, not matplotlib's TypeError); the tables are empty"
+    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    cb = ActivationHealth()
+    learn = quiet(synth_learner(n_trn=2, cbs=cb)); learn.model = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1)); learn.fit(0)
+    plots = ['color_dim', 'plot_layer_stats', 'plot_stats', 'dead_chart', 'saturation_chart']
+    try:
+        for n, f in readers(cb, tmp_path).items():
+            if n in plots:
+                with pytest.raises(ValueError, match='nothing recorded yet: the history holds no'): f()
+    finally: plt.close('all')
+    assert len(cb.to_df()) == 0 and cb.summary().shape[0] == 3
 
 def test_modules_changed_between_fits():
     cb = ActivationHealth()

@@ -42,7 +42,7 @@ def test_unsupported_structures_skipped_with_a_message():
     assert not any("output layer" in s for s in msgs)  # (b, the output layer, is never re-initialized: nothing to warn about)
     assert len(cb.events) == 0
 
-@pytest.mark.parametrize('kw', [dict(every=0), dict(tau=-0.1), dict(max_frac=1.5), dict(scheme='x'), dict(start=-1), dict(shrink=2.)])
+@pytest.mark.parametrize('kw', [dict(every=0), dict(tau=-0.1), dict(max_frac=1.5), dict(scheme='x'), dict(start=-1), dict(shrink=2.), dict(verbose='no'), dict(verbose=None)])
 def test_bad_arguments(kw): bad_argument_named(ReinitDormant, kw)
 
 @pytest.mark.parametrize('kw', [dict(tau=-1.), dict(tau=float('nan')), dict(tau='0.1'), dict(max_frac=5.), dict(max_frac=-0.1), dict(min_frac=float('nan')), dict(min_frac=1.5)])
