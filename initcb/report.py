@@ -274,7 +274,7 @@ class NonFiniteGuard(Callback):
     ):
         if policy not in ('skip', 'stop'): raise ValueError(f"`policy` must be 'skip' or 'stop', got {policy!r}")
         if at_max not in ('raise', 'stop'): raise ValueError(f"`at_max` must be 'raise' or 'stop', got {at_max!r}")
-        self.policy, self.max_skips, self.verbose, self.at_max = policy, check_int('max_skips', max_skips, 0), verbose, at_max
+        self.policy, self.max_skips, self.verbose, self.at_max = policy, check_int('max_skips', max_skips, 0), check_bool('verbose', verbose), at_max
         self.skips, self.reports, self.last_good_loss, self._grad_norms = [], [], None, None
     def before_fit(self):
         self.run = real_fit(self)
@@ -381,9 +381,8 @@ class HealthCheck(Callback):
         if remedy is None or not all(isinstance(r, str) for r in remedy) or not remedy <= set(RULES):
             raise ValueError(f"`remedy` must be True/False, or a rule name or a set of them from {RULES}; got {given!r}")
         if thresholds is not None and not isinstance(thresholds, Thresholds): raise ValueError(f"`thresholds` must be a Thresholds (or None), got {type(thresholds).__name__}")
-        for k, x in dict(guard=guard, report=report, columns=columns).items():
-            if not isinstance(x, bool): raise ValueError(f"`{k}` must be True or False, got {x!r}")
-        self.remedy, self.th, self.guard, self.show, self.columns = remedy, thresholds or Thresholds(), guard, report, columns
+        self.remedy, self.th, self.guard = remedy, thresholds or Thresholds(), check_bool('guard', guard)
+        self.show, self.columns = check_bool('report', report), check_bool('columns', columns)
         self._actions, self.report, self.ah, self.gh, self._added, self._columns_added, self._held = [], None, None, None, [], [], False
 
     def __setattr__(self, name, value):

@@ -618,7 +618,7 @@ def test_healthcheck_diagnosing_a_nan_run_still_reports():
 def test_healthcheck_bad_arguments(kw):
     bad_argument_named(HealthCheck, kw)
 
-@pytest.mark.parametrize('kw', [dict(at_max='skip'), dict(policy='ignore')])
+@pytest.mark.parametrize('kw', [dict(at_max='skip'), dict(policy='ignore'), dict(verbose='no')])
 def test_guard_bad_arguments(kw): bad_argument_named(NonFiniteGuard, kw)
 
 def test_thresholds_bad_arguments():
