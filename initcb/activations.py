@@ -551,14 +551,21 @@ def _samp_sink(self:ActivationHealth, arr, metas, ranks=0):
     self.sampled.append(metas, rows)  # doubled since the chunk was binned: it waited on the device behind up to two others)
 
 @patch
-def flush(self:ActivationHealth):
-    "Bring every recorded row to the host history (readers call this first)"
+def flush(self:ActivationHealth,
+    collective:bool=False, # in a distributed run mid-fit, True: every rank calls this at the same point, and the rows not yet combined are combined (a collective); False: no collective
+):
+    "Bring every recorded row to the host history (readers call this first); in a distributed run mid-fit, with no collective, only the rows combined so far (all of them at each epoch's `after_train`)"
     for q in (self._fastq, self._sampq):
-        if q is not None: q.flush()
+        if q is not None: q.flush(collective)
+
+@patch
+def after_train(self:ActivationHealth): self.flush(collective=True)  # (under DDP: every rank here, the epoch's rows combined for readers)
+@patch
+def after_cancel_fit(self:ActivationHealth): self.flush(collective=True)  # (before `HealthCheck`'s `after_fit` reads them)
 
 @patch
 def _recorded(self:ActivationHealth):
-    "Flush (as every reader does first), or say clearly that there is no history to read"
+    "Flush (as every reader does first), or say clearly that there is no history to read; no collective: any rank may read alone"
     check_recorded(self, self.fast); self.flush()
 
 @patch
@@ -569,9 +576,13 @@ def remove(self:ActivationHealth):
     if self.mods is not None: self._clear_refs()
 
 @patch
-def cleanup(self:ActivationHealth):
+def cleanup(self:ActivationHealth,
+    collective:bool=True, # every rank is here (`after_fit`); False (an exception, `remove_cb` mid-fit): in a distributed run, the rows not yet combined are dropped
+):
     "End of a fit, however it ended: keep what was recorded, remove hooks"
-    try: self.flush()
+    try:
+        for q in (self._fastq, self._sampq):
+            if q is not None: q.flush(collective, drop=True)
     finally: self.remove()
 
 @patch

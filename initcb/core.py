@@ -6,13 +6,13 @@ Docs: https://initcb.github.io/initcb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #5b59af97
 from __future__ import annotations
-import dataclasses, math, random, sys
+import dataclasses, math, random, sys, weakref
 from contextlib import contextmanager
 import numpy as np, torch
 from torch import nn, Tensor
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 from torch.nn.utils.rnn import PackedSequence
-from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException, event
+from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException, CancelEpochException, event
 
 # %% auto #0
 __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STATS', 'check_int', 'check_float', 'check_bool',
@@ -360,7 +360,7 @@ class DeviceChunks:
     def __init__(self,
         sink, # called as `sink(array, metas)` with `chunk` rows at a time, on the host
         chunk:int=64, # rows kept on the device between copies
-        gather:bool=False, # in a distributed run, all-gather each chunk (one collective): `sink(array, metas, ranks=n)` gets (ranks, rows, ...)
+        gather:bool=False, # in a distributed run, all-gather each chunk (one collective, which every rank must reach at the same `add`/`flush`): `sink(array, metas, ranks=n)` gets (ranks, rows, ...)
         collate=None, # `collate(rows, key) -> Tensor` builds a chunk from rows that share a `key`; default: `torch.stack(rows)`
     ):
         self.sink, self.chunk, self.gather, self.collate = sink, chunk, gather, collate
@@ -389,9 +389,15 @@ class DeviceChunks:
         if ev is not None: ev.synchronize()
         if ranks: self.sink(host.numpy(), metas, ranks=ranks)
         else: self.sink(host.numpy(), metas)
-    def flush(self):
-        "Send what is left and wait until every row has reached `sink`"
-        self.send()
+    def flush(self,
+        collective:bool=True, # in a distributed run with `gather`: every rank flushes here. False: this rank alone, so no collective
+        drop:bool=False, # with `collective` False in a distributed run with `gather`: land the chunks gathered, drop the rows not gathered
+    ):
+        "Send what is left and wait until every row has reached `sink`; a gathering flush on one rank alone leaves every row where it is"
+        if not collective and self.gather and distributed():
+            if not drop: return  # (landing gathered chunks here alone would put them into a sink whose state, e.g. a histogram range, the next
+            self.rows, self.metas = [], []  # chunk's rows are binned on: the ranks' would differ. At the end of a fit nothing comes next)
+        else: self.send()
         while self.pending: self._land(self.pending.pop(0))
     def clear(self): self.rows, self.metas, self.pending = [], [], []
 
@@ -408,10 +414,10 @@ def _guard(learn):
     orig = learn._do_epoch
     def _do_epoch():
         try: orig()
-        except CancelFitException: raise
-        except BaseException:
+        except (CancelFitException, CancelEpochException): raise  # (fastai's control flow: the fit goes on to `after_fit`)
+        except BaseException:  # maybe on this rank alone: no collective
             for cb in list(learn.cbs):
-                if isinstance(cb, HealthCallback): cb.cleanup()
+                if isinstance(cb, HealthCallback): cb.cleanup(collective=False)
             _unguard(learn)
             raise
     _do_epoch._initcb = True
@@ -450,7 +456,7 @@ class HealthCallback(Callback):
         object.__setattr__(self, name, value)
     def _taken_off(self, learn):
         "`remove_cb` (or the end of a `fit(cbs=...)`) sets `learn` to None; mid-fit, `after_fit` will not come: clean up now"
-        self.cleanup()  # (idempotent: after a whole fit, nothing left to do)
+        self.cleanup(collective=False)  # (idempotent: after a whole fit, nothing left to do; mid-fit, maybe on one rank alone)
         if not any(isinstance(c, HealthCallback) and c is not self for c in learn.cbs): _unguard(learn)
     # fastai calls every callback for every event and reads its `training` each time; an event the callback does not
     # define is looked up through `GetAttr` (the Learner, then the model) before it falls back to a no-op. Measured, a
@@ -467,7 +473,9 @@ class HealthCallback(Callback):
         "Prepare for a fit: called by `before_fit`, except during `lr_find`, `get_preds` and `validate`"
     def after_fit(self):
         self.cleanup(); _unguard(self.learn)
-    def cleanup(self):
+    def cleanup(self,
+        collective:bool=True, # every rank cleans up here (`after_fit`); False: maybe this rank alone (an exception, `remove_cb` mid-fit), so no collective
+    ):
         "Remove hooks and transient buffers; safe to call any number of times"
         self.remove()
     def remove(self): pass
@@ -476,15 +484,15 @@ class HealthCallback(Callback):
 _set_grad = torch._C._set_grad_enabled  # (what `torch.no_grad` does, without its context manager's Python: ~15 µs a batch in a fit)
 
 class Hooks:
-    "Forward hooks on `mods`, calling `f(i, module, input, output)`; `remove` is idempotent"
+    "Forward hooks on `mods`, calling `f(i, output)`; `remove` is idempotent; pickled with their model, they come back inert and go at their first call"
     def __init__(self,
         mods:list, # the modules to hook
         f, # called as `f(i, output)` for the `i`th module (`f(i, inputs, output)` with `with_input`)
         with_input:bool=False, # pass the module's inputs too
         eager:bool=False, # keep `torch.compile` from tracing the hooks: they run eagerly, the compiled graph breaks around them
     ):
-        hook = lambda i: torch.compiler.disable(_slot_hook(f, i, with_input)) if eager else _slot_hook(f, i, with_input)
-        self.handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(mods)]
+        if eager: f = torch.compiler.disable(f)
+        self.handles = [m.register_forward_hook(getattr(_Hook(f, i, m), 'call_in' if with_input else 'call')) for i, m in enumerate(mods)]
     def remove(self):
         for h in self.handles: h.remove()
         self.handles = []
@@ -498,12 +506,23 @@ def is_compiled(
     "Whether `model`, or a module in it, runs under `torch.compile` (wrapped by it, or `Module.compile`d)"
     return any(type(m).__name__ == 'OptimizedModule' or getattr(m, '_compiled_call_impl', None) is not None for m in model.modules())
 
-def _slot_hook(f, i, with_input=False):
-    if with_input:
-        def hook(m, inp, out): f(i, inp, out)
-    else:
-        def hook(m, inp, out): f(i, out)
-    return hook
+class _Hook:
+    "The `i`th module's hook, registered as a bound method (`call`, `call_in`): as fast as a closure, and pickled as an `_Orphan`"
+    __slots__ = ('f', 'i', 'mod')
+    def __init__(self, f, i, mod): self.f, self.i, self.mod = f, i, weakref.ref(mod)
+    def call(self, m, inp, out): self.f(self.i, out)
+    def call_in(self, m, inp, out): self.f(self.i, inp, out)
+    def __reduce__(self): return _Orphan, (self.mod(),)  # (the module: pickled already, as the hook is part of its state)
+
+class _Orphan(_Hook):
+    "What a pickled hook comes back as (`learn.export` mid-fit pickles the model with its hooks): no callback, no statistics; its first call removes it"
+    __slots__ = ()
+    def __init__(self, mod): self.f, self.i, self.mod = self._gone, None, (lambda: None) if mod is None else weakref.ref(mod)
+    def _gone(self, *a):
+        m = self.mod()
+        if m is None: return
+        for k in [k for k, h in m._forward_hooks.items() if getattr(h, '__self__', None) is self]:  # (a module's call iterates
+            for d in (m._forward_hooks, m._forward_hooks_with_kwargs, m._forward_hooks_always_called): d.pop(k, None)  # a copy)
 
 # %% ../nbs/00_core.ipynb #1de7f437
 def foreach_norm(

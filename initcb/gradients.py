@@ -43,7 +43,7 @@ class GradientHealth(HealthCallback):
         chunk:int=64, # recorded batches kept on the device between copies to the host
         max_rows:int=2048, # rows kept per history; past it, older rows are merged pairwise
         warn:bool=True, # issue a warning the first time each problem is found, and list frozen parameters once
-        act_grads:bool=False, # also record the gradient flowing into each watched module's output (one op per module per batch)
+        act_grads:bool=False, # also record the gradient flowing into each watched module's output (one op per module per batch; under DDP each rank's own shard's, not combined: see Distributed training)
         modules=None, # the modules watched for `act_grads`, as `ActivationHealth`'s `modules`
         sample:int=2048, # elements of each output gradient sampled for `act_grads`
     ):
@@ -265,7 +265,7 @@ def _frozen_cols(self:GradientHealth):
 
 @patch
 def flush(self:GradientHealth):
-    "Bring every recorded row to the host history (readers call this first)"
+    "Bring every recorded row to the host history (readers call this first); no collective, so any rank may read alone: DDP gives every rank the same gradients"
     for q in (self._q, self._uq, self._aq):
         if q is not None: q.flush()
 
@@ -280,7 +280,7 @@ def remove(self:GradientHealth):
     self.hooks, self._on, self._prev, self._pbuf = None, False, None, None
 
 @patch
-def cleanup(self:GradientHealth):
+def cleanup(self:GradientHealth, collective:bool=True):  # (nothing to combine across ranks: `collective` changes nothing)
     try: self.flush()
     finally: self.remove()
 

@@ -195,7 +195,7 @@ class AdaptiveWD(HealthCallback):
 
     def after_cancel_step(self):
         if self._orig is not None: self.learn.opt.set_hyper('wd', self._orig)
-    def cleanup(self):
+    def cleanup(self, collective:bool=True):
         "Put the fit's own weight decay back: at the end of a fit, however it ends (an exception mid-step included)"
         if getattr(self, '_orig', None) is not None and getattr(self.learn, 'opt', None) is not None: self.learn.opt.set_hyper('wd', self._orig)
 

@@ -64,3 +64,40 @@ def run(rank, world, port, out, mode):
         np.savez(os.path.join(out, f'{mode}_rank{rank}.npz'), **res)
         dist.barrier()  # tear down together: a rank that leaves while the other still talks to it aborts the other
     finally: dist.destroy_process_group()
+
+def run_read(rank, world, port, out, mode):
+    "Readers called on rank 0 alone mid-fit (as under `is_main()`), then a fit that both ranks end with an exception; a short timeout: a hang fails fast"
+    warnings.filterwarnings('ignore')
+    torch.set_num_threads(1)
+    import matplotlib; matplotlib.use('Agg')
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world, timeout=timedelta(seconds=10))
+    try:
+        from fastai.learner import Learner
+        from fastai.callback.core import Callback
+        from fastai.callback.progress import ProgressCallback
+        from initcb.activations import ActivationHealth
+        from initcb.gradients import GradientHealth
+        from initcb.core import is_main
+        ah, gh, seen = ActivationHealth(sample_every=1, chunk=3), GradientHealth(warn=False), []
+        class Peek(Callback):
+            def after_batch(self):
+                if is_main() and self.training: ah.summary(); ah.to_df(); ah.layer_stats(0); gh.to_df()
+            def after_train(self):
+                if is_main(): ah.summary(); ah.plot_stats(); seen.append((len(ah.fast), len(ah.sampled)))
+        class Fail(Callback):
+            def before_batch(self):
+                if self.training and self.train_iter == 5: raise RuntimeError('stop')
+        def learner(cbs):
+            learn = Learner(loaders(rank_items(rank, world), BS), DDP(mlp()), loss_func=nn.CrossEntropyLoss(), cbs=cbs)
+            learn.remove_cbs([c for c in learn.cbs if isinstance(c, ProgressCallback)]); learn.logger = lambda *a: None
+            return learn
+        learner([ah, gh, Peek()]).fit(2, 1e-2)
+        res = {f'fast_{k}': ah.fast[k] for k in ('rms', 'abs_max')}
+        res.update(sampled_mean=ah.sampled['mean'], seen=np.array(seen if is_main() else [], np.int64))
+        ah2 = ActivationHealth(sample_every=1, chunk=3)
+        try: learner([ah2, Fail()]).fit(1, 1e-2)
+        except RuntimeError as e: res['raised'] = np.array(str(e).endswith('stop'))
+        res['rows_after_raise'] = np.array(len(ah2.fast))
+        np.savez(os.path.join(out, f'{mode}_rank{rank}.npz'), **res)
+        dist.barrier()
+    finally: dist.destroy_process_group()

@@ -47,3 +47,20 @@ def test_nan_on_one_rank_skipped_by_both(tmp_path):
     assert list(r0['skips']) == list(r1['skips']) == [2]
     np.testing.assert_array_equal(r0['params'], r1['params'])
     assert np.isfinite(r0['params']).all()
+
+def test_read_on_rank0_alone_mid_fit(tmp_path):
+    "Readers called on rank 0 alone mid-fit start no collective (before the fix: a hang); at each epoch end they see every row, combined"
+    ctx = mp.start_processes(W.run_read, args=(2, free_port(), str(tmp_path), 'read'), nprocs=2, join=False, start_method='spawn')
+    t = time.time()
+    while not ctx.join(timeout=5):
+        if time.time() - t > 90:
+            for p in ctx.processes: p.kill()
+            pytest.fail('read: the processes did not finish in 90 s (a hang)')
+    r0, r1 = [dict(np.load(tmp_path/f'read_rank{r}.npz')) for r in range(2)]
+    steps = W.N // (W.BS * 2)  # batches a rank runs an epoch
+    assert r0['seen'].tolist() == [[steps, steps], [2 * steps, 2 * steps]]  # (sample_every=1: a sampled row a batch)
+    for k in ('fast_rms', 'fast_abs_max', 'sampled_mean'): np.testing.assert_array_equal(r0[k], r1[k])  # every rank the same history
+    assert len(r0['fast_rms']) == 2 * steps
+    # a fit that every rank ends with an exception: no collective in the cleanup; the rows combined (the first chunk of 3) kept,
+    # the 2 rows after it dropped, on every rank alike
+    assert r0['raised'] and r1['raised'] and r0['rows_after_raise'] == r1['rows_after_raise'] == 3

@@ -68,6 +68,40 @@ def test_learner_export(tmp_path):
     with back.no_bar(), back.no_logging(): back.fit(1)
     assert len(back.activation_health.to_df()) > 0 and len(back.gradient_health.to_df()) > 0 and n_hooks(back.model) == 0
 
+def test_export_mid_fit_leaves_no_hook(tmp_path):
+    "learn.export during a fit (a callback exporting each epoch) pickles the model with initcb's hooks: they come back inert, holding"
+    "no callback, and go at the loaded model's first call; the loaded learner predicts and fits with no hook left"
+    import gc, io, weakref
+    from fastai.learner import load_learner
+    from initcb.gradients import GradientHealth
+    class ExportEachEpoch(Callback):
+        order = 100
+        def after_epoch(self):
+            self.hooks = n_hooks(self.learn.model); self.learn.export('ep.pkl')
+            buf = io.BytesIO(); torch.save(self.learn.model, buf); self.plain = buf.getvalue()  # (the standard pickler too)
+    dls = digits_dls(n_train=128)
+    net = lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    learn = quiet(Learner(dls, net(), loss_func=nn.CrossEntropyLoss(), path=tmp_path,
+                          cbs=[ActivationHealth(), GradientHealth(warn=False, act_grads=True), ExportEachEpoch()]))
+    learn.fit(1)
+    assert learn.export_each_epoch.hooks == 6 and n_hooks(learn.model) == 0  # (3 watched modules, twice)
+    back = load_learner(tmp_path/'ep.pkl')
+    cbs = [weakref.ref(c) for c in back.cbs if isinstance(c, (ActivationHealth, GradientHealth))]
+    model = back.model; del back; gc.collect()
+    assert len(cbs) == 2 and not any(r() for r in cbs)  # the model keeps no unpickled callback alive
+    x = torch.randn(2, 1, 8, 8)
+    assert n_hooks(model) == 6  # (inert until called)
+    model(x); assert n_hooks(model) == 0
+    m2 = torch.load(io.BytesIO(learn.export_each_epoch.plain), weights_only=False)
+    m2(x); assert n_hooks(m2) == 0
+    back = load_learner(tmp_path/'ep.pkl'); back.dls = dls
+    back.remove_cbs([c for c in back.cbs if isinstance(c, (ActivationHealth, GradientHealth, ExportEachEpoch))])
+    quiet(back).fit(1)  # without the callbacks
+    assert n_hooks(back.model) == 0
+    back = load_learner(tmp_path/'ep.pkl'); back.dls = dls; back.remove_cb(ExportEachEpoch)
+    quiet(back).fit(1)  # with them: a fresh history, its own hooks only, gone at the end
+    assert len(back.activation_health.fast) == len(dls.train) and n_hooks(back.model) == 0
+
 def test_bounded_memory():
     "1M recorded batches x 100 layers stay under 64 MB of history"
     import sys, os
