@@ -227,7 +227,7 @@ def reinit_dormant(
         k = int(math.floor(max_frac * len(s)))
         if len(dead) > k: dead = dead[s[dead].argsort()[:k]]
         if len(dead): reinit_units(model, n, dead.tolist(), chains[n][0], opt)
-        out.append(dict(layer=n, dormant_frac=frac, units=len(dead), of=len(s), unit_ids=dead.tolist(),
+        out.append(dict(layer=n, act=chains[n][0].get('act'), dormant_frac=frac, units=len(dead), of=len(s), unit_ids=dead.tolist(),
                         mean_score=s[dead].mean().item() if len(dead) else float('nan')))
     return out
 

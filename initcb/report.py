@@ -478,7 +478,7 @@ class HealthCheck(Callback):
     def _revive(self):
         if self._xb is None: return
         for r in reinit_dormant(unwrap(self.model), self._xb, tau=self.th.dead_tau, min_frac=self.th.dead_frac, opt=getattr(self.learn, 'opt', None)):
-            if r['units']: self._act('ReinitDormant', f"layer {r['layer']}: {r['units']}/{r['of']} dormant units re-initialized")
+            if r['units']: self._act('ReinitDormant', f"layer {r['layer']}: {r['units']}/{r['of']} dormant units re-initialized" + (f" (dead in activation {r['act']})" if r.get('act') else ''))
 
     def after_fit(self):
         if not self.run: return

@@ -53,6 +53,8 @@ def test_dead_units_reported_and_revived():
     learn = quiet(Learner(digits_dls(), net(), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(remedy={'dead'}, report=False)))
     learn.fit(2, 1e-3)
     assert (learn.health_check.actions.action == 'ReinitDormant').sum() >= 1
+    d = learn.health_check.actions.query("action == 'ReinitDormant'").detail
+    assert d.str.contains(r'layer 1: .* \(dead in activation 2\)').any(), d.tolist()  # (the report names the activation, ReDo acts on the layer before)
     assert (learn.health_check.report.problem == 'dead units').sum() == 0
 
 def test_find_nonfinite_backward_origin():
