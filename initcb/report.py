@@ -73,7 +73,7 @@ def _losses(learn):
     "The last fit's smoothed training losses (fastai's `Recorder`; a float64 array, up to the first non-finite one), or None"
     ls = getattr(getattr(learn, 'recorder', None), 'losses', None)
     if not ls: return None
-    v = np.array([float(x) for x in ls])
+    v = torch.stack(ls).double().numpy() if all(isinstance(x, torch.Tensor) for x in ls) else np.array([float(x) for x in ls])  # (one stack: no host read per batch)
     return v[:np.argmin(np.isfinite(v))] if not np.isfinite(v).all() else v
 
 def _chance_loss(learn):
