@@ -118,8 +118,10 @@ def _activation_rules(learn, ah, th, xb):
                 out.append(_finding(n, 'dead units', 'error' if frac > 0.5 else 'warning',
                                     f'{frac:.0%} of {units} units have dormancy score <= {th.dead_tau:g} on a batch', 'dead'))
         if out:  # (a remedy that would do nothing is none: where no layer ReDo follows ends in this activation, say so, and why where it is one reason)
-            ch = unit_chains(unwrap(learn.model))
-            ends, whys = {c['act'] for c, _ in ch.values() if c is not None and c['act']}, {w for c, w in ch.values() if c is None and w != OUTPUT_LAYER}
+            inner = unwrap(learn.model)
+            pre = next((n + '.' for n, m in learn.model.named_modules() if m is inner and n), '')  # ('module.' under DDP: the recorders name layers in the wrapped model)
+            ch = unit_chains(inner)
+            ends, whys = {pre + c['act'] for c, _ in ch.values() if c is not None and c['act']}, {w for c, w in ch.values() if c is None and w != OUTPUT_LAYER}
             why = f' ({next(iter(whys))})' if len(whys) == 1 else ' (`unit_chains(model)` says why: a residual add, a branch)'
             for f in out:
                 if f['layer'] not in ends: f.update(remedy=DEAD_UNFOLLOWED + why, callback='')

@@ -626,3 +626,16 @@ def test_guard_bad_arguments(kw): bad_argument_named(NonFiniteGuard, kw)
 def test_thresholds_bad_arguments():
     for kw in (dict(diverge=0.5), dict(plateau=1.5), dict(min_batches=0)): bad_argument_named(Thresholds, kw)
     with pytest.raises(ValueError, match='`thresholds`'): quiet(synth_learner(n_trn=2)).health_report(thresholds=dict(dead_frac=0.5))
+
+def test_dead_units_remedy_in_a_wrapped_model():
+    "Under DDP (here DataParallel on a CPU, the same 'module.' names) every dead-units row said ReinitDormant could not follow the layer"
+    def net():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        with torch.no_grad(): m[1].bias.sub_(3.)
+        return m
+    learn = quiet(Learner(digits_dls(), nn.DataParallel(net()), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+    learn.fit(1, 1e-3)
+    rep = learn.health_check.report
+    dead = rep[rep.problem == 'dead units']
+    assert list(dead.layer) == ['module.2'] and (dead.callback == 'ReinitDormant').all(), rep
