@@ -446,7 +446,7 @@ class HealthCheck(Callback):
     def after_epoch(self):
         if not self.remedy: return
         v = _losses(self.learn)
-        div = bool(_loss_rules(v, self.th)) and _loss_rules(v, self.th)[0]['problem'] == 'loss diverging'
+        div = any(f['problem'] == 'loss diverging' for f in _loss_rules(v, self.th))
         if div and not self._held:  # (dead units and growing weights are its symptoms there: re-initializing them, decaying them made it worse, measured)
             self._held = True; self._act('held back', "the loss is diverging: no ReinitDormant or AdaptiveWD in this fit; lower the learning rate (learn.lr_find())")
         if 'dead' in self.remedy and not div: self._revive()
