@@ -49,7 +49,7 @@ class AdaptiveWD(HealthCallback):
         self.hist, self.bases, self._events, self.state = [], [], [], {}
 
     def setup(self):
-        self.n_seen, self._base, self._orig, self._prev = self.state.get('n_seen', 0), None, None, None
+        self.n_seen, self._base, self._orig, self._prev, self._armed = self.state.get('n_seen', 0), None, None, None, False
 
     # parameters fastai decays, per group
     def _decayed(self):
@@ -71,6 +71,7 @@ class AdaptiveWD(HealthCallback):
         self.hist.append([self.n_seen, *lams])
         if self.mode in ('cautious', 'equilibrium'): opt.set_hyper('wd', 0.)  # decayed by hand in after_step
         else: opt.set_hyper('wd', lams)
+        self._armed = True  # (this batch's step is ours to finish: `after_step`, else `after_cancel_step` or `after_batch` undo it)
 
     def _clamp(self, g, lam, last):
         if not math.isfinite(lam) or lam < 0:
@@ -143,6 +144,8 @@ class AdaptiveWD(HealthCallback):
         return 0. if b <= 0 else min(max(self.state.get(('eq', g, j), b), b / self.bound), b * self.bound, self.wd_max)
 
     def after_step(self):
+        if not getattr(self, '_armed', False): return  # (a step cancelled before ours began, fastai's MixedPrecision skipping an overflow: no step, no decay)
+        self._armed = False
         opt = self.learn.opt
         groups = self._decayed()
         if self.mode == 'cautious': self._decay_by_hand(groups, lambda g, j: self._base[g], cautious=True)
@@ -193,8 +196,11 @@ class AdaptiveWD(HealthCallback):
                 self.state[('eq', g, j)] = float(min(max(new, base / self.bound), base * self.bound, self.wd_max))
         self._prev = None
 
-    def after_cancel_step(self):
-        if self._orig is not None: self.learn.opt.set_hyper('wd', self._orig)
+    def _disarm(self):
+        "A step begun (`before_step`) and not taken: the fit's own weight decay back, no decay by hand, no measurement across it"
+        if getattr(self, '_armed', False): self.learn.opt.set_hyper('wd', self._orig); self._armed, self._prev = False, None
+    def after_cancel_step(self): self._disarm()
+    def after_batch(self): self._disarm()  # (a later callback's CancelBatchException in `before_step`: no `after_step` came)
     def cleanup(self, collective:bool=True):
         "Put the fit's own weight decay back: at the end of a fit, however it ends (an exception mid-step included)"
         if getattr(self, '_orig', None) is not None and getattr(self.learn, 'opt', None) is not None: self.learn.opt.set_hyper('wd', self._orig)

@@ -2,7 +2,10 @@
 import math, numpy as np, pytest, torch
 from torch import nn
 from fastai.test_utils import synth_learner
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelStepException, CancelBatchException
+from fastai.learner import Learner
+from fastai.optimizer import SGD
+from initcb.core import digits_dls
 from initcb.wd import AdaptiveWD, MODES
 from helpers import quiet, bad_argument_named
 
@@ -166,3 +169,46 @@ def test_equilibrium_history_is_the_lambda_applied():
     learn = quiet(synth_learner(n_trn=4, cbs=cb))
     learn.fit(1, 1e-2, wd=0.1)
     assert max(h[1] for h in cb.hist) <= 1e-4
+
+
+# --- steps that are not taken (an audit, 2026-11-28) ---
+
+class _SkipStep(Callback):
+    "What fastai's MixedPrecision (order 10) does when the GradScaler finds inf/nan gradients: CancelStepException, no step"
+    order = 10
+    def __init__(self, its): self.its, self.moved = its, []
+    def before_step(self):
+        self.w, self.skip = [p.detach().clone() for p in self.model.parameters()], self.train_iter in self.its
+        if self.skip: raise CancelStepException()
+    def after_step(self): pass
+    def after_batch(self):
+        if self.skip: self.moved.append(any(not torch.equal(a, b) for a, b in zip(self.w, self.model.parameters())))
+
+class _CancelBatch(Callback):
+    "A later callback that drops a batch in before_step (a 'skip bad step' guard): AdaptiveWD's after_step never comes"
+    order = 20
+    def before_step(self):
+        if self.train_iter == 2: raise CancelBatchException()
+
+def _wd_learner(cbs):
+    torch.manual_seed(0)
+    return quiet(Learner(digits_dls(flat=True, n_train=512), nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),
+                         loss_func=nn.CrossEntropyLoss(), opt_func=SGD, cbs=cbs))
+
+@pytest.mark.parametrize('mode', ['awd', 'swd', 'cautious', 'equilibrium'])
+def test_a_skipped_step_is_no_step(mode):
+    "A skip at the first step crashed ('awd'/'swd': no wd to set; 'cautious'/'equilibrium': no base); a later one still decayed the weights"
+    sk = _SkipStep({0, 3})
+    learn = _wd_learner([AdaptiveWD(mode, every=1), sk])
+    learn.fit(1, lr=0.1, wd=0.5)
+    assert sk.moved == [False, False]
+    assert [h['wd'] for h in learn.opt.hypers] == [0.5]
+
+@pytest.mark.parametrize('mode', ['awd', 'cautious', 'equilibrium'])
+def test_a_cancelled_batch_leaves_the_fits_weight_decay(mode):
+    "The adapted λ stayed in the optimizer and was read as the fit's own from then on (0 for 'cautious': decay off for the rest of the fit)"
+    cb = AdaptiveWD(mode, every=1)
+    learn = _wd_learner([cb, _CancelBatch()])
+    learn.fit(1, lr=0.1, wd=0.3)
+    assert all(b == [0.3] for b in cb.bases), cb.bases[:6]
+    assert [h['wd'] for h in learn.opt.hypers] == [0.3]
