@@ -65,7 +65,7 @@ def activation_gain(
 
 def _after(model, skip):
     "For each Linear/Conv layer, the first leaf module after it in forward (definition) order for which `skip` is false (or None)"
-    leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children()) or isinstance(m, nn.RNNBase)]
+    leaves = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if not any(True for _ in m.children()) or isinstance(m, nn.RNNBase)]  # (a module registered in several places is at each: fastai's TabularModel puts one ReLU in every block)
     return {n: next((nxt for _, nxt in leaves[k + 1:] if not skip(nxt)), None)
             for k, (n, m) in enumerate(leaves) if isinstance(m, WEIGHT_LAYERS)}
 
@@ -477,8 +477,7 @@ def lsuv_init(
     if not layers: raise ValueError("`model` has no Linear or Conv layer to initialize")
     bufs, rows = [b.detach().clone() for b in model.buffers()], []
     try:
-        with keep_modes(model), torch.no_grad():
-            model.train()
+        with eval_mode(model, 'batch'), torch.no_grad():  # (no dropout: scaled on a dropout-on pass, each layer after one came out sqrt(1-p) small at inference; BatchNorm on the batch's statistics, as in training)
             mods = dict(layers)
             for n in _forward_order(model, layers, xb):
                 m, it, status = mods[n], 0, 'ok'

@@ -571,3 +571,24 @@ def test_dataclass_output_is_projected():
     torch.manual_seed(0)
     assert check_init(M(), torch.randn(8, 4)).set_index('layer').loc['head', 'finding'].startswith('ok: zero')
     assert len(break_symmetry(M(), torch.randn(8, 4))) == 0
+
+def test_shared_activation_module_follows_every_block():
+    "fastai's TabularModel registers one ReLU in every block: only the first block's layer had it (gain 1 for the rest, and check_init said 'ok' at 0.41x)"
+    from fastai.tabular.model import TabularModel
+    from initcb.init import following_activation, check_init
+    m = TabularModel(emb_szs=[(4, 3)], n_cont=2, out_sz=2, layers=[200, 100, 50])
+    fa = following_activation(m)
+    assert all(isinstance(fa[f'layers.{i}.0'], nn.ReLU) for i in range(3)) and fa['layers.3.0'] is None, fa
+    ci = check_init(m).set_index('layer')
+    assert all(ci.loc[f'layers.{i}.0', 'finding'].startswith('scale') for i in range(3)), ci
+
+def test_lsuv_scales_without_dropout():
+    "lsuv_init measured with dropout on: each layer after a Dropout(0.5) came out sqrt(0.5) small at inference (0.71, then 0.45)"
+    from initcb.init import lsuv_init, output_stds
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 8))
+    xb = torch.randn(256, 32)
+    lsuv_init(m, xb)
+    assert m.training and all(mm.training for mm in m.modules())  # (modes as they were)
+    stds = output_stds(m, xb)
+    assert all(abs(s - 1) < 0.15 for n, s in stds.items() if n in ('0', '3', '6')), stds
