@@ -1,4 +1,4 @@
-"""ActivationHealth: per-layer activation statistics of every training batch, at a cost close to zero, on a GPU too
+"""ActivationHealth: per-layer activation statistics of every training batch, at a small cost (the README's benchmark), on a GPU too
 
 Docs: https://initcb.github.io/initcb/activations.html.md"""
 

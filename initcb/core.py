@@ -143,10 +143,14 @@ def rest_value(
 
 def is_activation(
     m:nn.Module, # a module
-): return getattr(m, '_initcb_watch', False) or isinstance(m, tuple(ACTIVATION_TYPES))
+):
+    "Whether `m` is an activation: one of `ACTIVATION_TYPES`, or a module marked to be watched as one (`_initcb_watch`)"
+    return getattr(m, '_initcb_watch', False) or isinstance(m, tuple(ACTIVATION_TYPES))
 def has_own_params(
     m:nn.Module, # a module
-): return any(True for _ in m.parameters(recurse=False))
+):
+    "Whether `m` holds parameters of its own (not only in its children)"
+    return any(True for _ in m.parameters(recurse=False))
 def is_frozen(
     m:nn.Module, # a module
 ):

@@ -98,6 +98,7 @@ def run_diagnosis(
 def main(
     argv=None, # command-line arguments (None: sys.argv)
 ):
+    "`python -m initcb.demo`: train the demo CNN with ActivationHealth, print its table, write the plots, then diagnose and repair the broken MLP"
     p = argparse.ArgumentParser(description="initcb demo: ActivationHealth on a small CNN trained on scikit-learn's digits, then a broken setup diagnosed and repaired")
     p.add_argument('--out', default='initcb_demo_plots', help='folder for the PNG plots and the saved history')
     p.add_argument('--epochs', type=int, default=3); p.add_argument('--seed', type=int, default=42)

@@ -344,6 +344,7 @@ def init_weights(
 ):
     "Re-initialize every Linear/Conv layer of `model`: 'auto' uses the gain of the activation that follows each layer"
     if scheme not in SCHEMES: raise ValueError(f"`scheme` must be one of {SCHEMES}, got {scheme!r}")
+    zero_bias = check_bool('zero_bias', zero_bias)  # ('no' is truthy: it zeroed the biases)
     acts = following_activation(model)
     with torch.no_grad():
         for n, m in model.named_modules():
@@ -472,7 +473,8 @@ def lsuv_init(
     centre:bool=False, # also shift the bias until the output mean is within `tol` of 0 (the course's variant)
 ):
     "LSUV-initialize every Linear/Conv layer of `model` on batch `xb`; a DataFrame per layer: iterations, final output mean and std, status"
-    check_float('target_std', target_std, 1e-6, 1e6); check_float('tol', tol, 1e-9, 1e6); check_int('max_iters', max_iters)
+    check_float('target_std', target_std, 1e-6, 1e6); check_float('tol', tol, 1e-9, 1e6); check_int('max_iters', max_iters); centre = check_bool('centre', centre)
+    if xb is None: raise ValueError("`xb` must be a batch of inputs (a tensor, or a tuple of them), got None")
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
     if not layers: raise ValueError("`model` has no Linear or Conv layer to initialize")
     bufs, rows = [b.detach().clone() for b in model.buffers()], []

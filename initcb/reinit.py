@@ -170,6 +170,9 @@ def reinit_units(
     "Re-initialize `units` of `layer` (incoming weights and bias), reset their BatchNorm entries, zero their outgoing weights and their optimizer state"
     mods = dict(model.named_modules())
     m, nxt = mods[layer], mods[chain['next']]
+    n = m.weight.shape[0]
+    if not all(isinstance(j, (int, np.integer)) and not isinstance(j, bool) and 0 <= j < n for j in units):  # (-1 took the last unit silently)
+        raise ValueError(f"`units` must be indices of `{layer}`'s {n} units, 0 to {n - 1}; got {list(units)}")
     u = torch.as_tensor(units, dtype=torch.long, device=m.weight.device)
     with torch.no_grad():
         fresh = copy.deepcopy(m); fresh.reset_parameters()

@@ -592,3 +592,15 @@ def test_lsuv_scales_without_dropout():
     assert m.training and all(mm.training for mm in m.modules())  # (modes as they were)
     stds = output_stds(m, xb)
     assert all(abs(s - 1) < 0.15 for n, s in stds.items() if n in ('0', '3', '6')), stds
+
+def test_plain_functions_check_their_arguments():
+    "init_weights(zero_bias='no') zeroed the biases; lsuv_init(centre='yes') ran; lsuv_init(model, None) failed inside F.linear; reinit_units(units=[-1]) took the last unit"
+    from initcb.init import lsuv_init
+    from initcb.reinit import reinit_units, unit_chains
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    bad_argument_named(lambda **k: init_weights(m, **k), dict(zero_bias='no'))
+    bad_argument_named(lambda **k: lsuv_init(m, torch.randn(4, 8), **k), dict(centre='yes'))
+    bad_argument_named(lambda **k: lsuv_init(m, **k), dict(xb=None))
+    ch = unit_chains(m)['0'][0]
+    for units in ([-1], [16], [1.5], [True]): bad_argument_named(lambda **k: reinit_units(m, '0', chain=ch, **k), dict(units=units))
+    reinit_units(m, '0', [0, 15], ch)  # (in range: fine)
