@@ -244,7 +244,8 @@ class ReinitDormant(Callback):
         max_frac:float=1.0, # re-initialize at most this fraction of a layer's units per check (the lowest scores first)
         start:int=0, # first batch at which to check
         scheme:str='redo', # 'redo': dormant units; 'shrink_perturb': every handled layer, w <- shrink * w + perturb * fresh init (Ash & Adams 2020)
-        shrink:float=0.4, perturb:float=0.1, # the shrink-and-perturb coefficients
+        shrink:float=0.4, # 'shrink_perturb': the factor every weight is multiplied by
+        perturb:float=0.1, # 'shrink_perturb': the factor of the fresh init added to it
         verbose:bool=True, # warn once (one warning a fit) about the layers it cannot follow, the output layer aside
     ):
         self.every, self.start = check_int('every', every), check_int('start', start, 0)
@@ -298,7 +299,10 @@ class ReinitDormant(Callback):
         "One row per check and layer: the fraction of its units found dormant"
         return pd.DataFrame(self._checks, columns=['batch', 'layer', 'dormant_frac'])
 
-    def plot_dormant(self, ax=None, figsize=(8, 4)):
+    def plot_dormant(self,
+        ax=None, # matplotlib axes to draw on (None: a new figure)
+        figsize=(8, 4), # the new figure's size
+    ):
         "Dormant fraction per layer at each check, with re-initializations marked"
         ax = new_axes(ax, figsize)
         c = self.checks

@@ -214,7 +214,10 @@ class AdaptiveWD(HealthCallback):
         if not self.hist: return pd.DataFrame(columns=['batch'])
         n = len(self.hist[0]) - 1
         return pd.DataFrame(self.hist, columns=['batch', *[f'wd_{g}' for g in range(n)]])
-    def plot_wd(self, ax=None, figsize=(7, 3)):
+    def plot_wd(self,
+        ax=None, # matplotlib axes to draw on (None: a new figure)
+        figsize=(7, 3), # the new figure's size
+    ):
         "λ per parameter group over the batches"
         ax, df = new_axes(ax, figsize), self.wd_df()
         for c in df.columns[1:]: ax.plot(df['batch'], df[c], label=c)
