@@ -639,3 +639,15 @@ def test_dead_units_remedy_in_a_wrapped_model():
     rep = learn.health_check.report
     dead = rep[rep.problem == 'dead units']
     assert list(dead.layer) == ['module.2'] and (dead.callback == 'ReinitDormant').all(), rep
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.01, 100.), min_size=10, max_size=80))
+def test_loss_rules_property(curve):
+    "At most one loss finding; 'loss diverging' exactly when the curve ends above `diverge` x the median of its first three"
+    from initcb.report import _loss_rules
+    th, v = Thresholds(), np.array(curve)
+    f = _loss_rules(v, th, chance=math.log(10))
+    assert len(f) <= 1
+    div = v[-1] > th.diverge * np.median(v[:3])
+    assert (len(f) == 1 and f[0]['problem'] == 'loss diverging') == div
+    if len(v) < th.min_batches: assert not f or div  # (the other two need min_batches)
