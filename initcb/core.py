@@ -540,7 +540,7 @@ def foreach_norm(
         except RuntimeError:
             if memo is None: ts, memo = list(ts), {}
     try: return _split_norms(ts, ord, memo)
-    except RuntimeError:  # (a sparse or float64 tensor where the memo has none: found again)
+    except (RuntimeError, IndexError):  # (a sparse or float64 tensor where the memo has none, a shorter list: found again)
         memo.update(sparse=sparse_values_(ts), f64=[j for j, t in enumerate(ts) if t.dtype == torch.float64])  # (`dtype=float32` refuses to narrow them)
         return _split_norms(ts, ord, memo)  # (neither: the fused call's error again)
 

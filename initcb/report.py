@@ -69,22 +69,28 @@ def _finding(layer, problem, severity, evidence, key):
     r, c = REMEDIES[key]
     return dict(layer=layer, problem=problem, severity=severity, evidence=evidence, remedy=r, callback=c)
 
-def _losses(learn):
-    "The last fit's smoothed training losses (fastai's `Recorder`; a float64 array, up to the first non-finite one), or None"
-    ls = getattr(getattr(learn, 'recorder', None), 'losses', None)
+def _losses(learn, gh=None):
+    "The smoothed training losses (a float64 array, NaN kept) of the last fit `gh` (a `GradientHealth`) recorded, else of fastai's `Recorder`'s last run; or None"
+    ls = getattr(gh, '_fit_losses', None)  # (the Recorder's list of that fit: `lr_find`, `validate` and `get_preds` start new ones)
+    if ls is None: ls = getattr(getattr(learn, 'recorder', None), 'losses', None)
     if not ls: return None
-    v = torch.stack(ls).double().numpy() if all(isinstance(x, torch.Tensor) for x in ls) else np.array([float(x) for x in ls])  # (one stack: no host read per batch)
-    return v[:np.argmin(np.isfinite(v))] if not np.isfinite(v).all() else v
+    return torch.stack(ls).double().numpy() if all(isinstance(x, torch.Tensor) and x.numel() == 1 for x in ls) else np.array([float(x) for x in ls])  # (one stack: no host read per batch)
+
+def _finite(v):
+    "`v` up to its first non-finite value"
+    return v if v is None or np.isfinite(v).all() else v[:np.argmin(np.isfinite(v))]
 
 def _chance_loss(learn):
     "ln(classes): the cross-entropy of a uniform guess, where the loss is plain cross-entropy over `dls.c` classes; else None"
     lf, c = getattr(learn, 'loss_func', None), getattr(getattr(learn, 'dls', None), 'c', None)
-    ce = isinstance(lf, nn.CrossEntropyLoss) or isinstance(getattr(lf, 'func', None), nn.CrossEntropyLoss)  # (fastai's CrossEntropyLossFlat wraps one)
-    return math.log(c) if ce and isinstance(c, int) and c >= 2 and getattr(lf, 'label_smoothing', getattr(getattr(lf, 'func', None), 'label_smoothing', 0.)) == 0 else None
+    f = lf if isinstance(lf, nn.CrossEntropyLoss) else getattr(lf, 'func', None)  # (fastai's CrossEntropyLossFlat wraps one)
+    plain = isinstance(f, nn.CrossEntropyLoss) and f.reduction == 'mean' and f.label_smoothing == 0 and f.weight is None  # (a sum, smoothed targets, class weights: another scale)
+    return math.log(int(c)) if plain and isinstance(c, (int, np.integer)) and c >= 2 else None
 
 def _loss_rules(v, th, chance=None):
     "'loss diverging' (the smoothed training loss ends `diverge`x above its start), 'loss at chance level' (a cross-entropy that ends"
     "within 3% of ln(classes), `chance`), or 'loss not decreasing' (ends above `plateau`x its start); the last two over `min_batches` or more"
+    v = _finite(v)
     if v is None or len(v) < min(10, th.min_batches): return []
     first, last = float(np.median(v[:3])), float(v[-1])
     ev = f'smoothed training loss {first:.3g} at the start of the fit, {last:.3g} at its end ({len(v)} batches; highest {v.max():.3g})'
@@ -118,9 +124,7 @@ def _activation_rules(learn, ah, th, xb):
                 out.append(_finding(n, 'dead units', 'error' if frac > 0.5 else 'warning',
                                     f'{frac:.0%} of {units} units have dormancy score <= {th.dead_tau:g} on a batch', 'dead'))
         if out:  # (a remedy that would do nothing is none: where no layer ReDo follows ends in this activation, say so, and why where it is one reason)
-            inner = unwrap(learn.model)
-            pre = next((n + '.' for n, m in learn.model.named_modules() if m is inner and n), '')  # ('module.' under DDP: the recorders name layers in the wrapped model)
-            ch = unit_chains(inner)
+            pre, ch = _prefix(learn.model), unit_chains(unwrap(learn.model))  # ('module.' under DDP: the recorders name layers in the wrapped model)
             ends, whys = {pre + c['act'] for c, _ in ch.values() if c is not None and c['act']}, {w for c, w in ch.values() if c is None and w != OUTPUT_LAYER}
             why = f' ({next(iter(whys))})' if len(whys) == 1 else ' (`unit_chains(model)` says why: a residual add, a branch)'
             for f in out:
@@ -149,12 +153,23 @@ def _activation_rules(learn, ah, th, xb):
                                 f'first at recorded batch {int(f.iters[first])} in {ah.names[j]} (the earliest layer); {int(nf.sum())} layer-batches in all', 'nonfinite'))
     return out
 
+def _prefix(model):
+    "What the recorders' layer names have in front of the unwrapped model's: 'module.' under DDP or DataParallel, else ''"
+    inner = unwrap(model)
+    return next((n + '.' for n, m in model.named_modules() if m is inner and n), '')
+
+def _named(model):
+    "`model`'s modules by the names the recorders give them"
+    return {} if model is None else {_prefix(model) + n: m for n, m in unwrap(model).named_modules()}
+
 def _gradient_rules(gh, th, model=None, losses=None):
-    "`GradientHealth`'s flags as findings, weighed against the fit's training `losses` where given (`_losses`)"
-    out, mods = [], dict(unwrap(model).named_modules()) if model is not None else {}
+    "`GradientHealth`'s flags as findings, weighed against the fit's training `losses` where given (`_losses`: NaN kept)"
+    out, mods = [], _named(model)
     ev, v = gh.events, losses if losses is not None and len(losses) else None
-    start = gh.n_seen - len(v) if v is not None else 0  # (the fit's first batch in the history's count; skipped batches aside)
+    start = getattr(gh, '_fit0', None)  # (the fit's first batch in the history's count; batches the Recorder left out, a guard's skips, aside)
+    if start is None and v is not None: start = gh.n_seen - len(v)
     def loss_at(b): return float(v[int(np.clip(b - start, 0, len(v) - 1))])
+    ended = v is not None and np.isfinite(v[-1])  # (a fit whose loss ended NaN went on learning nothing)
     for (kind, layer), d in ev.groupby(['kind', ev['layer'].fillna('')], sort=False):
         key = {'nonfinite': 'nonfinite'}.get(kind, kind)
         if key not in REMEDIES: continue
@@ -167,9 +182,9 @@ def _gradient_rules(gh, th, model=None, losses=None):
             before = g[(it < d.batch.min()) & np.isfinite(g)]
             if len(before) and np.isfinite(d.value).all() and d.value.max() <= before.max():
                 sev, note = 'warning', f"; none above the {before.max():.3g} the fit had before"
-            elif v is not None and np.isfinite(d.value).all() and v[-1] < loss_at(d.batch.min()):  # (spikes of a healthy LSTM, Transformer early on)
+            elif ended and np.isfinite(d.value).all() and v[-1] < loss_at(d.batch.min()):  # (spikes of a healthy LSTM, Transformer early on)
                 sev, note = 'info', f"; the loss fell after it ({loss_at(d.batch.min()):.3g} -> {v[-1]:.3g}): the fit went on learning"
-        if kind == 'stalled' and v is not None and v[-1] * 10 <= v[:3].mean():  # (updates of a model near its optimum are small: a converged Transformer's LayerNorms)
+        if kind == 'stalled' and ended and v[-1] * 10 <= v[:3].mean():  # (updates of a model near its optimum are small: a converged Transformer's LayerNorms)
             sev, note = 'info', f"; the loss fell {v[:3].mean() / max(v[-1], 1e-30):.3g}-fold over the fit: small updates are expected there"
         out.append(_finding(layer or '(all)', problem,
                             sev, f"{len(d)} flags, batches {d.batch.min()}-{d.batch.max()}: {d.message.iloc[0]}{note}", key))
@@ -204,10 +219,10 @@ def health_report(self:Learner,
     "Findings about this learner's training: one row each (layer, problem, severity, evidence, remedy, callback)"
     th = thresholds or Thresholds()
     if not isinstance(th, Thresholds): raise ValueError(f"`thresholds` must be a Thresholds (or None), got {type(th).__name__}")
-    losses = _losses(self)
+    gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)
+    losses = _losses(self, gh)
     rows = _loss_rules(losses, th, _chance_loss(self)) + _init_rules(self.model, th, lambda: _first_x(self) if xb is None else xb)
     ah = next((c for c in self.cbs if isinstance(c, ActivationHealth)), None)
-    gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)
     # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
     if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, _first_x(self) if xb is None else xb)
     if gh is not None and gh.hist is not None: rows += _gradient_rules(gh, th, self.model, losses)
@@ -312,7 +327,7 @@ class NonFiniteGuard(Callback):
         if self.scaled: ok = math.isfinite(loss.item())
         else:
             gs = [p.grad for p in self.params if p.grad is not None]
-            ns = foreach_norm(gs, 2, self._memo) if gs else []
+            ns = foreach_norm(gs, 2, self._memo if len(gs) == len(self.params) else None) if gs else []  # (the memo: for the full list's layout)
             tot = torch.stack(ns).sum() if gs else loss.new_zeros(())
             ok = math.isfinite((loss + tot).item())  # one host read per batch (`isfinite` on the host: on a CPU torch.isfinite is 4 ops)
             if ok and len(gs) == len(self.params): self._grad_norms = ns  # (every parameter's: `GradientHealth` reads them, and takes no norms of its own)
@@ -445,10 +460,10 @@ class HealthCheck(Callback):
 
     def after_epoch(self):
         if not self.remedy: return
-        v = _losses(self.learn)
+        v = _losses(self.learn, self.gh)
         div = any(f['problem'] == 'loss diverging' for f in _loss_rules(v, self.th))
         if div and not self._held:  # (dead units and growing weights are its symptoms there: re-initializing them, decaying them made it worse, measured)
-            self._held = True; self._act('held back', "the loss is diverging: no ReinitDormant or AdaptiveWD in this fit; lower the learning rate (learn.lr_find())")
+            self._held = True; self._act('held back', "the loss is diverging: no ReinitDormant or AdaptiveWD while it does; lower the learning rate (learn.lr_find())")
         if 'dead' in self.remedy and not div: self._revive()
         ev = self.gh.events
         new = ev.iloc[self._n_ev:]

@@ -651,3 +651,71 @@ def test_loss_rules_property(curve):
     div = v[-1] > th.diverge * np.median(v[:3])
     assert (len(f) == 1 and f[0]['problem'] == 'loss diverging') == div
     if len(v) < th.min_batches: assert not f or div  # (the other two need min_batches)
+
+
+# --- a review of this change (2026-11-28): the loss mapping, the memo, wrapped names ---
+
+def _cls_dls(n=2048, d=10, c=4, bs=32, dtype=torch.float32):
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=g, dtype=dtype); y = (x @ torch.randn(d, c, generator=g, dtype=dtype)).argmax(1)
+    ds = list(zip(x, y)); dls = DataLoaders(DataLoader(ds, bs=bs, shuffle=True), DataLoader(ds[:256], bs=bs)); dls.c = c
+    return dls
+
+def test_guard_memo_with_a_gradient_list_that_changes_length():
+    "A float64 model with a layer unused every other batch (grads set to None): the guard's memo positions ran past the shorter list (IndexError)"
+    from functools import partial
+    from fastai.optimizer import OptimWrapper
+    class M(nn.Module):
+        def __init__(s): super().__init__(); s.a, s.b, s.k = nn.Linear(10, 4), nn.Linear(10, 4), 0
+        def forward(s, x): s.k += 1; return s.a(x) + (s.b(x) if s.k % 2 else 0)
+    learn = quiet(Learner(_cls_dls(dtype=torch.float64), M().double(), loss_func=lambda p, y: nn.functional.cross_entropy(p.float(), y),
+                          opt_func=partial(OptimWrapper, opt=torch.optim.SGD), lr=1e-2, cbs=[NonFiniteGuard()]))
+    learn.fit(1)
+    assert learn.non_finite_guard.skips == []
+
+def test_a_flag_before_the_loss_went_nan_is_an_error():
+    "The loss cut at its first NaN shifted the flag's batch onto the fit's first loss: 'info: the loss fell after it' for a fit that blew up"
+    from fastai.optimizer import SGD
+    class Blow(Callback):
+        order = 1
+        def after_backward(self):
+            if self.training and self.train_iter == 100:
+                for p in self.model.parameters(): p.grad.mul_(100.)
+            if self.training and self.train_iter == 150:
+                for p in self.model.parameters(): p.grad.fill_(float('nan'))
+    torch.manual_seed(0)
+    learn = quiet(Learner(_cls_dls(n=8192), nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4)), loss_func=nn.CrossEntropyLoss(),
+                          opt_func=SGD, lr=0.1, cbs=[Blow(), GradientHealth(warn=False)]))
+    learn.fit(1)
+    rep = learn.health_report(verbose=False)
+    assert (rep.loc[rep.problem == 'exploding gradients', 'severity'] == 'error').all() and (rep.problem == 'exploding gradients').any(), rep
+
+def test_chance_level_only_for_a_mean_cross_entropy():
+    from initcb.report import _chance_loss
+    learn = quiet(Learner(_cls_dls(), nn.Linear(10, 4), loss_func=nn.CrossEntropyLoss()))
+    assert math.isclose(_chance_loss(learn), math.log(4))
+    learn.dls.c = np.int64(4); assert math.isclose(_chance_loss(learn), math.log(4))  # (a NumPy int: the rule was off)
+    for lf in (nn.CrossEntropyLoss(reduction='sum'), nn.CrossEntropyLoss(label_smoothing=0.1), nn.CrossEntropyLoss(weight=torch.ones(4)), nn.MSELoss()):
+        learn.loss_func = lf; assert _chance_loss(learn) is None, lf
+
+def test_lr_find_after_a_fit_leaves_the_report_alone():
+    "The Recorder's losses became lr_find's, whose loss rises by design: 'loss diverging' (error) on a healthy model"
+    import fastai.callback.schedule
+    learn = quiet(Learner(_cls_dls(), nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4)), loss_func=nn.CrossEntropyLoss(), cbs=GradientHealth(warn=False)))
+    learn.fit(1, 1e-2)
+    before = learn.health_report(verbose=False)
+    n = len(learn.recorder.losses)
+    with warnings.catch_warnings(): warnings.simplefilter('ignore'); learn.lr_find(show_plot=False)
+    after = learn.health_report(verbose=False)
+    assert not after.problem.str.startswith('loss').any() and len(after) == len(before), after
+    learn.validate()  # (the Recorder starts an empty list: the rules still read the fit's)
+    from initcb.report import _losses
+    assert len(_losses(learn, learn.gradient_health)) == n
+
+def test_norm_layer_vanishing_skipped_in_a_wrapped_model():
+    "The norm-layer exception looked names up without DataParallel's 'module.' prefix: the BatchNorm came back as vanishing"
+    m = nn.DataParallel(nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10)))
+    r = _flagged(m, [(1, 'vanishing', 'module.1', 1e-6), (1, 'vanishing', 'module.0', 1e-6)], None)
+    assert ('module.1', 'vanishing gradients') not in r and ('module.0', 'vanishing gradients') in r, list(r)
