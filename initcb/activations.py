@@ -553,10 +553,11 @@ def _samp_sink(self:ActivationHealth, arr, metas, ranks=0):
 @patch
 def flush(self:ActivationHealth,
     collective:bool=False, # in a distributed run mid-fit, True: every rank calls this at the same point, and the rows not yet combined are combined (a collective); False: no collective
+    drop:bool=False, # with `collective` False in a distributed run: the rows not yet combined are dropped (a fit's end on this rank alone: nothing comes next)
 ):
     "Bring every recorded row to the host history (readers call this first); in a distributed run mid-fit, with no collective, only the rows combined so far (all of them at each epoch's `after_train`)"
     for q in (self._fastq, self._sampq):
-        if q is not None: q.flush(collective)
+        if q is not None: q.flush(collective, drop)
 
 @patch
 def after_train(self:ActivationHealth): self.flush(collective=True)  # (under DDP: every rank here, the epoch's rows combined for readers)
@@ -580,9 +581,7 @@ def cleanup(self:ActivationHealth,
     collective:bool=True, # every rank is here (`after_fit`); False (an exception, `remove_cb` mid-fit): in a distributed run, the rows not yet combined are dropped
 ):
     "End of a fit, however it ended: keep what was recorded, remove hooks"
-    try:
-        for q in (self._fastq, self._sampq):
-            if q is not None: q.flush(collective, drop=True)
+    try: self.flush(collective, drop=True)
     finally: self.remove()
 
 @patch

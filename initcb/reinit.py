@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.layers import Flatten as FlattenFa
 from .core import *
+from .init import _POOLS  # (every pooling: channels kept)
 
 # %% auto #0
 __all__ = ['OUTPUT_LAYER', 'unit_chains', 'dormancy_scores', 'reinit_units', 'frozen_chain', 'reinit_dormant', 'ReinitDormant']
 
 # %% ../nbs/04_reinit.ipynb #44447b5e
 _PASS_UNITS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)  # besides `ELEMENTWISE_TYPES`: unit i out is unit i in
-_POOL = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)  # (AdaptiveMaxPool1d, text CNNs' max over time, was missing)
 _LAYER = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 class _Tracer(fx.Tracer):
@@ -95,7 +95,7 @@ def unit_chains(
                     if chain['flatten']: why = 'its activation comes after a flatten (its units would be scored per element)'; break
                     if cur.op != 'call_module' or any(isinstance(v, fx.Node) for v in (*a, *kw.values())) or id(mods[cur.target]) in inner: why = f'it feeds {fn.__name__} on a value ReDo cannot score'; break
                     chain['act_fn'], chain['act_call'] = (fn, a, kw, cur.target), call[cur]
-            elif isinstance(um, _POOL) and not chain['flatten'] and not lin: pass  # (after a Linear a pool would mix its units)
+            elif isinstance(um, _POOLS) and not chain['flatten'] and not lin: pass  # (after a Linear a pool would mix its units)
             elif _flattens(u, um) and not chain['flatten']: chain['flatten'] = True
             elif u.op == 'output': why = OUTPUT_LAYER; break
             else: why = f'it feeds {getattr(u.target, "__name__", u.target) if um is None else type(um).__name__}, which ReDo cannot follow'; break

@@ -135,7 +135,7 @@ def _activation_rules(learn, ah, th, xb):
     f = ah.fast
     if len(f):
         rms0 = f['rms'][0]
-        leaves = [m for m in unwrap(learn.model).modules() if not any(True for _ in m.children())]
+        leaves = [m for _, m in _leaves(unwrap(learn.model))]
         normed = {id(a) for a, b in zip(leaves, leaves[1:]) if isinstance(b, NORM_LAYERS)}  # (a layer a norm layer follows: its scale is set again right after)
         par = [j for j, m in enumerate(ah.mods) if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, _LOOKUPS)
                and id(m) not in normed and np.isfinite(rms0[j]) and rms0[j] > 0]
@@ -467,13 +467,15 @@ class HealthCheck(Callback):
         if 'dead' in self.remedy and not div: self._revive()
         ev = self.gh.events
         new = ev.iloc[self._n_ev:]
-        if 'exploding' in self.remedy and len(new) and not any(isinstance(c, GradientClip) for c in self.learn.cbs) and ((new['kind'] == 'nonfinite').any() or
-           any(f['problem'] == 'exploding gradients' and f['severity'] == 'error' for f in _gradient_rules(self.gh, self.th, None, v))):  # (a spike the fit learned on through: none)
+        clip = 'exploding' in self.remedy and len(new) and not any(isinstance(c, GradientClip) for c in self.learn.cbs)
+        grow = 'growing' in self.remedy and not div and not any(isinstance(c, AdaptiveWD) for c in self.learn.cbs)
+        fs = _gradient_rules(self.gh, self.th, None, v) if clip or grow else []  # (once an epoch, for both remedies)
+        if clip and ((new['kind'] == 'nonfinite').any() or any(f['problem'] == 'exploding gradients' and f['severity'] == 'error' for f in fs)):  # (a spike the fit learned on through: none)
             c = self._clip_level()
             self._add(GradientClip(c)); self._act('GradientClip', f'exploding or non-finite gradients: clipping the global norm at {c:.3g} (the scale the fit trained at before its first such flag) from the next batch')
         self._n_ev = len(ev)
-        if 'growing' in self.remedy and not div and not any(isinstance(c, AdaptiveWD) for c in self.learn.cbs):
-            if any(f['callback'] == 'AdaptiveWD' and f['problem'].startswith('weights growing') for f in _gradient_rules(self.gh, self.th)):
+        if grow:
+            if any(f['callback'] == 'AdaptiveWD' and f['problem'].startswith('weights growing') for f in fs):
                 # (a fit with no weight decay: every mode scales the fit's own λ, 0; 'equilibrium' from fastai's Adam default instead,
                 # the λ that stops the growth at the run's own update size: 'awd' from 0.01 stayed ~1e-4, measured, and changed nothing)
                 none = not any(h['wd'] for h in self.learn.opt.hypers)
