@@ -163,6 +163,7 @@ def _clear_refs(self:ActivationHealth):
 
 @patch
 def before_train(self:ActivationHealth):
+    "Put the hooks on (once a fit) and open the queues that take the rows to the host"
     if self.hooks is None: self.hooks = Hooks(self.mods, self._hook, with_input=True, eager=is_compiled(self.model))
     if self._fastq is None:
         self._fastq = DeviceChunks(self._fast_sink, self.chunk, gather=True, collate=self._collate)
@@ -170,6 +171,7 @@ def before_train(self:ActivationHealth):
 
 @patch
 def before_batch(self:ActivationHealth):
+    "Whether this training batch is recorded (every `every`-th) and, if so, whether it is a sampling one (every `sample_every`-th recorded)"
     self._on = self.every is None or self.learn.train_iter % self.every == 0  # (`self.train_iter` goes through fastai's GetAttr: 3 us)
     if self._on: self._sampling, self._hooksamp, self._iter = self._rec % self.sample_every == 0, self._rec == 0, self.n_seen
     self.n_seen += 1
@@ -305,6 +307,7 @@ def _reduce_held(self:ActivationHealth):
 
 @patch
 def after_pred(self:ActivationHealth):
+    "After the forward pass: reduce the outputs the hooks held, all layers at once, and queue the batch's row"
     if not self._on: return
     self._on = False
     held = [i for i, o in enumerate(self._outs) if o is not None]
@@ -560,9 +563,13 @@ def flush(self:ActivationHealth,
         if q is not None: q.flush(collective, drop)
 
 @patch
-def after_train(self:ActivationHealth): self.flush(collective=True)  # (under DDP: every rank here, the epoch's rows combined for readers)
+def after_train(self:ActivationHealth):
+    "End of an epoch's training: the queued rows to the host, for readers (under DDP every rank is here: combined across ranks)"
+    self.flush(collective=True)
 @patch
-def after_cancel_fit(self:ActivationHealth): self.flush(collective=True)  # (before `HealthCheck`'s `after_fit` reads them)
+def after_cancel_fit(self:ActivationHealth):
+    "A cancelled fit: the queued rows to the host before `HealthCheck`'s `after_fit` reads them"
+    self.flush(collective=True)
 
 @patch
 def _recorded(self:ActivationHealth):
@@ -586,6 +593,7 @@ def cleanup(self:ActivationHealth,
 
 @patch
 def __del__(self:ActivationHealth):
+    "A callback garbage-collected with its hooks still on removes them"
     if getattr(self, 'hooks', None) is not None: self.hooks.remove()
 
 # %% ../nbs/01_activations.ipynb #7a29fd56

@@ -130,6 +130,7 @@ def _reset(self:GradientHealth, names, sizes):
 # %% ../nbs/02_gradients.ipynb #059e1114
 @patch
 def before_batch(self:GradientHealth):
+    "Arm the recording until the next optimizer step when this batch is a recorded one (every `every`-th)"
     # armed until an optimizer step: under `GradientAccumulation` most batches take none (`self.train_iter`: 3 us of GetAttr)
     self._on = self._on or self.every is None or self.learn.train_iter % self.every == 0
     if self._on: self._iter, self._upd = self.n_seen, self._rec % self.update_every == 0
@@ -144,6 +145,7 @@ def _between(self:GradientHealth, gd):
 
 @patch
 def before_step(self:GradientHealth):
+    "Before the optimizer step: queue the gradient norms (one multi-tensor norm, or the guard's); on an update batch also count zero and non-finite entries and copy the weights"
     if not self._on: return
     if self.act_grads:
         with torch.no_grad(): self._reduce_act_grads()
@@ -170,6 +172,7 @@ def before_step(self:GradientHealth):
 
 @patch
 def after_step(self:GradientHealth):
+    "After the optimizer step, on an update batch: queue ‖Δw‖, ‖w‖, the norm of the gradient's share of the step (decoupled weight decay taken out) and the counts `before_step` took"
     if not self._on or self._prev is None: return self._done()
     with torch.no_grad():
         w = foreach_norm(self._prev, 2, self._pmemo)
@@ -277,6 +280,7 @@ def _recorded(self:GradientHealth):
 
 @patch
 def remove(self:GradientHealth):
+    "Remove the `act_grads` hooks and drop the copy of the weights; idempotent"
     if self.hooks is not None: self.hooks.remove()
     self.hooks, self._on, self._prev, self._pbuf = None, False, None, None
 
@@ -290,6 +294,7 @@ AGRAD_COLS = dict(abs_mean='mean', rms='rms', abs_max='max', zero_frac='mean')
 
 @patch
 def before_train(self:GradientHealth):
+    "Each epoch: this fit's loss list (for the report), the `act_grads` hooks, and the parameters that train now (gradual unfreezing changes them mid-fit)"
     self._fit_losses = getattr(getattr(self.learn, 'recorder', None), 'losses', None)  # (this fit's list, for the report: `lr_find`, `validate` start new ones)
     if self.act_grads and self.hooks is None: self.hooks = Hooks(self.amods, self._fhook)
     named, train = self._trainable()  # (once an epoch: gradual unfreezing by a callback changes what trains mid-fit)
