@@ -338,11 +338,11 @@ def _asink(self:GradientHealth, arr, metas):
 
 @patch
 def act_grads_df(self:GradientHealth):
-    "The `act_grads` statistics as a long `DataFrame`: one row per recorded batch and watched module"
+    "The `act_grads` statistics as a long `DataFrame`: one row per recorded batch (or merged block of `n` batches) and watched module"
     self._recorded()
     if self.agrad is None: raise ValueError("no activation gradients recorded: pass `act_grads=True` and fit")
     h, L = self.agrad, len(self.amod_names)
-    return pd.DataFrame({'iter': np.repeat(h.iters[:len(h)], L), 'module': np.tile(np.array(self.amod_names, dtype=object), len(h)),
+    return pd.DataFrame({'iter': np.repeat(h.iters[:len(h)], L), 'n': np.repeat(h.n[:len(h)], L), 'module': np.tile(np.array(self.amod_names, dtype=object), len(h)),
                          **{c: h[c].reshape(-1) for c in AGRAD_COLS}})
 
 # %% ../nbs/02_gradients.ipynb #4171befa

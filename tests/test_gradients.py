@@ -559,3 +559,13 @@ def test_warn_false_says_nothing_of_frozen_parameters():
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always'); learn.fit(1)
     assert not [x for x in w if 'GradientHealth' in str(x.message)] and cb.frozen == ['0.weight']
+
+def test_act_grads_df_says_how_many_batches_a_row_holds():
+    "Past `max_rows` the history merges rows pairwise: act_grads_df's `n` column says how many batches each row holds, as to_df's does"
+    cb = GradientHealth(act_grads=True, max_rows=4, chunk=1, warn=False)
+    learn = quiet(synth_learner(n_trn=12, cbs=cb)); learn.model = mlp(1)
+    learn.fit(1)
+    adf, nb = cb.act_grads_df(), len(learn.dls.train)
+    assert adf['n'].max() > 1  # (rows were merged)
+    assert (adf.groupby('module')['n'].sum() == nb).all()
+    assert cb.to_df().groupby('layer')['n'].sum().eq(nb).all()
