@@ -80,6 +80,11 @@ def _finite(v):
     "`v` up to its first non-finite value"
     return v if v is None or np.isfinite(v).all() else v[:np.argmin(np.isfinite(v))]
 
+def _loss_start(v):
+    "Where the fit's smoothed loss started: the least of its first three finite values (NaN if none); not their median, which a fit blown up at its second batch already holds"
+    f = v[np.isfinite(v)][:3]
+    return float(f.min()) if len(f) else math.nan
+
 def _chance_loss(learn):
     "ln(classes): the cross-entropy of a uniform guess, where the loss is plain cross-entropy over `dls.c` classes; else None"
     lf, c = getattr(learn, 'loss_func', None), getattr(getattr(learn, 'dls', None), 'c', None)
@@ -88,15 +93,16 @@ def _chance_loss(learn):
     return math.log(int(c)) if plain and isinstance(c, (int, np.integer)) and c >= 2 else None
 
 def _loss_rules(v, th, chance=None):
-    "'loss diverging' (the smoothed training loss ends `diverge`x above its start), 'loss at chance level' (a cross-entropy that ends"
+    "'loss diverging' (the smoothed training loss ends `diverge`x above its start, or went there and ended above its start), 'loss at chance level' (a cross-entropy that ends"
     "within 3% of ln(classes), `chance`), or 'loss not decreasing' (ends above `plateau`x its start); the last two over `min_batches` or more"
     v = _finite(v)
     if v is None or len(v) < min(10, th.min_batches): return []
-    first, last = float(np.median(v[:3])), float(v[-1])
+    first, last = _loss_start(v), float(v[-1])
     ev = f'smoothed training loss {first:.3g} at the start of the fit, {last:.3g} at its end ({len(v)} batches; highest {v.max():.3g})'
-    if first > 0 and last > th.diverge * first: return [_finding('(all)', 'loss diverging', 'error', ev, 'diverging')]
+    if first > 0 and (last > th.diverge * first or v.max() > th.diverge * first and last > first):  # (ends that high, or went there and never came back below its start)
+        return [_finding('(all)', 'loss diverging', 'error', ev, 'diverging')]
     if len(v) < th.min_batches: return []
-    if chance is not None and last >= 0.97 * chance: return [_finding('(all)', 'loss at chance level', 'error', ev + f'; a uniform guess scores ln(classes) = {chance:.3g}', 'chance')]
+    if chance is not None and abs(last - chance) <= 0.03 * chance: return [_finding('(all)', 'loss at chance level', 'error', ev + f'; a uniform guess scores ln(classes) = {chance:.3g}', 'chance')]
     if first > 0 and last > th.plateau * first: return [_finding('(all)', 'loss not decreasing', 'warning', ev, 'plateau')]
     return []
 
@@ -182,10 +188,10 @@ def _gradient_rules(gh, th, model=None, losses=None):
             before = g[(it < d.batch.min()) & np.isfinite(g)]
             if len(before) and np.isfinite(d.value).all() and d.value.max() <= before.max():
                 sev, note = 'warning', f"; none above the {before.max():.3g} the fit had before"
-            elif ended and np.isfinite(d.value).all() and v[-1] < loss_at(d.batch.min()):  # (spikes of a healthy LSTM, Transformer early on)
+            elif ended and np.isfinite(d.value).all() and v[-1] < min(loss_at(d.batch.min()), _loss_start(v)):  # (spikes of a healthy LSTM, Transformer early on; not a loss that blew up and fell back part way)
                 sev, note = 'info', f"; the loss fell after it ({loss_at(d.batch.min()):.3g} -> {v[-1]:.3g}): the fit went on learning"
-        if kind == 'stalled' and ended and v[-1] * 10 <= v[:3].mean():  # (updates of a model near its optimum are small: a converged Transformer's LayerNorms)
-            sev, note = 'info', f"; the loss fell {v[:3].mean() / max(v[-1], 1e-30):.3g}-fold over the fit: small updates are expected there"
+        if kind == 'stalled' and ended and v[-1] * 10 <= _loss_start(v):  # (updates of a model near its optimum are small: a converged Transformer's LayerNorms)
+            sev, note = 'info', f"; the loss fell {_loss_start(v) / max(v[-1], 1e-30):.3g}-fold over the fit: small updates are expected there"
         out.append(_finding(layer or '(all)', problem,
                             sev, f"{len(d)} flags, batches {d.batch.min()}-{d.batch.max()}: {d.message.iloc[0]}{note}", key))
         if key == 'stalled' and layer in mods and not isinstance(mods[layer], WEIGHT_LAYERS):  # (LSUV rescales Linear and Conv layers only)
@@ -463,7 +469,8 @@ class HealthCheck(Callback):
         v = _losses(self.learn, self.gh)
         div = any(f['problem'] == 'loss diverging' for f in _loss_rules(v, self.th))
         if div and not self._held:  # (dead units and growing weights are its symptoms there: re-initializing them, decaying them made it worse, measured)
-            self._held = True; self._act('held back', "the loss is diverging: no ReinitDormant or AdaptiveWD while it does; lower the learning rate (learn.lr_find())")
+            self._held = True; self._act('held back', "the loss is diverging: no ReinitDormant or AdaptiveWD for the rest of this fit; lower the learning rate (learn.lr_find())")
+        div = self._held  # (for the rest of the fit: a loss that blew up and fell part way back is no fit to revive units or decay weights in)
         if 'dead' in self.remedy and not div: self._revive()
         ev = self.gh.events
         new = ev.iloc[self._n_ev:]

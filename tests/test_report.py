@@ -1,5 +1,5 @@
 "health_report, NonFiniteGuard, HealthCheck: rules that fire and ones that must not, clean ends, bad input."
-import math, warnings, pytest, torch, numpy as np
+import math, warnings, pytest, torch, numpy as np, pandas as pd
 from torch import nn
 from hypothesis import given, settings, strategies as st
 from fastai.learner import Learner, CancelFitException
@@ -319,7 +319,8 @@ def test_stalled_remedy_fits_the_layer():
     learn = quiet(synth_learner(n_trn=20, lr=1e-3)); learn.model, learn.opt_func = Col(m), Adam
     learn.add_cb(GradientHealth(update_every=1, warn=False))
     learn.fit(2)  # (fastai's Adam decays the weights by lr * wd = 1e-5 a step, the band's edge: the stall is the gradient's step)
-    rep = learn.health_report(verbose=False).query("problem == 'stalled updates'").set_index('layer')
+    from initcb.report import _gradient_rules  # (the rules themselves: this fit's loss also rose 12x from its first batch, and the report calls the stalls its likely symptoms)
+    rep = pd.DataFrame(_gradient_rules(learn.gradient_health, Thresholds(), learn.model)).query("problem == 'stalled updates'").set_index('layer')
     assert rep.loc['m.0', 'callback'] == 'LSUVInit', rep
     assert rep.loc['m.1', 'callback'] == '' and rep.loc['m.1', 'remedy'] == STALLED_OTHER, rep
 
@@ -592,7 +593,7 @@ def test_severity_follows_the_loss():
     "A spike the loss fell after (healthy LSTM, Transformer) and small updates of a converged model: 'info'; vanishing in a norm layer: none"
     m = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
     n = 4  # batches in that fit
-    falling, rising = np.geomspace(2., 0.01, n), np.linspace(2., 3., n)
+    falling, rising = np.array([2., 1.9, 1.8, 0.01]), np.linspace(2., 3., n)  # (the start: the least of the first three)
     evs = [(2, 'exploding', None, 5.), (1, 'vanishing', '1', 1e-6), (1, 'vanishing', '0', 1e-6), (3, 'stalled', '3', 1e-7)]
     r = _flagged(m, evs, falling)
     assert r[('(all)', 'exploding gradients')]['severity'] == 'info' and r[('(all)', 'exploding gradients')]['callback'] == ''
@@ -643,12 +644,13 @@ def test_dead_units_remedy_in_a_wrapped_model():
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(0.01, 100.), min_size=10, max_size=80))
 def test_loss_rules_property(curve):
-    "At most one loss finding; 'loss diverging' exactly when the curve ends above `diverge` x the median of its first three"
+    "At most one loss finding; 'loss diverging' exactly when the curve ends above `diverge` x its start (the least of its first three), or went there and ended above its start"
     from initcb.report import _loss_rules
     th, v = Thresholds(), np.array(curve)
     f = _loss_rules(v, th, chance=math.log(10))
     assert len(f) <= 1
-    div = v[-1] > th.diverge * np.median(v[:3])
+    s = v[:3].min()
+    div = v[-1] > th.diverge * s or v.max() > th.diverge * s and v[-1] > s
     assert (len(f) == 1 and f[0]['problem'] == 'loss diverging') == div
     if len(v) < th.min_batches: assert not f or div  # (the other two need min_batches)
 
@@ -719,3 +721,40 @@ def test_norm_layer_vanishing_skipped_in_a_wrapped_model():
     m = nn.DataParallel(nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10)))
     r = _flagged(m, [(1, 'vanishing', 'module.1', 1e-6), (1, 'vanishing', 'module.0', 1e-6)], None)
     assert ('module.1', 'vanishing gradients') not in r and ('module.0', 'vanishing gradients') in r, list(r)
+
+
+# --- an audit of 2026-11-28 (task types and callbacks): loss rules on a fit that blows up at once ---
+
+def test_a_fit_blown_up_at_its_second_batch_is_diverging():
+    "The start was the median of the first three smoothed losses, already blown up: no 'loss diverging', and a loss 42x ln(10) was 'at chance level'"
+    from initcb.report import _loss_rules
+    th = Thresholds()
+    v = np.concatenate([[2.3, 3329., 5481.], np.geomspace(4956., 96.4, 60)])
+    f = _loss_rules(v, th, chance=math.log(10))
+    assert [x['problem'] for x in f] == ['loss diverging'] and 'loss 2.3 at the start' in f[0]['evidence'], f
+    back = np.concatenate([[0.70, 71., 80.], np.geomspace(65., 0.85, 60)])  # blew up, fell back part way: above its start at the end
+    assert _loss_rules(back, th)[0]['problem'] == 'loss diverging'
+    spike = np.concatenate([[0.70, 0.69, 0.68], np.full(5, 3.), np.geomspace(1., 0.1, 60)])  # an early spike it learned on through
+    assert _loss_rules(spike, th) == []
+    above = np.linspace(2.5, 3.5, 60)  # ends 1.4x its start (not diverging), far above ln(10): not 'at chance level'
+    assert _loss_rules(above, th, chance=math.log(10))[0]['problem'] == 'loss not decreasing'
+
+def test_blown_up_multilabel_fit_holds_the_remedies_back():
+    "BCE multi-label at lr 1: the loss blew up at batch 1; HealthCheck(remedy=True) re-initialized dead units every epoch, added AdaptiveWD, and called the explosion 'info: the fit went on learning'"
+    from fastai.losses import BCEWithLogitsLossFlat
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    import random
+    torch.manual_seed(0)
+    x = torch.randn(1088, 16); y = (x @ torch.randn(16, 4) > 0).float()
+    dls = DataLoaders(DataLoader(list(zip(x[64:], y[64:])), bs=16, shuffle=True, drop_last=True), DataLoader(list(zip(x[:64], y[:64])), bs=32))
+    dls.train.rng, dls.c = random.Random(0), 4
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    hc = HealthCheck(remedy=True, report=False)
+    learn = quiet(Learner(dls, m, loss_func=BCEWithLogitsLossFlat(), cbs=hc))
+    learn.fit(3, 1.0)
+    rep, acts = hc.report, hc.actions
+    assert rep.problem.iloc[0] == 'loss diverging', rep
+    assert not acts.action.isin(['ReinitDormant', 'AdaptiveWD']).any() and (acts.action == 'held back').sum() == 1, acts
+    assert not ((rep.problem == 'exploding gradients') & (rep.severity == 'info')).any(), rep
