@@ -137,6 +137,7 @@ def setup(self:ActivationHealth):
     # (saturation counts an asymptote's neighbourhood; ReLU6's floor, 0, is a ReLU's: its zeros are `near_zero`, not saturated)
     self._satb = [(-math.inf, b[1]) if b is not None and isinstance(m, nn.ReLU6) else b for (_, m), b in zip(sel, bounds)]
     self._rec, self._inplace, self._skip, self._insample = 0, [False] * L, [False] * L, [False] * L
+    self._fit0 = self.n_seen  # (this fit's first batch in the history's count: the report reads this fit's rows)
     self._elem = [isinstance(m, tuple(ELEMENTWISE_TYPES)) for m in self.mods]
     self._idx = None  # sample indices and the whole-or-sampled choice are made afresh each fit (the device may have changed)
     self._layouts, self._churn = {}, False

@@ -36,7 +36,7 @@ class Thresholds:
         diverge:float=2., # 'loss diverging' when the fit's smoothed training loss ends above this factor of its start
         plateau:float=0.95, # 'loss not decreasing' when it ends above this factor of its start, over at least `min_batches` batches
         min_batches:int=50, # the shortest fit the loss rules read (and 'loss diverging' at least 10 batches)
-        last:int=None, # read the last `last` recorded batches (None: all)
+        last:int=None, # the saturation rule reads the last `last` recorded batches (None: the last fit's)
     ):
         self.dead_frac, self.dead_tau = check_float('dead_frac', dead_frac, 0., 1.), check_float('dead_tau', dead_tau, 0., 1e6)
         self.sat_pct, self.drift_orders = check_float('sat_pct', sat_pct, 0., 100.), check_float('drift_orders', drift_orders, 0., 1e3)
@@ -84,6 +84,11 @@ def _loss_start(v):
     "Where the fit's smoothed loss started: the least of its first three finite values (NaN if none); not their median, which a fit blown up at its second batch already holds"
     f = v[np.isfinite(v)][:3]
     return float(f.min()) if len(f) else math.nan
+
+def _fit_row(h, fit0):
+    "The first row of history `h` from batch `fit0` on: the last fit's (0, the whole history, where that fit recorded none)"
+    k = int(np.searchsorted(h.iters[:len(h)], fit0))
+    return k if k < len(h) else 0
 
 def _chance_loss(learn):
     "ln(classes): the cross-entropy of a uniform guess, where the loss is plain cross-entropy over `dls.c` classes; else None"
@@ -135,12 +140,13 @@ def _activation_rules(learn, ah, th, xb):
             why = f' ({next(iter(whys))})' if len(whys) == 1 else ' (`unit_chains(model)` says why: a residual add, a branch)'
             for f in out:
                 if f['layer'] not in ends: f.update(remedy=DEAD_UNFOLLOWED + why, callback='')
-    summ = ah.summary(last=th.last)
+    f = ah.fast
+    r0 = _fit_row(f, getattr(ah, '_fit0', 0))  # (the last fit's rows: an earlier fit's findings are not this one's)
+    summ = ah.summary(last=th.last if th.last is not None else int(f.n[r0:len(f)].sum()))
     for n, v in summ['% saturated'].dropna().items():
         if v > th.sat_pct: out.append(_finding(n, 'saturated activation', 'warning', f'{v:.0f}% of outputs within sat_eps of an asymptote', 'saturated'))
-    f = ah.fast
     if len(f):
-        rms0 = f['rms'][0]
+        rms0 = f['rms'][r0]
         leaves = [m for _, m in _leaves(unwrap(learn.model))]
         normed = {id(a) for a, b in zip(leaves, leaves[1:]) if isinstance(b, NORM_LAYERS)}  # (a layer a norm layer follows: its scale is set again right after)
         par = [j for j, m in enumerate(ah.mods) if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, _LOOKUPS)
@@ -150,11 +156,11 @@ def _activation_rules(learn, ah, th, xb):
             orders = math.log10(rms0[hi] / rms0[lo])
             if orders > th.drift_orders:
                 out.append(_finding(ah.names[lo], 'activation scale drifts through depth', 'warning',
-                                    f'rms {rms0[lo]:.2g} at {ah.names[lo]} vs {rms0[hi]:.2g} at {ah.names[hi]} on the first recorded batch ({orders:.1f} orders)', 'drift'))
-        nf = f['nonfinite_batches'][:len(f)]
+                                    f'rms {rms0[lo]:.2g} at {ah.names[lo]} vs {rms0[hi]:.2g} at {ah.names[hi]} on the first recorded batch of the fit ({orders:.1f} orders)', 'drift'))
+        nf = f['nonfinite_batches'][r0:len(f)]
         if nf.sum():
             rows, cols = np.nonzero(nf)
-            first = rows.min(); j = cols[rows == first].min()
+            first = rows.min(); j = cols[rows == first].min(); first += r0
             out.append(_finding(ah.names[j], 'non-finite activations', 'error',
                                 f'first at recorded batch {int(f.iters[first])} in {ah.names[j]} (the earliest layer); {int(nf.sum())} layer-batches in all', 'nonfinite'))
     return out
@@ -173,6 +179,7 @@ def _gradient_rules(gh, th, model=None, losses=None):
     out, mods = [], _named(model)
     ev, v = gh.events, losses if losses is not None and len(losses) else None
     start = getattr(gh, '_fit0', None)  # (the fit's first batch in the history's count; batches the Recorder left out, a guard's skips, aside)
+    ev = ev[ev.batch >= (start or 0)]  # (the last fit's flags: an earlier fit's are not this one's)
     if start is None and v is not None: start = gh.n_seen - len(v)
     def loss_at(b): return float(v[int(np.clip(b - start, 0, len(v) - 1))])
     ended = v is not None and np.isfinite(v[-1])  # (a fit whose loss ended NaN went on learning nothing)
@@ -222,7 +229,7 @@ def health_report(self:Learner,
     verbose:bool=True, # print the findings (or 'no findings')
     xb=None, # the batch dormancy is scored and the symmetry tested on (None: the first validation batch)
 ):
-    "Findings about this learner's training: one row each (layer, problem, severity, evidence, remedy, callback)"
+    "Findings about this learner's last fit and its model as it is now: one row each (layer, problem, severity, evidence, remedy, callback)"
     th = thresholds or Thresholds()
     if not isinstance(th, Thresholds): raise ValueError(f"`thresholds` must be a Thresholds (or None), got {type(th).__name__}")
     gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)
@@ -474,6 +481,7 @@ class HealthCheck(Callback):
         if 'dead' in self.remedy and not div: self._revive()
         ev = self.gh.events
         new = ev.iloc[self._n_ev:]
+        new = new[new.batch >= self.gh._fit0]  # (this fit's: the first epoch of a second fit saw the first fit's too)
         clip = 'exploding' in self.remedy and len(new) and not any(isinstance(c, GradientClip) for c in self.learn.cbs)
         grow = 'growing' in self.remedy and not div and not any(isinstance(c, AdaptiveWD) for c in self.learn.cbs)
         fs = _gradient_rules(self.gh, self.th, None, v) if clip or grow else []  # (once an epoch, for both remedies)
@@ -496,7 +504,7 @@ class HealthCheck(Callback):
         "scale the fit trained at (1.0 had clipped a healthy fit's ordinary steps, 5-20 early on, to a twentieth; after the flag,"
         "a run blowing up had medians in the thousands: no clip); their median where fewer than 5 batches came first; else 1.0"
         g, ev, it = self.gh.global_norm(), self.gh.events, self.gh.hist.iters[:len(self.gh.hist)]
-        bad = ev.batch[ev.kind.isin(['exploding', 'nonfinite'])]
+        bad = ev.batch[ev.kind.isin(['exploding', 'nonfinite']) & (ev.batch >= self.gh._fit0)]  # (this fit's first flag; the norms before it, earlier fits' too)
         pre = g[np.isfinite(g) & (it < (bad.min() if len(bad) else np.inf))]
         m = pd.Series(pre).rolling(self.gh.explode_window, min_periods=5).median().max() if len(pre) >= 5 else np.median(pre) if len(pre) else np.nan
         return float(m) if np.isfinite(m) and m > 0 else 1.

@@ -193,7 +193,7 @@ def test_remedy_argument_fuzz(remedy):
     except ValueError as e: assert '`remedy`' in str(e) and not set(remedy) <= set(RULES)
 
 def test_resumed_run_gives_the_same_report(tmp_path):
-    "fit 2 epochs, against: fit 1, learn.save + the callbacks' .npz, a new Learner, learn.load + the loaded callbacks, fit 1"
+    "fit 1 epoch twice, against: fit 1, learn.save + the callbacks' .npz, a new Learner, learn.load + the loaded callbacks, fit 1 (each report reads its fit)"
     from initcb.core import digits_dls
     def net():
         torch.manual_seed(0)
@@ -201,7 +201,7 @@ def test_resumed_run_gives_the_same_report(tmp_path):
         with torch.no_grad(): m[1].bias.sub_(3.)
         return m
     def learner(cbs): return quiet(Learner(digits_dls(), net(), loss_func=nn.CrossEntropyLoss(), path=tmp_path, cbs=cbs))
-    full = learner([ActivationHealth(), GradientHealth(warn=False)]); full.fit(2, 1e-3)
+    full = learner([ActivationHealth(), GradientHealth(warn=False)]); full.fit(1, 1e-3); full.fit(1, 1e-3)
     r_full = full.health_report(verbose=False)
     first = learner([ActivationHealth(), GradientHealth(warn=False)]); first.fit(1, 1e-3)
     first.save('half')
@@ -758,3 +758,24 @@ def test_blown_up_multilabel_fit_holds_the_remedies_back():
     assert rep.problem.iloc[0] == 'loss diverging', rep
     assert not acts.action.isin(['ReinitDormant', 'AdaptiveWD']).any() and (acts.action == 'held back').sum() == 1, acts
     assert not ((rep.problem == 'exploding gradients') & (rep.severity == 'info')).any(), rep
+
+def test_report_reads_the_last_fit():
+    "HealthCheck on the learner (histories run on): the second fit's report repeated the first fit's scale drift and explosion, long gone"
+    from initcb.init import init_weights
+    class Spike(Callback):
+        order = 1
+        def after_backward(self):
+            if self.training and self.iter == 3:
+                for p in self.model.parameters(): p.grad.mul_(1e8)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    with torch.no_grad(): m[2].weight.mul_(1e-3); m[2].bias.mul_(1e-3)  # three orders of magnitude lost at layer 2
+    learn = quiet(Learner(digits_dls(flat=True, n_train=256), m, loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+    learn.fit(1, 1e-3, cbs=Spike())
+    old = {'activation scale drifts through depth', 'exploding gradients'}
+    assert old <= set(learn.health_check.report.problem), learn.health_check.report
+    init_weights(m)  # the init fixed, no spike: nothing of the first fit's is this one's
+    learn.fit(1, 1e-3)
+    rep = learn.health_check.report
+    assert not rep.problem.isin(old).any(), rep
+    assert len(learn.health_check.actions) == 0
