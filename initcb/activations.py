@@ -646,12 +646,12 @@ def summary(self:ActivationHealth,
 
 # %% ../nbs/01_activations.ipynb #d56f2ed0
 @patch
-def _layer(self:ActivationHealth, idx):
+def _layer(self:ActivationHealth, idx, arg='idx'):
     if isinstance(idx, nn.Module) and self.names is not None:
         for i, m in enumerate(self.mods or []):
             if m is idx: return i
-        raise ValueError(f"`idx`: {type(idx).__name__} is not a watched module")
-    return layer_index(self.names, idx, 'watched layer', ' or a watched module')
+        raise ValueError(f"`{arg}`: {type(idx).__name__} is not a watched module")
+    return layer_index(self.names, idx, 'watched layer', ' or a watched module', arg)
 
 @patch
 def layer_stats(self:ActivationHealth,
@@ -763,7 +763,8 @@ def dormancy(self:ActivationHealth,
     if xb is None:
         xb = getattr(self.learn, 'xb', None)
         if not xb or xb[0] is None: xb = first_inputs(self.learn.dls.train, getattr(self.learn.dls, 'n_inp', None))
-    want = set(range(len(mods))) if layers is None else {self._layer(l) for l in layers}
+    if isinstance(layers, (str, int, nn.Module)): layers = [layers]  # (one layer; a name iterated was its characters)
+    want = set(range(len(mods))) if layers is None else {self._layer(l, 'layers') for l in layers}
     res, prev = {}, [None]
     def hook(i, o):
         o = first_tensor(o)

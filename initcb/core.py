@@ -593,14 +593,15 @@ def layer_index(
     idx, # a position (negative from the end) or a name
     what:str='layer', # what a layer is called in the error message
     also:str='', # what else is allowed, for the error message
+    arg:str='idx', # the argument `idx` came in, for the error message
 ):
     "Position of `idx` (an int, negative from the end, or a name) in `names`, else a `ValueError` saying what is allowed"
     if names is None: raise ValueError("nothing recorded yet: fit with the callback first")
     if isinstance(idx, str):
-        if idx not in names: raise ValueError(f"`idx`: no {what} named {idx!r}; names: {names}")
+        if idx not in names: raise ValueError(f"`{arg}`: no {what} named {idx!r}; names: {names}")
         return names.index(idx)
     if isinstance(idx, (int, np.integer)) and not isinstance(idx, bool) and -len(names) <= idx < len(names): return int(idx) % len(names)
-    raise ValueError(f"`idx` must be a layer index in [-{len(names)}, {len(names)}), a name{also}; got {idx!r}")
+    raise ValueError(f"`{arg}` must be a layer index in [-{len(names)}, {len(names)}), a name{also}; got {idx!r}")
 
 def check_recorded(
     cb, # a recorder: `ActivationHealth`, `GradientHealth`

@@ -234,10 +234,14 @@ def health_report(self:Learner,
     if not isinstance(th, Thresholds): raise ValueError(f"`thresholds` must be a Thresholds (or None), got {type(th).__name__}")
     gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)
     losses = _losses(self, gh)
-    rows = _loss_rules(losses, th, _chance_loss(self)) + _init_rules(self.model, th, lambda: _first_x(self) if xb is None else xb)
     ah = next((c for c in self.cbs if isinstance(c, ActivationHealth)), None)
-    # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
-    if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, _first_x(self) if xb is None else xb)
+    try:
+        rows = _loss_rules(losses, th, _chance_loss(self)) + _init_rules(self.model, th, lambda: _first_x(self) if xb is None else xb)
+        # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
+        if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, _first_x(self) if xb is None else xb)
+    except RuntimeError as e:  # (torch's shape error named no argument)
+        if xb is None: raise
+        raise ValueError(f"`xb`: the model cannot run on the batch given ({type(e).__name__}: {e})") from e
     if gh is not None and gh.hist is not None: rows += _gradient_rules(gh, th, self.model, losses)
     if rows and rows[0]['problem'] == 'loss diverging':  # (weights blown up: stalled updates, no gradient, growth, dead units are its symptoms)
         for r in rows[1:]:

@@ -161,3 +161,14 @@ def test_empty_output_gives_a_nan_row(full_max):
     assert (e0.loc[empty, ['nonfinite_batches', 'nonfinite']] == 0).all().all()
     assert e0.drop(empty)[['abs_mean', 'rms', 'mean']].notna().all().all() and df[df.name == 'e1'][['rms', 'mean']].notna().all().all()
     assert cb.summary().loc[['e0', 'e1'], ['rms', 'max |x|', 'mean']].notna().all().all()  # the empty batches left out, not NaN for the run
+
+def test_dormancy_layers_argument():
+    "A bad `layers` named `idx` in its error (the reader's argument, not dormancy's); one name was iterated as its characters"
+    from fastai.test_utils import synth_learner
+    from helpers import quiet
+    ah = ActivationHealth()
+    learn = quiet(synth_learner(n_trn=2, cbs=ah)); learn.model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
+    learn.fit(1)
+    with pytest.raises(ValueError, match='`layers`: no watched layer'): ah.dormancy(layers=['nope'])
+    with pytest.raises(ValueError, match='`layers` must be a layer index'): ah.dormancy(layers=[99])
+    assert list(ah.dormancy(layers='1')) == ['1'] and list(ah.dormancy(layers=0)) == ['0']

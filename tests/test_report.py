@@ -779,3 +779,10 @@ def test_report_reads_the_last_fit():
     rep = learn.health_check.report
     assert not rep.problem.isin(old).any(), rep
     assert len(learn.health_check.actions) == 0
+
+def test_report_batch_of_the_wrong_shape_names_xb():
+    "learn.health_report(xb=...) of the wrong shape raised torch's bare shape error"
+    learn = quiet(Learner(digits_dls(flat=True, n_train=128), mlp(), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+    learn.fit(1, 1e-3)
+    with pytest.raises(ValueError, match='`xb`: the model cannot run'): learn.health_report(xb=torch.randn(4, 3, 8, 8), verbose=False)
+    assert len(learn.health_report(xb=torch.randn(4, 64), verbose=False).columns)
