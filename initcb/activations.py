@@ -763,7 +763,7 @@ def dormancy(self:ActivationHealth,
     if xb is None:
         xb = getattr(self.learn, 'xb', None)
         if not xb or xb[0] is None: xb = first_inputs(self.learn.dls.train, getattr(self.learn.dls, 'n_inp', None))
-    if isinstance(layers, (str, int, nn.Module)): layers = [layers]  # (one layer; a name iterated was its characters)
+    if layers is not None and not isinstance(layers, (list, tuple, set)): layers = [layers]  # (one layer: a name, a position, a module; a name iterated was its characters)
     want = set(range(len(mods))) if layers is None else {self._layer(l, 'layers') for l in layers}
     res, prev = {}, [None]
     def hook(i, o):

@@ -21,7 +21,7 @@ from .reinit import reinit_dormant, unit_chains, OUTPUT_LAYER
 from .wd import AdaptiveWD
 
 # %% auto #0
-__all__ = ['COLUMNS', 'REMEDIES', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'RULES', 'WD_BASE', 'Thresholds',
+__all__ = ['COLUMNS', 'REMEDIES', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'BLOWUP', 'RULES', 'WD_BASE', 'Thresholds',
            'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
@@ -33,7 +33,7 @@ class Thresholds:
         sat_pct:float=20., # 'saturated' when more than this % of a bounded activation's outputs sit on an asymptote
         drift_orders:float=2., # 'scale drifts' when the layers' output rms spans more than this many orders of magnitude
         growth:float=10., # 'weights growing' when a layer's weight norm grew more than this factor and still grows
-        diverge:float=2., # 'loss diverging' when the fit's smoothed training loss ends above this factor of its start
+        diverge:float=2., # 'loss diverging' when the fit's smoothed training loss ends above this factor of its start (`_loss_start`)
         plateau:float=0.95, # 'loss not decreasing' when it ends above this factor of its start, over at least `min_batches` batches
         min_batches:int=50, # the shortest fit the loss rules read (and 'loss diverging' at least 10 batches)
         last:int=None, # the saturation rule reads the last `last` recorded batches (None: the last fit's)
@@ -80,15 +80,20 @@ def _finite(v):
     "`v` up to its first non-finite value"
     return v if v is None or np.isfinite(v).all() else v[:np.argmin(np.isfinite(v))]
 
+BLOWUP = 30.  # (a blow-up at the first steps takes the loss past this multiple of the first batch's; batch-to-batch noise stays well below)
+
 def _loss_start(v):
-    "Where the fit's smoothed loss started: the least of its first three finite values (NaN if none); not their median, which a fit blown up at its second batch already holds"
+    "Where the fit's smoothed loss started: the median of its first three finite values, or the first where the next two hold a blow-up (past `BLOWUP`x it), which a median would take for the start (NaN if none)"
     f = v[np.isfinite(v)][:3]
-    return float(f.min()) if len(f) else math.nan
+    if not len(f): return math.nan
+    return float(f[0]) if len(f) > 1 and f[0] > 0 and f[1:].max() > BLOWUP * f[0] else float(np.median(f))  # (the least of the three called a lucky first batch of a noisy fit its start: half of 16 healthy ones diverging)
 
 def _fit_row(h, fit0):
-    "The first row of history `h` from batch `fit0` on: the last fit's (0, the whole history, where that fit recorded none)"
-    k = int(np.searchsorted(h.iters[:len(h)], fit0))
-    return k if k < len(h) else 0
+    "The first row of history `h` that holds batch `fit0` or a later one: the last fit's rows start there (a merged row that straddles its start included); None where that fit recorded none"
+    it, n = h.iters[:len(h)], h.n[:len(h)]
+    k = max(int(np.searchsorted(it, fit0, side='right')) - 1, 0)
+    if len(it) and it[k] < fit0 and n[k] <= 1: k += 1  # (one batch before the fit: the fit before's)
+    return k if k < len(h) else None
 
 def _chance_loss(learn):
     "ln(classes): the cross-entropy of a uniform guess, where the loss is plain cross-entropy over `dls.c` classes; else None"
@@ -98,16 +103,15 @@ def _chance_loss(learn):
     return math.log(int(c)) if plain and isinstance(c, (int, np.integer)) and c >= 2 else None
 
 def _loss_rules(v, th, chance=None):
-    "'loss diverging' (the smoothed training loss ends `diverge`x above its start, or went there and ended above its start), 'loss at chance level' (a cross-entropy that ends"
-    "within 3% of ln(classes), `chance`), or 'loss not decreasing' (ends above `plateau`x its start); the last two over `min_batches` or more"
+    "'loss diverging' (the smoothed training loss ends `diverge`x above its start), 'loss at chance level' (a cross-entropy that ends"
+    "between 0.97 and 2 x ln(classes), `chance`), or 'loss not decreasing' (ends above `plateau`x its start); the last two over `min_batches` or more"
     v = _finite(v)
     if v is None or len(v) < min(10, th.min_batches): return []
     first, last = _loss_start(v), float(v[-1])
     ev = f'smoothed training loss {first:.3g} at the start of the fit, {last:.3g} at its end ({len(v)} batches; highest {v.max():.3g})'
-    if first > 0 and (last > th.diverge * first or v.max() > th.diverge * first and last > first):  # (ends that high, or went there and never came back below its start)
-        return [_finding('(all)', 'loss diverging', 'error', ev, 'diverging')]
+    if first > 0 and last > th.diverge * first: return [_finding('(all)', 'loss diverging', 'error', ev, 'diverging')]
     if len(v) < th.min_batches: return []
-    if chance is not None and abs(last - chance) <= 0.03 * chance: return [_finding('(all)', 'loss at chance level', 'error', ev + f'; a uniform guess scores ln(classes) = {chance:.3g}', 'chance')]
+    if chance is not None and 0.97 * chance <= last <= 2 * chance: return [_finding('(all)', 'loss at chance level', 'error', ev + f'; a uniform guess scores ln(classes) = {chance:.3g}', 'chance')]
     if first > 0 and last > th.plateau * first: return [_finding('(all)', 'loss not decreasing', 'warning', ev, 'plateau')]
     return []
 
@@ -141,11 +145,12 @@ def _activation_rules(learn, ah, th, xb):
             for f in out:
                 if f['layer'] not in ends: f.update(remedy=DEAD_UNFOLLOWED + why, callback='')
     f = ah.fast
-    r0 = _fit_row(f, getattr(ah, '_fit0', 0))  # (the last fit's rows: an earlier fit's findings are not this one's)
-    summ = ah.summary(last=th.last if th.last is not None else int(f.n[r0:len(f)].sum()))
-    for n, v in summ['% saturated'].dropna().items():
-        if v > th.sat_pct: out.append(_finding(n, 'saturated activation', 'warning', f'{v:.0f}% of outputs within sat_eps of an asymptote', 'saturated'))
-    if len(f):
+    r0 = _fit_row(f, getattr(ah, '_fit0', 0))  # (the last fit's rows: an earlier fit's findings are not this one's; None: it recorded none)
+    if th.last is not None or r0 is not None:
+        summ = ah.summary(last=th.last if th.last is not None else int(f.n[r0:len(f)].sum()))
+        for n, v in summ['% saturated'].dropna().items():
+            if v > th.sat_pct: out.append(_finding(n, 'saturated activation', 'warning', f'{v:.0f}% of outputs within sat_eps of an asymptote', 'saturated'))
+    if r0 is not None:
         rms0 = f['rms'][r0]
         leaves = [m for _, m in _leaves(unwrap(learn.model))]
         normed = {id(a) for a, b in zip(leaves, leaves[1:]) if isinstance(b, NORM_LAYERS)}  # (a layer a norm layer follows: its scale is set again right after)
@@ -192,7 +197,7 @@ def _gradient_rules(gh, th, model=None, losses=None):
         note = ''
         if kind == 'exploding':  # (a spike over a running median that fell as the loss did, no larger than the fit's norms before: a warning)
             g, it = gh.global_norm(), gh.hist.iters[:len(gh.hist)]
-            before = g[(it < d.batch.min()) & np.isfinite(g)]
+            before = g[(it < d.batch.min()) & (it >= (start or 0)) & np.isfinite(g)]  # (this fit's: an earlier fit's spike made a later explosion a 'warning')
             if len(before) and np.isfinite(d.value).all() and d.value.max() <= before.max():
                 sev, note = 'warning', f"; none above the {before.max():.3g} the fit had before"
             elif ended and np.isfinite(d.value).all() and v[-1] < min(loss_at(d.batch.min()), _loss_start(v)):  # (spikes of a healthy LSTM, Transformer early on; not a loss that blew up and fell back part way)
@@ -235,13 +240,14 @@ def health_report(self:Learner,
     gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)
     losses = _losses(self, gh)
     ah = next((c for c in self.cbs if isinstance(c, ActivationHealth)), None)
-    try:
-        rows = _loss_rules(losses, th, _chance_loss(self)) + _init_rules(self.model, th, lambda: _first_x(self) if xb is None else xb)
-        # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
-        if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, _first_x(self) if xb is None else xb)
-    except RuntimeError as e:  # (torch's shape error named no argument)
-        if xb is None: raise
-        raise ValueError(f"`xb`: the model cannot run on the batch given ({type(e).__name__}: {e})") from e
+    if xb is not None:  # (a batch the model cannot take: said here, not in torch's words from inside a rule)
+        try: eval_forward(self.model, [], lambda i, o: None, xb)
+        except RuntimeError as e:
+            if isinstance(e, torch.cuda.OutOfMemoryError): raise
+            raise ValueError(f"`xb`: the model cannot run on the batch given ({type(e).__name__}: {e})") from e
+    rows = _loss_rules(losses, th, _chance_loss(self)) + _init_rules(self.model, th, lambda: _first_x(self) if xb is None else xb)
+    # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
+    if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, _first_x(self) if xb is None else xb)
     if gh is not None and gh.hist is not None: rows += _gradient_rules(gh, th, self.model, losses)
     if rows and rows[0]['problem'] == 'loss diverging':  # (weights blown up: stalled updates, no gradient, growth, dead units are its symptoms)
         for r in rows[1:]:
@@ -480,8 +486,9 @@ class HealthCheck(Callback):
         v = _losses(self.learn, self.gh)
         div = any(f['problem'] == 'loss diverging' for f in _loss_rules(v, self.th))
         if div and not self._held:  # (dead units and growing weights are its symptoms there: re-initializing them, decaying them made it worse, measured)
-            self._held = True; self._act('held back', "the loss is diverging: no ReinitDormant or AdaptiveWD for the rest of this fit; lower the learning rate (learn.lr_find())")
-        div = self._held  # (for the rest of the fit: a loss that blew up and fell part way back is no fit to revive units or decay weights in)
+            self._held = True; self._act('held back', "the loss is diverging: no ReinitDormant or AdaptiveWD until it is back below its start; lower the learning rate (learn.lr_find())")
+        elif self._held:  # (until the loss is back below its start: re-initialized on the way back, a multi-label fit blew up again, 0.85 -> 4.4, measured)
+            f = _finite(v); div = f is not None and len(f) > 0 and f[-1] > _loss_start(f)
         if 'dead' in self.remedy and not div: self._revive()
         ev = self.gh.events
         new = ev.iloc[self._n_ev:]

@@ -171,4 +171,4 @@ def test_dormancy_layers_argument():
     learn.fit(1)
     with pytest.raises(ValueError, match='`layers`: no watched layer'): ah.dormancy(layers=['nope'])
     with pytest.raises(ValueError, match='`layers` must be a layer index'): ah.dormancy(layers=[99])
-    assert list(ah.dormancy(layers='1')) == ['1'] and list(ah.dormancy(layers=0)) == ['0']
+    assert list(ah.dormancy(layers='1')) == ['1'] and list(ah.dormancy(layers=0)) == ['0'] and list(ah.dormancy(layers=np.int64(2))) == ['2']
