@@ -764,19 +764,22 @@ def test_blown_up_multilabel_fit_holds_the_remedies_back():
     assert list(acts.action[acts.epoch == 0]) == ['held back'], acts  # (while it diverged: no ReinitDormant, no AdaptiveWD)
     assert not ((rep.problem == 'exploding gradients') & (rep.severity == 'info')).any(), rep
 
+class _Spike(Callback):
+    "Gradients times `f` at training batch `at` of each epoch"
+    order = 1
+    def __init__(self, at, f): self.at, self.f = at, f
+    def after_backward(self):
+        if self.training and self.iter == self.at:
+            for p in self.model.parameters(): p.grad.mul_(self.f)
+
 def test_report_reads_the_last_fit():
     "HealthCheck on the learner (histories run on): the second fit's report repeated the first fit's scale drift and explosion, long gone"
     from initcb.init import init_weights
-    class Spike(Callback):
-        order = 1
-        def after_backward(self):
-            if self.training and self.iter == 3:
-                for p in self.model.parameters(): p.grad.mul_(1e8)
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     with torch.no_grad(): m[2].weight.mul_(1e-3); m[2].bias.mul_(1e-3)  # three orders of magnitude lost at layer 2
     learn = quiet(Learner(digits_dls(flat=True, n_train=256), m, loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
-    learn.fit(1, 1e-3, cbs=Spike())
+    learn.fit(1, 1e-3, cbs=_Spike(3, 1e8))
     old = {'activation scale drifts through depth', 'exploding gradients'}
     assert old <= set(learn.health_check.report.problem), learn.health_check.report
     init_weights(m)  # the init fixed, no spike: nothing of the first fit's is this one's
@@ -798,13 +801,6 @@ def test_explosion_info_only_below_the_start():
     assert r[('(all)', 'exploding gradients')]['severity'] == 'error'
     r = _flagged(m, [(2, 'exploding', None, 5.)], [1., 1.1, 40., 0.5])
     assert r[('(all)', 'exploding gradients')]['severity'] == 'info'
-
-class _Spike(Callback):
-    order = 1
-    def __init__(self, at, f): self.at, self.f = at, f
-    def after_backward(self):
-        if self.training and self.iter == self.at:
-            for p in self.model.parameters(): p.grad.mul_(self.f)
 
 def test_explosion_graded_against_this_fits_norms():
     "A review: fit 1's spike (lr 0) made fit 2's explosion a 'warning' ('none above the ... the fit had before') and HealthCheck added no clip"
