@@ -188,6 +188,7 @@ def _gradient_rules(gh, th, model=None, losses=None):
     if start is None and v is not None: start = gh.n_seen - len(v)
     def loss_at(b): return float(v[int(np.clip(b - start, 0, len(v) - 1))])
     ended = v is not None and np.isfinite(v[-1])  # (a fit whose loss ended NaN went on learning nothing)
+    s0 = _loss_start(v) if ended else math.nan  # (where the fit's loss started: `_loss_start`)
     for (kind, layer), d in ev.groupby(['kind', ev['layer'].fillna('')], sort=False):
         key = {'nonfinite': 'nonfinite'}.get(kind, kind)
         if key not in REMEDIES: continue
@@ -200,10 +201,10 @@ def _gradient_rules(gh, th, model=None, losses=None):
             before = g[(it < d.batch.min()) & (it >= (start or 0)) & np.isfinite(g)]  # (this fit's: an earlier fit's spike made a later explosion a 'warning')
             if len(before) and np.isfinite(d.value).all() and d.value.max() <= before.max():
                 sev, note = 'warning', f"; none above the {before.max():.3g} the fit had before"
-            elif ended and np.isfinite(d.value).all() and v[-1] < min(loss_at(d.batch.min()), _loss_start(v)):  # (spikes of a healthy LSTM, Transformer early on; not a loss that blew up and fell back part way)
+            elif ended and np.isfinite(d.value).all() and v[-1] < min(loss_at(d.batch.min()), s0):  # (spikes of a healthy LSTM, Transformer early on; not a loss that blew up and fell back part way)
                 sev, note = 'info', f"; the loss fell after it ({loss_at(d.batch.min()):.3g} -> {v[-1]:.3g}): the fit went on learning"
-        if kind == 'stalled' and ended and v[-1] * 10 <= _loss_start(v):  # (updates of a model near its optimum are small: a converged Transformer's LayerNorms)
-            sev, note = 'info', f"; the loss fell {_loss_start(v) / max(v[-1], 1e-30):.3g}-fold over the fit: small updates are expected there"
+        if kind == 'stalled' and ended and v[-1] * 10 <= s0:  # (updates of a model near its optimum are small: a converged Transformer's LayerNorms)
+            sev, note = 'info', f"; the loss fell {s0 / max(v[-1], 1e-30):.3g}-fold over the fit: small updates are expected there"
         out.append(_finding(layer or '(all)', problem,
                             sev, f"{len(d)} flags, batches {d.batch.min()}-{d.batch.max()}: {d.message.iloc[0]}{note}", key))
         if key == 'stalled' and layer in mods and not isinstance(mods[layer], WEIGHT_LAYERS):  # (LSUV rescales Linear and Conv layers only)
