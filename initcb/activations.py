@@ -600,15 +600,15 @@ def __del__(self:ActivationHealth):
 # %% ../nbs/01_activations.ipynb #7a29fd56
 @patch
 def to_df(self:ActivationHealth):
-    "All statistics as a long `DataFrame`: one row per recorded batch (or merged block of `n` batches) and layer; the sampled rows in it pooled (`n_sampled` batches)"
+    "All statistics as a long `DataFrame`: one row per recorded batch (or merged block of `n` batches) and layer (`layer`: its name, `idx`: its position); the sampled rows in it pooled (`n_sampled` batches)"
     self._recorded()
     f, k, L = self.fast, len(self.fast), len(self.names)
     j, ns, s = self.sampled.pooled_by(self.fast)  # (the sampled rows pooled into the every-batch row that holds them)
     cols = {c: np.full((k, L), np.nan, np.float32) for c in SAMPLED}; n = np.full(k, np.nan)
     for c, v in cols.items(): v[j] = s[c]
     n[j] = ns
-    return pd.DataFrame({'iter': np.repeat(f.iters[:k], L), 'n': np.repeat(f.n[:k], L), 'layer': np.tile(np.arange(L), k),
-                         'name': np.tile(np.array(self.names, dtype=object), k), **{c: f[c].reshape(-1) for c in FAST},
+    return pd.DataFrame({'iter': np.repeat(f.iters[:k], L), 'n': np.repeat(f.n[:k], L), 'layer': np.tile(np.array(self.names, dtype=object), k),
+                         'idx': np.tile(np.arange(L), k), **{c: f[c].reshape(-1) for c in FAST},
                          'n_sampled': np.repeat(n, L), **{c: v.reshape(-1) for c, v in cols.items()}})
 
 # %% ../nbs/01_activations.ipynb #790ade68
@@ -813,7 +813,7 @@ def load(cls:ActivationHealth,
         df = pd.read_parquet(fname); sd = dict(meta=df.attrs['initcb'])
         meta = json.loads(sd['meta']); L = len(meta['names'])
         for pre, cols, ncol in (('fast_', list(FAST), 'n'), ('sampled_', SAMPLED, 'n_sampled')):
-            d = df.dropna(subset=[ncol]).sort_values(['iter', 'layer'])
+            d = df.dropna(subset=[ncol]).sort_values(['iter', 'idx' if 'idx' in df else 'layer'])  # (a file saved by 0.0.1: `layer` the position)
             sd[pre + 'iters'], sd[pre + 'n'] = d['iter'].to_numpy()[::L], d[ncol].to_numpy()[::L].astype(np.int64)
             for c in cols: sd[pre + c] = d[c].to_numpy(np.float32).reshape(-1, L)
             if ncol == 'n_sampled': sd[pre + 'hist'] = d[[f'hist_{b}' for b in range(meta['bins'])]].to_numpy(np.float32).reshape(-1, L, meta['bins'])

@@ -138,12 +138,10 @@ def _activation_rules(learn, ah, th, xb):
             if frac > th.dead_frac:
                 out.append(_finding(n, 'dead units', 'error' if frac > 0.5 else 'warning',
                                     f'{frac:.0%} of {units} units have dormancy score <= {th.dead_tau:g} on a batch', 'dead'))
-        if out:  # (a remedy that would do nothing is none: where no layer ReDo follows ends in this activation, say so, and why where it is one reason)
-            pre, ch = _prefix(learn.model), unit_chains(unwrap(learn.model))  # ('module.' under DDP: the recorders name layers in the wrapped model)
-            ends, whys = {pre + c['act'] for c, _ in ch.values() if c is not None and c['act']}, {w for c, w in ch.values() if c is None and w != OUTPUT_LAYER}
-            why = f' ({next(iter(whys))})' if len(whys) == 1 else ' (`unit_chains(model)` says why: a residual add, a branch)'
+        if out:  # (a remedy that would do nothing is none: where no layer ReDo follows ends in this activation, say so, and why)
+            un = _unfollowed(learn.model, [f['layer'] for f in out])
             for f in out:
-                if f['layer'] not in ends: f.update(remedy=DEAD_UNFOLLOWED + why, callback='')
+                if f['layer'] in un: f.update(remedy=f"{DEAD_UNFOLLOWED} ({un[f['layer']]})", callback='')
     f = ah.fast
     r0 = _fit_row(f, getattr(ah, '_fit0', 0))  # (the last fit's rows: an earlier fit's findings are not this one's; None: it recorded none)
     if th.last is not None or r0 is not None:
@@ -224,6 +222,13 @@ def _first_x(learn):
     "The inputs of a validation batch (else a training batch), or None when the learner has no data (an exported one)"
     try: return first_inputs(learn.dls.valid if len(learn.dls.valid) else learn.dls.train, getattr(learn.dls, 'n_inp', None))
     except Exception: return None
+
+def _unfollowed(model, names, chains=None):
+    "{activation: why} for those of `names` (the recorders' names) that no layer ReDo follows ends in (`chains`: `unit_chains(unwrap(model))`)"
+    pre, ch = _prefix(model), unit_chains(unwrap(model)) if chains is None else chains  # ('module.' under DDP: the recorders name layers in the wrapped model)
+    ends, whys = {pre + c['act'] for c, _ in ch.values() if c is not None and c['act']}, {w for c, w in ch.values() if c is None and w != OUTPUT_LAYER}
+    why = next(iter(whys)) if len(whys) == 1 else '`unit_chains(model)` says why: a residual add, a branch'  # (the reason where it is one)
+    return {n: why for n in names if n not in ends}
 
 def _dormant_fracs(ah, xb, tau):
     "{activation layer: (share of its units with dormancy score <= `tau`, number of units)} on batch `xb`"
@@ -430,7 +435,7 @@ class HealthCheck(Callback):
         if name == 'learn' and value is None and self.__dict__.get('learn') is not None: self._detach(self.__dict__['learn'])
         super().__setattr__(name, value)
 
-    def __getstate__(self): return {**self.__dict__, '_xb': None}  # (pickled by `learn.export`, however the fit ended: no batch of data)
+    def __getstate__(self): return {**self.__dict__, '_xb': None, '_chains': None}  # (pickled by `learn.export`, however the fit ended: no batch of data, no traced model)
 
     def _detach(self, learn):
         "Taken off `learn` (`remove_cb`, or the end of a `fit(cbs=...)`): the callbacks and columns it added go with it"
@@ -460,7 +465,7 @@ class HealthCheck(Callback):
         for c in new: self._add(c)
         for c in sorted(new, key=lambda c: c.order): c('before_fit')  # this event has already begun: run theirs now
         self.ah, self.gh = ah, gh
-        self._xb, self._n_ev, self._held = _first_x(self.learn), 0, False
+        self._xb, self._n_ev, self._held, self._chains, self._stuck = _first_x(self.learn), 0, False, None, set()
         if 'symmetric' in self.remedy:
             rep = break_symmetry(self.model, self._xb)
             for r in rep.itertuples(): self._act('BreakSymmetry', f'{r.layer} ({r.type}) was {r.was}: {r.units_reinitialized}/{r.units} units re-initialized')
@@ -523,10 +528,15 @@ class HealthCheck(Callback):
 
     def _revive(self):
         if self._xb is None: return
-        for r in reinit_dormant(unwrap(self.model), self._xb, tau=self.th.dead_tau, min_frac=self.th.dead_frac, opt=getattr(self.learn, 'opt', None)):
+        if self._chains is None: self._chains = unit_chains(unwrap(self.model))  # (traced once a fit)
+        for r in reinit_dormant(unwrap(self.model), self._xb, self._chains, tau=self.th.dead_tau, min_frac=self.th.dead_frac, opt=getattr(self.learn, 'opt', None)):
             if r['units']: self._act('ReinitDormant', f"layer {r['layer']}: {r['units']}/{r['of']} dormant units re-initialized" + (f" (dead in activation {r['act']})" if r.get('act') else ''))
+        # the dead ones it cannot reach, once a fit each (it did nothing there: silence read as 'no dead units')
+        dead = {n: frac for n, (frac, _) in _dormant_fracs(self.ah, self._xb, self.th.dead_tau).items() if frac > self.th.dead_frac and n not in self._stuck}
+        for n, why in _unfollowed(self.model, list(dead), self._chains).items():
+            self._stuck.add(n); self._act('not revived', f"{n}: {dead[n]:.0%} of its units dead; ReinitDormant cannot follow the layer in front of it ({why}): use a leaky activation (GeneralRelu(leak=0.1))")
 
     def after_fit(self):
         if not self.run: return
         self.report = self.learn.health_report(self.th, verbose=self.show and is_main(), xb=self._xb)
-        self._xb = self._ep0 = None  # (a batch of data has no place in `learn.export`'s pickle)
+        self._xb = self._ep0 = self._chains = None  # (a batch of data has no place in `learn.export`'s pickle)

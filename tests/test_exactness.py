@@ -288,3 +288,24 @@ def test_sampled_rows_survive_thinning(tmp_path):
     back = ActivationHealth.load(cb.save(tmp_path/'h.parquet'))  # (the table of `to_df`, histograms pooled alike)
     pd.testing.assert_frame_equal(back.to_df(), df, check_dtype=False)
     np.testing.assert_array_equal(back.sampled['hist'].sum(0), s['hist'].sum(0))
+
+def test_parquet_round_trip_layer_names_and_old_files(tmp_path):
+    "`to_df`'s `layer` is the name and `idx` the position: the .parquet loads back in the model's order with 12 layers ('10' sorts"
+    "before '2' by name), and a file saved by 0.0.1 (`layer` the position, `name` the name) loads the same"
+    from fastai.test_utils import synth_learner
+    from helpers import quiet
+    torch.manual_seed(0)
+    cb = ActivationHealth(sample_every=2)
+    learn = quiet(synth_learner(n_trn=6, cbs=cb))
+    learn.model = torch.nn.Sequential(*[m for _ in range(6) for m in (torch.nn.Linear(1 if _ == 0 else 4, 4), torch.nn.ReLU())], torch.nn.Linear(4, 1))
+    learn.fit(1)
+    df = cb.to_df(); L = len(cb.names)
+    assert L == 13 and df['layer'].tolist()[:L] == cb.names and df['idx'].tolist()[:L] == list(range(L))
+    back = ActivationHealth.load(cb.save(tmp_path/'h.parquet'))
+    pd.testing.assert_frame_equal(back.to_df(), df, check_dtype=False)
+    old = pd.read_parquet(tmp_path/'h.parquet'); attrs = dict(old.attrs)
+    old = old.assign(name=old['layer'], layer=old['idx']).drop(columns='idx')  # (0.0.1's columns)
+    old = old.sample(frac=1, random_state=0)  # (rows in any order: the loader sorts them)
+    old.attrs = attrs
+    old.to_parquet(tmp_path/'old.parquet')
+    pd.testing.assert_frame_equal(ActivationHealth.load(tmp_path/'old.parquet').to_df(), df, check_dtype=False)

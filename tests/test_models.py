@@ -24,7 +24,7 @@ def test_lstm_output():
     h = learn.model.rnn.register_forward_hook(lambda m, i, o: seen.append(o[0].detach().clone()) if m.training else None)
     learn.fit(1)
     h.remove()
-    df = cb.to_df().query("name == 'rnn'")
+    df = cb.to_df().query("layer == 'rnn'")
     assert len(df) == len(seen) == 4
     np.testing.assert_allclose(df['abs_mean'], [o.abs().mean() for o in seen], rtol=1e-5)
     np.testing.assert_allclose(df['std'], [o.std() for o in seen], rtol=1e-4)
@@ -43,7 +43,7 @@ def test_half_precision_outputs(dtype):
     h = learn.model.lin.register_forward_hook(lambda m, i, o: seen.append(o.detach().float().clone()) if m.training else None)
     learn.fit(1)
     h.remove()
-    df = cb.to_df().query("name == 'lin'")
+    df = cb.to_df().query("layer == 'lin'")
     np.testing.assert_allclose(df['rms'], [o.square().mean().sqrt() for o in seen], rtol=1e-3)
     np.testing.assert_allclose(df['mean'], [o.mean() for o in seen], rtol=1e-3, atol=1e-4)
     assert np.isfinite(df[['abs_mean', 'rms', 'max', 'std']].to_numpy()).all()
@@ -74,7 +74,7 @@ def test_torchvision_inplace_relu(full_max):
     assert all(cb._inplace) == (full_max is not None)
     df = cb.to_df()
     for j, n in enumerate(cb.names):
-        d = df.query('layer == @j')
+        d = df.query('idx == @j')
         np.testing.assert_allclose(d['min'], [o.min() for o in seen[n]], rtol=1e-5)
         assert (d['min'] < 0).all()  # BatchNorm's output, not the ReLU's that overwrote it
         np.testing.assert_allclose(d['abs_mean'], [o.abs().mean() for o in seen[n]], rtol=1e-3)
@@ -95,7 +95,7 @@ def test_inplace_relu_with_small_hold_max():
     df = cb.to_df()
     assert df[['abs_mean', 'rms', 'max']].notna().all().all()
     for n, os in seen.items():
-        d = df[df['name'] == n]
+        d = df[df['layer'] == n]
         np.testing.assert_allclose(d['abs_mean'], [o.abs().mean() for o in os], rtol=1e-4)
         np.testing.assert_allclose(d['max'], [o.max() for o in os], rtol=1e-4)
 
@@ -155,11 +155,11 @@ def test_empty_output_gives_a_nan_row(full_max):
     cb = ActivationHealth(sample_every=1, full_max=full_max)
     learn = quiet(Learner(DataLoaders(DataLoader(ds, bs=8), DataLoader(ds, bs=8)), TwoExperts(), loss_func=nn.MSELoss(), cbs=cb))
     learn.fit(2)
-    df = cb.to_df(); e0 = df[df.name == 'e0'].set_index('iter')
+    df = cb.to_df(); e0 = df[df.layer == 'e0'].set_index('iter')
     empty = [2, 6]  # batch 2 of each epoch
     assert e0.loc[empty, ['abs_mean', 'rms', 'max', 'mean', 'std']].isna().all().all()
     assert (e0.loc[empty, ['nonfinite_batches', 'nonfinite']] == 0).all().all()
-    assert e0.drop(empty)[['abs_mean', 'rms', 'mean']].notna().all().all() and df[df.name == 'e1'][['rms', 'mean']].notna().all().all()
+    assert e0.drop(empty)[['abs_mean', 'rms', 'mean']].notna().all().all() and df[df.layer == 'e1'][['rms', 'mean']].notna().all().all()
     assert cb.summary().loc[['e0', 'e1'], ['rms', 'max |x|', 'mean']].notna().all().all()  # the empty batches left out, not NaN for the run
 
 def test_dormancy_layers_argument():

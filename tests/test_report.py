@@ -9,6 +9,7 @@ from fastai.test_utils import synth_learner
 from initcb.core import digits_dls
 from initcb.report import HealthCheck, NonFiniteGuard, Thresholds, find_nonfinite, RULES
 from initcb.activations import ActivationHealth
+from initcb.reinit import unit_chains
 from initcb.gradients import GradientHealth
 from helpers import quiet, n_hooks, bad_argument_named
 
@@ -433,27 +434,45 @@ def test_growing_weights_without_weight_decay_remedied():
     assert list(acts.action) == ['AdaptiveWD'] and "'equilibrium'" in acts.detail[0]
     assert not any(p.startswith('weights growing') for p in hc.report.problem) and learn.opt.hypers[0]['wd'] == 0
 
+class _Res(nn.Module):
+    "Dead units (biases -5) behind `act`, which feeds a residual add (no chain ReDo follows ends in it), and `act2`, which ReDo follows"
+    def __init__(s):
+        super().__init__(); s.inp, s.a, s.act, s.b, s.act2, s.out = nn.Linear(64, 32), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)
+        with torch.no_grad(): s.a.bias.sub_(5.); s.b.bias.sub_(5.)
+    def forward(s, x):
+        h = s.inp(x.flatten(1))
+        return s.out(s.act2(s.b(h + s.act(s.a(h)))))
+
+class _Branchy(_Res):
+    "Data-dependent control flow: torch.fx cannot trace it"
+    def forward(s, x): return super().forward(x) if x.sum() > -1e9 else x
+
 def test_dead_units_ReDo_cannot_reach_say_so():
     "Dead units behind an activation no followable layer ends in (a residual add): the remedy was ReinitDormant, which then did nothing"
-    class Res(nn.Module):
-        def __init__(s):
-            super().__init__(); s.inp, s.a, s.act, s.b, s.act2, s.out = nn.Linear(64, 32), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)
-            with torch.no_grad(): s.a.bias.sub_(5.); s.b.bias.sub_(5.)
-        def forward(s, x):
-            h = s.inp(x.flatten(1))
-            return s.out(s.act2(s.b(h + s.act(s.a(h)))))  # (act feeds a residual add: a is no chain ReDo follows; b is)
     torch.manual_seed(0)
-    learn = quiet(Learner(digits_dls(), Res(), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+    learn = quiet(Learner(digits_dls(), _Res(), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
     learn.fit(1, 1e-3)
     rep = learn.health_check.report.set_index('layer')
     assert rep.loc['act', 'problem'] == 'dead units' and rep.loc['act', 'callback'] == '' and 'cannot follow' in rep.loc['act', 'remedy']
     assert rep.loc['act2', 'problem'] == 'dead units' and rep.loc['act2', 'callback'] == 'ReinitDormant'
-    class Branchy(Res):  # (data-dependent control flow: torch.fx cannot trace it, and the remedy says so)
-        def forward(s, x): return super().forward(x) if x.sum() > -1e9 else x
     torch.manual_seed(0)
-    learn = quiet(Learner(digits_dls(), Branchy(), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+    learn = quiet(Learner(digits_dls(), _Branchy(), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
     learn.fit(1, 1e-3)
     assert 'cannot be traced by torch.fx' in learn.health_check.report.set_index('layer').loc['act', 'remedy']
+
+def test_healthcheck_says_which_dead_units_it_cannot_revive():
+    "HealthCheck(remedy='dead') revives what ReDo reaches and says, once a fit, which dead activations it cannot and why (it said nothing)"
+    for model, stuck, why in ((_Res(), ['act'], 'a residual add'), (_Branchy(), ['act', 'act2'], 'cannot be traced by torch.fx')):
+        torch.manual_seed(0)
+        learn = quiet(Learner(digits_dls(), model, loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(remedy='dead', report=False)))
+        for _ in range(2): learn.fit(2, 1e-3)
+        acts = learn.health_check.actions
+        said = acts[acts.action == 'not revived']
+        assert said.detail.str.split(':').str[0].tolist() == stuck * 2, acts  # (once a fit each)
+        assert said.detail.str.contains(why, regex=False).all() and said.detail.str.contains('% of its units dead').all(), said.detail.tolist()
+        assert (acts.action == 'ReinitDormant').any() == (len(stuck) == 1), acts  # (act2's units, behind b: revived where traced)
+        hc = learn.health_check; assert hc._chains is None  # (the traced model is dropped at the fit's end, and from a pickle however the fit ended)
+        hc._chains = unit_chains(model); assert hc.__getstate__()['_chains'] is None; hc._chains = None
 
 def _awd_lm(poison_at=None):
     "fastai's AWD_LSTM language model on random tokens (LMDataLoader), a TextLearner, and a NonFiniteGuard"
