@@ -89,6 +89,18 @@ class MinimalSampler(HealthCallback):
     def remove(self):
         if getattr(self, 'hooks', None) is not None: self.hooks.remove()
 
+class NumpySampler(MinimalSampler):
+    """The minimal sampler with its takes done by NumPy on a CPU output's memory: no torch op in the hook (a view through
+    `.numpy()` and a NumPy fancy index; `detach` and `from_numpy` the only torch calls). A variant to measure whether
+    torch's dispatch is what the takes cost (it is not)."""
+    def _hook(self, i, inp, o):
+        if not self.on: return
+        if o.numel() <= self.full_max: self.small.append(o); return
+        if self.elem[i]: return
+        ix = self.idx.get(i)
+        if ix is None: ix = self.idx[i] = sample_index(o.shape, self.sample, o.device)[0].numpy()
+        self.samps.append(torch.from_numpy(o.detach().numpy().reshape(-1)[ix]))  # (contiguous outputs, as here)
+
 class HeldSampler(MinimalSampler):
     """The minimal sampler with its sampling moved out of the forward pass: the hooks keep references to the large
     outputs, and `after_pred` copies strided samples of them all into a chunk buffer in one multi-tensor copy (the
@@ -168,6 +180,7 @@ EXTRA_CFGS = {
     'spin 200us after the forward pass': lambda: [Calibration(200, 'after')],
     'minimal sampler (128 elements)': lambda: [MinimalSampler(every=1, sample=128)],
     'minimal sampler (sampled after the forward pass)': lambda: [HeldSampler(every=1)],
+    'minimal sampler (NumPy takes)': lambda: [NumpySampler(every=1)],
     'NonFiniteGuard()': lambda: [NonFiniteGuard(verbose=False)],
     'HealthCheck(report=False)': lambda: [HealthCheck(report=False)],
     'HealthCheck(report=False) unshared norms': lambda: [UnsharedGuard(verbose=False), HealthCheck(report=False)],
