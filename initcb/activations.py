@@ -138,6 +138,7 @@ def setup(self:ActivationHealth):
     self._satb = [(-math.inf, b[1]) if b is not None and isinstance(m, nn.ReLU6) else b for (_, m), b in zip(sel, bounds)]
     self._rec, self._inplace, self._skip, self._insample = 0, [False] * L, [False] * L, [False] * L
     self._fit0 = self.n_seen  # (this fit's first batch in the history's count: the report reads this fit's rows)
+    self._compiled, self._recompiled = is_compiled(self.model), False  # (a compiled model may run without the hooks: `after_pred`)
     self._elem = [isinstance(m, tuple(ELEMENTWISE_TYPES)) for m in self.mods]
     self._idx = None  # sample indices and the whole-or-sampled choice are made afresh each fit (the device may have changed)
     self._layouts, self._churn = {}, False
@@ -311,6 +312,7 @@ def after_pred(self:ActivationHealth):
     "After the forward pass: reduce the outputs the hooks held, all layers at once, and queue the batch's row"
     if not self._on: return
     self._on = False
+    if self._compiled and not any(self._seen): return self._unhooked()
     held = [i for i, o in enumerate(self._outs) if o is not None]
     # a few small outputs: copied, reduced a chunk at a time; not when shapes change within the fit, as each new shape would
     # end the chunk (a copy's layout is its shapes'): their norms instead, one row layout whatever the shapes
@@ -321,6 +323,12 @@ def after_pred(self:ActivationHealth):
         self._add_fast_row(small, sl)
         if self._sampling: self._add_sampled_row()
         self._rec += 1
+    self._clear_refs()
+
+@patch
+def _unhooked(self:ActivationHealth):
+    "A compiled model ran a recorded batch without calling the hooks (compiled before they were put on): no row; once a fit, recompile with them"
+    if not self._recompiled: self._recompiled = True; recompile_for_hooks('ActivationHealth')
     self._clear_refs()
 
 @patch

@@ -6,8 +6,8 @@ Docs: https://initcb.github.io/initcb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #5b59af97
 from __future__ import annotations
-import dataclasses, math, random, sys, weakref
-from contextlib import contextmanager
+import dataclasses, math, random, sys, warnings, weakref
+from contextlib import contextmanager, nullcontext
 import numpy as np, torch
 from torch import nn, Tensor
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
@@ -19,9 +19,10 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STAT
            'is_number', 'coprime_stride', 'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds',
            'rest_value', 'is_activation', 'has_own_params', 'is_frozen', 'default_watch', 'select_modules',
            'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap', 'sync_from_main', 'DeviceChunks',
-           'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'foreach_norm', 'sparse_values_',
-           'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection', 'keep_modes', 'eval_mode',
-           'eval_forward', 'rng_kept', 'first_inputs', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
+           'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks',
+           'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'check_rows',
+           'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs', 'new_axes',
+           'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -347,10 +348,13 @@ def is_main():
     "True unless this is a distributed run's rank other than 0: only the main process prints, plots and writes"
     return not distributed() or torch.distributed.get_rank() == 0
 
-def unwrap(model:nn.Module, # a model, possibly wrapped in DistributedDataParallel or DataParallel
+def unwrap(model:nn.Module, # a model, possibly wrapped in DistributedDataParallel, DataParallel or `torch.compile`'s module
           ):
-    "The module inside a (Distributed)DataParallel wrapper: replays and tracing run on it, with no collective"
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+    "The module inside (Distributed)DataParallel and `torch.compile` wrappers, however nested: replays and tracing (torch.fx) run on it, eagerly, with no collective"
+    while True:  # (a compiled module's name is checked, as in `is_compiled`: no import of torch._dynamo for models that never compile)
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)): model = model.module
+        elif type(model).__name__ == 'OptimizedModule' and isinstance(getattr(model, '_orig_mod', None), nn.Module): model = model._orig_mod
+        else: return model
 
 def sync_from_main(model:nn.Module, # its parameters and buffers are overwritten with rank 0's
                   ):
@@ -510,6 +514,21 @@ def is_compiled(
     "Whether `model`, or a module in it, runs under `torch.compile` (wrapped by it, or `Module.compile`d)"
     return any(type(m).__name__ == 'OptimizedModule' or getattr(m, '_compiled_call_impl', None) is not None for m in model.modules())
 
+def run_eagerly(
+    model:nn.Module, # a model, compiled or not
+):
+    "A context in which `model`'s compiled code runs eagerly (`torch.compiler.set_stance('force_eager')`, torch >= 2.6): replays with hooks compile nothing, a backward pass may keep its graph"
+    return torch.compiler.set_stance('force_eager') if is_compiled(model) and hasattr(torch.compiler, 'set_stance') else nullcontext()
+
+def recompile_for_hooks(
+    who:str, # the callback whose hooks a compiled model did not call, for the warning
+):
+    "A compiled model ran a recorded batch without calling any of `who`'s hooks: reset torch.compile's caches so that the next batch compiles with them, and say so"
+    warnings.warn(f"{who}: the compiled model ran this batch without its hooks: it was compiled before they were put on (by lr_find, or a fit "
+                  f"without {who}), and torch.compile does not see hooks added later (torch._dynamo.config.skip_nnmodule_hook_guards). "
+                  "Its caches are reset (torch.compiler.reset()) so that the next batch compiles with them; this batch has no row")
+    torch.compiler.reset()
+
 class _Hook:
     "The `i`th module's hook, registered as a bound method (`call`, `call_in`): as fast as a closure, and pickled as an `_Orphan`"
     __slots__ = ('f', 'i', 'mod')
@@ -666,7 +685,7 @@ def eval_forward(
     bn:str='batch', # BatchNorm normalizes with 'batch': the batch's own statistics, as in a training step; 'running': its running statistics, as at inference
 ):
     "One forward pass on `xb` in eval mode (no dropout) without gradients, calling `f(i, output)` for each of `mods`: `eval_mode`"
-    with eval_mode(model, bn):
+    with eval_mode(model, bn), run_eagerly(model):
         hooks = Hooks(mods, f, eager=is_compiled(model))  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
         try:
             with torch.no_grad(): model(*(xb if isinstance(xb, (tuple, list)) else (xb,)))

@@ -94,6 +94,7 @@ def setup(self:GradientHealth):
         self.amods = [m for _, m in sel]
         self._gs, self._gidx = [None] * len(sel), [None] * len(sel)
         self._aq = DeviceChunks(self._asink, self.chunk)
+        self._compiled, self._recompiled, self._fired = is_compiled(self.model), False, False  # (a compiled model may run without the hooks: `before_step`)
 
 @patch
 def _trainable(self:GradientHealth):
@@ -148,6 +149,9 @@ def before_step(self:GradientHealth):
     "Before the optimizer step: queue the gradient norms (one multi-tensor norm, or the guard's); on an update batch also count zero and non-finite entries and copy the weights"
     if not self._on: return
     if self.act_grads:
+        if self._compiled and not self._fired and not self._recompiled:  # (compiled before the hooks were put on: no row; recompile with them)
+            self._recompiled = True; recompile_for_hooks('GradientHealth(act_grads=True)')
+        self._fired = False
         with torch.no_grad(): self._reduce_act_grads()
     ps, gd = self.params, self._guard
     if gd is not None and self._guard_ok is None:
@@ -305,6 +309,7 @@ def before_train(self:GradientHealth):
 @patch
 def _fhook(self:GradientHealth, i, o):
     if not self._on: return
+    self._fired = True
     o = first_tensor(o)
     if o is not None and o.requires_grad: o.register_hook(lambda g, i=i: self._ghook(i, g))
 

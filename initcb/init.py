@@ -234,7 +234,7 @@ def _batch_grads(model, ps, xb):
     need = [p for p in ps if p.requires_grad]
     if not need: return None
     xb = _to(xb, next(model.parameters()).device)
-    with eval_mode(model), torch.enable_grad(), _no_cudnn(any(isinstance(m, nn.RNNBase) for m in model.modules())):
+    with eval_mode(model), run_eagerly(model), torch.enable_grad(), _no_cudnn(any(isinstance(m, nn.RNNBase) for m in model.modules())):  # (a compiled backward keeps no graph)
         os = _float_outputs(model(*(xb if isinstance(xb, (tuple, list)) else (xb,))))
         if not os: return None
         gen, res = torch.Generator(device=os[0].device).manual_seed(0), []  # (not the global generator's draws)
@@ -451,7 +451,8 @@ def _output_of(model, m, xb):
     got = []
     def hook(mod, i, o): got.append(first_tensor(o)); raise _Stop
     h = m.register_forward_hook(hook)
-    try: model(*xb) if isinstance(xb, (tuple, list)) else model(xb)
+    try:
+        with run_eagerly(model): model(*xb) if isinstance(xb, (tuple, list)) else model(xb)
     except _Stop: pass
     finally: h.remove()
     return got[0] if got else None
@@ -459,7 +460,8 @@ def _output_of(model, m, xb):
 def _forward_order(model, layers, xb):
     order = []
     hs = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n) if n not in order else None) for n, m in layers]
-    try: model(*xb) if isinstance(xb, (tuple, list)) else model(xb)
+    try:
+        with run_eagerly(model): model(*xb) if isinstance(xb, (tuple, list)) else model(xb)
     finally:
         for h in hs: h.remove()
     return order

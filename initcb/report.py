@@ -295,7 +295,8 @@ def find_nonfinite(
         return h
     hs = [m.register_forward_hook(fh(n)) for n, m in leaves]
     try:
-        out = model(*xb) if isinstance(xb, (tuple, list)) else model(xb)
+        with run_eagerly(model):  # (each module run as it is, its hooks and tensor hooks with it)
+            out = model(*xb) if isinstance(xb, (tuple, list)) else model(xb)
         if first_f: return 'forward', first_f[0]
         if take_first and isinstance(out, (tuple, list)): out = out[0]
         if loss_func is not None and yb is not None:

@@ -604,3 +604,27 @@ def test_plain_functions_check_their_arguments():
     ch = unit_chains(m)['0'][0]
     for units in ([-1], [16], [1.5], [True]): bad_argument_named(lambda **k: reinit_units(m, '0', chain=ch, **k), dict(units=units))
     reinit_units(m, '0', [0, 15], ch)  # (in range: fine)
+
+@pytest.mark.parametrize('how', ['torch.compile', 'Module.compile'])
+def test_compiled_model_checked_and_initialized_as_eager(how):
+    "check_init's twin test keeps its graph for a second backward pass, which a compiled backward refuses: it runs eagerly (`run_eagerly`);"
+    "break_symmetry and lsuv_init on a compiled model give the eager model's result"
+    import torch._dynamo
+    torch._dynamo.reset()
+    def mlp():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+        with torch.no_grad(): m[2].weight.zero_(); m[2].bias.zero_()
+        return m
+    x = torch.randn(16, 4)
+    res = []
+    for h in (None, how):
+        m = mlp()
+        c = m if h is None else torch.compile(m) if h == 'torch.compile' else (m.compile() or m)
+        c(x).sum().backward()  # (compiled and run once, as in a fit)
+        rep = check_init(c, x)
+        torch.manual_seed(1); break_symmetry(c, x); torch.manual_seed(2); lsuv_init(c, x)
+        res.append((rep, [p.detach().clone() for p in m.parameters()]))
+    (r0, p0), (r1, p1) = res
+    assert r0.finding.str.startswith('zero').any() and list(r1.finding) == list(r0.finding), (r0, r1)
+    for a, b in zip(p0, p1): torch.testing.assert_close(a, b)

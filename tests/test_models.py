@@ -172,3 +172,26 @@ def test_dormancy_layers_argument():
     with pytest.raises(ValueError, match='`layers`: no watched layer'): ah.dormancy(layers=['nope'])
     with pytest.raises(ValueError, match='`layers` must be a layer index'): ah.dormancy(layers=[99])
     assert list(ah.dormancy(layers='1')) == ['1'] and list(ah.dormancy(layers=0)) == ['0'] and list(ah.dormancy(layers=np.int64(2))) == ['2']
+
+def test_compiled_before_the_hooks_recompiles_once():
+    "A model compiled without the hooks (lr_find, a fit without the callbacks) ran on without calling them (dynamo does not guard on hooks):"
+    "the first recorded batch finds no hook called, warns and resets torch.compile's caches; the next batches record; a later fit needs no reset"
+    from initcb.gradients import GradientHealth
+    import torch._dynamo, warnings
+    torch._dynamo.reset(); torch.manual_seed(0)
+    model = torch.compile(nn.Sequential(nn.Flatten(1, 2), nn.Linear(15, 8), nn.ReLU(), nn.Linear(8, 1), nn.Flatten(0)))
+    learn = seq_learner(model, [])
+    learn.fit(1, 1e-3)  # compiled here, without hooks
+    ah, gh = ActivationHealth(sample_every=1), GradientHealth(warn=False, act_grads=True)
+    learn.add_cbs([ah, gh])
+    for fit in range(2):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always'); learn.fit(1, 1e-3)
+        said = [str(x.message) for x in w if 'compiled before' in str(x.message)]
+        iters = sorted(set(ah.to_df().query('iter >= @fit * 4')['iter']))
+        agrad = sorted(set(gh.act_grads_df().query('iter >= @fit * 4')['iter']))
+        if fit == 0:
+            assert len(said) == 2 and said[0].startswith('ActivationHealth') and said[1].startswith('GradientHealth'), said
+            assert iters == agrad == [1, 2, 3], (iters, agrad)  # (4 batches: the first ran without the hooks)
+        else: assert not said and iters == agrad == [4, 5, 6, 7], (said, iters, agrad)
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
