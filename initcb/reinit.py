@@ -17,7 +17,8 @@ from .core import *
 from .init import _POOLS  # (every pooling: channels kept)
 
 # %% auto #0
-__all__ = ['OUTPUT_LAYER', 'unit_chains', 'dormancy_scores', 'reinit_units', 'frozen_chain', 'reinit_dormant', 'ReinitDormant']
+__all__ = ['OUTPUT_LAYER', 'unit_chains', 'unfollowed', 'dormancy_scores', 'reinit_units', 'frozen_chain', 'reinit_dormant',
+           'ReinitDormant']
 
 # %% ../nbs/04_reinit.ipynb #44447b5e
 _PASS_UNITS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)  # besides `ELEMENTWISE_TYPES`: unit i out is unit i in
@@ -51,14 +52,19 @@ def _flattens(u, um):
 
 OUTPUT_LAYER = "the model's output layer (its units are the outputs: not re-initialized)"
 
+def _trace(model):
+    "(`model` traced by torch.fx as a GraphModule, None), or (None, why it cannot be)"
+    try: return fx.GraphModule(model, _Tracer().trace(model)), None
+    except Exception as e: return None, f'the model cannot be traced by torch.fx ({type(e).__name__})'
+
 def unit_chains(
     model:nn.Module, # traced with torch.fx
 ):
     "For each Linear/Conv layer: ({'next', 'norm', 'act', 'act_call', 'act_fn', 'flatten'}, None) when its units feed one layer safely, else (None, why);"
     "`act_call`: which call of the activation module is the layer's (fastai's `TabularModel` calls one ReLU in every block); `act_fn`: a functional"
     "activation (`F.relu(x)`) as (fn, args, kwargs, the module whose output it takes)"
-    try: gm = fx.GraphModule(model, _Tracer().trace(model))
-    except Exception as e: return {n: (None, f'the model cannot be traced by torch.fx ({type(e).__name__})') for n, m in model.named_modules() if isinstance(m, _LAYER)}
+    gm, why = _trace(model)
+    if gm is None: return {n: (None, why) for n, m in model.named_modules() if isinstance(m, _LAYER)}
     mods, res, uses, owners, call = dict(model.named_modules()), {}, {}, {}, {}
     for nd in gm.graph.nodes:  # each module's calls, and reads of its weights outside a call
         if nd.op in ('call_module', 'get_attr'):
@@ -105,6 +111,41 @@ def unit_chains(
     for n, m in model.named_modules():
         if isinstance(m, _LAYER) and n not in res: res[n] = (None, 'not called in the traced forward')
     return res
+
+# %% ../nbs/04_reinit.ipynb #1542f8e4
+_THROUGH = (nn.modules.batchnorm._BatchNorm, nn.Flatten, FlattenFa)  # (besides elementwise modules, dropout and pools: their units are their input's)
+
+def unfollowed(
+    model:nn.Module, # traced with torch.fx
+    names:list, # activation modules of `model`, by name
+    chains:dict=None, # `unit_chains(model)`, where it is at hand
+)->dict:
+    "{name: why} for the activations of `names` no chain of `unit_chains` ends in: why ReDo cannot score their units, from what feeds them"
+    chains = unit_chains(model) if chains is None else chains
+    ends = {c['act'] for c, _ in chains.values() if c is not None and c['act']}
+    todo = [n for n in names if n not in ends]
+    if not todo: return {}
+    gm, why = _trace(model)
+    if gm is None: return {n: why for n in todo}
+    mods, res = dict(model.named_modules()), {}
+    for node in gm.graph.nodes:
+        if node.op != 'call_module' or node.target not in todo or node.target in res: continue  # (a module called twice: its first call)
+        x = node.args[0] if node.args else None
+        while True:
+            if not isinstance(x, fx.Node): why = 'its input is no value traced through the model'; break
+            xm = mods.get(x.target) if x.op == 'call_module' else None
+            if x.op == 'placeholder': why = "it acts on the model's input"; break
+            if isinstance(xm, _LAYER):
+                c, w = chains.get(x.target, (None, 'not called in the traced forward'))
+                why = w if c is None else f"it is not the first activation after {x.target} (ReDo scores {c['act'] or c['act_fn'][0].__name__})"; break
+            args = [a for a in (*x.args, *x.kwargs.values()) if isinstance(a, fx.Node)]
+            if len(args) == 1 and (xm is not None and (_elementwise(xm) or isinstance(xm, _POOLS + _THROUGH)) or _act_fn(x) is not None or _flattens(x, xm)):
+                x = args[0]; continue  # (units pass through: look further back)
+            what = type(xm).__name__ if xm is not None else getattr(x.target, '__name__', x.target)
+            why = (f"its input is {what} of {len(args)} values (a residual add, a concatenation): no one layer's units are its units" if len(args) > 1
+                   else f'its input comes from {what}, which ReDo cannot follow'); break
+        res[node.target] = why
+    return {n: res.get(n, 'not called in the traced forward') for n in todo}
 
 # %% ../nbs/04_reinit.ipynb #f2039fcc
 def _unit_means(o, dim=1, rest=0.):

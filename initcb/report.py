@@ -17,7 +17,7 @@ from .core import *
 from .activations import ActivationHealth
 from .gradients import GradientHealth
 from .init import check_init, break_symmetry, WEIGHT_LAYERS, NORM_LAYERS
-from .reinit import reinit_dormant, unit_chains, OUTPUT_LAYER
+from .reinit import reinit_dormant, unit_chains, unfollowed
 from .wd import AdaptiveWD
 
 # %% auto #0
@@ -225,10 +225,8 @@ def _first_x(learn):
 
 def _unfollowed(model, names, chains=None):
     "{activation: why} for those of `names` (the recorders' names) that no layer ReDo follows ends in (`chains`: `unit_chains(unwrap(model))`)"
-    pre, ch = _prefix(model), unit_chains(unwrap(model)) if chains is None else chains  # ('module.' under DDP: the recorders name layers in the wrapped model)
-    ends, whys = {pre + c['act'] for c, _ in ch.values() if c is not None and c['act']}, {w for c, w in ch.values() if c is None and w != OUTPUT_LAYER}
-    why = next(iter(whys)) if len(whys) == 1 else '`unit_chains(model)` says why: a residual add, a branch'  # (the reason where it is one)
-    return {n: why for n in names if n not in ends}
+    pre = _prefix(model)  # ('module.' under DDP, '_orig_mod.' under torch.compile: the recorders name layers in the wrapped model)
+    return {pre + n: why for n, why in unfollowed(unwrap(model), [n[len(pre):] for n in names if n.startswith(pre)], chains).items()}
 
 def _dormant_fracs(ah, xb, tau):
     "{activation layer: (share of its units with dormancy score <= `tau`, number of units)} on batch `xb`"
