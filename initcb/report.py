@@ -61,7 +61,7 @@ REMEDIES = {
     'too hot': ("lower the learning rate, or decay the weights", 'AdaptiveWD'),
     'growing': ("apply weight decay, adapted to the run", 'AdaptiveWD'),
 }
-DEAD_UNFOLLOWED = "use a leaky activation (GeneralRelu(leak=0.1)): ReinitDormant cannot follow the layer in front of this one"  # dead, no chain ends in it (`unit_chains` says why)
+DEAD_UNFOLLOWED = "use a leaky activation (GeneralRelu(leak=0.1)): ReinitDormant cannot follow the layer in front of this one"  # dead, no chain ends in it (`unfollowed` says why)
 SYMPTOM = "likely a symptom of the diverging loss: lower the learning rate first; if it stays: "  # (a finding in a fit whose loss diverged)
 STALLED_OTHER = "raise the learning rate (this layer's, where the optimizer has parameter groups), or reset the layer's weights (too large for the updates it gets)"  # stalled, not a Linear/Conv layer
 
