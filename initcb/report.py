@@ -446,11 +446,14 @@ class HealthCheck(Callback):
         self.learn.add_cb(cb); self._added.append(cb)
 
     def _act(self, what, detail):
-        self._actions.append(dict(epoch=getattr(self.learn, 'epoch', 0), action=what, detail=detail))
+        gh = self.gh  # (batch: the first training batch the action changes, in the recorders' count; epoch: the fit's)
+        self._actions.append(dict(epoch=getattr(self.learn, 'epoch', 0), batch=0 if gh is None else gh.n_seen, action=what, detail=detail))
         if is_main(): print(f"HealthCheck: {what}: {detail}")
 
     @property
-    def actions(self): return pd.DataFrame(self._actions, columns=['epoch', 'action', 'detail'])
+    def actions(self):
+        "What the remedies did: one row per action, with the fit's `epoch` and the first training `batch` it changes (the recorders' count)"
+        return pd.DataFrame(self._actions, columns=['epoch', 'batch', 'action', 'detail'])
 
     def before_fit(self):
         self.run = real_fit(self)

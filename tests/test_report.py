@@ -471,6 +471,8 @@ def test_healthcheck_says_which_dead_units_it_cannot_revive():
         assert said.detail.str.split(':').str[0].tolist() == stuck * 2, acts  # (once a fit each)
         assert said.detail.str.contains(why, regex=False).all() and said.detail.str.contains('% of its units dead').all(), said.detail.tolist()
         assert (acts.action == 'ReinitDormant').any() == (len(stuck) == 1), acts  # (act2's units, behind b: revived where traced)
+        n = len(learn.dls.train)  # (each action at an epoch's end, in the recorders' count of batches: the second fit's after the first's)
+        assert (acts.batch % n == 0).all() and acts.batch.is_monotonic_increasing and said.batch.tolist() == [n] * len(stuck) + [3 * n] * len(stuck), acts
         hc = learn.health_check; assert hc._chains is None  # (the traced model is dropped at the fit's end, and from a pickle however the fit ended)
         hc._chains = unit_chains(model); assert hc.__getstate__()['_chains'] is None; hc._chains = None
 
