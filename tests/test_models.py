@@ -195,3 +195,39 @@ def test_compiled_before_the_hooks_recompiles_once():
             assert iters == agrad == [1, 2, 3], (iters, agrad)  # (4 batches: the first ran without the hooks)
         else: assert not said and iters == agrad == [4, 5, 6, 7], (said, iters, agrad)
     assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+
+def test_channels_last_records_what_contiguous_does():
+    "A channels_last model on channels_last inputs: samples are taken by logical index, so the statistics are the contiguous model's"
+    from fastai.callback.core import Callback
+    from initcb.core import digits_dls
+    res = []
+    for cl in (False, True):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+        cbs = [ActivationHealth(sample_every=1, full_max=0)]  # (every output sampled in its hook, every batch)
+        if cl:
+            m = m.to(memory_format=torch.channels_last)
+            class CL(Callback):
+                def before_batch(self): self.learn.xb = (self.xb[0].contiguous(memory_format=torch.channels_last),)
+            cbs.append(CL())
+        learn = quiet(Learner(digits_dls(bs=64), m, loss_func=nn.CrossEntropyLoss(), cbs=cbs))
+        torch.manual_seed(1); learn.fit(1, 1e-2)
+        res.append(cbs[0].to_df())
+    a, b = res
+    assert len(a) == len(b) > 0
+    for c in ('abs_mean', 'std', 'max', 'near_zero'): np.testing.assert_allclose(b[c], a[c], rtol=1e-3, atol=1e-3)
+
+def test_mixup_with_health_check():
+    "fastai's MixUp (its own loss, soft targets): the recorders record every batch and the report has no loss-rule finding on a healthy fit"
+    from fastai.callback.mixup import MixUp
+    from initcb.core import digits_dls
+    from initcb.report import HealthCheck
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    from fastai.losses import CrossEntropyLossFlat  # (MixUp reads its `y_int`)
+    learn = quiet(Learner(digits_dls(bs=64), m, loss_func=CrossEntropyLossFlat(), cbs=[MixUp(), HealthCheck(report=False)]))
+    learn.fit(3, 1e-2)
+    hc = learn.health_check
+    assert len(hc.ah.to_df().iter.unique()) == len(hc.gh.to_df().iter.unique()) == 3 * len(learn.dls.train)
+    assert not hc.report.problem.str.startswith('loss').any(), hc.report
