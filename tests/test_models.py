@@ -216,7 +216,9 @@ def test_channels_last_records_what_contiguous_does():
         res.append(cbs[0].to_df())
     a, b = res
     assert len(a) == len(b) > 0
-    for c in ('abs_mean', 'std', 'max', 'near_zero'): np.testing.assert_allclose(b[c], a[c], rtol=1e-3, atol=1e-3)
+    for c in ('abs_mean', 'std', 'max'): np.testing.assert_allclose(b[c], a[c], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(b['near_zero'], a['near_zero'], atol=6 / 2048)  # (the convs round differently in the other layout: a few
+    # of the 2,048 sampled values sit at the threshold; another sample's share would differ by ~0.01)
 
 def test_mixup_with_health_check():
     "fastai's MixUp (its own loss, soft targets): the recorders record every batch and the report has no loss-rule finding on a healthy fit"
