@@ -21,8 +21,8 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STAT
            'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap', 'sync_from_main', 'DeviceChunks',
            'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks',
            'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'check_rows',
-           'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs', 'new_axes',
-           'row_edges', 'layer_heatmap', 'digits_dls']
+           'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs', 'has_lazy',
+           'materialize', 'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -723,6 +723,29 @@ def first_inputs(
     if len(b) == 0: raise ValueError("`dl` gave an empty batch")
     n = n_inp or max(len(b) - 1, 1)
     return b[:n] if n > 1 else b[0]
+
+def has_lazy(
+    model:nn.Module, # a model
+):
+    "Whether `model` has lazy modules whose parameters do not exist yet (`nn.LazyLinear`, `nn.LazyConv2d`: shapes taken at the first forward pass)"
+    return any(nn.parameter.is_lazy(p) for p in model.parameters())
+
+def materialize(
+    model:nn.Module, # a model, with lazy modules or not
+    xb=None, # a batch of inputs (a tensor, or a tuple of them), on the model's device
+    what:str='`model`', # named in the error
+):
+    "Give `model`'s lazy modules their parameters now, with one forward pass on `xb` (`eval_forward`: no gradient, no running statistic changed); nothing to do without lazy modules, a `ValueError` without `xb`"
+    if has_lazy(model):
+        if xb is None: raise ValueError(f"{what} has lazy modules, whose parameters do not exist before a forward pass: pass a batch of inputs (`xb`), or run the model once")
+        eval_forward(model, [], lambda i, o: None, xb)
+    return model
+
+def materialize_lazy(
+    learn, # a fastai `Learner`, its model on the device its data is
+):
+    "`materialize` a learner's model on the first batch of its training data: callbacks that read the parameters at `before_fit` need them there"
+    if has_lazy(learn.model): materialize(learn.model, first_inputs(learn.dls.train, getattr(learn.dls, 'n_inp', None)))
 
 def new_axes(
     ax=None, # axes given by the caller

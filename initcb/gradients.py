@@ -72,6 +72,7 @@ class GradientHealth(HealthCallback):
 # %% ../nbs/02_gradients.ipynb #6f06c0c0
 @patch
 def setup(self:GradientHealth):
+    materialize_lazy(self.learn)  # (lazy modules: no parameter sizes before a forward pass)
     named, train = self._trainable()
     if not train: raise ValueError("GradientHealth: the model has no parameter that requires grad")
     names = [n for n, _ in named]

@@ -289,6 +289,7 @@ def check_init(
     xb=None, # a batch of inputs: adds each layer's output std (`output_stds`) and tests a zero, constant or symmetric layer's gradients on it (`break_symmetry`)
 ):
     "One row per layer with weights: their statistics against the scale its activation needs, zero/constant/symmetric units, and, given a batch `xb`, its output std"
+    materialize(model, xb)  # (lazy modules: no weights to check before a forward pass)
     acts, groups, rows = following_activation(model), shuffle_groups(model), []
     verdicts = _verdicts(model, _flagged(model), xb)
     for n, m in model.named_modules():
@@ -384,7 +385,7 @@ def break_symmetry(
     xb=None, # a batch of inputs: only twins whose weights get equal gradients on it are re-initialized (None: the weights alone decide)
 ):
     "Re-initialize zero or constant layers and duplicated units of `model` (frozen layers: never); a DataFrame of what changed (empty: nothing did)"
-    return _break(model, _flagged(model), xb)
+    return _break(model, _flagged(materialize(model, xb)), xb)
 
 def _break(model, bad, xb=None):
     "`break_symmetry` of the layers `bad` (`_flagged`)"
@@ -424,6 +425,7 @@ class BreakSymmetry(Callback):
     ): self.verbose, self.report = check_bool('verbose', verbose), None
     def before_fit(self):
         if not real_fit(self): return
+        materialize_lazy(self.learn)
         xb, bad = None, _flagged(self.model)
         if bad:  # (a batch only when the weights show twins: their gradients on it tell which stay twins)
             try:  # (the validation set's first: no augmentation)

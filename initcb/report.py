@@ -118,6 +118,7 @@ def _loss_rules(v, th, chance=None):
 def _init_rules(model, th, batch=None):
     "Zero, constant or symmetric layers; when the weights show some, their twins' gradients on `batch()` decide (`check_init`)"
     out, SYM = [], ('zero', 'constant', 'symmetric')
+    if has_lazy(model) and batch: materialize(model, batch())  # (a model with lazy modules reported before its first fit)
     ci = check_init(model)
     if len(ci) and (ci['finding'].str.split(':').str[0].isin(SYM) & ~ci['frozen']).any() and batch and (xb := batch()) is not None: ci = check_init(model, xb)
     for r in ci.itertuples():

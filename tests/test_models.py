@@ -233,3 +233,24 @@ def test_mixup_with_health_check():
     hc = learn.health_check
     assert len(hc.ah.to_df().iter.unique()) == len(hc.gh.to_df().iter.unique()) == 3 * len(learn.dls.train)
     assert not hc.report.problem.str.startswith('loss').any(), hc.report
+
+def test_lazy_modules():
+    "nn.LazyLinear has no parameters before its first forward pass: GradientHealth, BreakSymmetry, HealthCheck and health_report crashed at"
+    "before_fit ('Attempted to use an uninitialized parameter'); now the model is given its parameters by one forward pass on a training batch"
+    import warnings
+    from initcb.core import digits_dls
+    from initcb.gradients import GradientHealth
+    from initcb.init import BreakSymmetry, LSUVInit, check_init
+    from initcb.reinit import ReinitDormant
+    from initcb.report import HealthCheck
+    lazy = lambda: nn.Sequential(nn.LazyLinear(32), nn.ReLU(), nn.LazyLinear(10))
+    for cb in (ActivationHealth, GradientHealth, BreakSymmetry, LSUVInit, ReinitDormant, lambda: HealthCheck(remedy=True, report=False)):
+        torch.manual_seed(0)
+        learn = quiet(Learner(digits_dls(bs=64, flat=True), lazy(), loss_func=nn.CrossEntropyLoss(), cbs=cb()))
+        with warnings.catch_warnings(): warnings.simplefilter('ignore'); learn.fit(1, 1e-3)
+        assert learn.model[0].weight.shape == (32, 64)
+    gh = [c for c in learn.cbs if isinstance(c, GradientHealth)][0]
+    assert gh.names == ['0.weight', '0.bias', '2.weight', '2.bias'] and len(gh.to_df())
+    with pytest.raises(ValueError, match='lazy modules'): check_init(lazy())
+    learn = quiet(Learner(digits_dls(bs=64, flat=True), lazy(), loss_func=nn.CrossEntropyLoss()))
+    assert learn.health_report(verbose=False) is not None  # (before any fit: materialized on the learner's batch)
