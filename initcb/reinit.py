@@ -82,7 +82,9 @@ def unit_chains(
         m = mods[node.target]; lin = isinstance(m, nn.Linear)  # (a Linear's units are its output's last dim, a conv's dim 1)
         while True:
             users = list(cur.users)
-            if len(users) != 1: why = f'its output has {len(users)} consumers'; break
+            if len(users) != 1:  # (the layer's own output, or what it became on the way: an activation's that feeds two heads)
+                at = 'its output' if cur is node else f"the output of {cur.target if cur.op == 'call_module' else getattr(cur.target, '__name__', cur.target)} after it"
+                why = f'{at} has {len(users)} consumers'; break
             u = users[0]
             um = mods.get(u.target) if u.op == 'call_module' else None
             if isinstance(um, _LAYER):
@@ -108,8 +110,8 @@ def unit_chains(
             cur = u
         if not why: why = next(filter(None, map(shared, [k for k in (node.target, chain['norm'], chain['next']) if k])), None)
         res[node.target] = (None, why) if why else (chain, None)
-    for n, m in model.named_modules():
-        if isinstance(m, _LAYER) and n not in res: res[n] = (None, 'not called in the traced forward')
+    for n, m in model.named_modules():  # (not in the graph: inside a module fx does not trace into, a torch.nn container such as TransformerEncoderLayer, or not called)
+        if isinstance(m, _LAYER) and n not in res: res[n] = (None, f'inside {inner[id(m)]} ({type(mods[inner[id(m)]]).__name__}), which torch.fx does not trace into' if id(m) in inner else 'not called in the traced forward')
     return res
 
 # %% ../nbs/04_reinit.ipynb #1542f8e4

@@ -3,7 +3,7 @@ import warnings, pytest, torch
 from torch import nn
 from fastai.layers import ConvLayer
 from fastai.test_utils import synth_learner
-from initcb.reinit import ReinitDormant, unit_chains, dormancy_scores, reinit_units, reinit_dormant
+from initcb.reinit import ReinitDormant, unit_chains, dormancy_scores, reinit_units, reinit_dormant, OUTPUT_LAYER
 from helpers import quiet, bad_argument_named
 
 @pytest.mark.parametrize('seed', range(3))
@@ -38,7 +38,7 @@ def test_unsupported_structures_skipped_with_a_message():
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always'); learn.fit(1)
     msgs = [str(x.message) for x in w if 'ReinitDormant' in str(x.message)]
-    assert any('skips 1 layer: a: its output has 2 consumers' in s for s in msgs) and any('no layer it can handle' in s for s in msgs)
+    assert any('skips 1 layer: a: the output of relu after it has 2 consumers' in s for s in msgs) and any('no layer it can handle' in s for s in msgs)
     assert not any("output layer" in s for s in msgs)  # (b, the output layer, is never re-initialized: nothing to warn about)
     assert len(cb.events) == 0
 
@@ -386,3 +386,15 @@ def test_compiled_model_revived_as_eager(how):
     assert (first(e0).layer == '2').any() and first(e1).equals(first(e0)), (e0, e1)
     assert list(a0.action) == ['ReinitDormant'] * 2 and a1.equals(a0), (a0, a1)  # (layer 0's 3 dead units, all of layer 2's)
     assert len(r1) and set(r1.problem) == set(r0.problem), (r0, r1)
+
+def test_reasons_name_where_the_chain_stops():
+    "A Linear inside a torch.nn container fx does not trace into (TransformerEncoderLayer) was 'not called in the traced forward';"
+    "a layer whose activation feeds two heads was said to have 'its output has 2 consumers' (its own output has one)"
+    enc = nn.Sequential(nn.Linear(4, 8), nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1), nn.Linear(8, 2))
+    ch = unit_chains(enc)
+    assert ch['1.layers.0.linear1'] == (None, 'inside 1 (TransformerEncoder), which torch.fx does not trace into'), ch['1.layers.0.linear1']
+    class TwoHeads(nn.Module):
+        def __init__(s): super().__init__(); s.trunk, s.act, s.h1, s.h2 = nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1), nn.Linear(8, 1)
+        def forward(s, x): h = s.act(s.trunk(x)); return s.h1(h) + s.h2(h)
+    assert unit_chains(TwoHeads())['trunk'] == (None, 'the output of act after it has 2 consumers')
+    assert unit_chains(nn.Sequential(nn.Linear(4, 4)))['0'][1] == OUTPUT_LAYER
