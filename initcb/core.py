@@ -12,17 +12,19 @@ import numpy as np, torch
 from torch import nn, Tensor
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils import parametrize
 from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException, CancelEpochException, event
 
 # %% auto #0
 __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STATS', 'check_int', 'check_float', 'check_bool',
            'is_number', 'coprime_stride', 'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds',
-           'rest_value', 'is_activation', 'has_own_params', 'is_frozen', 'default_watch', 'select_modules',
-           'StatHistory', 'run_lengths', 'distributed', 'is_main', 'unwrap', 'sync_from_main', 'DeviceChunks',
-           'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks',
-           'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'check_rows',
-           'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs', 'has_lazy',
-           'materialize', 'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
+           'rest_value', 'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization', 'own_weights', 'is_frozen',
+           'param_layer', 'hooked_weight', 'writable_weight', 'default_watch', 'select_modules', 'StatHistory',
+           'run_lengths', 'distributed', 'is_main', 'unwrap', 'sync_from_main', 'DeviceChunks', 'stack_scalars',
+           'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks', 'foreach_norm',
+           'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection',
+           'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize',
+           'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -150,13 +152,52 @@ def is_activation(
 def has_own_params(
     m:nn.Module, # a module
 ):
-    "Whether `m` holds parameters of its own (not only in its children)"
-    return any(True for _ in m.parameters(recurse=False))
+    "Whether `m` holds parameters of its own (not only in its children): a parametrized weight (`torch.nn.utils.parametrize`: weight_norm, spectral_norm) is its own"
+    return any(True for _ in m.parameters(recurse=False)) or parametrize.is_parametrized(m)
+def is_leaf(
+    m:nn.Module, # a module
+):
+    "Whether `m` has no child modules but the `parametrizations` that compute its parametrized weights"
+    return not any(n != 'parametrizations' for n, _ in m.named_children())
+def in_parametrization(
+    name:str, # a module's or parameter's name in its model
+):
+    "Whether `name` is inside a `parametrizations` container (a parametrization's module, its `original` tensors): an internal of the module that owns it"
+    return 'parametrizations' in name.split('.')
+def own_weights(
+    m:nn.Module, # a module
+):
+    "[(name, parameter)] of the weights `m` holds itself (`weight`, an RNN's `weight_ih_l0`...), and the `original` tensors its parametrized weights are computed from"
+    ps = [(n, p) for n, p in m.named_parameters(recurse=False) if n.startswith('weight')]
+    return ps + ([(f'parametrizations.{n}', p) for n, p in m.parametrizations.named_parameters() if n.startswith('weight')] if parametrize.is_parametrized(m) else [])
 def is_frozen(
     m:nn.Module, # a module
 ):
-    "Whether a weight of `m`'s own (`weight`, an RNN's `weight_ih_l0`...) does not require grad: initcb's remedies leave such a layer as it is"
-    return any(not p.requires_grad for n, p in m.named_parameters(recurse=False) if n.startswith('weight'))
+    "Whether a weight of `m`'s own (`weight`, an RNN's `weight_ih_l0`..., a parametrized weight's `original`) does not require grad: initcb's remedies leave such a layer as it is"
+    return any(not p.requires_grad for _, p in own_weights(m))
+def param_layer(
+    name:str, # a parameter's name in its model
+):
+    "The layer a parameter belongs to: its module's name ('0' for '0.weight', and for a parametrized weight's '0.parametrizations.weight.original0'), or the parameter's own name for one the model holds itself"
+    parts = name.split('.')
+    if 'parametrizations' in parts: return '.'.join(parts[:parts.index('parametrizations')]) or name
+    return name.rpartition('.')[0] or name
+def hooked_weight(
+    m:nn.Module, # a module
+):
+    "Whether `m`'s weight is computed by a forward pre-hook (the deprecated `torch.nn.utils.weight_norm` / `spectral_norm`): writing it changes nothing the forward pass uses"
+    return any(hasattr(m, f'weight_{k}') for k in ('g', 'orig'))
+
+@contextmanager
+def writable_weight(
+    m:nn.Module, # a module with a `weight`
+):
+    "The tensor to change in place for `m`'s weight as its forward pass sees it: the parameter itself, or for a parametrized one (weight_norm, spectral_norm) a copy, set through the parametrization (its `right_inverse`) on exit; a weight computed by a hook (`hooked_weight`) is a `ValueError`"
+    if hooked_weight(m): raise ValueError(f"{type(m).__name__}'s weight is computed by a hook (torch.nn.utils.weight_norm / spectral_norm, deprecated): use torch.nn.utils.parametrizations' instead, whose weight can be set")
+    if not parametrize.is_parametrized(m, 'weight'): yield m.weight; return
+    w = m.weight.detach().clone()
+    yield w
+    with torch.no_grad(): m.weight = w  # (weight_norm: its magnitude and direction from `w`; spectral_norm: `w`, divided by its largest singular value in the forward)
 
 def default_watch(
     name:str, # the module's name in the model
@@ -165,7 +206,8 @@ def default_watch(
     "Watched by default: marked modules, nonlinearities, leaf modules with parameters, and attention (not its `out_proj`)"
     if getattr(m, '_initcb_watch', False) or isinstance(m, nn.MultiheadAttention): return True  # (parameters of its own, and children)
     if isinstance(m, NonDynamicallyQuantizableLinear): return False  # attention's `out_proj`: its weights are used, the module never runs
-    return not any(True for _ in m.children()) and (is_activation(m) or has_own_params(m))
+    if in_parametrization(name): return False  # (a parametrization's own modules: the module that owns it is the layer)
+    return is_leaf(m) and (is_activation(m) or has_own_params(m))
 
 # %% ../nbs/00_core.ipynb #2acd37cb
 def select_modules(

@@ -122,8 +122,9 @@ def _set_params(self:GradientHealth, named, train):
 @patch
 def _reset(self:GradientHealth, names, sizes):
     self.names, self.sizes, self.n_seen, self._cols = names, np.array(sizes, np.float64), 0, np.arange(len(names))
-    self.layers = sorted(set(n.rpartition('.')[0] or n for n in names), key=[n.rpartition('.')[0] or n for n in names].index)
-    self._layer_of = np.array([self.layers.index(n.rpartition('.')[0] or n) for n in names])
+    of = [param_layer(n) for n in names]
+    self.layers = sorted(set(of), key=of.index)
+    self._layer_of = np.array([self.layers.index(n) for n in of])
     self.hist = StatHistory(GRAD_COLS, len(names), self.max_rows)
     self.upd = StatHistory(UPD_COLS, len(names), self.max_rows)
     self.skipped, self.clipped = [], []  # training steps skipped by the gradient scaler; steps where GradientClip fired

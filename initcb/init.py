@@ -6,19 +6,20 @@ Docs: https://initcb.github.io/initcb/init.html.md"""
 
 # %% ../nbs/03_init.ipynb #00fcaa7c
 from __future__ import annotations
-import math
+import math, warnings
 from contextlib import contextmanager
 import pandas as pd, torch
 from torch import nn, Tensor
 from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils import parametrize
 import torch.nn.functional as F
 from fastai.callback.core import Callback, TrainEvalCallback
 from .core import *
 
 # %% auto #0
-__all__ = ['NORM_LAYERS', 'WEIGHT_LAYERS', 'EMBEDDINGS', 'INIT_TYPES', 'GRAD_RTOL', 'PROBES', 'SCHEMES', 'FROZEN', 'GeneralRelu',
-           'activation_gain', 'following_activation', 'shuffle_groups', 'duplicate_units', 'check_init', 'output_stds',
-           'init_weights', 'break_symmetry', 'learner_batch', 'BreakSymmetry', 'lsuv_init', 'LSUVInit']
+__all__ = ['NORM_LAYERS', 'WEIGHT_LAYERS', 'EMBEDDINGS', 'INIT_TYPES', 'GRAD_RTOL', 'PROBES', 'SCHEMES', 'HOOKED', 'FROZEN',
+           'GeneralRelu', 'activation_gain', 'following_activation', 'shuffle_groups', 'duplicate_units', 'check_init',
+           'output_stds', 'init_weights', 'break_symmetry', 'learner_batch', 'BreakSymmetry', 'lsuv_init', 'LSUVInit']
 
 # %% ../nbs/03_init.ipynb #9a953faa
 class GeneralRelu(nn.Module):
@@ -65,7 +66,7 @@ def activation_gain(
 
 def _after(model, skip):
     "For each Linear/Conv layer, the first leaf module after it in forward (definition) order for which `skip` is false (or None)"
-    leaves = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if not any(True for _ in m.children()) or isinstance(m, nn.RNNBase)]  # (a module registered in several places is at each: fastai's TabularModel puts one ReLU in every block)
+    leaves = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if is_leaf(m) and not in_parametrization(n) or isinstance(m, nn.RNNBase)]  # (a module registered in several places is at each: fastai's TabularModel puts one ReLU in every block)
     return {n: next((nxt for _, nxt in leaves[k + 1:] if not skip(nxt)), None)
             for k, (n, m) in enumerate(leaves) if isinstance(m, WEIGHT_LAYERS)}
 
@@ -338,6 +339,14 @@ def output_stds(
 # %% ../nbs/03_init.ipynb #1f334a70
 SCHEMES = ('auto', 'kaiming', 'xavier', 'lecun', 'orthogonal')
 
+HOOKED = "their weight is computed by a hook (torch.nn.utils.weight_norm / spectral_norm, deprecated): use torch.nn.utils.parametrizations', whose weight can be set"
+
+def _scale_fixed(m):
+    "Why LSUV cannot scale `m`'s weight (its parametrization sets the scale: spectral_norm, orthogonal), else None"
+    ps = [type(p).__name__ for p in m.parametrizations.weight] if parametrize.is_parametrized(m, 'weight') else []
+    fixed = [p for p in ps if p in ('_SpectralNorm', '_Orthogonal', '_OrthMaps')]
+    return f'its parametrization ({fixed[0].strip("_")}) sets its scale: skipped' if fixed else None
+
 def init_weights(
     model:nn.Module, # every Linear and Conv layer of it is re-initialized, in place
     scheme:str='auto', # 'auto' (the gain of the following activation), 'kaiming', 'xavier', 'lecun' or 'orthogonal'
@@ -346,17 +355,20 @@ def init_weights(
     "Re-initialize every Linear/Conv layer of `model`: 'auto' uses the gain of the activation that follows each layer"
     if scheme not in SCHEMES: raise ValueError(f"`scheme` must be one of {SCHEMES}, got {scheme!r}")
     zero_bias = check_bool('zero_bias', zero_bias)  # ('no' is truthy: it zeroed the biases)
-    acts = following_activation(model)
+    acts, hooked = following_activation(model), []
     with torch.no_grad():
         for n, m in model.named_modules():
             if not isinstance(m, WEIGHT_LAYERS): continue
-            w, fan_in = m.weight, _fan_in(m.weight, m)
+            if hooked_weight(m): hooked.append(n); continue
             gain = activation_gain(acts.get(n))
-            if scheme == 'orthogonal': nn.init.orthogonal_(w, gain=gain)
-            elif scheme == 'xavier': nn.init.xavier_normal_(w, gain=gain)
-            elif scheme == 'lecun': nn.init.normal_(w, 0., 1 / math.sqrt(fan_in))
-            else: nn.init.normal_(w, 0., (gain if scheme == 'auto' else math.sqrt(2)) / math.sqrt(fan_in))
+            with writable_weight(m) as w:  # (a parametrized weight, weight_norm's or spectral_norm's: set through its parametrization)
+                fan_in = _fan_in(w, m)
+                if scheme == 'orthogonal': nn.init.orthogonal_(w, gain=gain)
+                elif scheme == 'xavier': nn.init.xavier_normal_(w, gain=gain)
+                elif scheme == 'lecun': nn.init.normal_(w, 0., 1 / math.sqrt(fan_in))
+                else: nn.init.normal_(w, 0., (gain if scheme == 'auto' else math.sqrt(2)) / math.sqrt(fan_in))
             if m.bias is not None and zero_bias: m.bias.zero_()
+    if hooked: warnings.warn(f"init_weights skips {', '.join(hooked)}: {HOOKED}")
     return model
 
 # %% ../nbs/03_init.ipynb #635e3ff5
@@ -368,17 +380,18 @@ def _reinit_(m, act, rows=None, layers=None):
                 for p in (getattr(m, k + s, None) for k in ('weight_ih', 'weight_hh', 'bias_ih', 'bias_hh', 'weight_hr')):
                     if p is not None: p.uniform_(-1 / math.sqrt(m.hidden_size), 1 / math.sqrt(m.hidden_size))
             return
-        w, b = m.weight, getattr(m, 'bias', None)
-        if not isinstance(m, EMBEDDINGS): std = activation_gain(act) / math.sqrt(_fan_in(w, m))
-        else:  # (its new features at the scale of the others; a whole table, PyTorch's N(0, 1))
-            keep = [j for j in range(w.shape[1]) if rows is not None and j not in set(rows)]
-            std = w[:, keep].std().item() if keep else 1.
-        new = torch.randn_like(w) * std
-        if rows is None: w.copy_(new)
-        elif isinstance(m, EMBEDDINGS): w[:, rows] = new[:, rows]  # (its units: output features, the columns)
-        else: w[rows] = new[rows]
+        b = getattr(m, 'bias', None)
+        with writable_weight(m) as w:  # (a parametrized weight: set through its parametrization)
+            if not isinstance(m, EMBEDDINGS): std = activation_gain(act) / math.sqrt(_fan_in(w, m))
+            else:  # (its new features at the scale of the others; a whole table, PyTorch's N(0, 1))
+                keep = [j for j in range(w.shape[1]) if rows is not None and j not in set(rows)]
+                std = w[:, keep].std().item() if keep else 1.
+            new = torch.randn_like(w) * std
+            if rows is None: w.copy_(new)
+            elif isinstance(m, EMBEDDINGS): w[:, rows] = new[:, rows]  # (its units: output features, the columns)
+            else: w[rows] = new[rows]
+            if isinstance(m, EMBEDDINGS) and m.padding_idx is not None: w[m.padding_idx] = 0.  # (the padding row gets no gradient: it stays as set)
         if b is not None and not isinstance(m, EMBEDDINGS) and rows is not None: b[rows] = 0.
-        if isinstance(m, EMBEDDINGS) and m.padding_idx is not None: w[m.padding_idx] = 0.  # (the padding row gets no gradient: it stays as set)
 
 def break_symmetry(
     model:nn.Module, # re-initialized in place where a layer is zero/constant or a unit duplicates another
@@ -391,9 +404,11 @@ def _break(model, bad, xb=None):
     "`break_symmetry` of the layers `bad` (`_flagged`)"
     acts, rows = following_activation(model), []
     verdicts = _verdicts(model, bad, xb)  # (all read before any change)
+    hooked = [n for n, m, _ in bad if hooked_weight(m)]
+    if hooked: warnings.warn(f"break_symmetry skips {', '.join(hooked)}: {HOOKED}")
     for n, m, group in bad:
         kind, dup, how, layers = verdicts[n]
-        if how == 'apart': continue  # (twins by their weights, told apart by their gradients: a deliberate init, in a model with no stuck layer)
+        if how == 'apart' or n in hooked: continue  # (twins by their weights, told apart by their gradients: a deliberate init, in a model with no stuck layer)
         whole = kind != 'symmetric' or isinstance(m, (nn.RNNBase, nn.modules.conv._ConvTransposeNd))  # (their units are not rows)
         _reinit_(m, acts.get(n), None if whole else dup, layers)
         units = _layer_weight(m)[0].shape[0]
@@ -489,8 +504,11 @@ def lsuv_init(
                 m, it, status = mods[n], 0, 'ok'
                 if is_frozen(m):
                     rows.append(dict(layer=n, type=type(m).__name__, iterations=0, mean=math.nan, std=math.nan, status=FROZEN)); continue
+                skip = 'its weight is computed by a hook (deprecated weight_norm / spectral_norm): skipped' if hooked_weight(m) else _scale_fixed(m)
+                if skip:
+                    rows.append(dict(layer=n, type=type(m).__name__, iterations=0, mean=math.nan, std=math.nan, status=skip)); continue
                 keep = [p.clone() for p in (m.weight, m.bias) if p is not None]  # (a layer skipped keeps its weights)
-                nn.init.orthogonal_(m.weight)
+                with writable_weight(m) as w: nn.init.orthogonal_(w)  # (a parametrized weight: set through its parametrization)
                 if m.bias is not None: m.bias.zero_()
                 while True:
                     o = _output_of(model, m, xb).float()
@@ -498,12 +516,13 @@ def lsuv_init(
                     if not (math.isfinite(mean) and math.isfinite(std)): status = 'non-finite output: skipped'
                     elif std <= 1e-8 * max(abs(mean), 1.): status = 'output std 0 (dead input): skipped'
                     if status != 'ok':
-                        for p, v in zip((p for p in (m.weight, m.bias) if p is not None), keep): p.copy_(v)
+                        with writable_weight(m) as w: w.copy_(keep[0])
+                        if m.bias is not None: m.bias.copy_(keep[1])
                         break
                     if abs(std - target_std) <= tol and (not centre or m.bias is None or abs(mean) <= tol): break
                     if it == max_iters: status = f'not within tol after {max_iters} iterations'; break
                     if centre and m.bias is not None: m.bias.sub_(mean)
-                    m.weight.mul_(target_std / std)
+                    with writable_weight(m) as w: w.mul_(target_std / std)
                     if m.bias is not None: m.bias.mul_(target_std / std)
                     it += 1
                 rows.append(dict(layer=n, type=type(m).__name__, iterations=it, mean=mean, std=std, status=status))

@@ -10,6 +10,7 @@ import copy, math, warnings
 import numpy as np, pandas as pd, torch
 from torch import nn
 import torch.fx as fx
+from torch.nn.utils import parametrize
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.layers import Flatten as FlattenFa
@@ -109,6 +110,8 @@ def unit_chains(
             else: why = f'it feeds {getattr(u.target, "__name__", u.target) if um is None else type(um).__name__}, which ReDo cannot follow'; break
             cur = u
         if not why: why = next(filter(None, map(shared, [k for k in (node.target, chain['norm'], chain['next']) if k])), None)
+        if not why: why = next((f"{k}'s weight is parametrized (weight_norm, spectral_norm...): ReDo re-initializes units of plain weights only"
+                                for k in (node.target, chain['next']) if k and (parametrize.is_parametrized(mods[k]) or hooked_weight(mods[k]))), None)
         res[node.target] = (None, why) if why else (chain, None)
     for n, m in model.named_modules():  # (not in the graph: inside a module fx does not trace into, a torch.nn container such as TransformerEncoderLayer, or not called)
         if isinstance(m, _LAYER) and n not in res: res[n] = (None, f'inside {inner[id(m)]} ({type(mods[inner[id(m)]]).__name__}), which torch.fx does not trace into' if id(m) in inner else 'not called in the traced forward')

@@ -269,7 +269,7 @@ def health_report(self:Learner,
     return df
 
 # %% ../nbs/06_report.ipynb #ab178f45
-def _leaves(model): return [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
+def _leaves(model): return [(n, m) for n, m in model.named_modules() if is_leaf(m) and not in_parametrization(n)]
 
 def _stats(x):
     x = x.detach().float()

@@ -2,7 +2,8 @@
 import math, pytest, torch
 from torch import nn
 from initcb.init import check_init, init_weights, GeneralRelu, following_activation, SCHEMES
-from initcb.core import ACTIVATION_TYPES, select_modules
+from initcb.core import ACTIVATION_TYPES, select_modules, writable_weight as writable
+import warnings
 from helpers import bad_argument_named
 
 def cnn():
@@ -628,3 +629,48 @@ def test_compiled_model_checked_and_initialized_as_eager(how):
     (r0, p0), (r1, p1) = res
     assert r0.finding.str.startswith('zero').any() and list(r1.finding) == list(r0.finding), (r0, r1)
     for a, b in zip(p0, p1): torch.testing.assert_close(a, b)
+
+def _param_mlp(kind):
+    "Linear-ReLU-Linear-ReLU-Linear, the middle Linear's weight parametrized by `kind` ('wn', 'sn': torch.nn.utils.parametrizations; 'old_wn': the deprecated hook)"
+    from torch.nn.utils.parametrizations import weight_norm, spectral_norm
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    if kind == 'wn': weight_norm(m[2])
+    elif kind == 'sn': spectral_norm(m[2])
+    elif kind == 'old_wn':
+        with warnings.catch_warnings(): warnings.simplefilter('ignore'); nn.utils.weight_norm(m[2])
+    return m
+
+@pytest.mark.parametrize('kind', ['wn', 'sn', 'old_wn'])
+def test_parametrized_weights_written_through_or_skipped(kind):
+    "A parametrized weight is computed from its `original` tensors at every access: init_weights, break_symmetry and lsuv_init wrote into"
+    "that copy, said they had changed the layer, and changed nothing. Now they set it through the parametrization, or skip it and say why"
+    from initcb.core import select_modules
+    from initcb.gradients import GradientHealth
+    from initcb.reinit import unit_chains
+    x, m = torch.randn(64, 8), _param_mlp(kind)
+    w0 = m[2].weight.detach().clone()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); init_weights(m)
+    if kind == 'old_wn': assert not torch.equal(m[0].weight, m[0].weight * 0) and torch.equal(m[2].weight, w0) and any('weight_norm' in str(x.message) for x in w)
+    else:
+        assert not torch.allclose(m[2].weight, w0)
+        if kind == 'wn': assert abs(m[2].weight.std().item() / (math.sqrt(2) / 4) - 1) < 0.2  # (He's std for the ReLU after it, fan-in 16)
+    m = _param_mlp(kind)
+    if kind != 'old_wn':
+        with writable(m[2]) as wt: wt.fill_(0.3)  # a constant layer, as the forward pass sees it
+        const = lambda w: bool((w == w.flatten()[0]).all())  # (one read: spectral_norm's power iteration moves its weight at each, in training mode)
+        assert const(m[2].weight)
+        rep = break_symmetry(m, x)
+        assert rep.layer.tolist() == ['2'] and not const(m[2].weight)
+    rep = lsuv_init(_param_mlp(kind), x).set_index('layer')
+    status = rep.loc['2', 'status']
+    assert status == {'wn': 'ok', 'sn': 'its parametrization (SpectralNorm) sets its scale: skipped',
+                      'old_wn': 'its weight is computed by a hook (deprecated weight_norm / spectral_norm): skipped'}[kind], status
+    m = _param_mlp(kind)
+    assert [n for n, _ in select_modules(m)] == ['0', '1', '2', '3', '4']  # (a parametrized Linear is watched: its parametrizations are its own)
+    assert check_init(m).set_index('layer').loc['0', 'activation'] == 'ReLU'
+    if kind != 'old_wn': assert unit_chains(m)['0'][1].startswith("2's weight is parametrized")  # (ReDo: plain weights only)
+    learn = quiet(synth_learner(n_trn=4)); learn.model = nn.Sequential(nn.Linear(1, 8), m, nn.Linear(2, 1)); learn.add_cb(gh := GradientHealth(warn=False))
+    learn.fit(1)
+    assert gh.layers == ['0', '1.0', '1.2', '1.4', '2'], gh.layers  # (a parametrized weight's `original` tensors: its layer's)

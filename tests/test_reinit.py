@@ -3,6 +3,7 @@ import warnings, pytest, torch
 from torch import nn
 from fastai.layers import ConvLayer
 from fastai.test_utils import synth_learner
+from fastai.torch_core import set_seed
 from initcb.reinit import ReinitDormant, unit_chains, dormancy_scores, reinit_units, reinit_dormant, OUTPUT_LAYER
 from helpers import quiet, bad_argument_named
 
@@ -377,7 +378,7 @@ def test_compiled_model_revived_as_eager(how):
     for h in (None, how):
         rd, hc = ReinitDormant(every=4), HealthCheck(remedy=True, report=False)
         for cb in (rd, hc):
-            torch.manual_seed(2); learn = quiet(synth_learner(n_trn=8)); learn.model = _dead_mlp(h); learn.add_cb(cb)
+            set_seed(2); learn = quiet(synth_learner(n_trn=8)); learn.model = _dead_mlp(h); learn.add_cb(cb)  # (python's random too: the shuffle)
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore'); torch.manual_seed(1); learn.fit(1, 1e-2)
         res.append((rd.events[['batch', 'layer', 'units']], hc.actions, hc.report))
