@@ -21,8 +21,8 @@ from .reinit import reinit_dormant, unit_chains, unfollowed
 from .wd import AdaptiveWD
 
 # %% auto #0
-__all__ = ['COLUMNS', 'REMEDIES', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'BLOWUP', 'RULES', 'WD_BASE', 'Thresholds',
-           'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
+__all__ = ['COLUMNS', 'REMEDIES', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME', 'BLOWUP', 'RULES', 'WD_BASE',
+           'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
 class Thresholds:
@@ -64,6 +64,7 @@ REMEDIES = {
 DEAD_UNFOLLOWED = "use a leaky activation (GeneralRelu(leak=0.1)): ReinitDormant cannot follow the layer in front of this one"  # dead, no chain ends in it (`unfollowed` says why)
 SYMPTOM = "likely a symptom of the diverging loss: lower the learning rate first; if it stays: "  # (a finding in a fit whose loss diverged)
 STALLED_OTHER = "raise the learning rate (this layer's, where the optimizer has parameter groups), or reset the layer's weights (too large for the updates it gets)"  # stalled, not a Linear/Conv layer
+NO_GRADIENT_SOME = "nothing if it is meant to run on some batches only (a gated branch, a routed expert); else see which batches skip it"  # no gradient for a while, gradients on other batches
 
 def _finding(layer, problem, severity, evidence, key):
     r, c = REMEDIES[key]
@@ -188,6 +189,7 @@ def _gradient_rules(gh, th, model=None, losses=None):
     def loss_at(b): return float(v[int(np.clip(b - start, 0, len(v) - 1))])
     ended = v is not None and np.isfinite(v[-1])  # (a fit whose loss ended NaN went on learning nothing)
     s0 = _loss_start(v) if ended else math.nan  # (where the fit's loss started: `_loss_start`)
+    df = gh.to_df()
     for (kind, layer), d in ev.groupby(['kind', ev['layer'].fillna('')], sort=False):
         key = {'nonfinite': 'nonfinite'}.get(kind, kind)
         if key not in REMEDIES: continue
@@ -204,12 +206,14 @@ def _gradient_rules(gh, th, model=None, losses=None):
                 sev, note = 'info', f"; the loss fell after it ({loss_at(d.batch.min()):.3g} -> {v[-1]:.3g}): the fit went on learning"
         if kind == 'stalled' and ended and v[-1] * 10 <= s0:  # (updates of a model near its optimum are small: a converged Transformer's LayerNorms)
             sev, note = 'info', f"; the loss fell {s0 / max(v[-1], 1e-30):.3g}-fold over the fit: small updates are expected there"
+        if kind == 'no gradient':  # (a layer used on some batches only, a gated branch or a routed expert, got gradients on the others: it is no unused head)
+            got = df[(df.layer == layer) & (df.iter >= (start or 0)) & (df.grad_norm > 0)].iter.unique()
+            if len(got): sev, note = 'info', f"; it got gradients on {len(got)} other recorded batches of the fit (from batch {got.min()}): used on some batches only"
         out.append(_finding(layer or '(all)', problem,
                             sev, f"{len(d)} flags, batches {d.batch.min()}-{d.batch.max()}: {d.message.iloc[0]}{note}", key))
         if key == 'stalled' and layer in mods and not isinstance(mods[layer], WEIGHT_LAYERS):  # (LSUV rescales Linear and Conv layers only)
             out[-1].update(remedy=STALLED_OTHER, callback='')
-        if sev == 'info': out[-1].update(remedy='nothing while the loss is this low' if kind == 'stalled' else f'nothing unless it recurs; then: {out[-1]["remedy"]}', callback='')
-    df = gh.to_df()
+        if sev == 'info': out[-1].update(remedy={'stalled': 'nothing while the loss is this low', 'no gradient': NO_GRADIENT_SOME}.get(kind, f'nothing unless it recurs; then: {out[-1]["remedy"]}'), callback='')
     w = df.dropna(subset=['weight_norm'])
     for layer, d in w.groupby('layer', sort=False):
         v = d['weight_norm'].to_numpy()

@@ -7,7 +7,7 @@ from fastai.callback.core import Callback
 from fastai.callback.training import GradientClip
 from fastai.test_utils import synth_learner
 from initcb.core import digits_dls
-from initcb.report import HealthCheck, NonFiniteGuard, Thresholds, find_nonfinite, RULES
+from initcb.report import HealthCheck, NonFiniteGuard, Thresholds, find_nonfinite, RULES, NO_GRADIENT_SOME
 from initcb.activations import ActivationHealth
 from initcb.reinit import unit_chains
 from initcb.gradients import GradientHealth
@@ -867,3 +867,22 @@ def test_a_second_fit_does_not_take_the_first_fits_flags_as_new():
     hc.remedy = {'exploding'}  # (the remedies switched on for the next fit, a healthy one)
     learn.fit(1, 1e-3)
     assert 'GradientClip' not in set(hc.actions.action), hc.actions
+
+class _Gated(nn.Module):
+    "A branch used on every 30th training batch only (a gated path, a routed expert)"
+    def __init__(s): super().__init__(); s.n, s.l1, s.act, s.br, s.head = 0, nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.Linear(32, 10)
+    def forward(s, x):
+        h = s.act(s.l1(x.flatten(1)))
+        if s.training:
+            s.n += 1
+            if s.n % 30 == 0: h = h + s.br(h)
+        return s.head(h)
+
+def test_a_layer_used_on_some_batches_is_not_called_unused():
+    "'no gradient' for 20 batches, but gradients on others: the report said 'not used in the forward pass' and advised freezing it"
+    torch.manual_seed(0)
+    learn = quiet(Learner(digits_dls(), _Gated(), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+    learn.fit(3, 3e-3)
+    r = learn.health_check.report.set_index('layer').loc['br']
+    assert r.problem == 'no gradient reaches it' and r.severity == 'info' and 'used on some batches only' in r.evidence, r.to_dict()
+    assert 'freeze' not in r.remedy and r.remedy == NO_GRADIENT_SOME
