@@ -344,7 +344,7 @@ HOOKED = "their weight is computed by a hook (torch.nn.utils.weight_norm / spect
 def _scale_fixed(m):
     "Why LSUV cannot scale `m`'s weight (its parametrization sets the scale: spectral_norm, orthogonal), else None"
     ps = [type(p).__name__ for p in m.parametrizations.weight] if parametrize.is_parametrized(m, 'weight') else []
-    fixed = [p for p in ps if p in ('_SpectralNorm', '_Orthogonal', '_OrthMaps')]
+    fixed = [p for p in ps if p in ('_SpectralNorm', '_Orthogonal')]
     return f'its parametrization ({fixed[0].strip("_")}) sets its scale: skipped' if fixed else None
 
 def init_weights(
