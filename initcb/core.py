@@ -775,11 +775,10 @@ def has_lazy(
 def materialize(
     model:nn.Module, # a model, with lazy modules or not
     xb=None, # a batch of inputs (a tensor, or a tuple of them), on the model's device
-    what:str='`model`', # named in the error
 ):
     "Give `model`'s lazy modules their parameters now, with one forward pass on `xb` (`eval_forward`: no gradient, no running statistic changed); nothing to do without lazy modules, a `ValueError` without `xb`"
     if has_lazy(model):
-        if xb is None: raise ValueError(f"{what} has lazy modules, whose parameters do not exist before a forward pass: pass a batch of inputs (`xb`), or run the model once")
+        if xb is None: raise ValueError("`model` has lazy modules, whose parameters do not exist before a forward pass: pass a batch of inputs (`xb`), or run the model once")
         eval_forward(model, [], lambda i, o: None, xb)
     return model
 
