@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from fastai.learner import Learner
 from fastai.metrics import accuracy
+from fastai.torch_core import set_seed
 from fastai.callback.progress import *
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
@@ -23,7 +24,7 @@ def main():
     warnings.filterwarnings('ignore')
     dist.init_process_group('gloo')  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(0)
+    set_seed(0)  # (torch's, Python's and NumPy's: fastai's DataLoader shuffles with Python's)
     dls = digits_dls(bs=32)
     shard = list(dls.train.dataset)[rank::world]  # each rank its own shard; the same number of full batches on every rank
     dls = DataLoaders(DataLoader(shard, bs=32, shuffle=True, drop_last=True), dls.valid)

@@ -19,12 +19,12 @@ from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException
 __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STATS', 'check_int', 'check_float', 'check_bool',
            'is_number', 'coprime_stride', 'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds',
            'rest_value', 'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization', 'own_weights', 'is_frozen',
-           'param_layer', 'hooked_weight', 'writable_weight', 'default_watch', 'select_modules', 'StatHistory',
-           'run_lengths', 'distributed', 'is_main', 'unwrap', 'sync_from_main', 'DeviceChunks', 'stack_scalars',
-           'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks', 'foreach_norm',
-           'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection',
-           'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize',
-           'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
+           'param_layer', 'hooked_weight', 'writable_weight', 'default_watch', 'unwrap', 'wrapper_prefix',
+           'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main', 'DeviceChunks',
+           'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks',
+           'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'check_rows',
+           'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs', 'has_lazy',
+           'materialize', 'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -209,12 +209,29 @@ def default_watch(
     if in_parametrization(name): return False  # (a parametrization's own modules: the module that owns it is the layer)
     return is_leaf(m) and (is_activation(m) or has_own_params(m))
 
+# %% ../nbs/00_core.ipynb #bbb4e583
+def unwrap(model:nn.Module, # a model, possibly wrapped in DistributedDataParallel, DataParallel or `torch.compile`'s module
+          ):
+    "The module inside (Distributed)DataParallel and `torch.compile` wrappers, however nested: replays and tracing (torch.fx) run on it, eagerly, with no collective"
+    while True:  # (a compiled module's name is checked, as in `is_compiled`: no import of torch._dynamo for models that never compile)
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)): model = model.module
+        elif type(model).__name__ == 'OptimizedModule' and isinstance(getattr(model, '_orig_mod', None), nn.Module): model = model._orig_mod
+        else: return model
+
+def wrapper_prefix(model:nn.Module, # a model, possibly wrapped (`unwrap`)
+                  ):
+    "What the wrapped model's names put in front of the inner model's: 'module.' under (Distributed)DataParallel, '_orig_mod.' under `torch.compile`, '' unwrapped"
+    inner = unwrap(model)
+    return next((n + '.' for n, m in model.named_modules() if m is inner and n), '')
+
+
 # %% ../nbs/00_core.ipynb #2acd37cb
 def select_modules(
-    model:nn.Module, # the model
+    model:nn.Module, # the model (wrapped or not: layers are named as in the model inside, `unwrap`)
     modules=None, # modules, module names, a predicate `f(name, module)`, or None for `default_watch`
 ):
-    "Resolve `modules` (None, a predicate `f(name, module)`, or modules/names) to a list of (name, module) in `model`"
+    "Resolve `modules` (None, a predicate `f(name, module)`, or modules/names) to a list of (name, module) in `model`, named as in the model inside its wrappers"
+    pre, model = wrapper_prefix(model), unwrap(model)
     leaf_model = not any(True for _ in model.children())
     named = [(n or type(model).__name__, m) for n, m in model.named_modules() if m is not model or leaf_model]
     if modules is None: sel = [(n, m) for n, m in named if default_watch(n, m)]
@@ -224,6 +241,7 @@ def select_modules(
         by_id, by_name, sel = {id(m): n for n, m in model.named_modules()}, dict(model.named_modules()), []
         for m in modules:
             if isinstance(m, str):
+                if pre and (m + '.').startswith(pre) and m[len(pre):] in by_name: m = m[len(pre):]  # (a name in the wrapped model: 'module.0')
                 if m not in by_name: raise ValueError(f"`modules`: no module named {m!r} in the model; names are like {list(by_name)[1:4]}")
                 sel.append((m or type(model).__name__, by_name[m]))
             elif isinstance(m, nn.Module):
@@ -389,14 +407,6 @@ def distributed():
 def is_main():
     "True unless this is a distributed run's rank other than 0: only the main process prints, plots and writes"
     return not distributed() or torch.distributed.get_rank() == 0
-
-def unwrap(model:nn.Module, # a model, possibly wrapped in DistributedDataParallel, DataParallel or `torch.compile`'s module
-          ):
-    "The module inside (Distributed)DataParallel and `torch.compile` wrappers, however nested: replays and tracing (torch.fx) run on it, eagerly, with no collective"
-    while True:  # (a compiled module's name is checked, as in `is_compiled`: no import of torch._dynamo for models that never compile)
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)): model = model.module
-        elif type(model).__name__ == 'OptimizedModule' and isinstance(getattr(model, '_orig_mod', None), nn.Module): model = model._orig_mod
-        else: return model
 
 def sync_from_main(model:nn.Module, # its parameters and buffers are overwritten with rank 0's
                   ):

@@ -99,8 +99,8 @@ def setup(self:GradientHealth):
 
 @patch
 def _trainable(self:GradientHealth):
-    "The model's named parameters, and the positions of those that require grad"
-    named = list(self.model.named_parameters())
+    "The model's named parameters (named as in the model inside its wrappers: `unwrap`), and the positions of those that require grad"
+    named = list(unwrap(self.model).named_parameters())
     return named, [j for j, (_, p) in enumerate(named) if p.requires_grad]
 
 @patch

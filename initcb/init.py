@@ -290,6 +290,7 @@ def check_init(
     xb=None, # a batch of inputs: adds each layer's output std (`output_stds`) and tests a zero, constant or symmetric layer's gradients on it (`break_symmetry`)
 ):
     "One row per layer with weights: their statistics against the scale its activation needs, zero/constant/symmetric units, and, given a batch `xb`, its output std"
+    model = unwrap(model)  # (layers named, and the batch run, in the model inside DDP or torch.compile: no collective, the names the recorders use)
     materialize(model, xb)  # (lazy modules: no weights to check before a forward pass)
     acts, groups, rows = following_activation(model), shuffle_groups(model), []
     verdicts = _verdicts(model, _flagged(model), xb)
@@ -328,7 +329,7 @@ def output_stds(
     bn:str='batch', # BatchNorm on the batch's own statistics ('batch', as in training) or its running ones ('running'): `eval_forward`
 ):
     "The std of each layer's output on batch `xb` (one forward pass without dropout or gradients: `eval_forward`)"
-    mods = dict(model.named_modules()); res = {}
+    model = unwrap(model); mods, res = dict(model.named_modules()), {}
     names = [n for n, m in model.named_modules() if isinstance(m, INIT_TYPES)]
     def hook(i, o):
         o = first_tensor(o)
@@ -355,9 +356,9 @@ def init_weights(
     "Re-initialize every Linear/Conv layer of `model`: 'auto' uses the gain of the activation that follows each layer"
     if scheme not in SCHEMES: raise ValueError(f"`scheme` must be one of {SCHEMES}, got {scheme!r}")
     zero_bias = check_bool('zero_bias', zero_bias)  # ('no' is truthy: it zeroed the biases)
-    acts, hooked = following_activation(model), []
+    acts, hooked = following_activation(unwrap(model)), []
     with torch.no_grad():
-        for n, m in model.named_modules():
+        for n, m in unwrap(model).named_modules():
             if not isinstance(m, WEIGHT_LAYERS): continue
             if hooked_weight(m): hooked.append(n); continue
             gain = activation_gain(acts.get(n))
@@ -398,6 +399,7 @@ def break_symmetry(
     xb=None, # a batch of inputs: only twins whose weights get equal gradients on it are re-initialized (None: the weights alone decide)
 ):
     "Re-initialize zero or constant layers and duplicated units of `model` (frozen layers: never); a DataFrame of what changed (empty: nothing did)"
+    model = unwrap(model)
     return _break(model, _flagged(materialize(model, xb)), xb)
 
 def _break(model, bad, xb=None):
@@ -441,18 +443,19 @@ class BreakSymmetry(Callback):
     def before_fit(self):
         if not real_fit(self): return
         materialize_lazy(self.learn)
-        xb, bad = None, _flagged(self.model)
+        model = unwrap(self.model)  # (layers named as the recorders name them, whatever wraps the model)
+        xb, bad = None, _flagged(model)
         if bad:  # (a batch only when the weights show twins: their gradients on it tell which stay twins)
             try:  # (the validation set's first: no augmentation)
                 v = getattr(getattr(self.learn, 'dls', None), 'valid', None)
                 xb = learner_batch(self.learn, v if v is not None and len(v) else None)
             except (ValueError, TypeError): pass  # (no batch: the weights alone decide)
-        self.report = _break(self.model, bad, xb)
+        self.report = _break(model, bad, xb)
         if bad: sync_from_main(self.model)  # (every rank alike: the weights DDP keeps identical show the same twins on each, but a verdict from a batch could differ)
         if not len(self.report): return
         opt = getattr(self.learn, 'opt', None)
         if opt is not None:
-            changed = {id(p) for n in self.report['layer'] for p in self.model.get_submodule(n).parameters()}
+            changed = {id(p) for n in self.report['layer'] for p in model.get_submodule(n).parameters()}
             for p in (p for pg in opt.param_lists for p in pg):  # (fastai's per-parameter flags stay: `do_wd` False for biases and norms)
                 if id(p) in changed: opt.state[p] = {k: v for k, v in opt.state[p].items() if k in ('do_wd', 'force_train')}
         if self.verbose and is_main():
@@ -494,6 +497,7 @@ def lsuv_init(
     "LSUV-initialize every Linear/Conv layer of `model` on batch `xb`; a DataFrame per layer: iterations, final output mean and std, status"
     check_float('target_std', target_std, 1e-6, 1e6); check_float('tol', tol, 1e-9, 1e6); check_int('max_iters', max_iters); centre = check_bool('centre', centre)
     if xb is None: raise ValueError("`xb` must be a batch of inputs (a tensor, or a tuple of them), got None")
+    model = unwrap(model)  # (run eagerly in the model inside DDP or torch.compile: no collective; each rank's weights, then rank 0's for all: `LSUVInit`)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
     if not layers: raise ValueError("`model` has no Linear or Conv layer to initialize")
     bufs, rows = [b.detach().clone() for b in model.buffers()], []

@@ -141,7 +141,7 @@ def _activation_rules(learn, ah, th, xb):
                 out.append(_finding(n, 'dead units', 'error' if frac > 0.5 else 'warning',
                                     f'{frac:.0%} of {units} units have dormancy score <= {th.dead_tau:g} on a batch', 'dead'))
         if out:  # (a remedy that would do nothing is none: where no layer ReDo follows ends in this activation, say so, and why)
-            un = _unfollowed(learn.model, [f['layer'] for f in out])
+            un = unfollowed(unwrap(learn.model), [f['layer'] for f in out])
             for f in out:
                 if f['layer'] in un: f.update(remedy=f"{DEAD_UNFOLLOWED} ({un[f['layer']]})", callback='')
     f = ah.fast
@@ -170,14 +170,9 @@ def _activation_rules(learn, ah, th, xb):
                                 f'first at recorded batch {int(f.iters[first])} in {ah.names[j]} (the earliest layer); {int(nf.sum())} layer-batches in all', 'nonfinite'))
     return out
 
-def _prefix(model):
-    "What the recorders' layer names have in front of the unwrapped model's: 'module.' under DDP or DataParallel, else ''"
-    inner = unwrap(model)
-    return next((n + '.' for n, m in model.named_modules() if m is inner and n), '')
-
 def _named(model):
-    "`model`'s modules by the names the recorders give them"
-    return {} if model is None else {_prefix(model) + n: m for n, m in unwrap(model).named_modules()}
+    "`model`'s modules by the names the recorders give them: the model's inside its wrappers (`unwrap`)"
+    return {} if model is None else dict(unwrap(model).named_modules())
 
 def _gradient_rules(gh, th, model=None, losses=None):
     "`GradientHealth`'s flags as findings, weighed against the fit's training `losses` where given (`_losses`: NaN kept)"
@@ -227,11 +222,6 @@ def _first_x(learn):
     "The inputs of a validation batch (else a training batch), or None when the learner has no data (an exported one)"
     try: return first_inputs(learn.dls.valid if len(learn.dls.valid) else learn.dls.train, getattr(learn.dls, 'n_inp', None))
     except Exception: return None
-
-def _unfollowed(model, names, chains=None):
-    "{activation: why} for those of `names` (the recorders' names) that no layer ReDo follows ends in (`chains`: `unit_chains(unwrap(model))`)"
-    pre = _prefix(model)  # ('module.' under DDP, '_orig_mod.' under torch.compile: the recorders name layers in the wrapped model)
-    return {pre + n: why for n, why in unfollowed(unwrap(model), [n[len(pre):] for n in names if n.startswith(pre)], chains).items()}
 
 def _dormant_fracs(ah, xb, tau):
     "{activation layer: (share of its units with dormancy score <= `tau`, number of units)} on batch `xb`"
@@ -540,7 +530,7 @@ class HealthCheck(Callback):
             if r['units']: self._act('ReinitDormant', f"layer {r['layer']}: {r['units']}/{r['of']} dormant units re-initialized" + (f" (dead in activation {r['act']})" if r.get('act') else ''))
         # the dead ones it cannot reach, once a fit each (it did nothing there: silence read as 'no dead units')
         dead = {n: frac for n, (frac, _) in _dormant_fracs(self.ah, self._xb, self.th.dead_tau).items() if frac > self.th.dead_frac and n not in self._stuck}
-        for n, why in _unfollowed(self.model, list(dead), self._chains).items():
+        for n, why in unfollowed(unwrap(self.model), list(dead), self._chains).items():
             self._stuck.add(n); self._act('not revived', f"{n}: {dead[n]:.0%} of its units dead; ReinitDormant cannot follow the layer in front of it ({why}): use a leaky activation (GeneralRelu(leak=0.1))")
 
     def after_fit(self):

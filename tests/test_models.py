@@ -139,6 +139,22 @@ def test_compiled_model_records_what_eager_does(how):
     assert len(x0) == len(x1) > 0
     for c in ('abs_mean', 'rms'): np.testing.assert_allclose(x1[c], x0[c], rtol=1e-4, atol=1e-9)
 
+def test_compiled_model_named_as_the_eager_one():
+    "A model compiled whole: every recorder named its layers '_orig_mod.1', ReinitDormant's events and the model the user wrote '1'"
+    from initcb.gradients import GradientHealth
+    from initcb.init import check_init
+    import torch._dynamo
+    torch._dynamo.reset()
+    names = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(1, 2), nn.Linear(15, 8), nn.ReLU(), nn.Linear(8, 1), nn.Flatten(0))
+        ah, gh = ActivationHealth(), GradientHealth(warn=False, act_grads=True)
+        learn = seq_learner(torch.compile(model) if compiled else model, [ah, gh])
+        learn.fit(1, 1e-2)
+        names.append((ah.names, gh.names, gh.layers, gh.amod_names, list(ah.to_df().layer.unique()), list(check_init(learn.model).layer)))
+    assert names[0] == names[1] and names[0][0] == ['1', '2', '3'], names
+
 class TwoExperts(nn.Module):
     "A tiny mixture of experts: rows routed by the sign of their first feature, so a batch may route no row to an expert"
     def __init__(s): super().__init__(); s.e0, s.e1 = nn.Linear(4, 1), nn.Linear(4, 1)

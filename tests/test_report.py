@@ -103,7 +103,7 @@ def test_guard_skip_leaves_no_trace_in_batchnorm():
         order = -1
         def before_batch(self):
             if self.training and self.train_iter == 3: x = self.learn.xb[0].clone(); x[0, 0, 0, 0] = float('nan'); self.learn.xb = (x,)
-    class Bufs(Callback):
+    class BufSnap(Callback):  # (not `Bufs`: `learn.bufs` would make fastai warn that the guard's own `bufs` shadows it)
         def before_batch(self):
             if self.training and self.train_iter == 3: self.before = [b.clone() for b in self.model.buffers()]
         def after_cancel_batch(self):
@@ -111,10 +111,10 @@ def test_guard_skip_leaves_no_trace_in_batchnorm():
     torch.manual_seed(0)
     m = nn.Sequential(ConvLayer(1, 16), ConvLayer(16, 32, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
     g = NonFiniteGuard(verbose=False)
-    learn = quiet(Learner(digits_dls(), m, loss_func=nn.CrossEntropyLoss(), metrics=accuracy, cbs=[g, PoisonInput(), Bufs()]))
+    learn = quiet(Learner(digits_dls(), m, loss_func=nn.CrossEntropyLoss(), metrics=accuracy, cbs=[g, PoisonInput(), BufSnap()]))
     learn.fit(1, 1e-2)
     assert g.skips == [3] and g.reports[0]['where'] == 'forward'
-    assert all(torch.equal(a, b) for a, b in zip(learn.bufs.before, learn.bufs.after))  # as before the batch
+    assert all(torch.equal(a, b) for a, b in zip(learn.buf_snap.before, learn.buf_snap.after))  # as before the batch
     assert all(torch.isfinite(b).all() for b in m.buffers())
     loss, acc = learn.validate()
     assert np.isfinite(loss) and acc > 0.2  # (poisoned statistics: NaN loss, accuracy at chance, for the rest of the fit)
@@ -649,18 +649,32 @@ def test_thresholds_bad_arguments():
     for kw in (dict(diverge=0.5), dict(plateau=1.5), dict(min_batches=0)): bad_argument_named(Thresholds, kw)
     with pytest.raises(ValueError, match='`thresholds`'): quiet(synth_learner(n_trn=2)).health_report(thresholds=dict(dead_frac=0.5))
 
-def test_dead_units_remedy_in_a_wrapped_model():
-    "Under DDP (here DataParallel on a CPU, the same 'module.' names) every dead-units row said ReinitDormant could not follow the layer"
+class WrapInFit(Callback):
+    "Wraps the model for the length of a fit, as fastai's DistributedTrainer does with DDP (here DataParallel: a CPU has no NCCL)"
+    def __init__(self, order): self.order = order  # (-20: before the recorders set up; 11: DistributedTrainer's, after)
+    def before_fit(self): self.learn.model = nn.DataParallel(self.learn.model)
+    def after_fit(self): self.learn.model = self.learn.model.module
+
+@pytest.mark.parametrize('wrap', ['DataParallel', -20, 11])
+def test_one_name_per_layer_in_a_wrapped_model(wrap):
+    """Under DDP (here DataParallel) every dead-units row said ReinitDormant could not follow the layer; and the recorders named layers
+    'module.2' where ReinitDormant and the model the report read after the fit said '2': a model wrapped for the fit only (fastai's
+    DistributedTrainer) got no remedy. Every recorder, event and report now names a layer as the model inside its wrappers does"""
+    from initcb.init import check_init
     def net():
         torch.manual_seed(0)
         m = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
         with torch.no_grad(): m[1].bias.sub_(3.)
         return m
-    learn = quiet(Learner(digits_dls(), nn.DataParallel(net()), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+    cbs = [HealthCheck(report=False), GradientHealth(warn=False)] + ([WrapInFit(wrap)] if wrap != 'DataParallel' else [])
+    learn = quiet(Learner(digits_dls(), nn.DataParallel(net()) if wrap == 'DataParallel' else net(), loss_func=nn.CrossEntropyLoss(), cbs=cbs))
     learn.fit(1, 1e-3)
     rep = learn.health_check.report
     dead = rep[rep.problem == 'dead units']
-    assert list(dead.layer) == ['module.2'] and (dead.callback == 'ReinitDormant').all(), rep
+    assert list(dead.layer) == ['2'] and (dead.callback == 'ReinitDormant').all(), rep
+    names = {n for n, _ in (learn.model.module if wrap == 'DataParallel' else learn.model).named_modules()}
+    assert set(learn.activation_health.names) <= names and set(learn.gradient_health.layers) <= names, learn.activation_health.names
+    assert set(rep.layer) - {'(all)'} <= names and set(check_init(learn.model).layer) <= names, rep
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(0.01, 100.), min_size=10, max_size=80))
@@ -738,10 +752,10 @@ def test_lr_find_after_a_fit_leaves_the_report_alone():
     assert len(_losses(learn, learn.gradient_health)) == n
 
 def test_norm_layer_vanishing_skipped_in_a_wrapped_model():
-    "The norm-layer exception looked names up without DataParallel's 'module.' prefix: the BatchNorm came back as vanishing"
+    "The norm-layer exception looked names up without DataParallel's 'module.' prefix: the BatchNorm came back as vanishing (the recorders now name layers as the model inside does)"
     m = nn.DataParallel(nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10)))
-    r = _flagged(m, [(1, 'vanishing', 'module.1', 1e-6), (1, 'vanishing', 'module.0', 1e-6)], None)
-    assert ('module.1', 'vanishing gradients') not in r and ('module.0', 'vanishing gradients') in r, list(r)
+    r = _flagged(m, [(1, 'vanishing', '1', 1e-6), (1, 'vanishing', '0', 1e-6)], None)
+    assert ('1', 'vanishing gradients') not in r and ('0', 'vanishing gradients') in r, list(r)
 
 
 # --- an audit of 2026-11-28 (task types and callbacks): loss rules on a fit that blows up at once ---
