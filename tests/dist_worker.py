@@ -1,5 +1,5 @@
 "The body of each process of tests/test_distributed.py (a module, so that torch.multiprocessing's spawn can import it)."
-import os, warnings
+import gc, os, warnings
 from datetime import timedelta
 import numpy as np, torch, torch.distributed as dist
 from torch import nn
@@ -32,72 +32,80 @@ def rank_items(rank, world):
     X, y = digits(); idx = [i for i in range(N) if (i // BS) % world == rank]
     return [(X[i], y[i]) for i in idx]
 
-def run(rank, world, port, out, mode):
+def session(rank, world, port, timeout, body):
+    """`body()` in a gloo process group, torn down so that nothing of it is left for the interpreter's exit: the learners (a cycle
+    with their callbacks) and their DDP models, which hold the group, are freed first, while both ranks are still in it; then the
+    ranks leave together. (A rank died at its exit once in four CI runs, SIGABRT 'terminate called without an active exception',
+    when the group lived on in DDP models past `destroy_process_group`: gloo's threads torn down with the interpreter, the likely cause)"""
     warnings.filterwarnings('ignore')
     torch.set_num_threads(1)
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world, timeout=timedelta(seconds=timeout))
     try:
-        from fastai.learner import Learner
-        from fastai.callback.core import Callback
-        from fastai.callback.progress import ProgressCallback
-        from initcb.activations import ActivationHealth
-        from initcb.reinit import ReinitDormant
-        from initcb.wd import AdaptiveWD
-        from initcb.report import NonFiniteGuard
-        model = DDP(mlp())
-        ah = ActivationHealth(sample_every=1, sample=1024, full_max=1 << 20)
-        cbs = [ah]
-        if mode != 'stats': cbs += [ReinitDormant(every=3, verbose=False), AdaptiveWD('awd'), NonFiniteGuard(verbose=False)]
-        class Poison(Callback):
-            def before_batch(self):
-                if self.training and self.train_iter == 2 and rank == 1: self.learn.xb = (self.xb[0] * float('nan'),)
-        if mode == 'nan': cbs.append(Poison())
-        learn = Learner(loaders(rank_items(rank, world), BS), model, loss_func=nn.CrossEntropyLoss(), cbs=cbs)
-        learn.remove_cbs([c for c in learn.cbs if isinstance(c, ProgressCallback)]); learn.logger = lambda *a: None
-        learn.fit(1, 0. if mode == 'stats' else 1e-2)
-        res = dict(params=torch.cat([p.detach().flatten() for p in model.parameters()]).numpy())
-        if mode != 'stats':
-            res['reinit_events'] = np.array(len(learn.reinit_dormant.events)); res['skips'] = np.array(learn.non_finite_guard.skips, dtype=np.int64)
-        ah.flush()
-        for k in ('abs_mean', 'rms', 'max', 'abs_max'): res[f'fast_{k}'] = ah.fast[k]
-        for k in ('mean', 'std', 'min', 'near_zero', 'hist'): res[f'sampled_{k}'] = ah.sampled[k]
-        np.savez(os.path.join(out, f'{mode}_rank{rank}.npz'), **res)
-        dist.barrier()  # tear down together: a rank that leaves while the other still talks to it aborts the other
+        body()
+        gc.collect()
+        dist.barrier()  # (a rank that leaves while the other still talks to it aborts the other)
     finally: dist.destroy_process_group()
+
+def run(rank, world, port, out, mode):
+    session(rank, world, port, 60, lambda: _run(rank, world, out, mode))
+
+def _run(rank, world, out, mode):
+    from fastai.learner import Learner
+    from fastai.callback.core import Callback
+    from fastai.callback.progress import ProgressCallback
+    from initcb.activations import ActivationHealth
+    from initcb.reinit import ReinitDormant
+    from initcb.wd import AdaptiveWD
+    from initcb.report import NonFiniteGuard
+    model = DDP(mlp())
+    ah = ActivationHealth(sample_every=1, sample=1024, full_max=1 << 20)
+    cbs = [ah]
+    if mode != 'stats': cbs += [ReinitDormant(every=3, verbose=False), AdaptiveWD('awd'), NonFiniteGuard(verbose=False)]
+    class Poison(Callback):
+        def before_batch(self):
+            if self.training and self.train_iter == 2 and rank == 1: self.learn.xb = (self.xb[0] * float('nan'),)
+    if mode == 'nan': cbs.append(Poison())
+    learn = Learner(loaders(rank_items(rank, world), BS), model, loss_func=nn.CrossEntropyLoss(), cbs=cbs)
+    learn.remove_cbs([c for c in learn.cbs if isinstance(c, ProgressCallback)]); learn.logger = lambda *a: None
+    learn.fit(1, 0. if mode == 'stats' else 1e-2)
+    res = dict(params=torch.cat([p.detach().flatten() for p in model.parameters()]).numpy())
+    if mode != 'stats':
+        res['reinit_events'] = np.array(len(learn.reinit_dormant.events)); res['skips'] = np.array(learn.non_finite_guard.skips, dtype=np.int64)
+    ah.flush()
+    for k in ('abs_mean', 'rms', 'max', 'abs_max'): res[f'fast_{k}'] = ah.fast[k]
+    for k in ('mean', 'std', 'min', 'near_zero', 'hist'): res[f'sampled_{k}'] = ah.sampled[k]
+    np.savez(os.path.join(out, f'{mode}_rank{rank}.npz'), **res)
 
 def run_read(rank, world, port, out, mode):
     "Readers called on rank 0 alone mid-fit (as under `is_main()`), then a fit that both ranks end with an exception; a short timeout: a hang fails fast"
-    warnings.filterwarnings('ignore')
-    torch.set_num_threads(1)
+    session(rank, world, port, 10, lambda: _read(rank, world, out, mode))
+
+def _read(rank, world, out, mode):
     import matplotlib; matplotlib.use('Agg')
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world, timeout=timedelta(seconds=10))
-    try:
-        from fastai.learner import Learner
-        from fastai.callback.core import Callback
-        from fastai.callback.progress import ProgressCallback
-        from initcb.activations import ActivationHealth
-        from initcb.gradients import GradientHealth
-        from initcb.core import is_main
-        ah, gh, seen = ActivationHealth(sample_every=1, chunk=3), GradientHealth(warn=False), []
-        class Peek(Callback):
-            def after_batch(self):
-                if is_main() and self.training: ah.summary(); ah.to_df(); ah.layer_stats(0); gh.to_df()
-            def after_train(self):
-                if is_main(): ah.summary(); ah.plot_stats(); seen.append((len(ah.fast), len(ah.sampled)))
-        class Fail(Callback):
-            def before_batch(self):
-                if self.training and self.train_iter == 5: raise RuntimeError('stop')
-        def learner(cbs):
-            learn = Learner(loaders(rank_items(rank, world), BS), DDP(mlp()), loss_func=nn.CrossEntropyLoss(), cbs=cbs)
-            learn.remove_cbs([c for c in learn.cbs if isinstance(c, ProgressCallback)]); learn.logger = lambda *a: None
-            return learn
-        learner([ah, gh, Peek()]).fit(2, 1e-2)
-        res = {f'fast_{k}': ah.fast[k] for k in ('rms', 'abs_max')}
-        res.update(sampled_mean=ah.sampled['mean'], seen=np.array(seen if is_main() else [], np.int64))
-        ah2 = ActivationHealth(sample_every=1, chunk=3)
-        try: learner([ah2, Fail()]).fit(1, 1e-2)
-        except RuntimeError as e: res['raised'] = np.array(str(e).endswith('stop'))
-        res['rows_after_raise'] = np.array(len(ah2.fast))
-        np.savez(os.path.join(out, f'{mode}_rank{rank}.npz'), **res)
-        dist.barrier()
-    finally: dist.destroy_process_group()
+    from fastai.learner import Learner
+    from fastai.callback.core import Callback
+    from fastai.callback.progress import ProgressCallback
+    from initcb.activations import ActivationHealth
+    from initcb.gradients import GradientHealth
+    from initcb.core import is_main
+    ah, gh, seen = ActivationHealth(sample_every=1, chunk=3), GradientHealth(warn=False), []
+    class Peek(Callback):
+        def after_batch(self):
+            if is_main() and self.training: ah.summary(); ah.to_df(); ah.layer_stats(0); gh.to_df()
+        def after_train(self):
+            if is_main(): ah.summary(); ah.plot_stats(); seen.append((len(ah.fast), len(ah.sampled)))
+    class Fail(Callback):
+        def before_batch(self):
+            if self.training and self.train_iter == 5: raise RuntimeError('stop')
+    def learner(cbs):
+        learn = Learner(loaders(rank_items(rank, world), BS), DDP(mlp()), loss_func=nn.CrossEntropyLoss(), cbs=cbs)
+        learn.remove_cbs([c for c in learn.cbs if isinstance(c, ProgressCallback)]); learn.logger = lambda *a: None
+        return learn
+    learner([ah, gh, Peek()]).fit(2, 1e-2)
+    res = {f'fast_{k}': ah.fast[k] for k in ('rms', 'abs_max')}
+    res.update(sampled_mean=ah.sampled['mean'], seen=np.array(seen if is_main() else [], np.int64))
+    ah2 = ActivationHealth(sample_every=1, chunk=3)
+    try: learner([ah2, Fail()]).fit(1, 1e-2)
+    except RuntimeError as e: res['raised'] = np.array(str(e).endswith('stop'))
+    res['rows_after_raise'] = np.array(len(ah2.fast))
+    np.savez(os.path.join(out, f'{mode}_rank{rank}.npz'), **res)
