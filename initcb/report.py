@@ -21,8 +21,8 @@ from .reinit import reinit_dormant, unit_chains, unfollowed
 from .wd import AdaptiveWD
 
 # %% auto #0
-__all__ = ['COLUMNS', 'REMEDIES', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME', 'BLOWUP', 'RULES', 'WD_BASE',
-           'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
+__all__ = ['COLUMNS', 'REMEDIES', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME', 'NO_ACTIVATION', 'BLOWUP',
+           'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
 class Thresholds:
@@ -65,6 +65,12 @@ DEAD_UNFOLLOWED = "use a leaky activation (GeneralRelu(leak=0.1)): ReinitDormant
 SYMPTOM = "likely a symptom of the diverging loss: lower the learning rate first; if it stays: "  # (a finding in a fit whose loss diverged)
 STALLED_OTHER = "raise the learning rate (this layer's, where the optimizer has parameter groups), or reset the layer's weights (too large for the updates it gets)"  # stalled, not a Linear/Conv layer
 NO_GRADIENT_SOME = "nothing if it is meant to run on some batches only (a gated branch, a routed expert); else see which batches skip it"  # no gradient for a while, gradients on other batches
+NO_ACTIVATION = ("no activation module is watched, so no unit is scored for dormancy (no dead-units rule, no 'dead %' column): the model has none,"
+                 " or calls functions (F.relu, as nn.TransformerEncoderLayer does); pass activations as modules (activation=nn.ReLU()) or mark one with `watch`")
+
+def _no_activation(mods):
+    "Whether `mods`, the modules an `ActivationHealth` watches, hold no activation (False where unknown: None)"
+    return mods is not None and not any(is_activation(m) for m in mods)
 
 def _finding(layer, problem, severity, evidence, key):
     r, c = REMEDIES[key]
@@ -260,6 +266,7 @@ def health_report(self:Learner,
             with pd.option_context('display.max_colwidth', 70, 'display.width', 200): print(f'health report: {len(df)} findings\n' + df[['layer', 'problem', 'severity', 'evidence', 'callback']].to_string(index=False))
             fixes = dict.fromkeys(f"  {r.problem}: {r.remedy}" for r in df.itertuples())  # (the remedies in words, once each: the table has no room for them)
             print('remedies:\n' + '\n'.join(fixes))
+        if ah is not None and _no_activation(ah.mods): print(f'note: {NO_ACTIVATION}')
     return df
 
 # %% ../nbs/06_report.ipynb #ab178f45
@@ -467,7 +474,9 @@ class HealthCheck(Callback):
             rep = break_symmetry(self.model, self._xb)
             for r in rep.itertuples(): self._act('BreakSymmetry', f'{r.layer} ({r.type}) was {r.was}: {r.units_reinitialized}/{r.units} units re-initialized')
         if self.columns and not any(getattr(m, 'name', '') == 'dead %' for m in self.learn.metrics):
-            self._columns_added = [ValueMetric(self._dead_pct, 'dead %'), ValueMetric(self._grad_norm, 'grad norm')]
+            try: dead = not _no_activation([m for _, m in select_modules(self.model, ah.mod_sel)])  # (`ah`'s own `before_fit` may come later)
+            except ValueError: dead = True  # (a selection of nothing: `ah` says so)
+            self._columns_added = [ValueMetric(self._dead_pct, 'dead %')] * dead + [ValueMetric(self._grad_norm, 'grad norm')]  # (no activation: a column of NaN)
             self.learn.metrics = [*self.learn.metrics, *self._columns_added]
 
     def _dead_pct(self):

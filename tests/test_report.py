@@ -900,3 +900,24 @@ def test_a_layer_used_on_some_batches_is_not_called_unused():
     r = learn.health_check.report.set_index('layer').loc['br']
     assert r.problem == 'no gradient reaches it' and r.severity == 'info' and 'used on some batches only' in r.evidence, r.to_dict()
     assert 'freeze' not in r.remedy and r.remedy == NO_GRADIENT_SOME
+
+
+@pytest.mark.parametrize('act', [None, nn.ReLU()])
+def test_no_activation_module_said_not_a_nan_column(act, capsys):
+    "A Transformer calls F.relu: no activation module to score, and HealthCheck's 'dead %' column was NaN every epoch, unexplained"
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from initcb.report import NO_ACTIVATION
+    class Net(nn.Module):
+        def __init__(s):
+            super().__init__(); s.emb = nn.Linear(3, 16); s.out = nn.Linear(16, 1)
+            s.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, **({} if act is None else dict(activation=act))), 1, enable_nested_tensor=False)
+        def forward(s, x): return s.out(s.enc(s.emb(x))[:, -1]).squeeze(-1)
+    torch.manual_seed(0); x, y = torch.randn(32, 5, 3), torch.randn(32)
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=16), DataLoader(list(zip(x[:16], y[:16])), bs=16))
+    learn = Learner(dls, Net(), loss_func=nn.MSELoss(), cbs=HealthCheck())
+    with learn.no_bar(): learn.fit(1, 1e-3)
+    out = capsys.readouterr().out
+    cols = learn.recorder.metric_names
+    if act is None: assert 'dead %' not in cols and 'grad norm' in cols and f'note: {NO_ACTIVATION}' in out, (cols, out)
+    else: assert 'dead %' in cols and np.isfinite(learn.recorder.values[-1][cols.index('dead %') - 1]) and 'note:' not in out, (cols, out)
