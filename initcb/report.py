@@ -22,7 +22,7 @@ from .wd import AdaptiveWD
 
 # %% auto #0
 __all__ = ['COLUMNS', 'REMEDIES', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME', 'NO_ACTIVATION', 'BLOWUP',
-           'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
+           'RESUMED', 'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
 class Thresholds:
@@ -109,9 +109,12 @@ def _chance_loss(learn):
     plain = isinstance(f, nn.CrossEntropyLoss) and f.reduction == 'mean' and f.label_smoothing == 0 and f.weight is None  # (a sum, smoothed targets, class weights: another scale)
     return math.log(int(c)) if plain and isinstance(c, (int, np.integer)) and c >= 2 else None
 
-def _loss_rules(v, th, chance=None):
+RESUMED = "nothing where the fits before this one brought the model to its optimum; else check the learning rate (`learn.lr_find()`)"  # a plateau in a fit the recorders saw fits before
+
+def _loss_rules(v, th, chance=None, before=0):
     "'loss diverging' (the smoothed training loss ends `diverge`x above its start), 'loss at chance level' (a cross-entropy that ends"
-    "between 0.97 and 2 x ln(classes), `chance`), or 'loss not decreasing' (ends above `plateau`x its start); the last two over `min_batches` or more"
+    "between 0.97 and 2 x ln(classes), `chance`), or 'loss not decreasing' (ends above `plateau`x its start; 'info' where the recorders saw"
+    "`before` batches of fits before this one: a model at its optimum already); the last two over `min_batches` or more"
     v = _finite(v)
     if v is None or len(v) < min(10, th.min_batches): return []
     first, last = _loss_start(v), float(v[-1])
@@ -119,7 +122,9 @@ def _loss_rules(v, th, chance=None):
     if first > 0 and last > th.diverge * first: return [_finding('(all)', 'loss diverging', 'error', ev, 'diverging')]
     if len(v) < th.min_batches: return []
     if chance is not None and 0.97 * chance <= last <= 2 * chance: return [_finding('(all)', 'loss at chance level', 'error', ev + f'; a uniform guess scores ln(classes) = {chance:.3g}', 'chance')]
-    if first > 0 and last > th.plateau * first: return [_finding('(all)', 'loss not decreasing', 'warning', ev, 'plateau')]
+    if first > 0 and last > th.plateau * first:
+        if not before: return [_finding('(all)', 'loss not decreasing', 'warning', ev, 'plateau')]
+        return [{**_finding('(all)', 'loss not decreasing', 'info', ev + f'; the model trained before this fit ({before} batches recorded before it)', 'plateau'), 'remedy': RESUMED}]
     return []
 
 def _init_rules(model, th, batch=None):
@@ -250,7 +255,8 @@ def health_report(self:Learner,
         except RuntimeError as e:
             if isinstance(e, torch.cuda.OutOfMemoryError): raise
             raise ValueError(f"`xb`: the model cannot run on the batch given ({type(e).__name__}: {e})") from e
-    rows = _loss_rules(losses, th, _chance_loss(self)) + _init_rules(self.model, th, lambda: _first_x(self) if xb is None else xb)
+    before = getattr(gh, '_fit0', None) or getattr(ah, '_fit0', None) or 0  # (batches the recorders saw in fits before the last one)
+    rows = _loss_rules(losses, th, _chance_loss(self), before) + _init_rules(self.model, th, lambda: _first_x(self) if xb is None else xb)
     # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
     if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, _first_x(self) if xb is None else xb)
     if gh is not None and gh.hist is not None: rows += _gradient_rules(gh, th, self.model, losses)

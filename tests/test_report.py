@@ -595,6 +595,20 @@ def test_loss_rules_on_given_curves():
     assert _loss_rules(flat, th, chance=math.log(7))[0]['problem'] == 'loss at chance level'
     assert _loss_rules(down, th, chance=math.log(10)) == [] and _loss_rules(None, th) == [] and _loss_rules(up[:5], th) == []
     assert _loss_rules(flat[:30], th) == []  # (shorter than `min_batches`: too short to call it a plateau)
+    f = _loss_rules(flat, th, before=120)[0]  # (the recorders saw 120 batches before this fit: a model trained before)
+    assert (f['problem'], f['severity']) == ('loss not decreasing', 'info') and '120 batches recorded before it' in f['evidence'], f
+    assert _loss_rules(up, th, before=120)[0]['severity'] == 'error' and _loss_rules(flat, th, math.log(7), before=120)[0]['severity'] == 'error'
+
+def test_a_fit_resumed_at_the_optimum_is_no_plateau_warning():
+    "A second fit of a model the first brought to its optimum: 'loss not decreasing' was a warning, its remedy 'check the learning rate'"
+    from fastai.test_utils import synth_learner
+    learn = quiet(synth_learner(n_trn=40, cbs=HealthCheck(report=False)))
+    learn.fit(6, 1e-1)
+    assert not learn.health_check.report.problem.str.startswith('loss').any(), learn.health_check.report
+    learn.fit(2, 1e-1)  # (at its optimum: the loss only wanders)
+    rep = learn.health_check.report
+    row = rep[rep.problem == 'loss not decreasing']
+    assert list(row.severity) == ['info'] and row.remedy.iloc[0].startswith('nothing'), rep
 
 class _Flags(GradientHealth):
     "A GradientHealth whose flags are set by hand, after a real short fit"
