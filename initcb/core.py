@@ -16,15 +16,15 @@ from torch.nn.utils import parametrize
 from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException, CancelEpochException, event
 
 # %% auto #0
-__all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'MERGES', 'BN_STATS', 'check_int', 'check_float', 'check_bool',
-           'is_number', 'coprime_stride', 'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds',
-           'rest_value', 'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization', 'own_weights', 'is_frozen',
-           'param_layer', 'hooked_weight', 'writable_weight', 'default_watch', 'unwrap', 'wrapper_prefix',
-           'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main', 'DeviceChunks',
-           'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks',
-           'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'check_rows',
-           'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs', 'has_lazy',
-           'materialize', 'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
+__all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_FIX', 'MERGES', 'BN_STATS', 'check_int',
+           'check_float', 'check_bool', 'is_number', 'coprime_stride', 'sample_index', 'out_parts', 'first_tensor',
+           'watch', 'output_bounds', 'rest_value', 'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization',
+           'own_weights', 'is_frozen', 'param_layer', 'hooked_weight', 'writable_weight', 'default_watch', 'unwrap',
+           'wrapper_prefix', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main',
+           'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly',
+           'recompile_for_hooks', 'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded',
+           'check_rows', 'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs',
+           'has_lazy', 'materialize', 'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -182,6 +182,9 @@ def param_layer(
     parts = name.split('.')
     if 'parametrizations' in parts: return '.'.join(parts[:parts.index('parametrizations')]) or name
     return name.rpartition('.')[0] or name
+HOOKED = "computed by a hook (torch.nn.utils.weight_norm / spectral_norm, deprecated)"  # (`hooked_weight`: what the writers say they skip,
+HOOKED_FIX = "use torch.nn.utils.parametrizations' instead, whose weight can be set"  # and what to use instead)
+
 def hooked_weight(
     m:nn.Module, # a module
 ):
@@ -193,7 +196,7 @@ def writable_weight(
     m:nn.Module, # a module with a `weight`
 ):
     "The tensor to change in place for `m`'s weight as its forward pass sees it: the parameter itself, or for a parametrized one (weight_norm, spectral_norm) a copy, set through the parametrization (its `right_inverse`) on exit; a weight computed by a hook (`hooked_weight`) is a `ValueError`"
-    if hooked_weight(m): raise ValueError(f"{type(m).__name__}'s weight is computed by a hook (torch.nn.utils.weight_norm / spectral_norm, deprecated): use torch.nn.utils.parametrizations' instead, whose weight can be set")
+    if hooked_weight(m): raise ValueError(f"{type(m).__name__}'s weight is {HOOKED}: {HOOKED_FIX}")
     if not parametrize.is_parametrized(m, 'weight'): yield m.weight; return
     w = m.weight.detach().clone()
     yield w

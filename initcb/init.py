@@ -17,9 +17,9 @@ from fastai.callback.core import Callback, TrainEvalCallback
 from .core import *
 
 # %% auto #0
-__all__ = ['NORM_LAYERS', 'WEIGHT_LAYERS', 'EMBEDDINGS', 'INIT_TYPES', 'GRAD_RTOL', 'PROBES', 'SCHEMES', 'HOOKED', 'FROZEN',
-           'GeneralRelu', 'activation_gain', 'following_activation', 'shuffle_groups', 'duplicate_units', 'check_init',
-           'output_stds', 'init_weights', 'break_symmetry', 'learner_batch', 'BreakSymmetry', 'lsuv_init', 'LSUVInit']
+__all__ = ['NORM_LAYERS', 'WEIGHT_LAYERS', 'EMBEDDINGS', 'INIT_TYPES', 'GRAD_RTOL', 'PROBES', 'SCHEMES', 'FROZEN', 'GeneralRelu',
+           'activation_gain', 'following_activation', 'shuffle_groups', 'duplicate_units', 'check_init', 'output_stds',
+           'init_weights', 'break_symmetry', 'learner_batch', 'BreakSymmetry', 'lsuv_init', 'LSUVInit']
 
 # %% ../nbs/03_init.ipynb #9a953faa
 class GeneralRelu(nn.Module):
@@ -340,7 +340,6 @@ def output_stds(
 # %% ../nbs/03_init.ipynb #1f334a70
 SCHEMES = ('auto', 'kaiming', 'xavier', 'lecun', 'orthogonal')
 
-HOOKED = "their weight is computed by a hook (torch.nn.utils.weight_norm / spectral_norm, deprecated): use torch.nn.utils.parametrizations', whose weight can be set"
 
 def _scale_fixed(m):
     "Why LSUV cannot scale `m`'s weight (its parametrization sets the scale: spectral_norm, orthogonal), else None"
@@ -369,7 +368,7 @@ def init_weights(
                 elif scheme == 'lecun': nn.init.normal_(w, 0., 1 / math.sqrt(fan_in))
                 else: nn.init.normal_(w, 0., (gain if scheme == 'auto' else math.sqrt(2)) / math.sqrt(fan_in))
             if m.bias is not None and zero_bias: m.bias.zero_()
-    if hooked: warnings.warn(f"init_weights skips {', '.join(hooked)}: {HOOKED}")
+    if hooked: warnings.warn(f"init_weights skips {', '.join(hooked)}: their weight is {HOOKED}: {HOOKED_FIX}")
     return model
 
 # %% ../nbs/03_init.ipynb #635e3ff5
@@ -407,7 +406,7 @@ def _break(model, bad, xb=None):
     acts, rows = following_activation(model), []
     verdicts = _verdicts(model, bad, xb)  # (all read before any change)
     hooked = [n for n, m, _ in bad if hooked_weight(m)]
-    if hooked: warnings.warn(f"break_symmetry skips {', '.join(hooked)}: {HOOKED}")
+    if hooked: warnings.warn(f"break_symmetry skips {', '.join(hooked)}: their weight is {HOOKED}: {HOOKED_FIX}")
     for n, m, group in bad:
         kind, dup, how, layers = verdicts[n]
         if how == 'apart' or n in hooked: continue  # (twins by their weights, told apart by their gradients: a deliberate init, in a model with no stuck layer)
@@ -508,7 +507,7 @@ def lsuv_init(
                 m, it, status = mods[n], 0, 'ok'
                 if is_frozen(m):
                     rows.append(dict(layer=n, type=type(m).__name__, iterations=0, mean=math.nan, std=math.nan, status=FROZEN)); continue
-                skip = 'its weight is computed by a hook (deprecated weight_norm / spectral_norm): skipped' if hooked_weight(m) else _scale_fixed(m)
+                skip = f'its weight is {HOOKED}: skipped' if hooked_weight(m) else _scale_fixed(m)
                 if skip:
                     rows.append(dict(layer=n, type=type(m).__name__, iterations=0, mean=math.nan, std=math.nan, status=skip)); continue
                 keep = [p.clone() for p in (m.weight, m.bias) if p is not None]  # (a layer skipped keeps its weights)

@@ -666,7 +666,7 @@ def test_parametrized_weights_written_through_or_skipped(kind):
     rep = lsuv_init(_param_mlp(kind), x).set_index('layer')
     status = rep.loc['2', 'status']
     assert status == {'wn': 'ok', 'sn': 'its parametrization (SpectralNorm) sets its scale: skipped',
-                      'old_wn': 'its weight is computed by a hook (deprecated weight_norm / spectral_norm): skipped'}[kind], status
+                      'old_wn': 'its weight is computed by a hook (torch.nn.utils.weight_norm / spectral_norm, deprecated): skipped'}[kind], status
     m = _param_mlp(kind)
     assert [n for n, _ in select_modules(m)] == ['0', '1', '2', '3', '4']  # (a parametrized Linear is watched: its parametrizations are its own)
     assert check_init(m).set_index('layer').loc['0', 'activation'] == 'ReLU'
