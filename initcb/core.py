@@ -13,6 +13,7 @@ from torch import nn, Tensor
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 from torch.nn.utils.rnn import PackedSequence
 from torch.nn.utils import parametrize
+from fastcore.basics import noop
 from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException, CancelEpochException, event
 
 # %% auto #0
@@ -472,23 +473,26 @@ def stack_scalars(
     return torch.stack([x for r in rows for x in r]).view(len(rows), -1)
 
 # %% ../nbs/00_core.ipynb #65eff8ac
+def _cleanup_all(learn):
+    "After an exception, maybe on this rank alone (no collective): every initcb callback's hooks and buffers off, the guard too"
+    for cb in list(learn.cbs):
+        if isinstance(cb, HealthCallback): cb.cleanup(collective=False)
+    _unguard(learn)
+
 def _guard(learn):
-    if '_do_epoch' in learn.__dict__: return
-    orig = learn._do_epoch
-    def _do_epoch():
-        try: orig()
+    if '_with_events' in learn.__dict__: return
+    orig = learn._with_events
+    def _with_events(f, event_type, ex, final=noop):
+        if event_type != 'epoch': return orig(f, event_type, ex, final)  # (a batch's, train's, validate's: inside an epoch's)
+        try: return orig(f, event_type, ex, final)  # (before_epoch, the epoch, after_epoch)
         except (CancelFitException, CancelEpochException): raise  # (fastai's control flow: the fit goes on to `after_fit`)
-        except BaseException:  # maybe on this rank alone: no collective
-            for cb in list(learn.cbs):
-                if isinstance(cb, HealthCallback): cb.cleanup(collective=False)
-            _unguard(learn)
-            raise
-    _do_epoch._initcb = True
-    learn._do_epoch = _do_epoch
+        except BaseException: _cleanup_all(learn); raise
+    _with_events._initcb = True
+    learn._with_events = _with_events
 
 def _unguard(learn):
-    f = learn.__dict__.get('_do_epoch')
-    if f is not None and getattr(f, '_initcb', False): del learn.__dict__['_do_epoch']
+    f = learn.__dict__.get('_with_events')
+    if f is not None and getattr(f, '_initcb', False): del learn.__dict__['_with_events']
 
 def real_fit(cb:Callback, # a callback, in `before_fit`
             ):

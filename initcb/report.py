@@ -14,6 +14,7 @@ from fastai.learner import Learner, ValueMetric
 from fastai.callback.core import Callback, CancelBatchException, CancelFitException
 from fastai.callback.training import GradientClip, GradientAccumulation
 from .core import *
+from .core import _cleanup_all
 from .activations import ActivationHealth
 from .gradients import GradientHealth
 from .init import check_init, break_symmetry, WEIGHT_LAYERS, NORM_LAYERS
@@ -550,5 +551,6 @@ class HealthCheck(Callback):
 
     def after_fit(self):
         if not self.run: return
-        self.report = self.learn.health_report(self.th, verbose=self.show and is_main(), xb=self._xb)
+        try: self.report = self.learn.health_report(self.th, verbose=self.show and is_main(), xb=self._xb)
+        except BaseException: _cleanup_all(self.learn); raise  # (Ctrl-C in the report, before the recorders' `after_fit`: their hooks off)
         self._xb = self._ep0 = self._chains = None  # (a batch of data has no place in `learn.export`'s pickle)

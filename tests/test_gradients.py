@@ -20,7 +20,7 @@ def test_exception_mid_step_leaves_nothing_behind():
     cb = GradientHealth(update_every=1, warn=False)
     learn = quiet(synth_learner(n_trn=5, cbs=[cb, Fail()])); learn.model = mlp(2)
     with pytest.raises(RuntimeError): learn.fit(1)
-    assert cb._prev is None and '_do_epoch' not in learn.__dict__
+    assert cb._prev is None and '_with_events' not in learn.__dict__
     assert len(cb.hist) == 3  # batches 0, 1, 2 were recorded and reached the history
     learn.remove_cb(Fail); learn.fit(1)
     assert len(cb.hist) == 3 + len(learn.dls.train)

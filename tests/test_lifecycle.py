@@ -23,7 +23,7 @@ def test_no_hook_left_however_a_fit_ends(exc):
     else:
         with pytest.raises(type(exc)): learn.fit(1)
     assert n_hooks(learn.model) == 0 and cb.hooks is None
-    assert '_do_epoch' not in learn.__dict__
+    assert '_with_events' not in learn.__dict__
     assert len(cb.fast) == 3
     learn.remove_cb(Fail); learn.fit(1)  # the learner is still usable
     assert len(cb.fast) == 3 + len(learn.dls.train) and n_hooks(learn.model) == 0
@@ -240,7 +240,7 @@ def test_removed_mid_fit_cleans_up(what):
             if self.epoch == 0: self.learn.remove_cb(cb)
     learn = quiet(synth_learner(n_trn=5, cbs=[cb, Remover()], wd=0.1))
     learn.fit(2)
-    assert n_hooks(learn.model) == 0 and '_do_epoch' not in learn.__dict__
+    assert n_hooks(learn.model) == 0 and '_with_events' not in learn.__dict__
     assert [type(c).__name__ for c in learn.cbs] == ['TrainEvalCallback', 'Recorder', 'CastToTensor', 'Remover']
     pickle.dumps(learn.model)
     assert learn.opt.hypers[0]['wd'] == 0.1
@@ -256,3 +256,27 @@ def test_health_check_with_subclassed_recorders():
     learn = quiet(synth_learner(n_trn=5, cbs=[gh, ah, hc]))
     learn.fit(1)
     assert hc.gh is gh and hc.ah is ah and len(gh.hist) == 5
+
+
+@pytest.mark.parametrize('event', ['before_epoch', 'after_epoch', 'report'])
+@pytest.mark.parametrize('exc', [RuntimeError('disk full'), KeyboardInterrupt()])
+def test_no_hook_left_by_an_exception_outside_the_batches(event, exc):
+    "An exception in another callback's before_epoch/after_epoch, or Ctrl-C in HealthCheck's report, escaped the guard (it wrapped only `_do_epoch`): hooks stayed on the model"
+    from fastai.callback.core import Callback
+    from initcb.report import HealthCheck
+    from initcb.gradients import GradientHealth
+    class Raise(Callback):
+        def before_epoch(self):
+            if event == 'before_epoch' and self.epoch == 1: raise exc
+        def after_epoch(self):
+            if event == 'after_epoch': raise exc
+    learn = quiet(synth_learner(n_trn=5, cbs=[HealthCheck(report=False), GradientHealth(warn=False, act_grads=True), r := Raise()]))
+    learn.model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
+    if event == 'report':
+        def stop(*a, **k): raise exc
+        learn.health_report = stop
+    with pytest.raises(type(exc)): learn.fit(2)
+    assert n_hooks(learn.model) == 0 and '_with_events' not in learn.__dict__
+    learn.__dict__.pop('health_report', None)
+    learn.remove_cb(r); learn.fit(1)  # (and the next fit records)
+    assert len(learn.activation_health.to_df()) > 0 and n_hooks(learn.model) == 0
