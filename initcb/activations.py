@@ -85,7 +85,7 @@ def _as_bounds(b): return (-math.inf, math.inf) if b is None else b
 class ActivationHealth(HealthCallback):
     "Per-layer activation statistics of every training batch, at a cost close to zero"
     run_valid = False
-    _stateattrs = ('hooks', 'mods', 'fast', 'sampled', '_fastq', '_sampq', '_outs', '_vers', '_samp', '_idx', '_cache', '_csize', '_parts', '_blocks', '_layouts')
+    _stateattrs = ('hooks', 'mods', 'fast', 'sampled', '_fastq', '_sampq', '_outs', '_vers', '_samp', '_idx', '_cache', '_csize', '_parts', '_blocks', '_layouts', '_fit_losses')
     def __init__(self,
         modules=None, # modules, module names, or a predicate `f(name, module)`; default: nonlinearities and layers with parameters
         every:int=None, # record every `every` training batches (fastai's meaning); None records every batch
@@ -165,7 +165,8 @@ def _clear_refs(self:ActivationHealth):
 
 @patch
 def before_train(self:ActivationHealth):
-    "Put the hooks on (once a fit) and open the queues that take the rows to the host"
+    "Put the hooks on (once a fit) and open the queues that take the rows to the host; keep this fit's loss list (the report's: `lr_find`, `validate` start new ones)"
+    self._fit_losses = getattr(getattr(self.learn, 'recorder', None), 'losses', None)
     if self.hooks is None: self.hooks = Hooks(self.mods, self._hook, with_input=True, eager=is_compiled(self.model))
     if self._fastq is None:
         self._fastq = DeviceChunks(self._fast_sink, self.chunk, gather=True, collate=self._collate)

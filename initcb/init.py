@@ -293,6 +293,7 @@ def check_init(
     model = unwrap(model)  # (layers named, and the batch run, in the model inside DDP or torch.compile: no collective, the names the recorders use)
     materialize(model, xb)  # (lazy modules: no weights to check before a forward pass)
     acts, groups, rows = following_activation(model), shuffle_groups(model), []
+    normed = {n for n, nxt in _after(model, lambda m: isinstance(m, _PASS) and not isinstance(m, NORM_LAYERS) or is_activation(m)).items() if isinstance(nxt, NORM_LAYERS)}  # (its scale set again right after: TabularModel's Linear, ReLU, BatchNorm)
     verdicts = _verdicts(model, _flagged(model), xb)
     for n, m in model.named_modules():
         if not isinstance(m, INIT_TYPES) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): continue
@@ -312,6 +313,7 @@ def check_init(
         elif kind == 'zero': finding = 'zero: every unit is the same, symmetry is never broken'
         elif kind == 'constant': finding = 'constant: every unit is the same, symmetry is never broken'
         elif dup: finding = f'symmetric: {dup} units duplicate another'
+        elif n in normed and not expect / 2 * _slack(w.numel(), -1) <= std <= expect * 2 * _slack(w.numel(), 1): finding = f'ok: scale {std / expect:.2g}x, set again by the norm layer after it'
         elif std < expect / 2 * _slack(w.numel(), -1): finding = f'scale {std / expect:.2g}x too small: outputs shrink layer by layer'
         elif std > expect * 2 * _slack(w.numel(), 1): finding = f'scale {std / expect:.2g}x too large: outputs grow layer by layer'
         else: finding = 'ok'

@@ -77,10 +77,10 @@ def _finding(layer, problem, severity, evidence, key):
     r, c = REMEDIES[key]
     return dict(layer=layer, problem=problem, severity=severity, evidence=evidence, remedy=r, callback=c)
 
-def _losses(learn, gh=None):
-    "The smoothed training losses (a float64 array, NaN kept) of the last fit `gh` (a `GradientHealth`) recorded, else of fastai's `Recorder`'s last run; or None"
-    ls = getattr(gh, '_fit_losses', None)  # (the Recorder's list of that fit: `lr_find`, `validate` and `get_preds` start new ones)
-    if ls is None: ls = getattr(getattr(learn, 'recorder', None), 'losses', None)
+def _losses(learn, gh=None, ah=None):
+    "The smoothed training losses (a float64 array, NaN kept) of the last fit `gh` or `ah` (the recorders) saw, else of fastai's `Recorder`'s last run; or None"
+    ls = next((c._fit_losses for c in (gh, ah) if getattr(c, '_fit_losses', None) is not None), None)  # (the Recorder's list of that fit: `lr_find`, `validate`, `get_preds` start new ones)
+    if ls is None: ls = getattr(getattr(learn, 'recorder', None), 'losses', None)  # (no recorder: after `lr_find`, its sweep's)
     if not ls: return None
     return torch.stack(ls).double().numpy() if all(isinstance(x, torch.Tensor) and x.numel() == 1 for x in ls) else np.array([float(x) for x in ls])  # (one stack: no host read per batch)
 
@@ -166,7 +166,7 @@ def _activation_rules(learn, ah, th, xb):
         rms0 = f['rms'][r0]
         leaves = [m for _, m in _leaves(unwrap(learn.model))]
         normed = {id(a) for a, b in zip(leaves, leaves[1:]) if isinstance(b, NORM_LAYERS)}  # (a layer a norm layer follows: its scale is set again right after)
-        par = [j for j, m in enumerate(ah.mods) if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, _LOOKUPS)
+        par = [j for j, m in enumerate(ah.mods) if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, (*_LOOKUPS, *NORM_LAYERS))  # (a norm layer's scale is its own weight: fastai's zero-initialized BatchNorm ending a residual branch)
                and id(m) not in normed and np.isfinite(rms0[j]) and rms0[j] > 0]
         if len(par) >= 2:
             lo, hi = min(par, key=lambda j: rms0[j]), max(par, key=lambda j: rms0[j])
@@ -249,8 +249,8 @@ def health_report(self:Learner,
     th = thresholds or Thresholds()
     if not isinstance(th, Thresholds): raise ValueError(f"`thresholds` must be a Thresholds (or None), got {type(th).__name__}")
     gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)
-    losses = _losses(self, gh)
     ah = next((c for c in self.cbs if isinstance(c, ActivationHealth)), None)
+    losses = _losses(self, gh, ah)
     if xb is not None:  # (a batch the model cannot take: said here, not in torch's words from inside a rule)
         try: eval_forward(self.model, [], lambda i, o: None, xb)
         except RuntimeError as e:

@@ -581,7 +581,7 @@ def test_shared_activation_module_follows_every_block():
     fa = following_activation(m)
     assert all(isinstance(fa[f'layers.{i}.0'], nn.ReLU) for i in range(3)) and fa['layers.3.0'] is None, fa
     ci = check_init(m).set_index('layer')
-    assert all(ci.loc[f'layers.{i}.0', 'finding'].startswith('scale') for i in range(3)), ci
+    assert all(ci.loc[f'layers.{i}.0', 'finding'].startswith('ok: scale 0.4') for i in range(3)), ci  # (ReLU's gain found: 0.41x; the BatchNorm after it sets the scale again)
 
 def test_lsuv_scales_without_dropout():
     "lsuv_init measured with dropout on: each layer after a Dropout(0.5) came out sqrt(0.5) small at inference (0.71, then 0.45)"
@@ -674,3 +674,13 @@ def test_parametrized_weights_written_through_or_skipped(kind):
     learn = quiet(synth_learner(n_trn=4)); learn.model = nn.Sequential(nn.Linear(1, 8), m, nn.Linear(2, 1)); learn.add_cb(gh := GradientHealth(warn=False))
     learn.fit(1)
     assert gh.layers == ['0', '1.0', '1.2', '1.4', '2'], gh.layers  # (a parametrized weight's `original` tensors: its layer's)
+
+
+def test_a_layer_a_norm_layer_follows_is_no_scale_finding():
+    "fastai's TabularModel (Linear, ReLU, BatchNorm) at PyTorch's default init: every Linear was 'outputs shrink layer by layer', though the BatchNorm sets the scale again"
+    from initcb.init import check_init
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 200), nn.ReLU(), nn.BatchNorm1d(200), nn.Linear(200, 100), nn.BatchNorm1d(100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 2))
+    f = check_init(m).set_index('layer').finding
+    assert f['0'].startswith('ok: scale') and f['3'].startswith('ok: scale') and 'norm layer after it' in f['0'], f
+    assert f['6'].startswith('scale 0.4') and 'too small' in f['6'], f  # (no norm layer after it: the finding stays)

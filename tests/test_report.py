@@ -751,10 +751,12 @@ def test_chance_level_only_for_a_mean_cross_entropy():
     for lf in (nn.CrossEntropyLoss(reduction='sum'), nn.CrossEntropyLoss(label_smoothing=0.1), nn.CrossEntropyLoss(weight=torch.ones(4)), nn.MSELoss()):
         learn.loss_func = lf; assert _chance_loss(learn) is None, lf
 
-def test_lr_find_after_a_fit_leaves_the_report_alone():
-    "The Recorder's losses became lr_find's, whose loss rises by design: 'loss diverging' (error) on a healthy model"
+@pytest.mark.parametrize('rec', [GradientHealth, ActivationHealth])
+def test_lr_find_after_a_fit_leaves_the_report_alone(rec):
+    "The Recorder's losses became lr_find's, whose loss rises by design: 'loss diverging' (error) on a healthy model (with ActivationHealth alone too)"
     import fastai.callback.schedule
-    learn = quiet(Learner(_cls_dls(), nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4)), loss_func=nn.CrossEntropyLoss(), cbs=GradientHealth(warn=False)))
+    learn = quiet(Learner(_cls_dls(), nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4)), loss_func=nn.CrossEntropyLoss(),
+                          cbs=rec(warn=False) if rec is GradientHealth else rec()))
     learn.fit(1, 1e-2)
     before = learn.health_report(verbose=False)
     n = len(learn.recorder.losses)
@@ -763,7 +765,7 @@ def test_lr_find_after_a_fit_leaves_the_report_alone():
     assert not after.problem.str.startswith('loss').any() and len(after) == len(before), after
     learn.validate()  # (the Recorder starts an empty list: the rules still read the fit's)
     from initcb.report import _losses
-    assert len(_losses(learn, learn.gradient_health)) == n
+    assert len(_losses(learn, getattr(learn, 'gradient_health', None), getattr(learn, 'activation_health', None))) == n
 
 def test_norm_layer_vanishing_skipped_in_a_wrapped_model():
     "The norm-layer exception looked names up without DataParallel's 'module.' prefix: the BatchNorm came back as vanishing (the recorders now name layers as the model inside does)"
@@ -935,3 +937,19 @@ def test_no_activation_module_said_not_a_nan_column(act, capsys):
     cols = learn.recorder.metric_names
     if act is None: assert 'dead %' not in cols and 'grad norm' in cols and f'note: {NO_ACTIVATION}' in out, (cols, out)
     else: assert 'dead %' in cols and np.isfinite(learn.recorder.values[-1][cols.index('dead %') - 1]) and 'note:' not in out, (cols, out)
+
+
+def test_no_drift_finding_for_a_norm_layer():
+    "xresnet's zero-initialized BatchNorm ending a residual branch: 0 at the first fit, small but not 0 from the second on, 'activation scale drifts through depth'"
+    from initcb.report import _activation_rules
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
+    with torch.no_grad(): m[1].weight.fill_(1e-3); m[3].weight.mul_(1e5)  # (a tiny scale: its output rms 1e-3, orders under the last layer's)
+    x = torch.randn(64, 8); y = torch.randn(64, 1)
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=16), DataLoader(list(zip(x[:16], y[:16])), bs=16))
+    ah = ActivationHealth(modules=lambda n, mod: isinstance(mod, (nn.Linear, nn.BatchNorm1d)))
+    learn = quiet(Learner(dls, m, loss_func=nn.MSELoss(), cbs=ah)); learn.fit(1, 0.)
+    assert ah.fast['rms'][0][2] > 1e3 * ah.fast['rms'][0][1]  # (the case: the norm layer's output orders below the last layer's)
+    assert not [f for f in _activation_rules(learn, ah, Thresholds(), None) if f['problem'].startswith('activation scale')]
