@@ -105,15 +105,8 @@ class ActivationHealth(HealthCallback):
         self.max_rows, self.full_max = check_int('max_rows', max_rows, 4), check_int('full_max', full_max, 0, none_ok=True)
         self.hold_max = check_int('hold_max', hold_max, 0)
         self.dead_thresh, self.sat_eps = check_float('dead_thresh', dead_thresh), check_float('sat_eps', sat_eps)
-        if hist_range is not None:
-            if (not isinstance(hist_range, (tuple, list)) or len(hist_range) != 2
-                or not all(is_number(v) and math.isfinite(v) for v in hist_range) or not hist_range[0] < hist_range[1]):
-                raise ValueError(f"`hist_range` must be None or (lo, hi) with finite lo < hi, got {hist_range!r}")
-            hist_range = tuple(float(v) for v in hist_range)
-        if isinstance(modules, (list, tuple)) and not modules: raise ValueError("`modules` is empty: pass None for the default selection")
-        if modules is not None and not (callable(modules) or isinstance(modules, (list, tuple, str, nn.Module))):
-            raise ValueError(f"`modules` must be None, a predicate, or modules/names, got {type(modules).__name__}")
-        self.hist_range, self.mod_sel, self.names, self.kinds = hist_range, modules, None, None
+        if check_range('hist_range', hist_range) is not None: hist_range = tuple(float(v) for v in hist_range)
+        self.hist_range, self.mod_sel, self.names, self.kinds = hist_range, check_modules(modules), None, None
         self._init_state()
 
     def _init_state(self):

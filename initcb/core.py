@@ -18,14 +18,15 @@ from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException
 
 # %% auto #0
 __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_FIX', 'MERGES', 'BN_STATS', 'check_int',
-           'check_float', 'check_bool', 'is_number', 'coprime_stride', 'sample_index', 'out_parts', 'first_tensor',
-           'watch', 'output_bounds', 'rest_value', 'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization',
-           'own_weights', 'is_frozen', 'param_layer', 'hooked_weight', 'writable_weight', 'default_watch', 'unwrap',
-           'wrapper_prefix', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main',
-           'DeviceChunks', 'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly',
-           'recompile_for_hooks', 'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded',
-           'check_rows', 'saved_selection', 'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs',
-           'has_lazy', 'materialize', 'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
+           'check_float', 'check_bool', 'is_number', 'check_range', 'check_modules', 'coprime_stride', 'sample_index',
+           'out_parts', 'first_tensor', 'watch', 'output_bounds', 'rest_value', 'is_activation', 'has_own_params',
+           'is_leaf', 'in_parametrization', 'own_weights', 'is_frozen', 'param_layer', 'hooked_weight',
+           'writable_weight', 'default_watch', 'unwrap', 'wrapper_prefix', 'select_modules', 'StatHistory',
+           'run_lengths', 'distributed', 'is_main', 'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit',
+           'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks', 'foreach_norm',
+           'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection',
+           'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize',
+           'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -65,6 +66,26 @@ def is_number(
 ):
     "Whether `v` is a real number: a Python or NumPy int or float, not a bool"
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+def check_range(
+    name:str, # the argument's name, for the error message
+    v, # its value
+    none_ok:bool=True, # None is allowed too
+):
+    "Raise a `ValueError` naming `name` unless `v` is (lo, hi), finite numbers with lo < hi (or None when `none_ok`)"
+    if v is None and none_ok: return v
+    if not isinstance(v, (tuple, list)) or len(v) != 2 or not all(is_number(x) and math.isfinite(x) for x in v) or not v[0] < v[1]:
+        raise ValueError(f"`{name}` must be {'None or ' if none_ok else ''}(lo, hi) with finite lo < hi, got {v!r}")
+    return v
+
+def check_modules(
+    modules, # a `modules` argument: None, a predicate `f(name, module)`, a module, a name, or a non-empty list of them
+):
+    "Raise a `ValueError` naming `modules` unless it is one of the kinds `select_modules` takes"
+    if isinstance(modules, (list, tuple)) and not modules: raise ValueError("`modules` is empty: pass None for the default selection")
+    if modules is not None and not (callable(modules) or isinstance(modules, (list, tuple, str, nn.Module))):
+        raise ValueError(f"`modules` must be None, a predicate, or modules/names, got {type(modules).__name__}")
+    return modules
 
 # %% ../nbs/00_core.ipynb #f48ba897
 def coprime_stride(
@@ -126,6 +147,8 @@ def watch(
     bounds:tuple=None, # its output's (lo, hi) asymptotes, for the saturation statistic
 ):
     "Mark `m` to be watched by default; `bounds` (lo, hi) are its output's asymptotes, used for saturation"
+    if not isinstance(m, nn.Module): raise ValueError(f"`m` must be a module, got {type(m).__name__}")
+    check_range('bounds', bounds)  # (an asymptote backwards, or one of them: every output 'saturated', or a crash in the fit)
     m._initcb_watch = True
     if bounds is not None: m._initcb_bounds = tuple(float(b) for b in bounds)
     return m
@@ -235,6 +258,7 @@ def select_modules(
     modules=None, # modules, module names, a predicate `f(name, module)`, or None for `default_watch`
 ):
     "Resolve `modules` (None, a predicate `f(name, module)`, or modules/names) to a list of (name, module) in `model`, named as in the model inside its wrappers"
+    check_modules(modules)
     pre, model = wrapper_prefix(model), unwrap(model)
     leaf_model = not any(True for _ in model.children())
     named = [(n or type(model).__name__, m) for n, m in model.named_modules() if m is not model or leaf_model]
@@ -854,7 +878,7 @@ def digits_dls(
     from fastai.data.core import DataLoaders, Datasets
     from fastai.data.core import TfmdDL
     from fastai.data.transforms import ItemGetter, Categorize
-    check_int('bs', bs); check_float('valid_pct', valid_pct, 0., 0.9)
+    check_int('bs', bs); check_float('valid_pct', valid_pct, 0.01, 0.9); check_int('seed', seed, 0); flat = check_bool('flat', flat)  # (no validation set: fastai's `validate` fails)
     X, y = load_digits(return_X_y=True)
     X = torch.tensor(X, dtype=torch.float32); y = torch.tensor(y)
     X = (X - X.mean()) / X.std()
@@ -864,6 +888,7 @@ def digits_dls(
     n_val = int(len(X) * valid_pct)
     tr, va = perm[n_val:], perm[:n_val]
     if n_train is not None: tr = tr[:check_int('n_train', n_train)]
+    if len(tr) < bs: raise ValueError(f"`bs` ({bs}) must be at most the {len(tr)} training examples (`n_train`, `valid_pct`): full batches only, so none would be left")
     tfms = [[ItemGetter(0)], [ItemGetter(1), Categorize(vocab=list(range(10)))]]  # (a vocab: fastai's `ClassificationInterpretation`)
     trn, val = [Datasets(list(zip(X[i], y[i].tolist())), tfms=tfms) for i in (tr, va)]  # (not plain lists: `learn.export`
     # needs `new_empty`, `learn.tta` `set_split_idx`; TfmdDL: `learn.predict` decodes)

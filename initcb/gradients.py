@@ -57,7 +57,7 @@ class GradientHealth(HealthCallback):
         self.band, self.band_batches = tuple(float(b) for b in band), check_int('band_batches', band_batches)
         self.stall_lr = check_float('stall_lr', stall_lr, 0., 1.)
         self.chunk, self.max_rows, self.warn = check_int('chunk', chunk), check_int('max_rows', max_rows, 4), check_bool('warn', warn)
-        self.act_grads, self.mod_sel, self.sample = check_bool('act_grads', act_grads), modules, check_int('sample', sample)
+        self.act_grads, self.mod_sel, self.sample = check_bool('act_grads', act_grads), check_modules(modules), check_int('sample', sample)
         self.names = None
         self._init_state()
 

@@ -280,3 +280,20 @@ def test_no_hook_left_by_an_exception_outside_the_batches(event, exc):
     learn.__dict__.pop('health_report', None)
     learn.remove_cb(r); learn.fit(1)  # (and the next fit records)
     assert len(learn.activation_health.to_df()) > 0 and n_hooks(learn.model) == 0
+
+
+@pytest.mark.parametrize('call, arg', [
+    (lambda: __import__('initcb.core').core.digits_dls(valid_pct=0.), 'valid_pct'),  # (passed, then fastai: 'NoneType' object is not iterable)
+    (lambda: __import__('initcb.core').core.digits_dls(bs=2000), 'bs'),  # (0 training batches, silently)
+    (lambda: __import__('initcb.core').core.digits_dls(n_train=10), 'bs'),
+    (lambda: __import__('initcb.core').core.digits_dls(seed=None), 'seed'),
+    (lambda: __import__('initcb.core').core.digits_dls(flat='no'), 'flat'),
+    (lambda: __import__('initcb.core').core.watch(nn.Tanh(), (1.,)), 'bounds'),  # (a crash in the fit)
+    (lambda: __import__('initcb.core').core.watch(nn.Tanh(), (1., -1.)), 'bounds'),  # (every output 'saturated')
+    (lambda: __import__('initcb.core').core.watch(nn.Tanh(), (float('nan'), 1.)), 'bounds'),
+    (lambda: __import__('initcb.gradients').gradients.GradientHealth(act_grads=True, modules=3), 'modules'),  # (a TypeError at the fit)
+    (lambda: __import__('initcb.core').core.select_modules(nn.Sequential(nn.ReLU()), 3), 'modules'),
+])
+def test_bad_input_found_at_once(call, arg):
+    "Arguments accepted and failing later, cryptically or silently (an audit): a ValueError naming the argument now"
+    with pytest.raises(ValueError, match=f'`{arg}`'): call()
