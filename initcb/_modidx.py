@@ -474,4 +474,5 @@ d = { 'settings': { 'branch': 'main',
                            'initcb.wd.AdaptiveWD.state_dict': ('weight_decay.html#adaptivewd.state_dict', 'initcb/wd.py'),
                            'initcb.wd.AdaptiveWD.wd_df': ('weight_decay.html#adaptivewd.wd_df', 'initcb/wd.py'),
                            'initcb.wd._group_sums': ('weight_decay.html#_group_sums', 'initcb/wd.py'),
-                           'initcb.wd._host_norms': ('weight_decay.html#_host_norms', 'initcb/wd.py')}}}
+                           'initcb.wd._host_norms': ('weight_decay.html#_host_norms', 'initcb/wd.py'),
+                           'initcb.wd._thin': ('weight_decay.html#_thin', 'initcb/wd.py')}}}

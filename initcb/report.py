@@ -22,8 +22,8 @@ from .reinit import reinit_dormant, unit_chains, unfollowed
 from .wd import AdaptiveWD
 
 # %% auto #0
-__all__ = ['COLUMNS', 'REMEDIES', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME', 'NO_ACTIVATION', 'BLOWUP',
-           'RESUMED', 'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
+__all__ = ['COLUMNS', 'REMEDIES', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME', 'NAN_INPUT', 'NO_ACTIVATION',
+           'BLOWUP', 'RESUMED', 'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
 class Thresholds:
@@ -66,6 +66,7 @@ DEAD_UNFOLLOWED = "use a leaky activation (GeneralRelu(leak=0.1)): ReinitDormant
 SYMPTOM = "likely a symptom of the diverging loss: lower the learning rate first; if it stays: "  # (a finding in a fit whose loss diverged)
 STALLED_OTHER = "raise the learning rate (this layer's, where the optimizer has parameter groups), or reset the layer's weights (too large for the updates it gets)"  # stalled, not a Linear/Conv layer
 NO_GRADIENT_SOME = "nothing if it is meant to run on some batches only (a gated branch, a routed expert); else see which batches skip it"  # no gradient for a while, gradients on other batches
+NAN_INPUT = "the data: batches whose inputs hold NaN or Inf (a missing value): fill or drop them (fastai's FillMissing for tabular data)"  # non-finite values the guard found in the inputs
 NO_ACTIVATION = ("no activation module is watched, so no unit is scored for dormancy (no dead-units rule, no 'dead %' column): the model has none,"
                  " or calls functions (F.relu, as nn.TransformerEncoderLayer does); pass activations as modules (activation=nn.ReLU()) or mark one with `watch`")
 
@@ -261,6 +262,11 @@ def health_report(self:Learner,
     # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
     if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, _first_x(self) if xb is None else xb)
     if gh is not None and gh.hist is not None: rows += _gradient_rules(gh, th, self.model, losses)
+    g = next((c for c in self.cbs if isinstance(c, NonFiniteGuard)), None)
+    bad_in = [r['batch'] for r in getattr(g, 'reports', []) if r['where'] == 'input']
+    for r in rows:  # (NaN that came with the data: no learning rate or clipping helps)
+        if bad_in and r['problem'].startswith('non-finite'):
+            r.update(evidence=r['evidence'] + f"; NonFiniteGuard found non-finite inputs at training batches {', '.join(map(str, bad_in[:5]))}", remedy=NAN_INPUT, callback='')
     if rows and rows[0]['problem'] == 'loss diverging':  # (weights blown up: stalled updates, no gradient, growth, dead units are its symptoms)
         for r in rows[1:]:
             if r['problem'] in ('stalled updates', 'no gradient reaches it', 'weights growing without bound', 'too hot updates', 'dead units'):
@@ -291,7 +297,9 @@ def find_nonfinite(
     loss_func=None, # the loss function
     take_first:bool=False, # the loss reads the output's first element (fastai's `RNNCallback` does so with a text model's (logits, raw, dropped) tuple)
 ):
-    "Replay a batch to find where NaN/Inf begins: ('forward' | 'backward' | None, module name)"
+    "Replay a batch to find where NaN/Inf begins: ('input' | 'forward' | 'loss' | 'backward' | None, module name)"
+    if any(t.is_floating_point() and not torch.isfinite(t).all() for t in (xb if isinstance(xb, (tuple, list)) else (xb,)) if isinstance(t, torch.Tensor)):
+        return 'input', None  # (the data, not the model: NaN in a feature, a missing value)
     leaves, first_f, grads = _leaves(model), [], []
     def fh(n):
         def h(m, i, o):

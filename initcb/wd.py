@@ -29,6 +29,11 @@ def _group_sums(v, sizes):
     ends = np.cumsum(sizes)
     return np.array([v[e - n:e].sum() for n, e in zip(sizes, ends)])
 
+def _thin(rows):
+    "`rows` with their older half thinned to every other row: kept long enough, older rows coarser, at most twice the half's length"
+    h = len(rows) // 2
+    return rows[:h:2] + rows[h:]
+
 class AdaptiveWD(HealthCallback):
     "Set weight decay every batch from the training's own statistics (modes: 'awd', 'swd', 'cautious', 'equilibrium')"
     order, run_valid = MixedPrecision.order + 1, False  # gradients unscaled by MixedPrecision; before the optimizer step
@@ -40,13 +45,14 @@ class AdaptiveWD(HealthCallback):
         gain:float=0.05, # 'equilibrium': fraction of the way (in log) toward the equilibrium value per measurement
         bound:float=10., # 'equilibrium': λ stays within [base/bound, base*bound]
         every:int=10, # 'equilibrium': batches between measurements of the update ratio (a copy of the weights each time)
-        base:float=None): # the λ a group adapts from where its optimizer's weight decay is 0 (None: that 0, which every mode keeps at 0)
+        base:float=None, # the λ a group adapts from where its optimizer's weight decay is 0 (None: that 0, which every mode keeps at 0)
+        max_rows:int=4096): # λ kept for every batch up to 2 x this many; past it the older half is thinned to every other batch (bounded memory, and `learn.export`'s pickle)
         if mode not in MODES: raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
         self.base = None if base is None else check_float('base', base, 0., 1e6)
         self.mode, self.wd_max = mode, check_float('wd_max', wd_max, 0., 1e6)
         self.beta, self.eps = check_float('beta', beta, 0., 1.), check_float('eps', eps, 0., 1.)
         self.gain, self.bound, self.every = check_float('gain', gain, 0., 1.), check_float('bound', bound, 1., 1e6), check_int('every', every)
-        self.hist, self.bases, self._events, self.state = [], [], [], {}
+        self.hist, self.bases, self._events, self.state, self.max_rows = [], [], [], {}, check_int('max_rows', max_rows, 4)
 
     def setup(self):
         self.n_seen, self._base, self._orig, self._prev, self._armed = self.state.get('n_seen', 0), None, None, None, False
@@ -69,6 +75,7 @@ class AdaptiveWD(HealthCallback):
         groups = self._decayed()
         lams = getattr(self, f'_{self.mode}')(groups)
         self.hist.append([self.n_seen, *lams])
+        if len(self.hist) > 2 * self.max_rows: self.hist, self.bases = _thin(self.hist), _thin(self.bases)  # (once in max_rows / 2 batches)
         if self.mode in ('cautious', 'equilibrium'): opt.set_hyper('wd', 0.)  # decayed by hand in after_step
         else: opt.set_hyper('wd', lams)
         self._armed = True  # (this batch's step is ours to finish: `after_step`, else `after_cancel_step` or `after_batch` undo it)

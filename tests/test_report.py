@@ -113,7 +113,7 @@ def test_guard_skip_leaves_no_trace_in_batchnorm():
     g = NonFiniteGuard(verbose=False)
     learn = quiet(Learner(digits_dls(), m, loss_func=nn.CrossEntropyLoss(), metrics=accuracy, cbs=[g, PoisonInput(), BufSnap()]))
     learn.fit(1, 1e-2)
-    assert g.skips == [3] and g.reports[0]['where'] == 'forward'
+    assert g.skips == [3] and g.reports[0]['where'] == 'input'  # (the NaN came with the batch)
     assert all(torch.equal(a, b) for a, b in zip(learn.buf_snap.before, learn.buf_snap.after))  # as before the batch
     assert all(torch.isfinite(b).all() for b in m.buffers())
     loss, acc = learn.validate()
@@ -953,3 +953,19 @@ def test_no_drift_finding_for_a_norm_layer():
     learn = quiet(Learner(dls, m, loss_func=nn.MSELoss(), cbs=ah)); learn.fit(1, 0.)
     assert ah.fast['rms'][0][2] > 1e3 * ah.fast['rms'][0][1]  # (the case: the norm layer's output orders below the last layer's)
     assert not [f for f in _activation_rules(learn, ah, Thresholds(), None) if f['problem'].startswith('activation scale')]
+
+
+def test_nan_in_the_data_is_no_learning_rate_problem():
+    "A missing value in two inputs: the guard said the NaN began in module '0', the report said to lower the learning rate and clip gradients"
+    from initcb.report import NAN_INPUT
+    dls = digits_dls(flat=True)
+    torch.manual_seed(0)
+    learn = quiet(Learner(dls, nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+    class Missing(Callback):
+        def before_batch(self):
+            if self.training and self.train_iter in (3, 7): x = self.xb[0].clone(); x[0, 5] = float('nan'); self.learn.xb = (x,)
+    learn.fit(1, 1e-2, cbs=Missing())
+    assert [r['where'] for r in learn.non_finite_guard.reports] == ['input', 'input']
+    rep = learn.health_check.report
+    nf = rep[rep.problem.str.startswith('non-finite')]
+    assert len(nf) and (nf.remedy == NAN_INPUT).all() and nf.evidence.str.contains('inputs at training batches 3, 7').all(), rep

@@ -212,3 +212,15 @@ def test_a_cancelled_batch_leaves_the_fits_weight_decay(mode):
     learn.fit(1, lr=0.1, wd=0.3)
     assert all(b == [0.3] for b in cb.bases), cb.bases[:6]
     assert [h['wd'] for h in learn.opt.hypers] == [0.3]
+
+
+def test_history_bounded():
+    "AdaptiveWD kept two lists of every batch's λ forever, pickled by learn.export (61 MiB at 1M batches): thinned past 2 x max_rows"
+    from fastai.test_utils import synth_learner
+    cb = AdaptiveWD('awd', max_rows=8)
+    learn = synth_learner(n_trn=25, cbs=cb)
+    with learn.no_bar(), learn.no_logging(): learn.fit(2)
+    b = [h[0] for h in cb.hist]
+    assert 12 <= len(cb.hist) <= 16 and len(cb.bases) == len(cb.hist), len(cb.hist)
+    assert b == sorted(b) and b[-1] == 49 and b[-8:] == list(range(42, 50)) and b[0] == 0  # (the last batches at full resolution, the first kept)
+    with pytest.raises(ValueError, match='`max_rows`'): AdaptiveWD(max_rows=2)
