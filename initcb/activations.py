@@ -595,6 +595,19 @@ def cleanup(self:ActivationHealth,
     finally: self.remove()
 
 @patch
+def after_fit(self:ActivationHealth):
+    "End of a fit: `cleanup`; then say which watched modules gave no output in any of the fit's recorded batches (rows of NaN)"
+    HealthCallback.after_fit(self)
+    h = self.fast
+    if not getattr(self, 'run', False) or h is None or not len(h) or not is_main(): return
+    r0 = int(np.searchsorted(h.iters[:len(h)], self._fit0))
+    rms = h['rms'][r0:len(h)]
+    quiet = [n for n, none in zip(self.names, np.isnan(rms).all(0)) if none] if len(rms) else []
+    if quiet: warnings.warn(f"ActivationHealth: {', '.join(quiet[:5])}{' ...' if len(quiet) > 5 else ''} gave no output in this fit's {len(rms)} recorded "
+                            "batches (rows of NaN): never called, their weights read directly (fastai's EmbeddingDropout reads its encoder's), "
+                            "or always given empty inputs; leave them out with `modules=`")
+
+@patch
 def __del__(self:ActivationHealth):
     "A callback garbage-collected with its hooks still on removes them"
     if getattr(self, 'hooks', None) is not None: self.hooks.remove()

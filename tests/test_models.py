@@ -1,5 +1,5 @@
 "ActivationHealth on the models users run: LSTMs, half precision, in-place activations, deep nets (op count)."
-import math, torch, numpy as np, pytest
+import math, warnings, torch, numpy as np, pytest
 from torch import nn
 from fastai.learner import Learner
 from fastai.data.core import DataLoaders
@@ -270,3 +270,18 @@ def test_lazy_modules():
     with pytest.raises(ValueError, match='lazy modules'): check_init(lazy())
     learn = quiet(Learner(digits_dls(bs=64, flat=True), lazy(), loss_func=nn.CrossEntropyLoss()))
     assert learn.health_report(verbose=False) is not None  # (before any fit: materialized on the learner's batch)
+
+
+def test_a_watched_module_never_called_is_said():
+    "fastai's AWD_LSTM reads its encoder's weight through EmbeddingDropout, never calling the module: a row of NaN, silently"
+    import torch.nn.functional as F
+    class Net(nn.Module):
+        def __init__(s): super().__init__(); s.enc = nn.Embedding(10, 4); s.out = nn.Linear(4 * 5, 1)
+        def forward(s, x): return s.out(F.embedding(x, s.enc.weight).flatten(1)).squeeze(-1)  # (the weight, not the module)
+    x, y = torch.randint(0, 10, (32, 5)), torch.randn(32)
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=8), DataLoader(list(zip(x[:8], y[:8])), bs=8))
+    learn = quiet(Learner(dls, Net(), loss_func=nn.MSELoss(), cbs=ActivationHealth()))
+    with pytest.warns(UserWarning, match=r"enc gave no output in this fit's 4 recorded batches"): learn.fit(1)
+    with warnings.catch_warnings():  # (the modules that run: no warning)
+        warnings.simplefilter('error')
+        learn = quiet(Learner(dls, Net(), loss_func=nn.MSELoss(), cbs=ActivationHealth(modules=['out']))); learn.fit(1)
