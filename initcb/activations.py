@@ -601,8 +601,8 @@ def after_fit(self:ActivationHealth):
     h = self.fast
     if not getattr(self, 'run', False) or h is None or not len(h) or not is_main(): return
     r0 = int(np.searchsorted(h.iters[:len(h)], self._fit0))
-    rms = h['rms'][r0:len(h)]
-    quiet = [n for n, none in zip(self.names, np.isnan(rms).all(0)) if none] if len(rms) else []
+    rms, nonf = h['rms'][r0:len(h)], h['nonfinite_batches'][r0:len(h)]
+    quiet = [n for n, none in zip(self.names, np.isnan(rms).all(0) & (nonf == 0).all(0)) if none] if len(rms) else []  # (NaN from a NaN output: it ran)
     if quiet: warnings.warn(f"ActivationHealth: {', '.join(quiet[:5])}{' ...' if len(quiet) > 5 else ''} gave no output in this fit's {len(rms)} recorded "
                             "batches (rows of NaN): never called, their weights read directly (fastai's EmbeddingDropout reads its encoder's), "
                             "or always given empty inputs; leave them out with `modules=`")
