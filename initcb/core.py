@@ -768,10 +768,17 @@ def eval_forward(
     bn:str='batch', # BatchNorm normalizes with 'batch': the batch's own statistics, as in a training step; 'running': its running statistics, as at inference
 ):
     "One forward pass on `xb` in eval mode (no dropout) without gradients, calling `f(i, output)` for each of `mods`: `eval_mode`"
+    ours = []  # (an error `f` raises is not the batch's)
+    def g(i, o):
+        try: return f(i, o)
+        except BaseException as e: ours.append(e); raise
     with eval_mode(model, bn), run_eagerly(model):
-        hooks = Hooks(mods, f, eager=is_compiled(model))  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
+        hooks = Hooks(mods, g, eager=is_compiled(model))  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
         try:
             with torch.no_grad(): model(*(xb if isinstance(xb, (tuple, list)) else (xb,)))
+        except (RuntimeError, TypeError, IndexError) as e:  # (a batch the model cannot take: said so, not in torch's words from deep inside it)
+            if ours or isinstance(e, torch.cuda.OutOfMemoryError): raise
+            raise ValueError(f"`xb`: the model cannot run on the batch given ({type(e).__name__}: {e})") from e
         finally: hooks.remove()
 
 # %% ../nbs/00_core.ipynb #d6c80aa8

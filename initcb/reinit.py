@@ -126,6 +126,9 @@ def unfollowed(
     chains:dict=None, # `unit_chains(model)`, where it is at hand
 )->dict:
     "{name: why} for the activations of `names` no chain of `unit_chains` ends in: why ReDo cannot score their units, from what feeds them"
+    if isinstance(names, str): names = [names]  # (one name: iterated, its characters)
+    known = dict(model.named_modules())
+    if any(n not in known for n in names): raise ValueError(f"`names`: no module named {next(n for n in names if n not in known)!r} in the model")
     chains = unit_chains(model) if chains is None else chains
     ends = {c['act'] for c, _ in chains.values() if c is not None and c['act']}
     todo = [n for n in names if n not in ends]

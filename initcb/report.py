@@ -249,14 +249,11 @@ def health_report(self:Learner,
     "Findings about this learner's last fit and its model as it is now: one row each (layer, problem, severity, evidence, remedy, callback)"
     th = thresholds or Thresholds()
     if not isinstance(th, Thresholds): raise ValueError(f"`thresholds` must be a Thresholds (or None), got {type(th).__name__}")
+    verbose = check_bool('verbose', verbose)
     gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)
     ah = next((c for c in self.cbs if isinstance(c, ActivationHealth)), None)
     losses = _losses(self, gh, ah)
-    if xb is not None:  # (a batch the model cannot take: said here, not in torch's words from inside a rule)
-        try: eval_forward(self.model, [], lambda i, o: None, xb)
-        except RuntimeError as e:
-            if isinstance(e, torch.cuda.OutOfMemoryError): raise
-            raise ValueError(f"`xb`: the model cannot run on the batch given ({type(e).__name__}: {e})") from e
+    if xb is not None: eval_forward(self.model, [], lambda i, o: None, xb)  # (a batch the model cannot take: a ValueError naming `xb` here, not torch's words from inside a rule)
     before = getattr(gh, '_fit0', None) or getattr(ah, '_fit0', None) or 0  # (batches the recorders saw in fits before the last one)
     rows = _loss_rules(losses, th, _chance_loss(self), before) + _init_rules(self.model, th, lambda: _first_x(self) if xb is None else xb)
     # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)

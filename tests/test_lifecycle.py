@@ -297,3 +297,21 @@ def test_no_hook_left_by_an_exception_outside_the_batches(event, exc):
 def test_bad_input_found_at_once(call, arg):
     "Arguments accepted and failing later, cryptically or silently (an audit): a ValueError naming the argument now"
     with pytest.raises(ValueError, match=f'`{arg}`'): call()
+
+
+def test_a_batch_the_model_cannot_take_is_named():
+    "dormancy, output_stds, health_report(xb=...) gave torch's words from deep inside the model (a TypeError escaped the report's check)"
+    from initcb.init import output_stds
+    from initcb.reinit import unfollowed
+    import initcb.report
+    m = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    learn = quiet(Learner(digits_dls(flat=True, n_train=128), m, loss_func=nn.CrossEntropyLoss(), cbs=ActivationHealth())); learn.fit(1)
+    for f in (lambda: learn.activation_health.dormancy(torch.randn(4, 7)), lambda: output_stds(m, torch.randn(4, 7)),
+              lambda: learn.health_report(xb='abc', verbose=False), lambda: learn.health_report(xb=(torch.randn(4, 64),) * 2, verbose=False)):
+        with pytest.raises(ValueError, match='`xb`: the model cannot run on the batch given'): f()
+    with pytest.raises(ValueError, match='`verbose`'): learn.health_report(verbose='yes')
+    with pytest.raises(ValueError, match="`names`: no module named 'nope'"): unfollowed(m, ['nope'])
+    assert unfollowed(m, '1') == {}  # (one name, not its characters: ReDo follows the ReLU)
+    def bad_hook(i, o): raise KeyError('ours')  # (an error of the reader's own, not the batch's: as it is)
+    from initcb.core import eval_forward
+    with pytest.raises(KeyError): eval_forward(m, [m[1]], bad_hook, torch.randn(4, 64))
