@@ -75,7 +75,7 @@ class AdaptiveWD(HealthCallback):
         groups = self._decayed()
         lams = getattr(self, f'_{self.mode}')(groups)
         self.hist.append([self.n_seen, *lams])
-        if len(self.hist) > 2 * self.max_rows: self.hist, self.bases = _thin(self.hist), _thin(self.bases)  # (once in max_rows / 2 batches)
+        if len(self.hist) > 2 * getattr(self, 'max_rows', 4096): self.hist, self.bases = _thin(self.hist), _thin(self.bases)  # (once in max_rows / 2 batches; one exported by 0.0.1 has no `max_rows`)
         if self.mode in ('cautious', 'equilibrium'): opt.set_hyper('wd', 0.)  # decayed by hand in after_step
         else: opt.set_hyper('wd', lams)
         self._armed = True  # (this batch's step is ours to finish: `after_step`, else `after_cancel_step` or `after_batch` undo it)
