@@ -357,9 +357,10 @@ def init_weights(
     "Re-initialize every Linear/Conv layer of `model`: 'auto' uses the gain of the activation that follows each layer"
     if scheme not in SCHEMES: raise ValueError(f"`scheme` must be one of {SCHEMES}, got {scheme!r}")
     zero_bias = check_bool('zero_bias', zero_bias)  # ('no' is truthy: it zeroed the biases)
-    acts, hooked = following_activation(unwrap(model)), []
+    inner = unwrap(model)  # (the model returned is the one given)
+    acts, hooked = following_activation(inner), []
     with torch.no_grad():
-        for n, m in unwrap(model).named_modules():
+        for n, m in inner.named_modules():
             if not isinstance(m, WEIGHT_LAYERS): continue
             if hooked_weight(m): hooked.append(n); continue
             gain = activation_gain(acts.get(n))

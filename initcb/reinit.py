@@ -127,15 +127,14 @@ def unfollowed(
 )->dict:
     "{name: why} for the activations of `names` no chain of `unit_chains` ends in: why ReDo cannot score their units, from what feeds them"
     if isinstance(names, str): names = [names]  # (one name: iterated, its characters)
-    known = dict(model.named_modules())
-    if any(n not in known for n in names): raise ValueError(f"`names`: no module named {next(n for n in names if n not in known)!r} in the model")
+    mods, res = dict(model.named_modules()), {}
+    if any(n not in mods for n in names): raise ValueError(f"`names`: no module named {next(n for n in names if n not in mods)!r} in the model")
     chains = unit_chains(model) if chains is None else chains
     ends = {c['act'] for c, _ in chains.values() if c is not None and c['act']}
     todo = [n for n in names if n not in ends]
     if not todo: return {}
     gm, why = _trace(model)
     if gm is None: return {n: why for n in todo}
-    mods, res = dict(model.named_modules()), {}
     for node in gm.graph.nodes:
         if node.op != 'call_module' or node.target not in todo or node.target in res: continue  # (a module called twice: its first call)
         x = node.args[0] if node.args else None
