@@ -503,20 +503,22 @@ def _cleanup_all(learn):
         if isinstance(cb, HealthCallback): cb.cleanup(collective=False)
     _unguard(learn)
 
-def _guard(learn):
-    if '_with_events' in learn.__dict__: return
-    orig = learn._with_events
-    def _with_events(f, event_type, ex, final=noop):
-        if event_type != 'epoch': return orig(f, event_type, ex, final)  # (a batch's, train's, validate's: inside an epoch's)
-        try: return orig(f, event_type, ex, final)  # (before_epoch, the epoch, after_epoch)
+class _EpochGuard:
+    "A learner's `_with_events` for the length of a fit: an exception in an epoch cleans up every initcb callback before it propagates"
+    # (an object, not a closure: one left on the learner, where another callback's `before_fit` raised after this one's
+    # and no `after_fit` came to take it off, pickles with it, `learn.export`; the next fit's end takes it off)
+    def __init__(self, learn): self.learn, self.f = learn, type(learn)._with_events
+    def __call__(self, f, event_type, ex, final=noop):
+        if event_type != 'epoch': return self.f(self.learn, f, event_type, ex, final)  # (a batch's, train's, validate's: inside an epoch's)
+        try: return self.f(self.learn, f, event_type, ex, final)  # (before_epoch, the epoch, after_epoch)
         except (CancelFitException, CancelEpochException): raise  # (fastai's control flow: the fit goes on to `after_fit`)
-        except BaseException: _cleanup_all(learn); raise
-    _with_events._initcb = True
-    learn._with_events = _with_events
+        except BaseException: _cleanup_all(self.learn); raise
+
+def _guard(learn):
+    if '_with_events' not in learn.__dict__: learn._with_events = _EpochGuard(learn)  # (one there already: this fit's, or one left behind)
 
 def _unguard(learn):
-    f = learn.__dict__.get('_with_events')
-    if f is not None and getattr(f, '_initcb', False): del learn.__dict__['_with_events']
+    if isinstance(learn.__dict__.get('_with_events'), _EpochGuard): del learn.__dict__['_with_events']
 
 def real_fit(cb:Callback, # a callback, in `before_fit`
             ):
@@ -562,6 +564,11 @@ class HealthCallback(Callback):
         if self.run: self.setup(); _guard(self.learn)
     def setup(self):
         "Prepare for a fit: called by `before_fit`, except during `lr_find`, `get_preds` and `validate`"
+    def after_epoch(self):
+        # the fit's last epoch over: hooks off here already, not only in `after_fit`, which fastai skips for every callback
+        # after one that raises there (those ordered before these too); `before_train` puts them back if a callback adds an epoch
+        learn = self.learn  # (None: taken off earlier in this event, by another callback; `remove_cb` cleaned up)
+        if learn is not None and learn.epoch >= learn.n_epoch - 1: self.remove()
     def after_fit(self):
         self.cleanup(); _unguard(self.learn)
     def cleanup(self,

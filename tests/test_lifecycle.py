@@ -76,14 +76,15 @@ def test_export_mid_fit_leaves_no_hook(tmp_path):
     from initcb.gradients import GradientHealth
     class ExportEachEpoch(Callback):
         order = 100
-        def after_epoch(self):
+        def after_epoch(self):  # (the first of two: the last epoch's end takes the hooks off)
+            if self.epoch: return
             self.hooks = n_hooks(self.learn.model); self.learn.export('ep.pkl')
             buf = io.BytesIO(); torch.save(self.learn.model, buf); self.plain = buf.getvalue()  # (the standard pickler too)
     dls = digits_dls(n_train=128)
     net = lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     learn = quiet(Learner(dls, net(), loss_func=nn.CrossEntropyLoss(), path=tmp_path,
                           cbs=[ActivationHealth(), GradientHealth(warn=False, act_grads=True), ExportEachEpoch()]))
-    learn.fit(1)
+    learn.fit(2)
     assert learn.export_each_epoch.hooks == 6 and n_hooks(learn.model) == 0  # (3 watched modules, twice)
     back = load_learner(tmp_path/'ep.pkl')
     cbs = [weakref.ref(c) for c in back.cbs if isinstance(c, (ActivationHealth, GradientHealth))]
@@ -258,28 +259,37 @@ def test_health_check_with_subclassed_recorders():
     assert hc.gh is gh and hc.ah is ah and len(gh.hist) == 5
 
 
-@pytest.mark.parametrize('event', ['before_epoch', 'after_epoch', 'report'])
+@pytest.mark.parametrize('event', ['before_epoch', 'after_epoch', 'report', 'before_fit', 'after_fit'])
 @pytest.mark.parametrize('exc', [RuntimeError('disk full'), KeyboardInterrupt()])
 def test_no_hook_left_by_an_exception_outside_the_batches(event, exc):
-    "An exception in another callback's before_epoch/after_epoch, or Ctrl-C in HealthCheck's report, escaped the guard (it wrapped only `_do_epoch`): hooks stayed on the model"
+    "An exception in another callback's before_epoch/after_epoch, or Ctrl-C in HealthCheck's report, escaped the guard (it wrapped only `_do_epoch`): hooks stayed on the model. "
+    "One in the after_fit of a callback ordered before the recorders left GradientHealth's `act_grads` hooks (fastai skips every later after_fit); "
+    "one in a before_fit after theirs left the guard, a closure, on the learner: `learn.export` failed ('Can't pickle local object')"
     from fastai.callback.core import Callback
     from initcb.report import HealthCheck
     from initcb.gradients import GradientHealth
     class Raise(Callback):
+        order = -20 if event == 'after_fit' else 0
         def before_epoch(self):
             if event == 'before_epoch' and self.epoch == 1: raise exc
         def after_epoch(self):
             if event == 'after_epoch': raise exc
+        def before_fit(self):
+            if event == 'before_fit': raise exc
+        def after_fit(self):
+            if event == 'after_fit': raise exc
     learn = quiet(synth_learner(n_trn=5, cbs=[HealthCheck(report=False), GradientHealth(warn=False, act_grads=True), r := Raise()]))
     learn.model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
     if event == 'report':
         def stop(*a, **k): raise exc
         learn.health_report = stop
     with pytest.raises(type(exc)): learn.fit(2)
-    assert n_hooks(learn.model) == 0 and '_with_events' not in learn.__dict__
-    learn.__dict__.pop('health_report', None)
-    learn.remove_cb(r); learn.fit(1)  # (and the next fit records)
-    assert len(learn.activation_health.to_df()) > 0 and n_hooks(learn.model) == 0
+    assert n_hooks(learn.model) == 0 and learn.gradient_health._prev is None
+    assert ('_with_events' in learn.__dict__) == (event in ('before_fit', 'after_fit'))  # (outside any epoch: the guard is not reached)
+    learn.__dict__.pop('health_report', None); learn.remove_cb(r)
+    pickle.loads(pickle.dumps(learn))
+    learn.fit(1)  # (and the next fit records)
+    assert len(learn.activation_health.to_df()) > 0 and n_hooks(learn.model) == 0 and '_with_events' not in learn.__dict__
 
 
 @pytest.mark.parametrize('call, arg', [
