@@ -801,7 +801,7 @@ def save(self:ActivationHealth,
     fname, # a path ending in .npz or .parquet
 ):
     "Save the history to `fname` (.npz: the whole state, as `state_dict`; .parquet: the long table of `to_df` with histograms, the sampled rows pooled as there); in a distributed run, rank 0 writes"
-    self._recorded(); fname = Path(fname)
+    fname = check_path('fname', fname, ('.npz', '.parquet')); self._recorded()
     if not is_main(): return fname  # every rank holds the same (combined) history
     if fname.suffix == '.npz': np.savez_compressed(fname, **{k: np.array(v) for k, v in self.state_dict().items()})
     elif fname.suffix == '.parquet':
@@ -811,7 +811,6 @@ def save(self:ActivationHealth,
         df = pd.concat([df, pd.DataFrame(hist.reshape(len(df), -1), columns=[f'hist_{b}' for b in range(self.bins)])], axis=1)
         df.attrs['initcb'] = meta
         df.to_parquet(fname)
-    else: raise ValueError(f"`fname` must end in .npz or .parquet, got {fname.name!r}")
     return fname
 
 @patch(cls_method=True)
@@ -819,21 +818,19 @@ def load(cls:ActivationHealth,
     fname, # a file written by `save`
 ):
     "An `ActivationHealth` holding the history saved in `fname`, for reading and plotting; with the arguments and module selection it was saved with, so that attached to a learner with the same model the next fit carries on"
-    fname = Path(fname)
+    fname = check_path('fname', fname, ('.npz', '.parquet'))
     if fname.suffix == '.npz':
         with np.load(fname, allow_pickle=False) as z: sd = {k: z[k] for k in z.files}
-        meta = json.loads(str(sd['meta']))
-        return cls(**_args(meta)).load_state_dict(sd)
-    elif fname.suffix == '.parquet':  # back to the arrays of `state_dict`
-        df = pd.read_parquet(fname); sd = dict(meta=df.attrs['initcb'])
-        meta = json.loads(sd['meta']); L = len(meta['names'])
+        return cls(**_args(saved_meta(sd, 'ActivationHealth', 'fname'))).load_state_dict(sd)
+    else:  # (.parquet) back to the arrays of `state_dict`
+        df = pd.read_parquet(fname); sd = dict(meta=df.attrs.get('initcb'))
+        meta = saved_meta(sd, 'ActivationHealth', 'fname'); L = len(meta['names'])
         for pre, cols, ncol in (('fast_', list(FAST), 'n'), ('sampled_', SAMPLED, 'n_sampled')):
             d = df.dropna(subset=[ncol]).sort_values(['iter', 'idx' if 'idx' in df else 'layer'])  # (a file saved by 0.0.1: `layer` the position)
             sd[pre + 'iters'], sd[pre + 'n'] = d['iter'].to_numpy()[::L], d[ncol].to_numpy()[::L].astype(np.int64)
             for c in cols: sd[pre + c] = d[c].to_numpy(np.float32).reshape(-1, L)
             if ncol == 'n_sampled': sd[pre + 'hist'] = d[[f'hist_{b}' for b in range(meta['bins'])]].to_numpy(np.float32).reshape(-1, L, meta['bins'])
         return cls(**_args(meta)).load_state_dict(sd)
-    else: raise ValueError(f"`fname` must end in .npz or .parquet, got {fname.name!r}")
 
 def _args(meta):
     "The constructor's arguments saved in `meta` (a file saved before some were kept: the defaults)"
@@ -856,7 +853,7 @@ def load_state_dict(self:ActivationHealth,
     sd:dict, # from `state_dict` (or a loaded .npz)
 ):
     "Restore the state saved by `state_dict`; attached to a learner with the same model, the next fit carries on. Returns `self`"
-    meta = json.loads(str(sd['meta']))
+    meta = saved_meta(sd, 'ActivationHealth')
     self._reset(meta['names'], [None if b is None else tuple(b) for b in meta['bounds']])
     self.n_seen, self.kinds = meta['n_seen'], meta.get('kinds')
     if meta['hist_ranges'] is not None: self._hr = np.array(meta['hist_ranges'], np.float32)

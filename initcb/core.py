@@ -6,8 +6,9 @@ Docs: https://initcb.github.io/initcb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #5b59af97
 from __future__ import annotations
-import dataclasses, math, random, sys, warnings, weakref
+import dataclasses, json, math, os, random, sys, warnings, weakref
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 import numpy as np, torch
 from torch import nn, Tensor
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
@@ -18,15 +19,15 @@ from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException
 
 # %% auto #0
 __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_FIX', 'MERGES', 'BN_STATS', 'check_int',
-           'check_float', 'check_bool', 'is_number', 'check_range', 'check_modules', 'coprime_stride', 'sample_index',
-           'out_parts', 'first_tensor', 'watch', 'output_bounds', 'rest_value', 'is_activation', 'has_own_params',
-           'is_leaf', 'in_parametrization', 'own_weights', 'is_frozen', 'param_layer', 'hooked_weight',
-           'writable_weight', 'default_watch', 'unwrap', 'wrapper_prefix', 'select_modules', 'StatHistory',
-           'run_lengths', 'distributed', 'is_main', 'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit',
-           'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks', 'foreach_norm',
+           'check_float', 'check_bool', 'is_number', 'check_range', 'check_model', 'check_modules', 'coprime_stride',
+           'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds', 'rest_value', 'is_activation',
+           'has_own_params', 'is_leaf', 'in_parametrization', 'own_weights', 'is_frozen', 'param_layer',
+           'hooked_weight', 'writable_weight', 'default_watch', 'unwrap', 'wrapper_prefix', 'select_modules',
+           'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main', 'DeviceChunks', 'stack_scalars',
+           'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks', 'foreach_norm',
            'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection',
-           'keep_modes', 'eval_mode', 'eval_forward', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize',
-           'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
+           'saved_meta', 'check_path', 'keep_modes', 'eval_mode', 'eval_forward', 'call_on', 'rng_kept', 'first_inputs',
+           'has_lazy', 'materialize', 'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -78,6 +79,13 @@ def check_range(
         raise ValueError(f"`{name}` must be {'None or ' if none_ok else ''}(lo, hi) with finite lo < hi, got {v!r}")
     return v
 
+def check_model(
+    model, # a `model` argument
+):
+    "Raise a `ValueError` naming `model` unless it is a torch module"
+    if not isinstance(model, nn.Module): raise ValueError(f"`model` must be a torch nn.Module, got {type(model).__name__}")
+    return model
+
 def check_modules(
     modules, # a `modules` argument: None, a predicate `f(name, module)`, a module, a name, or a non-empty list of them
 ):
@@ -85,6 +93,9 @@ def check_modules(
     if isinstance(modules, (list, tuple)) and not modules: raise ValueError("`modules` is empty: pass None for the default selection")
     if modules is not None and not (callable(modules) or isinstance(modules, (list, tuple, str, nn.Module))):
         raise ValueError(f"`modules` must be None, a predicate, or modules/names, got {type(modules).__name__}")
+    if isinstance(modules, (list, tuple)):  # (one given twice: found now, not at the fit; a name and its module: `select_modules`)
+        k = [m if isinstance(m, str) else id(m) for m in modules]
+        if len(set(k)) < len(k): raise ValueError(f"`modules` holds {modules[next(i for i, x in enumerate(k) if x in k[:i])]!r} twice: each module once")
     return modules
 
 # %% ../nbs/00_core.ipynb #f48ba897
@@ -104,7 +115,7 @@ def sample_index(
     device=None, # where the index tensor lives
 ):
     "Flat indices (length `size`) of a sample of a tensor of `shape`, and how many of them are distinct"
-    n = math.prod(shape)
+    n, size = math.prod(shape), check_int('size', size)
     if n == 0: raise ValueError("cannot sample an empty tensor")
     if n <= size: return torch.arange(size, device=device) % n, n
     row = math.prod(shape[1:]) if len(shape) > 1 else 1
@@ -240,6 +251,7 @@ def default_watch(
 def unwrap(model:nn.Module, # a model, possibly wrapped in DistributedDataParallel, DataParallel or `torch.compile`'s module
           ):
     "The module inside (Distributed)DataParallel and `torch.compile` wrappers, however nested: replays and tracing (torch.fx) run on it, eagerly, with no collective"
+    check_model(model)  # (the public functions that take a model unwrap it first: their check)
     while True:  # (a compiled module's name is checked, as in `is_compiled`: no import of torch._dynamo for models that never compile)
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)): model = model.module
         elif type(model).__name__ == 'OptimizedModule' and isinstance(getattr(model, '_orig_mod', None), nn.Module): model = model._orig_mod
@@ -277,6 +289,9 @@ def select_modules(
                 sel.append((by_id[id(m)] or type(model).__name__, m))
             else: raise ValueError(f"`modules` must hold modules or module names, got {type(m).__name__}")
     if not sel: raise ValueError("`modules` selects no module of the model: pass modules, their names, or a predicate f(name, module) that is true for some")
+    if len({id(m) for _, m in sel}) < len(sel):  # (twice: two hooks on it, two rows a batch, one name for both)
+        n = next(n for k, (n, m) in enumerate(sel) if any(x is m for _, x in sel[:k]))
+        raise ValueError(f"`modules` selects module {n!r} twice: each module once")
     return sel
 
 # %% ../nbs/00_core.ipynb #4f15d910
@@ -734,6 +749,32 @@ def saved_selection(
     "The module selection a recorder saves: None or names as given; modules or a predicate, the `names` they selected"
     return sel if sel is None or isinstance(sel, (str, list, tuple)) and all(isinstance(m, str) for m in sel) else names
 
+_SAVED = dict(ActivationHealth=('names', 'bounds', 'n_seen'), GradientHealth=('args', 'names', 'sizes', 'n_seen'))  # (what each one's `meta` always holds)
+
+def saved_meta(
+    sd, # what the recorder's `state_dict` returned, or the arrays of the .npz file its `save` wrote
+    who:str, # the recorder reading it: 'ActivationHealth' or 'GradientHealth'
+    arg:str='sd', # the argument it came in, for the error message
+)->dict:
+    "The JSON `meta` of `sd`, once `sd` is found to be `who`'s: else a `ValueError` naming `arg` that says whose it is, where that shows"
+    meta = sd.get('meta') if isinstance(sd, dict) else None
+    try: meta = None if meta is None else json.loads(str(meta))
+    except ValueError: meta = None
+    if isinstance(meta, dict) and all(k in meta for k in _SAVED[who]): return meta
+    other = next((k for k, ks in _SAVED.items() if isinstance(meta, dict) and all(x in meta for x in ks)), None)
+    raise ValueError(f"`{arg}` is not a state {who} saved" + (f": {other} saved it (`{other}.load`)" if other else
+                     f" (`{who}.state_dict()`, or the file of `{who}.save`)"))
+
+def check_path(
+    name:str, # the argument's name, for the error message
+    v, # its value
+    suffixes:tuple, # the endings allowed, e.g. ('.npz', '.parquet')
+)->Path:
+    "`v` as a `Path`, once it is found to be a path (a str or path-like) ending in one of `suffixes`; else a `ValueError` naming `name`"
+    p = Path(v) if isinstance(v, (str, os.PathLike)) else None
+    if p is None or p.suffix not in suffixes: raise ValueError(f"`{name}` must be a path ending in {' or '.join(suffixes)}, got {v!r}")
+    return p
+
 BN_STATS = ('batch', 'running')
 
 def _batch_stats_hook(m, inp, out):
@@ -782,11 +823,19 @@ def eval_forward(
     with eval_mode(model, bn), run_eagerly(model):
         hooks = Hooks(mods, g, eager=is_compiled(model))  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
         try:
-            with torch.no_grad(): model(*(xb if isinstance(xb, (tuple, list)) else (xb,)))
-        except (RuntimeError, TypeError, IndexError) as e:  # (a batch the model cannot take: said so, not in torch's words from deep inside it)
-            if ours or isinstance(e, torch.cuda.OutOfMemoryError): raise
-            raise ValueError(f"`xb`: the model cannot run on the batch given ({type(e).__name__}: {e})") from e
+            with torch.no_grad(): call_on(model, xb, ours)
         finally: hooks.remove()
+
+def call_on(
+    model:nn.Module, # the model
+    xb, # a batch of inputs from the caller: a tensor, or a tuple or list of them (the model's arguments)
+    ours:list=(), # errors the caller's hooks raised, as they raise them: those pass through as they are
+):
+    "`model`'s output on `xb`; a batch the model cannot take is a `ValueError` naming `xb`, not torch's error from deep inside the model"
+    try: return model(*(xb if isinstance(xb, (tuple, list)) else (xb,)))
+    except (RuntimeError, TypeError, IndexError, AttributeError) as e:  # (a wrong shape or dtype, a str; a lazy module reads `xb.shape`)
+        if ours or isinstance(e, torch.cuda.OutOfMemoryError): raise
+        raise ValueError(f"`xb`: the model cannot run on the batch given ({type(e).__name__}: {e})") from e
 
 # %% ../nbs/00_core.ipynb #d6c80aa8
 @contextmanager

@@ -590,7 +590,7 @@ def load_state_dict(self:GradientHealth,
     sd:dict, # from `state_dict` (or a loaded .npz)
 ):
     "Restore the state saved by `state_dict` (the callback keeps its own arguments: `load` builds one with the saved ones); returns `self`"
-    meta = json.loads(str(sd['meta']))
+    meta = saved_meta(sd, 'GradientHealth')
     self._reset(meta['names'], meta['sizes'])
     self.amod_names = meta.get('amod_names')  # (a file saved before the `act_grads` history was kept: none)
     self.agrad = None if self.amod_names is None else StatHistory.from_arrays(AGRAD_COLS, sd, self.max_rows, 'agrad_')
@@ -606,8 +606,7 @@ def save(self:GradientHealth,
     fname, # a path ending in .npz
 ):
     "Save the whole state to `fname` (.npz: arrays and JSON, no pickle); in a distributed run, rank 0 writes"
-    fname = Path(fname)
-    if fname.suffix != '.npz': raise ValueError(f"`fname` must end in .npz, got {fname.name!r}")
+    fname = check_path('fname', fname, ('.npz',))
     if not is_main(): self._recorded(); return fname  # DDP makes the gradients, hence the history, the same on every rank
     np.savez_compressed(fname, **{k: np.array(v) for k, v in self.state_dict().items()})
     return fname
@@ -617,7 +616,7 @@ def load(cls:GradientHealth,
     fname, # a file written by `save`
 ):
     "A `GradientHealth` with the state and arguments saved in `fname` (a file saved before the module selection was kept: the default): read it, or attach it to a learner to carry on"
-    with np.load(Path(fname), allow_pickle=False) as z: sd = {k: z[k] for k in z.files}
-    args = json.loads(str(sd['meta']))['args']
+    with np.load(check_path('fname', fname, ('.npz',)), allow_pickle=False) as z: sd = {k: z[k] for k in z.files}
+    args = saved_meta(sd, 'GradientHealth', 'fname')['args']
     args['band'] = tuple(args['band'])
     return cls(**args).load_state_dict(sd)

@@ -57,6 +57,7 @@ def activation_gain(
     act:nn.Module, # the activation module that follows a layer (None: no activation)
 ):
     "The init gain that keeps a layer's output scale through activation module `act` (None: no activation)"
+    if act is not None and not isinstance(act, nn.Module): raise ValueError(f"`act` must be an activation module (nn.ReLU(), ...) or None, got {act!r}")
     if isinstance(act, GeneralRelu): return math.sqrt(2 / (1 + (act.leak or 0.) ** 2))
     if isinstance(act, nn.LeakyReLU): return math.sqrt(2 / (1 + act.negative_slope ** 2))
     if isinstance(act, (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.Hardswish)): return math.sqrt(2)
@@ -66,6 +67,7 @@ def activation_gain(
 
 def _after(model, skip):
     "For each Linear/Conv layer, the first leaf module after it in forward (definition) order for which `skip` is false (or None)"
+    check_model(model)
     leaves = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if is_leaf(m) and not in_parametrization(n) or isinstance(m, nn.RNNBase)]  # (a module registered in several places is at each: fastai's TabularModel puts one ReLU in every block)
     return {n: next((nxt for _, nxt in leaves[k + 1:] if not skip(nxt)), None)
             for k, (n, m) in enumerate(leaves) if isinstance(m, WEIGHT_LAYERS)}
@@ -236,7 +238,7 @@ def _batch_grads(model, ps, xb):
     if not need: return None
     xb = _to(xb, next(model.parameters()).device)
     with eval_mode(model), run_eagerly(model), torch.enable_grad(), _no_cudnn(any(isinstance(m, nn.RNNBase) for m in model.modules())):  # (a compiled backward keeps no graph)
-        os = _float_outputs(model(*(xb if isinstance(xb, (tuple, list)) else (xb,))))
+        os = _float_outputs(call_on(model, xb))
         if not os: return None
         gen, res = torch.Generator(device=os[0].device).manual_seed(0), []  # (not the global generator's draws)
         for k in range(2):
@@ -474,7 +476,7 @@ def _output_of(model, m, xb):
     def hook(mod, i, o): got.append(first_tensor(o)); raise _Stop
     h = m.register_forward_hook(hook)
     try:
-        with run_eagerly(model): model(*xb) if isinstance(xb, (tuple, list)) else model(xb)
+        with run_eagerly(model): call_on(model, xb)
     except _Stop: pass
     finally: h.remove()
     return got[0] if got else None
@@ -483,7 +485,7 @@ def _forward_order(model, layers, xb):
     order = []
     hs = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n) if n not in order else None) for n, m in layers]
     try:
-        with run_eagerly(model): model(*xb) if isinstance(xb, (tuple, list)) else model(xb)
+        with run_eagerly(model): call_on(model, xb)
     finally:
         for h in hs: h.remove()
     return order

@@ -64,7 +64,7 @@ def unit_chains(
     "For each Linear/Conv layer: ({'next', 'norm', 'act', 'act_call', 'act_fn', 'flatten'}, None) when its units feed one layer safely, else (None, why);"
     "`act_call`: which call of the activation module is the layer's (fastai's `TabularModel` calls one ReLU in every block); `act_fn`: a functional"
     "activation (`F.relu(x)`) as (fn, args, kwargs, the module whose output it takes)"
-    gm, why = _trace(model)
+    gm, why = _trace(check_model(model))
     if gm is None: return {n: (None, why) for n, m in model.named_modules() if isinstance(m, _LAYER)}
     mods, res, uses, owners, call = dict(model.named_modules()), {}, {}, {}, {}
     for nd in gm.graph.nodes:  # each module's calls, and reads of its weights outside a call
@@ -127,7 +127,7 @@ def unfollowed(
 )->dict:
     "{name: why} for the activations of `names` no chain of `unit_chains` ends in: why ReDo cannot score their units, from what feeds them"
     if isinstance(names, str): names = [names]  # (one name: iterated, its characters)
-    mods, res = dict(model.named_modules()), {}
+    mods, res = dict(check_model(model).named_modules()), {}
     if any(n not in mods for n in names): raise ValueError(f"`names`: no module named {next(n for n in names if n not in mods)!r} in the model")
     chains = unit_chains(model) if chains is None else chains
     ends = {c['act'] for c, _ in chains.values() if c is not None and c['act']}
@@ -167,7 +167,7 @@ def dormancy_scores(
     bn:str='batch', # BatchNorm on the batch's own statistics ('batch', as in training) or its running ones ('running'): `eval_forward`
 ):
     "{layer: per-unit score E|h_i - r| / mean_j E|h_j - r|} for the layers of `chains`, on batch `xb` (r: the activation's `rest_value`, 0 for a ReLU)"
-    mods = dict(model.named_modules())
+    mods = dict(check_model(model).named_modules())
     names = [n for n, (c, _) in chains.items() if c is not None]
     cs = [chains[n][0] for n in names]
     at = [mods[c['act'] or (c['act_fn'][3] if c.get('act_fn') else n)] for n, c in zip(names, cs)]
@@ -208,6 +208,15 @@ def _zero_(p, idx, opt):
     s = _slow(opt, p)
     if s is not None: s[idx] = p.detach()[idx]
 
+def _chain_mods(model, layer, chain):
+    "`model`'s modules by name, once `layer` is found to be one of its Linear/Conv layers and `chain` a chain `unit_chains` gave"
+    mods = dict(check_model(model).named_modules())
+    if not isinstance(layer, str) or not isinstance(mods.get(layer), _LAYER):
+        raise ValueError(f"`layer` must name a Linear or Conv layer of the model, got {layer!r}; its layers: {[n for n, m in mods.items() if isinstance(m, _LAYER)][:6]}")
+    if not isinstance(chain, dict) or chain.get('next') not in mods:
+        raise ValueError(f"`chain` must be `unit_chains(model)[layer][0]` (None there: the layer's units cannot be followed), got {type(chain).__name__}")
+    return mods
+
 def reinit_units(
     model:nn.Module, # changed in place
     layer:str, # the name of the Linear/Conv layer whose units are re-initialized
@@ -216,9 +225,11 @@ def reinit_units(
     opt=None, # the optimizer whose state for those rows and columns is zeroed (fastai `Optimizer` or `OptimWrapper`)
 ):
     "Re-initialize `units` of `layer` (incoming weights and bias), reset their BatchNorm entries, zero their outgoing weights and their optimizer state"
-    mods = dict(model.named_modules())
+    mods = _chain_mods(model, layer, chain)
     m, nxt = mods[layer], mods[chain['next']]
     n = m.weight.shape[0]
+    if isinstance(units, (torch.Tensor, np.ndarray)): units = units.tolist()  # (a tensor of indices: `(s <= tau).nonzero()`)
+    if not isinstance(units, (list, tuple, range)): raise ValueError(f"`units` must be a list of unit indices of `{layer}` (0 to {n - 1}), got {type(units).__name__} {units!r}")
     if not all(isinstance(j, (int, np.integer)) and not isinstance(j, bool) and 0 <= j < n for j in units):  # (-1 took the last unit silently)
         raise ValueError(f"`units` must be indices of `{layer}`'s {n} units, 0 to {n - 1}; got {list(units)}")
     u = torch.as_tensor(units, dtype=torch.long, device=m.weight.device)
@@ -255,7 +266,7 @@ def frozen_chain(
     chain:dict, # its chain: `unit_chains(model)[layer][0]`
 ):
     "Whether `layer` or the layer its units feed is frozen (a weight that does not require grad): its units are left as they are"
-    mods = dict(model.named_modules())
+    mods = _chain_mods(model, layer, chain)
     return is_frozen(mods[layer]) or is_frozen(mods[chain['next']])
 
 def reinit_dormant(

@@ -297,7 +297,7 @@ def find_nonfinite(
     "Replay a batch to find where NaN/Inf begins: ('input' | 'forward' | 'loss' | 'backward' | None, module name)"
     if any(t.is_floating_point() and not torch.isfinite(t).all() for t in (xb if isinstance(xb, (tuple, list)) else (xb,)) if isinstance(t, torch.Tensor)):
         return 'input', None  # (the data, not the model: NaN in a feature, a missing value)
-    leaves, first_f, grads = _leaves(model), [], []
+    leaves, first_f, grads = _leaves(check_model(model)), [], []
     def fh(n):
         def h(m, i, o):
             t = first_tensor(o)
@@ -308,7 +308,7 @@ def find_nonfinite(
     hs = [m.register_forward_hook(fh(n)) for n, m in leaves]
     try:
         with run_eagerly(model):  # (each module run as it is, its hooks and tensor hooks with it)
-            out = model(*xb) if isinstance(xb, (tuple, list)) else model(xb)
+            out = call_on(model, xb)
         if first_f: return 'forward', first_f[0]
         if take_first and isinstance(out, (tuple, list)): out = out[0]
         if loss_func is not None and yb is not None:

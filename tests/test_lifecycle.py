@@ -303,6 +303,14 @@ def test_no_hook_left_by_an_exception_outside_the_batches(event, exc):
     (lambda: __import__('initcb.core').core.watch(nn.Tanh(), (float('nan'), 1.)), 'bounds'),
     (lambda: __import__('initcb.gradients').gradients.GradientHealth(act_grads=True, modules=3), 'modules'),  # (a TypeError at the fit)
     (lambda: __import__('initcb.core').core.select_modules(nn.Sequential(nn.ReLU()), 3), 'modules'),
+    (lambda: ActivationHealth(modules=['1', '1']), 'modules'),  # (two hooks on one module, two rows a batch)
+    (lambda: __import__('initcb.core').core.select_modules(nn.DataParallel(nn.Sequential(nn.ReLU())), ['0', 'module.0']), 'modules'),  # (one module by two names)
+    (lambda: __import__('initcb.core').core.sample_index((3, 4), 0), 'size'),  # (ZeroDivisionError)
+    (lambda: __import__('initcb.init').init.activation_gain('relu'), 'act'),  # (1.0, the gain of no activation)
+    (lambda: __import__('initcb.init').init.check_init(None), 'model'),  # (AttributeError: 'NoneType' object has no attribute ...)
+    (lambda: __import__('initcb.reinit').reinit.unit_chains(None), 'model'),
+    (lambda: __import__('initcb.report').report.find_nonfinite(None, torch.ones(2)), 'model'),
+    (lambda: __import__('initcb.init').init.following_activation(None), 'model'),
 ])
 def test_bad_input_found_at_once(call, arg):
     "Arguments accepted and failing later, cryptically or silently (an audit): a ValueError naming the argument now"
@@ -322,6 +330,32 @@ def test_a_batch_the_model_cannot_take_is_named():
     with pytest.raises(ValueError, match='`verbose`'): learn.health_report(verbose='yes')
     with pytest.raises(ValueError, match="`names`: no module named 'nope'"): unfollowed(m, ['nope'])
     assert unfollowed(m, '1') == {}  # (one name, not its characters: ReDo follows the ReLU)
+    from initcb.init import lsuv_init, break_symmetry, check_init
+    from initcb.report import find_nonfinite
+    z = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)); nn.init.zeros_(z[2].weight)  # (a symmetric layer: its gradients replayed on `xb`)
+    for f in (lambda: lsuv_init(z, torch.randn(4, 7)), lambda: break_symmetry(z, torch.randn(4, 7)), lambda: check_init(z, torch.randn(4, 7)),
+              lambda: find_nonfinite(z, torch.randn(4, 7)), lambda: lsuv_init(nn.Sequential(nn.LazyLinear(3)), 'abc')):  # (torch's words, or AttributeError)
+        with pytest.raises(ValueError, match='`xb`: the model cannot run on the batch given'): f()
     def bad_hook(i, o): raise KeyError('ours')  # (an error of the reader's own, not the batch's: as it is)
     from initcb.core import eval_forward
     with pytest.raises(KeyError): eval_forward(m, [m[1]], bad_hook, torch.randn(4, 64))
+
+
+def test_loading_another_file_is_named(tmp_path):
+    "ActivationHealth.load of GradientHealth's file (and back), a parquet file it did not write, `load_state_dict({})`: KeyError"
+    "('bounds', 'args', 'initcb', 'meta'); `save(None)`: TypeError from pathlib"
+    from initcb.gradients import GradientHealth
+    learn = quiet(synth_learner(n_trn=3, cbs=[ActivationHealth(), GradientHealth(warn=False)])); learn.fit(1)
+    ah, gh = learn.activation_health, learn.gradient_health
+    fa, fg = ah.save(tmp_path/'ah.npz'), gh.save(tmp_path/'gh.npz')
+    pd.DataFrame(dict(x=[1.])).to_parquet(tmp_path/'other.parquet')
+    for call, msg in ((lambda: ActivationHealth.load(fg), '`fname` is not a state ActivationHealth saved: GradientHealth saved it'),
+                      (lambda: GradientHealth.load(fa), '`fname` is not a state GradientHealth saved: ActivationHealth saved it'),
+                      (lambda: ActivationHealth.load(tmp_path/'other.parquet'), '`fname` is not a state ActivationHealth saved'),
+                      (lambda: ActivationHealth().load_state_dict({}), '`sd` is not a state ActivationHealth saved'),
+                      (lambda: GradientHealth().load_state_dict(ah.state_dict()), '`sd` is not a state GradientHealth saved: ActivationHealth'),
+                      (lambda: ah.save(None), '`fname` must be a path ending in .npz or .parquet, got None'),
+                      (lambda: gh.save(tmp_path/'gh.parquet'), '`fname` must be a path ending in .npz'),
+                      (lambda: GradientHealth.load(3), '`fname` must be a path')):
+        with pytest.raises(ValueError, match=msg.replace('(', r'\(').replace('.', r'\.')): call()
+    assert len(ActivationHealth.load(fa).to_df()) == len(ah.to_df()) and len(GradientHealth.load(fg).to_df()) == len(gh.to_df())

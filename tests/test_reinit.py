@@ -399,3 +399,18 @@ def test_reasons_name_where_the_chain_stops():
         def forward(s, x): h = s.act(s.trunk(x)); return s.h1(h) + s.h2(h)
     assert unit_chains(TwoHeads())['trunk'] == (None, 'the output of act after it has 2 consumers')
     assert unit_chains(nn.Sequential(nn.Linear(4, 4)))['0'][1] == OUTPUT_LAYER
+
+
+def test_reinit_units_bad_input_named():
+    "An unknown layer or a ReLU's name (KeyError, AttributeError), one int for `units` ('int' object is not iterable), the None chain of a layer"
+    "`unit_chains` cannot follow (not subscriptable): cryptic; a tensor of indices, `(s <= tau).nonzero()`, was refused as not indices"
+    from initcb.reinit import frozen_chain
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)); ch = unit_chains(m)
+    for call, arg in ((lambda: reinit_units(m, 'nope', [0], ch['0'][0]), 'layer'), (lambda: reinit_units(m, '1', [0], ch['0'][0]), 'layer'),
+                      (lambda: reinit_units(m, '0', 3, ch['0'][0]), 'units'), (lambda: reinit_units(m, '2', [0], ch['2'][0]), 'chain'),
+                      (lambda: frozen_chain(m, 'nope', ch['0'][0]), 'layer'), (lambda: reinit_units(None, '0', [0], ch['0'][0]), 'model')):
+        with pytest.raises(ValueError, match=f'`{arg}`'): call()
+    w = m[0].weight.detach().clone()
+    reinit_units(m, '0', torch.tensor([1, 5]), ch['0'][0])
+    assert not torch.equal(m[0].weight[[1, 5]], w[[1, 5]]) and torch.equal(m[0].weight[[0, 2, 3, 4, 6, 7]], w[[0, 2, 3, 4, 6, 7]])
+    assert (m[2].weight[:, [1, 5]] == 0).all()
