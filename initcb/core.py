@@ -815,7 +815,7 @@ def eval_forward(
     xb, # the inputs (a tensor, or a tuple of them)
     bn:str='batch', # BatchNorm normalizes with 'batch': the batch's own statistics, as in a training step; 'running': its running statistics, as at inference
 ):
-    "One forward pass on `xb` in eval mode (no dropout) without gradients, calling `f(i, output)` for each of `mods`: `eval_mode`"
+    "One forward pass on `xb` in eval mode (no dropout) without gradients, calling `f(i, output)` for each of `mods` (`eval_mode`); returns the model's output"
     ours = []  # (an error `f` raises is not the batch's)
     def g(i, o):
         try: return f(i, o)
@@ -823,7 +823,7 @@ def eval_forward(
     with eval_mode(model, bn), run_eagerly(model):
         hooks = Hooks(mods, g, eager=is_compiled(model))  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
         try:
-            with torch.no_grad(): call_on(model, xb, ours)
+            with torch.no_grad(): return call_on(model, xb, ours)
         finally: hooks.remove()
 
 def call_on(

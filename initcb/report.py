@@ -9,7 +9,7 @@ from __future__ import annotations
 import math, warnings
 import numpy as np, pandas as pd, torch
 from torch import nn
-from fastcore.basics import patch
+from fastcore.basics import patch, noop
 from fastai.learner import Learner, ValueMetric
 from fastai.callback.core import Callback, CancelBatchException, CancelFitException
 from fastai.callback.training import GradientClip, GradientAccumulation
@@ -38,17 +38,19 @@ class Thresholds:
         plateau:float=0.95, # 'loss not decreasing' when it ends above this factor of its start, over at least `min_batches` batches
         min_batches:int=50, # the shortest fit the loss rules read (and 'loss diverging' at least 10 batches)
         last:int=None, # the saturation rule reads the last `last` recorded batches (None: the last fit's)
+        const_out:float=0.01, # 'output ignores the input' when a classifier's predicted probabilities vary by less than this (RMS) over a batch's inputs
     ):
         self.dead_frac, self.dead_tau = check_float('dead_frac', dead_frac, 0., 1.), check_float('dead_tau', dead_tau, 0., 1e6)
         self.sat_pct, self.drift_orders = check_float('sat_pct', sat_pct, 0., 100.), check_float('drift_orders', drift_orders, 0., 1e3)
         self.growth, self.last = check_float('growth', growth, 1., 1e12), check_int('last', last, none_ok=True)
         self.diverge, self.plateau = check_float('diverge', diverge, 1., 1e12), check_float('plateau', plateau, 0., 1.)
-        self.min_batches = check_int('min_batches', min_batches, 1)
+        self.min_batches, self.const_out = check_int('min_batches', min_batches, 1), check_float('const_out', const_out, 0., 2.)
 
 COLUMNS = ['layer', 'problem', 'severity', 'evidence', 'remedy', 'callback']
 REMEDIES = {
     'diverging': ("lower the learning rate (`learn.lr_find()` suggests one): the other findings may be its symptoms", ''),
     'chance': ("the model has learned nothing: check the learning rate (`learn.lr_find()`), the init (LSUVInit) and, in a deep net, the activations (ReLU/GELU with normalization rather than sigmoid/tanh)", ''),
+    'constant': ("the layers before the output pass it nothing it can use (see the dead-unit, no-gradient and symmetric-unit findings): check the learning rate (`learn.lr_find()`) and the init (LSUVInit); where one class dominates the data, weight the loss (`CrossEntropyLossFlat(weight=...)`) or oversample the others", ''),
     'plateau': ("check the learning rate (`learn.lr_find()`), the init (LSUVInit) and, in a deep net, the activations (ReLU/GELU with normalization rather than sigmoid/tanh); nothing to do where the model was trained before this fit", ''),
     'symmetric': ("re-initialize zero, constant or duplicated units before the fit", 'BreakSymmetry'),
     'dead': ("re-initialize dormant units during training, or use a leaky activation (GeneralRelu)", 'ReinitDormant'),
@@ -104,12 +106,17 @@ def _fit_row(h, fit0):
     if len(it) and it[k] < fit0 and n[k] <= 1: k += 1  # (one batch before the fit: the fit before's)
     return k if k < len(h) else None
 
-def _chance_loss(learn):
-    "ln(classes): the cross-entropy of a uniform guess, where the loss is plain cross-entropy over `dls.c` classes; else None"
+def _ce_classes(learn):
+    "The number of classes, `dls.c`, where the loss is plain cross-entropy over them (the rules that read a classifier's loss or output); else None"
     lf, c = getattr(learn, 'loss_func', None), getattr(getattr(learn, 'dls', None), 'c', None)
     f = lf if isinstance(lf, nn.CrossEntropyLoss) else getattr(lf, 'func', None)  # (fastai's CrossEntropyLossFlat wraps one)
     plain = isinstance(f, nn.CrossEntropyLoss) and f.reduction == 'mean' and f.label_smoothing == 0 and f.weight is None  # (a sum, smoothed targets, class weights: another scale)
-    return math.log(int(c)) if plain and isinstance(c, (int, np.integer)) and c >= 2 else None
+    return int(c) if plain and isinstance(c, (int, np.integer)) and c >= 2 else None
+
+def _chance_loss(learn):
+    "ln(classes): the cross-entropy of a uniform guess, where the loss is plain cross-entropy over `dls.c` classes; else None"
+    c = _ce_classes(learn)
+    return None if c is None else math.log(c)
 
 RESUMED = "nothing where the fits before this one brought the model to its optimum; else check the learning rate (`learn.lr_find()`)"  # a plateau in a fit the recorders saw fits before
 
@@ -128,6 +135,21 @@ def _loss_rules(v, th, chance=None, before=0):
         if not before: return [_finding('(all)', 'loss not decreasing', 'warning', ev, 'plateau')]
         return [{**_finding('(all)', 'loss not decreasing', 'info', ev + f'; the model trained before this fit ({before} batches recorded before it)', 'plateau'), 'remedy': RESUMED}]
     return []
+
+def _output_rules(model, th, batch, v, classes):
+    "'output ignores the input': after a fit of `min_batches` or more, a classifier (`classes`: `_ce_classes`) whose predicted class"
+    "probabilities vary by less than `const_out` (RMS) over the inputs of `batch()`: the same distribution for every input"
+    f = _finite(v)
+    if classes is None or f is None or len(f) < th.min_batches or (xb := batch()) is None: return []  # (before a fit, an init's small logits vary little too)
+    o = first_tensor(eval_forward(model, [], noop, xb))
+    if o is None or o.dim() != 2 or o.shape[1] != classes or o.shape[0] < 8: return []  # (a sequence's logits, a batch too small to tell)
+    p = o.float().softmax(1); pm = p.mean(0)
+    s = (p - pm).pow(2).sum(1).mean().sqrt().item()
+    if not s < th.const_out: return []  # (NaN: the non-finite rules')
+    k = int(pm.argmax())
+    return [_finding('(all)', 'output ignores the input', 'error', f"the predicted class probabilities vary by {s:.2g} (RMS) over the {len(p)} inputs of a batch: "
+                     f"every input gets the same distribution (class {k} first, at {pm[k].item():.0%}; a uniform guess gives each {1 / classes:.0%}), as from a model "
+                     f"that learned the class frequencies only; smoothed training loss {f[-1]:.3g} at the end of the fit", 'constant')]
 
 def _init_rules(model, th, batch=None):
     "Zero, constant or symmetric layers; when the weights show some, their twins' gradients on `batch()` decide (`check_init`)"
@@ -253,11 +275,18 @@ def health_report(self:Learner,
     gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)
     ah = next((c for c in self.cbs if isinstance(c, ActivationHealth)), None)
     losses = _losses(self, gh, ah)
-    if xb is not None: eval_forward(self.model, [], lambda i, o: None, xb)  # (a batch the model cannot take: a ValueError naming `xb` here, not torch's words from inside a rule)
+    if xb is not None: eval_forward(self.model, [], noop, xb)  # (a batch the model cannot take: a ValueError naming `xb` here, not torch's words from inside a rule)
+    x = []  # (the batch the rules read: fetched once, by the first rule that needs it)
+    def batch():
+        if not x: x.append(_first_x(self) if xb is None else xb)
+        return x[0]
     before = getattr(gh, '_fit0', None) or getattr(ah, '_fit0', None) or 0  # (batches the recorders saw in fits before the last one)
-    rows = _loss_rules(losses, th, _chance_loss(self), before) + _init_rules(self.model, th, lambda: _first_x(self) if xb is None else xb)
+    c = _ce_classes(self)
+    rows = _loss_rules(losses, th, None if c is None else math.log(c), before)
+    if not rows or rows[0]['severity'] != 'error': rows += _output_rules(self.model, th, batch, losses, c)  # (diverging or at chance: said already)
+    rows += _init_rules(self.model, th, batch)
     # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
-    if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, _first_x(self) if xb is None else xb)
+    if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, batch())
     if gh is not None and gh.hist is not None: rows += _gradient_rules(gh, th, self.model, losses)
     g = next((c for c in self.cbs if isinstance(c, NonFiniteGuard)), None)
     bad_in = [r['batch'] for r in getattr(g, 'reports', []) if r['where'] == 'input']

@@ -1,5 +1,5 @@
 "health_report, NonFiniteGuard, HealthCheck: rules that fire and ones that must not, clean ends, bad input."
-import math, warnings, pytest, torch, numpy as np, pandas as pd
+import math, re, warnings, pytest, torch, numpy as np, pandas as pd
 from torch import nn
 from hypothesis import given, settings, strategies as st
 from fastai.learner import Learner, CancelFitException
@@ -969,3 +969,31 @@ def test_nan_in_the_data_is_no_learning_rate_problem():
     rep = learn.health_check.report
     nf = rep[rep.problem.str.startswith('non-finite')]
     assert len(nf) and (nf.remedy == NAN_INPUT).all() and nf.evidence.str.contains('inputs at training batches 3, 7').all(), rep
+
+
+def test_output_that_ignores_the_input_is_found():
+    "A classifier that learned only the class frequencies (ReLUs dead from the init): on imbalanced data its loss ends at their entropy,"
+    "well below ln(classes), so the chance rule missed it; with no recorder (or GradientHealth alone) the report said nothing, or 'no gradient' only"
+    from sklearn.datasets import load_digits
+    from fastai.data.core import DataLoaders
+    from fastai.torch_core import set_seed
+    X, y = load_digits(return_X_y=True)
+    X, y = torch.tensor(X / 16., dtype=torch.float32), torch.tensor(y)
+    keep = (y < 2) | (torch.rand(len(y), generator=torch.Generator().manual_seed(0)) < 0.1)  # (classes 0 and 1: 70% of the data)
+    ds = list(zip(X[keep], y[keep]))
+    def fit(dead, n=5):
+        set_seed(0)
+        m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        if dead: nn.init.constant_(m[0].bias, -10.)
+        learn = quiet(Learner(DataLoaders.from_dsets(ds[100:], ds[:100], bs=32), m, loss_func=nn.CrossEntropyLoss()))
+        learn.dls.c = 10
+        before = learn.health_report(verbose=False)
+        learn.fit(n, 1e-2)
+        return before, learn.health_report(verbose=False), float(learn.recorder.losses[-1])
+    before, r, loss = fit(True)
+    assert loss < 0.97 * math.log(10) and list(r.problem) == ['output ignores the input'] and r.severity[0] == 'error'
+    assert re.search('class [01] first', r.evidence[0]) and 'weight the loss' in r.remedy[0]
+    assert 'output ignores the input' not in set(before.problem)  # (before a fit: nothing to read)
+    assert 'output ignores the input' not in set(fit(True, 1)[1].problem)  # (a fit shorter than `min_batches`)
+    assert 'output ignores the input' not in set(fit(False)[1].problem)  # (a healthy fit)
+    with pytest.raises(ValueError, match='`const_out`'): Thresholds(const_out=-1)
