@@ -18,8 +18,9 @@ from .core import *
 
 # %% auto #0
 __all__ = ['NORM_LAYERS', 'WEIGHT_LAYERS', 'EMBEDDINGS', 'INIT_TYPES', 'GRAD_RTOL', 'PROBES', 'SCHEMES', 'FROZEN', 'GeneralRelu',
-           'activation_gain', 'following_activation', 'shuffle_groups', 'duplicate_units', 'check_init', 'output_stds',
-           'init_weights', 'break_symmetry', 'learner_batch', 'BreakSymmetry', 'lsuv_init', 'LSUVInit']
+           'activation_gain', 'following_activation', 'normed_layers', 'shuffle_groups', 'duplicate_units',
+           'check_init', 'output_stds', 'init_weights', 'break_symmetry', 'learner_batch', 'BreakSymmetry', 'lsuv_init',
+           'LSUVInit']
 
 # %% ../nbs/03_init.ipynb #9a953faa
 class GeneralRelu(nn.Module):
@@ -77,6 +78,12 @@ def following_activation(
 ):
     "For each layer with weights, the activation module that follows it in forward order (or None)"
     return {n: a if a is not None and is_activation(a) else None for n, a in _after(model, lambda m: isinstance(m, _PASS)).items()}
+
+def normed_layers(
+    model:nn.Module, # the model to read, in forward (definition) order
+)->set:
+    "The Linear/Conv layers whose output a norm layer scales again before another layer reads it, through activations, dropout and pools (fastai's TabularModel: Linear, ReLU, BatchNorm)"
+    return {n for n, nxt in _after(model, lambda m: isinstance(m, _PASS) and not isinstance(m, NORM_LAYERS) or is_activation(m)).items() if isinstance(nxt, NORM_LAYERS)}
 
 def shuffle_groups(
     model:nn.Module, # the model to read, in forward (definition) order
@@ -295,7 +302,7 @@ def check_init(
     model = unwrap(model)  # (layers named, and the batch run, in the model inside DDP or torch.compile: no collective, the names the recorders use)
     materialize(model, xb)  # (lazy modules: no weights to check before a forward pass)
     acts, groups, rows = following_activation(model), shuffle_groups(model), []
-    normed = {n for n, nxt in _after(model, lambda m: isinstance(m, _PASS) and not isinstance(m, NORM_LAYERS) or is_activation(m)).items() if isinstance(nxt, NORM_LAYERS)}  # (its scale set again right after: TabularModel's Linear, ReLU, BatchNorm)
+    normed = normed_layers(model)  # (its scale set again right after: TabularModel's Linear, ReLU, BatchNorm)
     verdicts = _verdicts(model, _flagged(model), xb)
     for n, m in model.named_modules():
         if not isinstance(m, INIT_TYPES) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): continue

@@ -17,7 +17,7 @@ from .core import *
 from .core import _cleanup_all
 from .activations import ActivationHealth
 from .gradients import GradientHealth
-from .init import check_init, break_symmetry, WEIGHT_LAYERS, NORM_LAYERS
+from .init import check_init, break_symmetry, normed_layers, WEIGHT_LAYERS, NORM_LAYERS
 from .reinit import reinit_dormant, unit_chains, unfollowed
 from .wd import AdaptiveWD
 
@@ -187,8 +187,10 @@ def _activation_rules(learn, ah, th, xb):
             if v > th.sat_pct: out.append(_finding(n, 'saturated activation', 'warning', f'{v:.0f}% of outputs within sat_eps of an asymptote', 'saturated'))
     if r0 is not None:
         rms0 = f['rms'][r0]
-        leaves = [m for _, m in _leaves(unwrap(learn.model))]
-        normed = {id(a) for a, b in zip(leaves, leaves[1:]) if isinstance(b, NORM_LAYERS)}  # (a layer a norm layer follows: its scale is set again right after)
+        model = unwrap(learn.model); leaves = [m for _, m in _leaves(model)]
+        # (a layer a norm layer follows, right after it or through an activation, as `check_init` reads it: its scale is set again there)
+        normed, by_name = {id(a) for a, b in zip(leaves, leaves[1:]) if isinstance(b, NORM_LAYERS)}, dict(model.named_modules())
+        normed |= {id(by_name[n]) for n in normed_layers(model) if n in by_name}
         par = [j for j, m in enumerate(ah.mods) if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, (*_LOOKUPS, *NORM_LAYERS))  # (a norm layer's scale is its own weight: fastai's zero-initialized BatchNorm ending a residual branch)
                and id(m) not in normed and np.isfinite(rms0[j]) and rms0[j] > 0]
         if len(par) >= 2:

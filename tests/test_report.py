@@ -283,6 +283,11 @@ def test_scale_drift_reported():
     nn.init.normal_(m[1].weight, std=1e-6); nn.init.zeros_(m[1].bias)
     rep = _report(m)
     assert not (rep.problem == 'activation scale drifts through depth').any(), rep
+    m = _mlp((2 / 64) ** 0.5, depth=2)  # the BatchNorm after its ReLU (fastai's TabularModel): rescaled there too, as `check_init` reads it; the rule said drift
+    m = nn.Sequential(m[0], nn.Linear(64, 64), nn.ReLU(), nn.BatchNorm1d(64), *m[1:])
+    nn.init.normal_(m[1].weight, std=1e-6); nn.init.zeros_(m[1].bias)
+    rep = _report(m)
+    assert not (rep.problem == 'activation scale drifts through depth').any(), rep
 
 class Tabular(nn.Module):
     "fastai's TabularModel (its embeddings initialized at std 0.01, on purpose) on the digits: one categorical column, 64 continuous"
