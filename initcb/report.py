@@ -277,7 +277,7 @@ def health_report(self:Learner,
     gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)
     ah = next((c for c in self.cbs if isinstance(c, ActivationHealth)), None)
     losses = _losses(self, gh, ah)
-    if xb is not None: eval_forward(self.model, [], noop, xb)  # (a batch the model cannot take: a ValueError naming `xb` here, not torch's words from inside a rule)
+    if xb is not None: eval_forward(unwrap(self.model), [], noop, xb)  # (a batch the model cannot take: a ValueError naming `xb` here, not torch's words from inside a rule)
     x = []  # (the batch the rules read: fetched once, by the first rule that needs it)
     def batch():
         if not x: x.append(_first_x(self) if xb is None else xb)
@@ -285,7 +285,7 @@ def health_report(self:Learner,
     before = getattr(gh, '_fit0', None) or getattr(ah, '_fit0', None) or 0  # (batches the recorders saw in fits before the last one)
     c = _ce_classes(self)
     rows = _loss_rules(losses, th, None if c is None else math.log(c), before)
-    if not rows or rows[0]['severity'] != 'error': rows += _output_rules(self.model, th, batch, losses, c)  # (diverging or at chance: said already)
+    if not rows or rows[0]['severity'] != 'error': rows += _output_rules(unwrap(self.model), th, batch, losses, c)  # (the model inside DDP: no collective)  # (diverging or at chance: said already)
     rows += _init_rules(self.model, th, batch)
     # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
     if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, batch())
