@@ -661,12 +661,14 @@ def summary(self:ActivationHealth,
 
 # %% ../nbs/01_activations.ipynb #d56f2ed0
 @patch
-def _layer(self:ActivationHealth, idx, arg='idx'):
-    if isinstance(idx, nn.Module) and self.names is not None:
-        for i, m in enumerate(self.mods or []):
+def _layer(self:ActivationHealth, idx, arg='idx', names=None, mods=None):
+    "Position of `idx` (a position, a name or a module) among the watched layers (`names`, `mods`: those a reader selected itself, before any fit)"
+    names, mods = names or self.names, mods or self.mods
+    if isinstance(idx, nn.Module) and names is not None:
+        for i, m in enumerate(mods or []):
             if m is idx: return i
         raise ValueError(f"`{arg}`: {type(idx).__name__} is not a watched module")
-    return layer_index(self.names, idx, 'watched layer', ' or a watched module', arg)
+    return layer_index(names, idx, 'watched layer', ' or a watched module', arg)
 
 @patch
 def layer_stats(self:ActivationHealth,
@@ -779,7 +781,7 @@ def dormancy(self:ActivationHealth,
         xb = getattr(self.learn, 'xb', None)
         if not xb or xb[0] is None: xb = first_inputs(self.learn.dls.train, getattr(self.learn.dls, 'n_inp', None))
     if layers is not None and not isinstance(layers, (list, tuple, set)): layers = [layers]  # (one layer: a name, a position, a module; a name iterated was its characters)
-    want = set(range(len(mods))) if layers is None else {self._layer(l, 'layers') for l in layers}
+    want = set(range(len(mods))) if layers is None else {self._layer(l, 'layers', names, mods) for l in layers}  # (before a fit too: the modules selected here)
     res, prev = {}, [None]
     def hook(i, o):
         o = first_tensor(o)

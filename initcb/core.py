@@ -6,7 +6,7 @@ Docs: https://initcb.github.io/initcb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #5b59af97
 from __future__ import annotations
-import dataclasses, json, math, os, random, sys, warnings, weakref
+import dataclasses, inspect, json, math, os, random, sys, warnings, weakref
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import numpy as np, torch
@@ -19,15 +19,16 @@ from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException
 
 # %% auto #0
 __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_FIX', 'MERGES', 'BN_STATS', 'check_int',
-           'check_float', 'check_bool', 'is_number', 'check_range', 'check_model', 'check_modules', 'coprime_stride',
-           'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds', 'rest_value', 'is_activation',
-           'has_own_params', 'is_leaf', 'in_parametrization', 'own_weights', 'is_frozen', 'param_layer',
-           'hooked_weight', 'writable_weight', 'default_watch', 'unwrap', 'wrapper_prefix', 'select_modules',
-           'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main', 'DeviceChunks', 'stack_scalars',
-           'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks', 'foreach_norm',
-           'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection',
-           'saved_meta', 'check_path', 'keep_modes', 'eval_mode', 'eval_forward', 'call_on', 'rng_kept', 'first_inputs',
-           'has_lazy', 'materialize', 'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
+           'check_float', 'check_bool', 'is_number', 'check_range', 'check_tau', 'check_model', 'check_modules',
+           'coprime_stride', 'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds', 'rest_value',
+           'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization', 'own_weights', 'is_frozen',
+           'param_layer', 'hooked_weight', 'writable_weight', 'default_watch', 'unwrap', 'wrapper_prefix',
+           'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main', 'DeviceChunks',
+           'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks',
+           'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'check_rows',
+           'saved_selection', 'saved_meta', 'check_path', 'keep_modes', 'eval_mode', 'eval_forward', 'call_on',
+           'rng_kept', 'first_inputs', 'has_lazy', 'materialize', 'materialize_lazy', 'new_axes', 'row_edges',
+           'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -79,6 +80,15 @@ def check_range(
         raise ValueError(f"`{name}` must be {'None or ' if none_ok else ''}(lo, hi) with finite lo < hi, got {v!r}")
     return v
 
+def check_tau(
+    name:str, # the argument's name, for the error message
+    v, # its value: a dormancy score threshold
+):
+    "Raise a `ValueError` naming `name` unless `v` is a number in [0, 1): a unit's dormancy score is its mean |activation| over its layer's mean, 1 on average"
+    v = check_float(name, v, 0., 1.)
+    if v >= 1: raise ValueError(f"`{name}` must be in [0, 1), got {v!r}: a unit's dormancy score is its mean |activation| over its layer's mean, 1 on average, so {v!r} marks about half of a layer dormant, or all of it (Sokar et al. use 0 to 0.1)")
+    return v
+
 def check_model(
     model, # a `model` argument
 ):
@@ -93,7 +103,16 @@ def check_modules(
     if isinstance(modules, (list, tuple)) and not modules: raise ValueError("`modules` is empty: pass None for the default selection")
     if modules is not None and not (callable(modules) or isinstance(modules, (list, tuple, str, nn.Module))):
         raise ValueError(f"`modules` must be None, a predicate, or modules/names, got {type(modules).__name__}")
+    kls = [m for m in (modules if isinstance(modules, (list, tuple)) else [modules]) if isinstance(m, type)]
+    if kls:  # (a class is callable: it was taken for a predicate, and the fit failed calling it with (name, module))
+        raise ValueError(f"`modules` holds the class {kls[0].__name__}: to select its instances pass `lambda n, m: isinstance(m, {kls[0].__name__})`")
+    if callable(modules) and not isinstance(modules, nn.Module):
+        try: inspect.signature(modules).bind('name', None)
+        except TypeError: raise ValueError("`modules`: a predicate is called as f(name, module), with two arguments (`lambda n, m: ...`)") from None
+        except ValueError: pass  # (no signature to read: a builtin)
     if isinstance(modules, (list, tuple)):  # (one given twice: found now, not at the fit; a name and its module: `select_modules`)
+        bad = [m for m in modules if not isinstance(m, (str, nn.Module))]
+        if bad: raise ValueError(f"`modules` must hold modules or module names, got {type(bad[0]).__name__} {bad[0]!r}")
         k = [m if isinstance(m, str) else id(m) for m in modules]
         if len(set(k)) < len(k): raise ValueError(f"`modules` holds {modules[next(i for i, x in enumerate(k) if x in k[:i])]!r} twice: each module once")
     return modules
@@ -832,6 +851,8 @@ def call_on(
     ours:list=(), # errors the caller's hooks raised, as they raise them: those pass through as they are
 ):
     "`model`'s output on `xb`; a batch the model cannot take is a `ValueError` naming `xb`, not torch's error from deep inside the model"
+    t = first_tensor(xb)
+    if t is not None and t.dim() and not t.shape[0]: raise ValueError(f"`xb` holds no example: a batch of shape {tuple(t.shape)}")  # (scores of NaN, read as 'no dead unit'; every LSUV layer 'non-finite')
     try: return model(*(xb if isinstance(xb, (tuple, list)) else (xb,)))
     except (RuntimeError, TypeError, IndexError, AttributeError) as e:  # (a wrong shape or dtype, a str; a lazy module reads `xb.shape`)
         if ours or isinstance(e, torch.cuda.OutOfMemoryError): raise
@@ -897,8 +918,13 @@ def new_axes(
     figsize=(8, 4), # size of a new figure
     n:int=1, # how many axes side by side
 ):
-    "`ax` when given, else `n` new axes side by side in a figure of `figsize`"
-    if ax is not None: return ax
+    "`ax` when given (one matplotlib `Axes`, or a sequence of `n`: a `ValueError` naming it otherwise), else `n` new axes side by side in a figure of `figsize`"
+    from matplotlib.axes import Axes
+    if ax is not None:
+        k = [ax] if isinstance(ax, Axes) else list(np.ravel(ax)) if isinstance(ax, (list, tuple, np.ndarray)) else []
+        if len(k) != n or not all(isinstance(a, Axes) for a in k) or (n == 1) != isinstance(ax, Axes):  # (a list drew on its first, then an IndexError)
+            raise ValueError(f"`ax` must be one matplotlib Axes, got {ax!r}" if n == 1 else f"`axs` must be {n} matplotlib Axes (`plt.subplots(1, {n})[1]`), got {ax!r}")
+        return ax
     import matplotlib.pyplot as plt
     _, ax = plt.subplots(1, n, figsize=figsize)
     return ax

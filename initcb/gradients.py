@@ -49,7 +49,7 @@ class GradientHealth(HealthCallback):
     ):
         self.every, self.update_every = check_int('every', every, none_ok=True), check_int('update_every', update_every)
         self.vanish_frac, self.vanish_batches = check_float('vanish_frac', vanish_frac, 0., 1.), check_int('vanish_batches', vanish_batches)
-        self.explode_factor, self.explode_ceiling = check_float('explode_factor', explode_factor, 1.), check_float('explode_ceiling', explode_ceiling, 0.)
+        self.explode_factor, self.explode_ceiling = check_float('explode_factor', explode_factor, 1.), check_float('explode_ceiling', explode_ceiling, 1e-12)  # (0: every batch 'exploding')
         self.explode_window = check_int('explode_window', explode_window, 5)
         self.growth, self.growth_batches = check_float('growth', growth, 1.), check_int('growth_batches', growth_batches)
         if (not isinstance(band, (tuple, list)) or len(band) != 2 or not all(is_number(b) and math.isfinite(b) and b > 0 for b in band)
@@ -58,6 +58,8 @@ class GradientHealth(HealthCallback):
         self.stall_lr = check_float('stall_lr', stall_lr, 0., 1.)
         self.chunk, self.max_rows, self.warn = check_int('chunk', chunk), check_int('max_rows', max_rows, 4), check_bool('warn', warn)
         self.act_grads, self.mod_sel, self.sample = check_bool('act_grads', act_grads), check_modules(modules), check_int('sample', sample)
+        if modules is not None and not self.act_grads:  # (read as choosing the layers recorded, it chose nothing, silently: every parameter is)
+            raise ValueError("`modules` chooses the modules whose output gradients `act_grads=True` records; the parameters' gradients are recorded for all layers: pass act_grads=True, or no `modules`")
         self.names = None
         self._init_state()
 
@@ -618,5 +620,6 @@ def load(cls:GradientHealth,
     "A `GradientHealth` with the state and arguments saved in `fname` (a file saved before the module selection was kept: the default): read it, or attach it to a learner to carry on"
     with np.load(check_path('fname', fname, ('.npz',)), allow_pickle=False) as z: sd = {k: z[k] for k in z.files}
     args = saved_meta(sd, 'GradientHealth', 'fname')['args']
+    if not args.get('act_grads'): args['modules'] = None  # (a file saved by 0.0.1, where `modules` went unread without `act_grads`)
     args['band'] = tuple(args['band'])
     return cls(**args).load_state_dict(sd)

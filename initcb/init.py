@@ -254,6 +254,7 @@ def _batch_grads(model, ps, xb):
             d = {p: torch.zeros_like(p) for p in ps if not p.requires_grad}
             d.update({p: None if g is None else g.to_dense() if g.is_sparse else g for p, g in zip(need, gs)})
             res.append(d)
+    if not all(g is None or bool(torch.isfinite(g).all()) for d in res for g in d.values()): return None  # (NaN in the batch, a missing value, or born in the pass: NaN never equals NaN, and every twin read as told apart)
     return res
 
 def _flagged(model):

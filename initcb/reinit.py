@@ -279,7 +279,7 @@ def reinit_dormant(
     opt=None, # the optimizer whose state for the re-initialized rows and columns is zeroed
 ):
     "Score the units of every layer `unit_chains` can follow and re-initialize the dormant ones: one record per layer"
-    tau, max_frac, min_frac = check_float('tau', tau, 0., 1e6), check_float('max_frac', max_frac, 0., 1.), check_float('min_frac', min_frac, 0., 1.)
+    tau, max_frac, min_frac = check_tau('tau', tau), check_float('max_frac', max_frac, 0., 1.), check_float('min_frac', min_frac, 0., 1.)
     chains = unit_chains(model) if chains is None else chains
     out = []
     for n, s in dormancy_scores(model, xb, chains).items():
@@ -308,7 +308,7 @@ class ReinitDormant(Callback):
         verbose:bool=True, # warn once (one warning a fit) about the layers it cannot follow, the output layer aside
     ):
         self.every, self.start = check_int('every', every), check_int('start', start, 0)
-        self.tau, self.max_frac = check_float('tau', tau, 0., 1e6), check_float('max_frac', max_frac, 0., 1.)
+        self.tau, self.max_frac = check_tau('tau', tau), check_float('max_frac', max_frac, 0., 1.)
         if scheme not in ('redo', 'shrink_perturb'): raise ValueError(f"`scheme` must be 'redo' or 'shrink_perturb', got {scheme!r}")
         self.scheme, self.shrink, self.perturb = scheme, check_float('shrink', shrink, 0., 1.), check_float('perturb', perturb, 0., 1e3)
         self.verbose, self._events, self._checks, self.n_seen, self._told = check_bool('verbose', verbose), [], [], 0, set()

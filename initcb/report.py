@@ -40,7 +40,7 @@ class Thresholds:
         last:int=None, # the saturation rule reads the last `last` recorded batches (None: the last fit's)
         const_out:float=0.01, # 'output ignores the input' when a classifier's predicted probabilities vary by less than this (RMS) over a batch's inputs
     ):
-        self.dead_frac, self.dead_tau = check_float('dead_frac', dead_frac, 0., 1.), check_float('dead_tau', dead_tau, 0., 1e6)
+        self.dead_frac, self.dead_tau = check_float('dead_frac', dead_frac, 0., 1.), check_tau('dead_tau', dead_tau)
         self.sat_pct, self.drift_orders = check_float('sat_pct', sat_pct, 0., 100.), check_float('drift_orders', drift_orders, 0., 1e3)
         self.growth, self.last = check_float('growth', growth, 1., 1e12), check_int('last', last, none_ok=True)
         self.diverge, self.plateau = check_float('diverge', diverge, 1., 1e12), check_float('plateau', plateau, 0., 1.)
@@ -271,7 +271,7 @@ def health_report(self:Learner,
     xb=None, # the batch dormancy is scored and the symmetry tested on (None: the first validation batch)
 ):
     "Findings about this learner's last fit and its model as it is now: one row each (layer, problem, severity, evidence, remedy, callback)"
-    th = thresholds or Thresholds()
+    th = Thresholds() if thresholds is None else thresholds  # (`{}`, 0: taken for the defaults, silently)
     if not isinstance(th, Thresholds): raise ValueError(f"`thresholds` must be a Thresholds (or None), got {type(th).__name__}")
     verbose = check_bool('verbose', verbose)
     gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)
@@ -336,6 +336,7 @@ def find_nonfinite(
             if not first_f and t.is_floating_point() and not torch.isfinite(t).all(): first_f.append(n)
             if t.requires_grad: t.register_hook(lambda g: grads.append(n) if not torch.isfinite(g).all() else None)
         return h
+    bufs = [(b, b.detach().clone()) for b in model.buffers()]  # (a replay in train mode moves BatchNorm's running statistics: NaN into them)
     hs = [m.register_forward_hook(fh(n)) for n, m in leaves]
     try:
         with run_eagerly(model):  # (each module run as it is, its hooks and tensor hooks with it)
@@ -345,11 +346,13 @@ def find_nonfinite(
         if loss_func is not None and yb is not None:
             loss = loss_func(out, *yb) if isinstance(yb, (tuple, list)) else loss_func(out, yb)
             if not torch.isfinite(loss): return 'loss', None
-            if loss.requires_grad: loss.backward()
-            model.zero_grad()
+            ps = [p for p in model.parameters() if p.requires_grad]
+            if loss.requires_grad and ps: torch.autograd.grad(loss, ps, allow_unused=True)  # (the tensor hooks see every gradient; the caller's `.grad` stay as they are)
             if grads: return 'backward', grads[0]  # backward runs from the output: the first flagged is the nearest to the loss
     finally:
         for h in hs: h.remove()
+        with torch.no_grad():
+            for b, v in bufs: b.copy_(v)
     return None, None
 
 class NonFiniteGuard(Callback):

@@ -311,6 +311,16 @@ def test_no_hook_left_by_an_exception_outside_the_batches(event, exc):
     (lambda: __import__('initcb.reinit').reinit.unit_chains(None), 'model'),
     (lambda: __import__('initcb.report').report.find_nonfinite(None, torch.ones(2)), 'model'),
     (lambda: __import__('initcb.init').init.following_activation(None), 'model'),
+    (lambda: ActivationHealth(modules=nn.ReLU), 'modules'),  # (a class is callable: taken for a predicate, a TypeError at the fit)
+    (lambda: ActivationHealth(modules=lambda m: isinstance(m, nn.ReLU)), 'modules'),  # (one argument: a TypeError at the fit)
+    (lambda: ActivationHealth(modules=['0', 5]), 'modules'),
+    (lambda: __import__('initcb.gradients').gradients.GradientHealth(modules=['0']), 'modules'),  # (without act_grads: unread, silently)
+    (lambda: __import__('initcb.gradients').gradients.GradientHealth(explode_ceiling=0.), 'explode_ceiling'),  # (every batch 'exploding')
+    (lambda: __import__('initcb.reinit').reinit.ReinitDormant(tau=2.5), 'tau'),  # (scores average 1: half a layer or all of it re-initialized at each check)
+    (lambda: __import__('initcb.reinit').reinit.reinit_dormant(nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1)), torch.ones(2, 1), tau=1.), 'tau'),
+    (lambda: __import__('initcb.report').report.Thresholds(dead_tau=5), 'dead_tau'),
+    (lambda: __import__('initcb.init').init.lsuv_init(nn.Sequential(nn.Linear(4, 4)), torch.ones(0, 4)), 'xb'),  # (every layer 'non-finite output: skipped')
+    (lambda: quiet(synth_learner()).health_report(thresholds={}), 'thresholds'),  # (the defaults, silently)
 ])
 def test_bad_input_found_at_once(call, arg):
     "Arguments accepted and failing later, cryptically or silently (an audit): a ValueError naming the argument now"
@@ -359,3 +369,24 @@ def test_loading_another_file_is_named(tmp_path):
                       (lambda: GradientHealth.load(3), '`fname` must be a path')):
         with pytest.raises(ValueError, match=msg.replace('(', r'\(').replace('.', r'\.')): call()
     assert len(ActivationHealth.load(fa).to_df()) == len(ah.to_df()) and len(GradientHealth.load(fg).to_df()) == len(gh.to_df())
+
+
+def test_plot_axes_of_the_wrong_shape_are_named():
+    "One Axes where three are drawn (`axs`), a list where one is: a TypeError or IndexError from inside the plot, or an AttributeError"
+    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    from initcb.gradients import GradientHealth
+    learn = quiet(synth_learner(n_trn=3, cbs=[ActivationHealth(), GradientHealth(warn=False)])); learn.fit(1)
+    ah, gh = learn.activation_health, learn.gradient_health
+    fig, axs = plt.subplots(1, 3); ax = axs[0]
+    for call, arg in ((lambda: ah.plot_layer_stats(0, axs=ax), 'axs'), (lambda: ah.plot_stats(axs=[ax]), 'axs'), (lambda: gh.plot_layer(0, axs=ax), 'axs'),
+                      (lambda: ah.dead_chart(ax=[ax]), 'ax'), (lambda: gh.plot_grad_norms(ax=[ax]), 'ax'), (lambda: ah.color_dim(0, ax=axs), 'ax')):
+        with pytest.raises(ValueError, match=f'`{arg}` must be'): call()
+    assert ah.plot_stats(axs=axs) is axs and gh.plot_grad_norms(ax=ax) is ax
+    plt.close('all')
+
+
+def test_dormancy_of_chosen_layers_before_a_fit():
+    "`dormancy()` runs before any fit; `dormancy(layers=...)` said 'nothing recorded yet: fit with the callback first'"
+    ah = ActivationHealth(); learn = quiet(synth_learner(cbs=ah)); learn.model = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))
+    assert list(ah.dormancy(layers='1')) == list(ah.dormancy(layers=learn.model[1])) == ['1'] and list(ah.dormancy(layers=[0, -1])) == ['0', '2']
+    with pytest.raises(ValueError, match='`layers`: no watched layer named'): ah.dormancy(layers='9')

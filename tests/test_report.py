@@ -1002,3 +1002,23 @@ def test_output_that_ignores_the_input_is_found():
     assert 'output ignores the input' not in set(fit(True, 1)[1].problem)  # (a fit shorter than `min_batches`)
     assert 'output ignores the input' not in set(fit(False)[1].problem)  # (a healthy fit)
     with pytest.raises(ValueError, match='`const_out`'): Thresholds(const_out=-1)
+
+
+def test_replays_leave_the_model_as_it_was():
+    "find_nonfinite replayed in train mode: NaN in BatchNorm's running statistics, and `model.zero_grad()` wiped the caller's gradients;"
+    "a NaN in the batch check_init and break_symmetry read: NaN gradients never compare equal, a stuck layer read as 'a deliberate init' and left"
+    from initcb.init import check_init, break_symmetry
+    m = nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1)).train()
+    m(torch.randn(8, 1)).pow(2).sum().backward(); g = m[0].weight.grad.clone()
+    bufs = {k: v.clone() for k, v in m[1].state_dict().items() if 'running' in k or 'num_batches' in k}
+    same = lambda: all(torch.equal(m[1].state_dict()[k], v) for k, v in bufs.items()) and torch.equal(m[0].weight.grad, g)
+    with torch.no_grad(): m[0].weight[0, 0] = float('inf')
+    assert find_nonfinite(m, torch.randn(8, 1), torch.randn(8, 1), nn.MSELoss()) == ('forward', '0') and same()
+    with torch.no_grad(): m[0].weight[0, 0] = 1.
+    assert find_nonfinite(m, torch.randn(8, 1), torch.randn(8, 1), nn.MSELoss()) == (None, None) and same()
+    torch.manual_seed(0)
+    z = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 1))
+    nn.init.constant_(z[2].weight, .1); nn.init.zeros_(z[2].bias)
+    xb = torch.randn(8, 1); xb[3] = float('nan')
+    assert check_init(z, xb).set_index('layer').finding['2'].startswith('constant')
+    assert '2' in set(break_symmetry(z, xb).layer) and z[2].weight.std() > 0
