@@ -120,6 +120,8 @@ def duplicate_units(
 ):
     "Indices of the units (rows of `w`, one per output; with their bias `b`) whose incoming weights equal an earlier unit's of another group"
     check_int('group', group)
+    if not isinstance(w, Tensor) or w.dim() < 1 or not w.numel(): raise ValueError(f"`w` must be a layer's weight, a non-empty tensor of one row per unit (`layer.weight`), got {w if not isinstance(w, Tensor) else f'a tensor of shape {tuple(w.shape)}'!r}")
+    if b is not None and (not isinstance(b, Tensor) or b.numel() % w.shape[0]): raise ValueError(f"`b` must be None or the layer's bias, {w.shape[0]} values (one per unit), got {b if not isinstance(b, Tensor) else f'a tensor of shape {tuple(b.shape)}'!r}")
     return [d for d, _ in _twins(w, b, group)]
 
 def _rnn_layers(m:nn.RNNBase): return [n[len('weight_ih'):] for n in m._flat_weights_names if n.startswith('weight_ih')]  # '_l0', '_l0_reverse', '_l1'...

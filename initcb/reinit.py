@@ -120,6 +120,16 @@ def unit_chains(
 # %% ../nbs/04_reinit.ipynb #1542f8e4
 _THROUGH = (nn.modules.batchnorm._BatchNorm, nn.Flatten, FlattenFa)  # (besides elementwise modules, dropout and pools: their units are their input's)
 
+def _chains(model, chains):
+    "`chains` (None: `unit_chains(model)`, traced now), once found to be what `unit_chains` gave for a model with `model`'s layers"
+    if chains is None: return unit_chains(model)
+    ok = isinstance(chains, dict) and all(isinstance(v, tuple) and len(v) == 2 and (v[0] is None or isinstance(v[0], dict)) for v in chains.values())
+    if not ok: raise ValueError(f"`chains` must be `unit_chains(model)`, a dict of {{layer: (chain or None, why)}}, got {type(chains).__name__}")
+    mods = dict(model.named_modules())
+    gone = [n for n, (c, _) in chains.items() if n not in mods or c is not None and any(c.get(k) and c[k] not in mods for k in ('next', 'norm', 'act'))]
+    if gone: raise ValueError(f"`chains` names {gone[0]!r}, not a module of this model: pass `unit_chains(model)` of this model")
+    return chains
+
 def unfollowed(
     model:nn.Module, # traced with torch.fx
     names:list, # activation modules of `model`, by name
@@ -128,8 +138,9 @@ def unfollowed(
     "{name: why} for the activations of `names` no chain of `unit_chains` ends in: why ReDo cannot score their units, from what feeds them"
     if isinstance(names, str): names = [names]  # (one name: iterated, its characters)
     mods, res = dict(check_model(model).named_modules()), {}
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names): raise ValueError(f"`names` must be a module name or a list of them, got {names!r}")
     if any(n not in mods for n in names): raise ValueError(f"`names`: no module named {next(n for n in names if n not in mods)!r} in the model")
-    chains = unit_chains(model) if chains is None else chains
+    chains = _chains(model, chains)
     ends = {c['act'] for c, _ in chains.values() if c is not None and c['act']}
     todo = [n for n in names if n not in ends]
     if not todo: return {}
@@ -163,11 +174,11 @@ def _unit_means(o, dim=1, rest=0.):
 def dormancy_scores(
     model:nn.Module, # the model
     xb, # a batch of inputs
-    chains:dict, # `unit_chains(model)`: the layers to score and where (their activation)
+    chains:dict=None, # `unit_chains(model)`: the layers to score and where (their activation; None: traced now)
     bn:str='batch', # BatchNorm on the batch's own statistics ('batch', as in training) or its running ones ('running'): `eval_forward`
 ):
     "{layer: per-unit score E|h_i - r| / mean_j E|h_j - r|} for the layers of `chains`, on batch `xb` (r: the activation's `rest_value`, 0 for a ReLU)"
-    mods = dict(check_model(model).named_modules())
+    mods, chains = dict(check_model(model).named_modules()), _chains(model, chains)
     names = [n for n, (c, _) in chains.items() if c is not None]
     cs = [chains[n][0] for n in names]
     at = [mods[c['act'] or (c['act_fn'][3] if c.get('act_fn') else n)] for n, c in zip(names, cs)]
@@ -187,6 +198,12 @@ def dormancy_scores(
     return {n: a / a.mean().clamp_min(1e-12) for n, a in res.items()}
 
 # %% ../nbs/04_reinit.ipynb #40304cfc
+def _check_opt(opt):
+    "`opt`, once found to be None or an optimizer (fastai's, its `OptimWrapper`, PyTorch's): one that was not had its state left as it was, silently"
+    if opt is not None and (isinstance(opt, type) or not hasattr(opt, 'state')):
+        raise ValueError(f"`opt` must be None or the optimizer whose state is zeroed (`learn.opt`, a torch.optim optimizer), got {opt!r}")
+    return opt
+
 def _state_dicts(opt, p):
     "The optimizer state dicts that belong to parameter `p` (fastai `Optimizer` or a wrapped PyTorch optimizer)"
     if opt is None: return []
@@ -225,7 +242,7 @@ def reinit_units(
     opt=None, # the optimizer whose state for those rows and columns is zeroed (fastai `Optimizer` or `OptimWrapper`)
 ):
     "Re-initialize `units` of `layer` (incoming weights and bias), reset their BatchNorm entries, zero their outgoing weights and their optimizer state"
-    mods = _chain_mods(model, layer, chain)
+    mods, opt = _chain_mods(model, layer, chain), _check_opt(opt)
     m, nxt = mods[layer], mods[chain['next']]
     n = m.weight.shape[0]
     if isinstance(units, (torch.Tensor, np.ndarray)): units = units.tolist()  # (a tensor of indices: `(s <= tau).nonzero()`)
@@ -280,7 +297,7 @@ def reinit_dormant(
 ):
     "Score the units of every layer `unit_chains` can follow and re-initialize the dormant ones: one record per layer"
     tau, max_frac, min_frac = check_tau('tau', tau), check_float('max_frac', max_frac, 0., 1.), check_float('min_frac', min_frac, 0., 1.)
-    chains = unit_chains(model) if chains is None else chains
+    chains, opt = _chains(check_model(model), chains), _check_opt(opt)
     out = []
     for n, s in dormancy_scores(model, xb, chains).items():
         dead = (s <= tau).nonzero().flatten()

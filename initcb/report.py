@@ -326,6 +326,10 @@ def find_nonfinite(
     take_first:bool=False, # the loss reads the output's first element (fastai's `RNNCallback` does so with a text model's (logits, raw, dropped) tuple)
 ):
     "Replay a batch to find where NaN/Inf begins: ('input' | 'forward' | 'loss' | 'backward' | None, module name)"
+    take_first = check_bool('take_first', take_first)
+    if (yb is None) != (loss_func is None): raise ValueError("`yb` and `loss_func` go together: with both, the loss and the backward pass are checked too; with neither, the forward pass alone")
+    if loss_func is not None and (isinstance(loss_func, type) or not callable(loss_func)):
+        raise ValueError(f"`loss_func` must be a loss function or module instance (nn.MSELoss(), learn.loss_func), got {loss_func!r}")
     if any(t.is_floating_point() and not torch.isfinite(t).all() for t in (xb if isinstance(xb, (tuple, list)) else (xb,)) if isinstance(t, torch.Tensor)):
         return 'input', None  # (the data, not the model: NaN in a feature, a missing value)
     leaves, first_f, grads = _leaves(check_model(model)), [], []
@@ -344,7 +348,8 @@ def find_nonfinite(
         if first_f: return 'forward', first_f[0]
         if take_first and isinstance(out, (tuple, list)): out = out[0]
         if loss_func is not None and yb is not None:
-            loss = loss_func(out, *yb) if isinstance(yb, (tuple, list)) else loss_func(out, yb)
+            try: loss = loss_func(out, *yb) if isinstance(yb, (tuple, list)) else loss_func(out, yb)
+            except (RuntimeError, TypeError, IndexError, ValueError) as e: raise ValueError(f"`yb`, `loss_func`: the loss cannot be computed on the model's output ({type(e).__name__}: {e})") from e
             if not torch.isfinite(loss): return 'loss', None
             ps = [p for p in model.parameters() if p.requires_grad]
             if loss.requires_grad and ps: torch.autograd.grad(loss, ps, allow_unused=True)  # (the tensor hooks see every gradient; the caller's `.grad` stay as they are)

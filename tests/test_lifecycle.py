@@ -292,6 +292,9 @@ def test_no_hook_left_by_an_exception_outside_the_batches(event, exc):
     assert len(learn.activation_health.to_df()) > 0 and n_hooks(learn.model) == 0 and '_with_events' not in learn.__dict__
 
 
+def _fn(mod, name): return getattr(__import__(f'initcb.{mod}').__dict__[mod], name)
+def _M(): torch.manual_seed(0); return nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))
+
 @pytest.mark.parametrize('call, arg', [
     (lambda: __import__('initcb.core').core.digits_dls(valid_pct=0.), 'valid_pct'),  # (passed, then fastai: 'NoneType' object is not iterable)
     (lambda: __import__('initcb.core').core.digits_dls(bs=2000), 'bs'),  # (0 training batches, silently)
@@ -321,6 +324,19 @@ def test_no_hook_left_by_an_exception_outside_the_batches(event, exc):
     (lambda: __import__('initcb.report').report.Thresholds(dead_tau=5), 'dead_tau'),
     (lambda: __import__('initcb.init').init.lsuv_init(nn.Sequential(nn.Linear(4, 4)), torch.ones(0, 4)), 'xb'),  # (every layer 'non-finite output: skipped')
     (lambda: quiet(synth_learner()).health_report(thresholds={}), 'thresholds'),  # (the defaults, silently)
+    (lambda: _fn('report', 'find_nonfinite')(_M(), torch.ones(16, 1), torch.ones(16, 1)), 'yb'),  # (no loss_func: the loss went unchecked, silently)
+    (lambda: _fn('report', 'find_nonfinite')(_M(), torch.ones(16, 1), torch.ones(16, 1), 'mse'), 'loss_func'),  # ('str' object is not callable)
+    (lambda: _fn('report', 'find_nonfinite')(_M(), torch.ones(16, 1), torch.ones(16, 1), nn.MSELoss), 'loss_func'),  # (Boolean value of Tensor is ambiguous)
+    (lambda: _fn('report', 'find_nonfinite')(_M(), torch.ones(16, 1), torch.ones(3, 5), nn.MSELoss()), 'yb'),  # (torch's size mismatch)
+    (lambda: _fn('report', 'find_nonfinite')(_M(), torch.ones(16, 1), take_first='yes'), 'take_first'),
+    (lambda: _fn('reinit', 'dormancy_scores')(m := _M(), torch.ones(4, 1), _fn('reinit', 'unit_chains')(m)['0']), 'chains'),  # (AttributeError)
+    (lambda: _fn('reinit', 'dormancy_scores')(_M(), torch.ones(4, 1), _fn('reinit', 'unit_chains')(nn.Sequential(nn.Sequential(nn.Linear(1, 2), nn.ReLU()), nn.Linear(2, 1)))), 'chains'),  # (KeyError: '0.0')
+    (lambda: _fn('reinit', 'unfollowed')(_M(), None), 'names'),  # ('NoneType' object is not iterable)
+    (lambda: _fn('init', 'duplicate_units')(nn.Linear(2, 3)), 'w'),  # ('Linear' object has no attribute 'detach')
+    (lambda: _fn('init', 'duplicate_units')(torch.zeros(0, 2)), 'w'),
+    (lambda: _fn('init', 'duplicate_units')(torch.zeros(3, 2), torch.zeros(5)), 'b'),
+    (lambda: _fn('reinit', 'reinit_dormant')(_M(), torch.ones(4, 1), opt='adam'), 'opt'),  # (no state zeroed, silently)
+    (lambda: _fn('reinit', 'reinit_units')(m := _M(), '0', [1], _fn('reinit', 'unit_chains')(m)['0'][0], torch.optim.SGD), 'opt'),
 ])
 def test_bad_input_found_at_once(call, arg):
     "Arguments accepted and failing later, cryptically or silently (an audit): a ValueError naming the argument now"

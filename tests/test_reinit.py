@@ -414,3 +414,5 @@ def test_reinit_units_bad_input_named():
     reinit_units(m, '0', torch.tensor([1, 5]), ch['0'][0])
     assert not torch.equal(m[0].weight[[1, 5]], w[[1, 5]]) and torch.equal(m[0].weight[[0, 2, 3, 4, 6, 7]], w[[0, 2, 3, 4, 6, 7]])
     assert (m[2].weight[:, [1, 5]] == 0).all()
+    x = torch.randn(8, 4)  # (chains None: traced now, as `reinit_dormant` takes it)
+    assert {k: v.tolist() for k, v in dormancy_scores(m, x).items()} == {k: v.tolist() for k, v in dormancy_scores(m, x, unit_chains(m)).items()}
