@@ -122,6 +122,8 @@ class ActivationHealth(HealthCallback):
 def setup(self:ActivationHealth):
     sel = select_modules(self.model, self.mod_sel)
     names, kinds, bounds = [n for n, _ in sel], [_kind(m) for _, m in sel], [output_bounds(m) for _, m in sel]
+    tight = next(((n, b) for n, b in zip(names, bounds) if b is not None and math.isfinite(b[1] - b[0]) and 2 * self.sat_eps >= b[1] - b[0]), None)
+    if tight: raise ValueError(f"`sat_eps` must be under half the range of each bounded output: {tight[0]}'s is {tight[1]}, so with {self.sat_eps:g} each of its outputs would count as saturated")
     # (fast None: unpickled from learn.export, which leaves the history out; kinds None: loaded from a file saved without them)
     if self.fast is None or (self.names, self.bounds) != (names, bounds) or self.kinds not in (None, kinds):
         if self.fast is not None and len(self.fast): warnings.warn("ActivationHealth: the watched modules changed; history starts afresh")

@@ -436,6 +436,7 @@ def _check_dl(dl):
     "`dl`, unless it is neither None nor an iterable of batches: then a `ValueError` naming it"
     if dl is not None and (not hasattr(dl, '__iter__') or isinstance(dl, (str, bytes))):
         raise ValueError(f"`dl` must be None or an iterable of batches (a DataLoader, a list of batches), got {type(dl).__name__} {dl!r}")
+    if isinstance(dl, (list, tuple)) and not dl: raise ValueError("`dl` is empty: pass None for the learner's training data")
     return dl
 
 def learner_batch(

@@ -234,4 +234,10 @@ class AdaptiveWD(HealthCallback):
     def state_dict(self):
         "Running values (smoothed λ, EMAs, per-tensor λ, batch count), for saving beside the model"
         return dict(self.state)
-    def load_state_dict(self, sd): self.state = dict(sd); return self
+    def load_state_dict(self,
+        sd:dict, # from `state_dict`
+    ):
+        "Restore the running values `state_dict` returned; returns `self`"
+        ok = isinstance(sd, dict) and all((k in ('n_seen', 'swd_k', 'swd_ema') or isinstance(k, tuple) and k[:1] in (('awd',), ('swd',), ('eq',))) and is_number(v) for k, v in sd.items())
+        if not ok: raise ValueError(f"`sd` must be what AdaptiveWD.state_dict() returned, a dict of its running values; got {type(sd).__name__}" + (f" with keys {list(sd)[:4]}" if isinstance(sd, dict) else ''))
+        self.state = dict(sd); return self

@@ -47,6 +47,7 @@ def test_bad_scheme(): bad_argument_named(lambda scheme: init_weights(cnn(), sch
 # BreakSymmetry and LSUVInit
 import numpy as np
 from fastai.learner import Learner
+from fastai.data.load import DataLoader
 from fastai.callback.schedule import lr_find  # patches Learner.lr_find
 from fastai.layers import ConvLayer
 from fastcore.basics import noop
@@ -123,7 +124,8 @@ def test_lsuv_dl_argument_and_bad_input():
     learn = digits_learner(deep(), LSUVInit(dl=[(x, y)], verbose=False))
     learn.fit(1, 1e-3)
     assert learn.lsuv_init.done
-    learn = digits_learner(deep(), LSUVInit(dl=[], verbose=False))
+    with pytest.raises(ValueError, match='`dl` is empty'): LSUVInit(dl=[])  # (at once; an empty DataLoader: at the fit)
+    learn = digits_learner(deep(), LSUVInit(dl=DataLoader([], bs=4), verbose=False))
     with pytest.raises(ValueError, match='`dl` is empty'): learn.fit(1)
     assert n_hooks(learn.model) == 0
     with pytest.raises(ValueError, match='`model` has no Linear or Conv layer'): lsuv_init(nn.Sequential(nn.ReLU()), x)

@@ -294,6 +294,8 @@ def test_no_hook_left_by_an_exception_outside_the_batches(event, exc):
 
 def _fn(mod, name): return getattr(__import__(f'initcb.{mod}').__dict__[mod], name)
 def _M(): torch.manual_seed(0); return nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))
+def _sigmoid_fit(cb):
+    learn = quiet(synth_learner(cbs=cb, n_trn=2)); learn.model = nn.Sequential(nn.Linear(1, 2), nn.Sigmoid(), nn.Linear(2, 1)); learn.fit(1)
 
 @pytest.mark.parametrize('call, arg', [
     (lambda: __import__('initcb.core').core.digits_dls(valid_pct=0.), 'valid_pct'),  # (passed, then fastai: 'NoneType' object is not iterable)
@@ -337,6 +339,10 @@ def _M(): torch.manual_seed(0); return nn.Sequential(nn.Linear(1, 4), nn.ReLU(),
     (lambda: _fn('init', 'duplicate_units')(torch.zeros(3, 2), torch.zeros(5)), 'b'),
     (lambda: _fn('reinit', 'reinit_dormant')(_M(), torch.ones(4, 1), opt='adam'), 'opt'),  # (no state zeroed, silently)
     (lambda: _fn('reinit', 'reinit_units')(m := _M(), '0', [1], _fn('reinit', 'unit_chains')(m)['0'][0], torch.optim.SGD), 'opt'),
+    (lambda: _fn('init', 'LSUVInit')(dl=[]), 'dl'),  # (found at the fit)
+    (lambda: _fn('wd', 'AdaptiveWD')().load_state_dict(None), 'sd'),  # (TypeError)
+    (lambda: _fn('wd', 'AdaptiveWD')().load_state_dict({'meta': '{}'}), 'sd'),  # (another's state, taken silently)
+    (lambda: _sigmoid_fit(ActivationHealth(sat_eps=0.6)), 'sat_eps'),  # (every sigmoid output 'saturated'; the bounds known at the fit)
 ])
 def test_bad_input_found_at_once(call, arg):
     "Arguments accepted and failing later, cryptically or silently (an audit): a ValueError naming the argument now"
