@@ -19,9 +19,9 @@ from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException
 
 # %% auto #0
 __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_FIX', 'MERGES', 'BN_STATS', 'check_int',
-           'check_float', 'check_bool', 'is_number', 'check_range', 'check_tau', 'check_model', 'check_modules',
-           'coprime_stride', 'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds', 'rest_value',
-           'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization', 'own_weights', 'is_frozen',
+           'check_float', 'check_bool', 'is_number', 'check_range', 'check_tau', 'warn_unread', 'check_model',
+           'check_modules', 'coprime_stride', 'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds',
+           'rest_value', 'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization', 'own_weights', 'is_frozen',
            'param_layer', 'hooked_weight', 'writable_weight', 'default_watch', 'unwrap', 'wrapper_prefix',
            'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main', 'DeviceChunks',
            'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks',
@@ -88,6 +88,17 @@ def check_tau(
     v = check_float(name, v, 0., 1.)
     if v >= 1: raise ValueError(f"`{name}` must be in [0, 1), got {v!r}: a unit's dormancy score is its mean |activation| over its layer's mean, 1 on average, so {v!r} marks about half of a layer dormant, or all of it (Sokar et al. use 0 to 0.1)")
     return v
+
+def warn_unread(
+    who:str, # the callback, for the message
+    init, # its `__init__`: where the defaults are read
+    mode:str, # the mode (or scheme) chosen
+    readers:dict, # {argument: (its value, the modes that read it)}
+):
+    "Warn, once at construction, about arguments set away from their defaults that the chosen `mode` does not read: a setting that would do nothing, silently"
+    ps = inspect.signature(init).parameters
+    unread = [k for k, (v, modes) in readers.items() if mode not in modes and v != ps[k].default]
+    if unread: warnings.warn(f"{who}: {', '.join(f'`{k}`' for k in unread)} not read with {mode!r}: " + '; '.join(f"`{k}` by {' / '.join(map(repr, readers[k][1]))}" for k in unread))
 
 def check_model(
     model, # a `model` argument

@@ -329,6 +329,8 @@ class ReinitDormant(Callback):
         if scheme not in ('redo', 'shrink_perturb'): raise ValueError(f"`scheme` must be 'redo' or 'shrink_perturb', got {scheme!r}")
         self.scheme, self.shrink, self.perturb = scheme, check_float('shrink', shrink, 0., 1.), check_float('perturb', perturb, 0., 1e3)
         self.verbose, self._events, self._checks, self.n_seen, self._told = check_bool('verbose', verbose), [], [], 0, set()
+        warn_unread('ReinitDormant', ReinitDormant.__init__, scheme, dict(tau=(tau, ('redo',)), max_frac=(max_frac, ('redo',)),
+                                                                    shrink=(shrink, ('shrink_perturb',)), perturb=(perturb, ('shrink_perturb',))))
 
     def before_fit(self):
         self.run = real_fit(self)  # (lr_find restores the weights it began with; get_preds and validate do not train)

@@ -53,6 +53,8 @@ class AdaptiveWD(HealthCallback):
         self.beta, self.eps = check_float('beta', beta, 0., 1.), check_float('eps', eps, 0., 1.)
         self.gain, self.bound, self.every = check_float('gain', gain, 0., 1.), check_float('bound', bound, 1., 1e6), check_int('every', every)
         self.hist, self.bases, self._events, self.state, self.max_rows = [], [], [], {}, check_int('max_rows', max_rows, 4)
+        warn_unread('AdaptiveWD', AdaptiveWD.__init__, mode, dict(beta=(beta, ('awd',)), eps=(eps, ('swd',)), gain=(gain, ('equilibrium',)),
+                                                             bound=(bound, ('equilibrium',)), every=(every, ('equilibrium',))))
 
     def setup(self):
         self.n_seen, self._base, self._orig, self._prev, self._armed = self.state.get('n_seen', 0), None, None, None, False

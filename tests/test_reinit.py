@@ -416,3 +416,9 @@ def test_reinit_units_bad_input_named():
     assert (m[2].weight[:, [1, 5]] == 0).all()
     x = torch.randn(8, 4)  # (chains None: traced now, as `reinit_dormant` takes it)
     assert {k: v.tolist() for k, v in dormancy_scores(m, x).items()} == {k: v.tolist() for k, v in dormancy_scores(m, x, unit_chains(m)).items()}
+
+
+def test_an_argument_the_scheme_does_not_read_is_said():
+    with pytest.warns(UserWarning, match=r"`tau` not read with 'shrink_perturb'"): ReinitDormant(scheme='shrink_perturb', tau=0.05)
+    with pytest.warns(UserWarning, match=r"`shrink` not read with 'redo'"): ReinitDormant(shrink=0.8)
+    with warnings.catch_warnings(): warnings.simplefilter('error'); ReinitDormant(tau=0.05); ReinitDormant(scheme='shrink_perturb', shrink=0.8)

@@ -156,7 +156,7 @@ def test_equilibrium_follows_a_later_fits_base():
 @pytest.mark.parametrize('mode', MODES)
 def test_base_where_the_fit_has_no_weight_decay(mode):
     "`base`: the λ a mode adapts from where the optimizer's is 0 (every mode scales the fit's own λ: 0 stayed 0); the fit's 0 put back"
-    cb = AdaptiveWD(mode, base=0.01, every=1)
+    cb = AdaptiveWD(mode, base=0.01, **_eq(mode))
     learn = quiet(synth_learner(n_trn=4, cbs=cb))
     learn.fit(1, 1e-2, wd=0.)
     assert cb.bases[-1] == [0.01] and all(h[1] > 0 for h in cb.hist) and learn.opt.hypers[0]['wd'] == 0
@@ -190,6 +190,8 @@ class _CancelBatch(Callback):
     def before_step(self):
         if self.train_iter == 2: raise CancelBatchException()
 
+def _eq(mode): return dict(every=1) if mode == 'equilibrium' else {}  # (`every` read by 'equilibrium' only: set for another, a warning)
+
 def _wd_learner(cbs):
     torch.manual_seed(0)
     return quiet(Learner(digits_dls(flat=True, n_train=512), nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),
@@ -199,7 +201,7 @@ def _wd_learner(cbs):
 def test_a_skipped_step_is_no_step(mode):
     "A skip at the first step crashed ('awd'/'swd': no wd to set; 'cautious'/'equilibrium': no base); a later one still decayed the weights"
     sk = _SkipStep({0, 3})
-    learn = _wd_learner([AdaptiveWD(mode, every=1), sk])
+    learn = _wd_learner([AdaptiveWD(mode, **_eq(mode)), sk])
     learn.fit(1, lr=0.1, wd=0.5)
     assert sk.moved == [False, False]
     assert [h['wd'] for h in learn.opt.hypers] == [0.5]
@@ -207,7 +209,7 @@ def test_a_skipped_step_is_no_step(mode):
 @pytest.mark.parametrize('mode', ['awd', 'cautious', 'equilibrium'])
 def test_a_cancelled_batch_leaves_the_fits_weight_decay(mode):
     "The adapted λ stayed in the optimizer and was read as the fit's own from then on (0 for 'cautious': decay off for the rest of the fit)"
-    cb = AdaptiveWD(mode, every=1)
+    cb = AdaptiveWD(mode, **_eq(mode))
     learn = _wd_learner([cb, _CancelBatch()])
     learn.fit(1, lr=0.1, wd=0.3)
     assert all(b == [0.3] for b in cb.bases), cb.bases[:6]
@@ -224,3 +226,12 @@ def test_history_bounded():
     assert 12 <= len(cb.hist) <= 16 and len(cb.bases) == len(cb.hist), len(cb.hist)
     assert b == sorted(b) and b[-1] == 49 and b[-8:] == list(range(42, 50)) and b[0] == 0  # (the last batches at full resolution, the first kept)
     with pytest.raises(ValueError, match='`max_rows`'): AdaptiveWD(max_rows=2)
+
+
+def test_an_argument_the_mode_does_not_read_is_said():
+    "`AdaptiveWD('awd', gain=0.5)`: `gain` is read by 'equilibrium' only, and did nothing, silently"
+    import warnings
+    with pytest.warns(UserWarning, match=r"`gain`, `every` not read with 'awd'"): AdaptiveWD('awd', gain=0.5, every=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        AdaptiveWD('equilibrium', gain=0.5, every=3); AdaptiveWD('swd', eps=1e-6); AdaptiveWD('awd', gain=0.05)  # (read; or the default)
