@@ -133,6 +133,7 @@ def setup(self:ActivationHealth):
     self._satb = [(-math.inf, b[1]) if b is not None and isinstance(m, nn.ReLU6) else b for (_, m), b in zip(sel, bounds)]
     self._rec, self._inplace, self._skip, self._insample = 0, [False] * L, [False] * L, [False] * L
     self._fit0 = self.n_seen  # (this fit's first batch in the history's count: the report reads this fit's rows)
+    self._fit_losses = None  # (`before_train` takes this fit's list: a fit with no training batch, `fit(0)`, has none, not the last fit's)
     self._compiled, self._recompiled = is_compiled(self.model), False  # (a compiled model may run without the hooks: `after_pred`)
     self._elem = [isinstance(m, tuple(ELEMENTWISE_TYPES)) for m in self.mods]
     self._idx = None  # sample indices and the whole-or-sampled choice are made afresh each fit (the device may have changed)
@@ -570,6 +571,7 @@ def flush(self:ActivationHealth,
 @patch
 def after_train(self:ActivationHealth):
     "End of an epoch's training: the queued rows to the host, for readers (under DDP every rank is here: combined across ranks)"
+    self._on = False  # (a training phase cut short by a later callback, `CancelTrainException` in its `before_batch`: the validation pass is no row)
     self.flush(collective=True)
 @patch
 def after_cancel_fit(self:ActivationHealth):

@@ -24,11 +24,11 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_
            'rest_value', 'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization', 'own_weights', 'is_frozen',
            'param_layer', 'hooked_weight', 'writable_weight', 'default_watch', 'unwrap', 'wrapper_prefix',
            'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main', 'DeviceChunks',
-           'stack_scalars', 'real_fit', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks',
-           'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'check_rows',
-           'saved_selection', 'saved_meta', 'check_path', 'keep_modes', 'eval_mode', 'eval_forward', 'call_on',
-           'rng_kept', 'first_inputs', 'has_lazy', 'materialize', 'materialize_lazy', 'new_axes', 'row_edges',
-           'layer_heatmap', 'digits_dls']
+           'stack_scalars', 'real_fit', 'FitOnlyCallback', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly',
+           'recompile_for_hooks', 'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded',
+           'check_rows', 'saved_selection', 'saved_meta', 'check_path', 'keep_modes', 'eval_mode', 'eval_forward',
+           'call_on', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize', 'materialize_lazy', 'new_axes',
+           'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -567,20 +567,28 @@ def _unguard(learn):
 
 def real_fit(cb:Callback, # a callback, in `before_fit`
             ):
-    "False during `lr_find` (which restores the weights it began with), `get_preds` and `validate`: fits initcb's callbacks sit out"
+    "False during `lr_find` (which restores the weights it began with), `get_preds`, `validate` and `tta`: fits initcb's callbacks sit out"
     return not hasattr(cb.learn, 'lr_finder') and not hasattr(cb, 'gather_preds') and not _validating(cb.learn)
 
 def _validating(learn):
-    "Whether this `before_fit` comes from `learn.__enter__` (`validate`, `get_preds`: fastai's `validation_context`) rather than `fit`"
+    "Whether this `before_fit` comes from `learn.__enter__` (`validate`, `get_preds`: fastai's `validation_context`) or `learn.tta` (which calls it itself) rather than `fit`"
     f = sys._getframe(1)  # (once a fit: the few frames up to fastai's event call)
     while f is not None:
-        if f.f_locals.get('self') is learn and f.f_code.co_name in ('__enter__', '_with_events'): return f.f_code.co_name == '__enter__'
+        if f.f_locals.get('self') is learn and f.f_code.co_name in ('__enter__', 'tta', '_with_events'): return f.f_code.co_name != '_with_events'
         f = f.f_back
     return False
 
+class FitOnlyCallback(Callback):
+    "Base of initcb's callbacks that sit out what is not a training fit (`real_fit`) by setting `run` to False in `before_fit`"
+    def __call__(self, event_name):
+        # fastai sets `run` back to True in `after_fit` only, which a fit ended by an exception skips (Ctrl-C in `lr_find`):
+        # the next fit's `before_fit` was not called, and the callback sat that fit out too, silently
+        if event_name == 'before_fit': self.run = True
+        return Callback.__call__(self, event_name)
+
 _EVENTS = frozenset(n for n in dir(event) if not n.startswith('_'))
 
-class HealthCallback(Callback):
+class HealthCallback(FitOnlyCallback):
     "Base of initcb's hook-based callbacks: hooks come off however the fit ends; skipped during `lr_find`"
     order = TrainEvalCallback.order - 10
     def __setattr__(self, name, value):

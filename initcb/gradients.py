@@ -74,6 +74,7 @@ class GradientHealth(HealthCallback):
 # %% ../nbs/02_gradients.ipynb #6f06c0c0
 @patch
 def setup(self:GradientHealth):
+    if self._q is not None: self.flush()  # (a fit begun inside another, mid-epoch: the outer fit's rows still on the device reach the history first)
     materialize_lazy(self.learn)  # (lazy modules: no parameter sizes before a forward pass)
     named, train = self._trainable()
     if not train: raise ValueError("GradientHealth: the model has no parameter that requires grad")
@@ -82,7 +83,7 @@ def setup(self:GradientHealth):
         if self.hist is not None and len(self.hist): warnings.warn("GradientHealth: the model's parameters changed; history starts afresh")
         self._reset(names, [p.numel() for _, p in named])
     self._set_params(named, train)
-    self._fit0 = self.n_seen  # (this fit's first batch in the history's count)
+    self._fit0, self._fit_losses = self.n_seen, None  # (this fit's first batch in the history's count; its loss list: `before_train`'s)
     self._group_of, self._lr_peak, self._warm = None, np.full(len(self.layers), np.nan), None  # (per fit: the optimizer's groups, each layer's peak lr, layers growing from zero)
     clip = [cb for cb in self.learn.cbs if isinstance(cb, GradientClip)]
     self._clip = clip[0].max_norm if clip and clip[0].norm_type == 2 else None

@@ -311,11 +311,11 @@ def reinit_dormant(
     return out
 
 # %% ../nbs/04_reinit.ipynb #18db36dc
-class ReinitDormant(Callback):
-    "Every `every` training batches, re-initialize the dormant units (score <= `tau`) of each Linear/Conv layer whose consumer is known (ReDo)"
+class ReinitDormant(FitOnlyCallback):
+    "Every `every` optimizer steps (training batches, unless GradientAccumulation), re-initialize the dormant units (score <= `tau`) of each Linear/Conv layer whose consumer is known (ReDo)"
     order, run_valid = 60, False  # after the optimizer step (fastai's Recorder is 50)
     def __init__(self,
-        every:int=1000, # batches between checks
+        every:int=1000, # optimizer steps between checks: training batches, but under GradientAccumulation its steps (the events' `batch` counts them too)
         tau:float=0.0, # a unit is dormant when its score E|h_i| / mean_j E|h_j| is at most `tau` (0: strictly dead; the paper uses 0.025-0.1)
         max_frac:float=1.0, # re-initialize at most this fraction of a layer's units per check (the lowest scores first)
         start:int=0, # first batch at which to check

@@ -130,7 +130,8 @@ def _loss_rules(v, th, chance=None, before=0):
     ev = f'smoothed training loss {first:.3g} at the start of the fit, {last:.3g} at its end ({len(v)} batches; highest {v.max():.3g})'
     if first > 0 and last > th.diverge * first: return [_finding('(all)', 'loss diverging', 'error', ev, 'diverging')]
     if len(v) < th.min_batches: return []
-    if chance is not None and 0.97 * chance <= last <= 2 * chance: return [_finding('(all)', 'loss at chance level', 'error', ev + f'; a uniform guess scores ln(classes) = {chance:.3g}', 'chance')]
+    falling = last < 0.9 * float(v[len(v) * 2 // 3])  # (down a tenth over the fit's last third: learning, from a start far above chance: an init's large logits)
+    if chance is not None and 0.97 * chance <= last <= 2 * chance and not falling: return [_finding('(all)', 'loss at chance level', 'error', ev + f'; a uniform guess scores ln(classes) = {chance:.3g}', 'chance')]
     if first > 0 and last > th.plateau * first:
         if not before: return [_finding('(all)', 'loss not decreasing', 'warning', ev, 'plateau')]
         return [{**_finding('(all)', 'loss not decreasing', 'info', ev + f'; the model trained before this fit ({before} batches recorded before it)', 'plateau'), 'remedy': RESUMED}]
@@ -360,7 +361,7 @@ def find_nonfinite(
             for b, v in bufs: b.copy_(v)
     return None, None
 
-class NonFiniteGuard(Callback):
+class NonFiniteGuard(FitOnlyCallback):
     "Once per batch, catch a NaN/Inf loss or gradient; name the module where it began; skip the batch (no trace of it left) or stop the fit"
     order = 5  # after backward hooks have run; before MixedPrecision (10) unscales and steps
     shares_grad_norms = True  # (`GradientHealth` reads this batch's per-parameter norms, `_grad_norms`, instead of taking its own)
@@ -460,7 +461,7 @@ class NonFiniteGuard(Callback):
 RULES = ('symmetric', 'dead', 'exploding', 'growing')
 WD_BASE = 0.01  # the weight decay HealthCheck's AdaptiveWD adapts from where the fit has none (fastai's Adam default)
 
-class HealthCheck(Callback):
+class HealthCheck(FitOnlyCallback):
     "ActivationHealth + GradientHealth + NonFiniteGuard, live columns, the health report after the fit; with `remedy`, the matching remedies"
     order = -100  # before everything it attaches
     def __init__(self,

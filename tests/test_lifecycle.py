@@ -412,3 +412,57 @@ def test_dormancy_of_chosen_layers_before_a_fit():
     ah = ActivationHealth(); learn = quiet(synth_learner(cbs=ah)); learn.model = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))
     assert list(ah.dormancy(layers='1')) == list(ah.dormancy(layers=learn.model[1])) == ['1'] and list(ah.dormancy(layers=[0, -1])) == ['0', '2']
     with pytest.raises(ValueError, match='`layers`: no watched layer named'): ah.dormancy(layers='9')
+
+
+def test_tta_is_no_fit():
+    "fastai's `tta` calls before_fit itself (not through `__enter__`): LSUVInit re-initialized a loaded, trained model there, HealthCheck reported"
+    from fastai.callback.core import Callback
+    from initcb.init import LSUVInit
+    from initcb.report import HealthCheck
+    net = lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    learn = quiet(Learner(digits_dls(n_train=256), net(), loss_func=nn.CrossEntropyLoss())); learn.fit(2, 1e-2)
+    w = learn.model[1].weight.detach().clone()
+    l2 = quiet(Learner(learn.dls, net(), loss_func=nn.CrossEntropyLoss(), cbs=[LSUVInit(verbose=False), hc := HealthCheck(report=False)]))
+    l2.model.load_state_dict(learn.model.state_dict())
+    l2.tta(n=1)
+    assert torch.equal(l2.model[1].weight, w) and not l2.lsuv_init.done and hc.report is None and n_hooks(l2.model) == 0
+
+
+def test_an_exception_in_lr_find_leaves_the_next_fit_recorded():
+    "fastai sets `run` back to True at after_fit only: Ctrl-C in lr_find left every initcb callback sitting out the next fit, silently"
+    from fastai.callback.schedule import lr_find  # (patches Learner.lr_find)
+    from initcb.report import HealthCheck
+    class Stop(Callback):
+        def after_batch(self):
+            if hasattr(self.learn, 'lr_finder') and self.iter == 3: raise KeyboardInterrupt()
+    learn = quiet(synth_learner(n_trn=5, cbs=[hc := HealthCheck(report=False), s := Stop()]))
+    learn.fit(1)  # (HealthCheck's recorders attached, on the learner)
+    with pytest.raises(KeyboardInterrupt): learn.lr_find(show_plot=False)
+    learn.remove_cb(s); n = len(learn.activation_health.fast)
+    learn.fit(1)
+    assert len(learn.activation_health.fast) == n + 5 and len(learn.gradient_health.hist) == 10 and hc.report is not None
+
+
+def test_a_cancelled_training_phase_records_no_validation_batch():
+    "A later callback's CancelTrainException in before_batch left ActivationHealth on: the validation pass filled its buffers and became a training row"
+    class Stop(Callback):
+        def before_batch(self):
+            if self.training and self.iter == 2: raise __import__('fastai.callback.core').callback.core.CancelTrainException()
+    class Big(Callback):
+        order = -50
+        def before_batch(self):
+            if not self.training: self.learn.xb = (self.xb[0] * 1000,)
+    learn = quiet(synth_learner(n_trn=5, cbs=[ah := ActivationHealth(), Stop(), Big()])); learn.model = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))
+    learn.fit(2)
+    assert len(ah.fast) == 4 and np.nanmax(ah.fast['rms']) < 100  # (two batches an epoch, none of validation's x1000)
+
+
+def test_a_fit_inside_a_fit_loses_no_gradient_row():
+    "GradientHealth's setup replaced its device queues: the outer fit's rows of the epoch so far were dropped"
+    from initcb.gradients import GradientHealth
+    class Nest(Callback):
+        order, done = 100, False
+        def after_batch(self):
+            if not self.done and self.training and self.iter == 2: self.done = True; self.learn.fit(1)
+    learn = quiet(synth_learner(n_trn=5, cbs=[gh := GradientHealth(warn=False), Nest()])); learn.fit(1)
+    assert list(gh.hist.iters[:len(gh.hist)]) == list(range(8))  # (the outer fit's first three, the inner fit's five; its end ends the recording)

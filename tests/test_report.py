@@ -1022,3 +1022,24 @@ def test_replays_leave_the_model_as_it_was():
     xb = torch.randn(8, 1); xb[3] = float('nan')
     assert check_init(z, xb).set_index('layer').finding['2'].startswith('constant')
     assert '2' in set(break_symmetry(z, xb).layer) and z[2].weight.std() > 0
+
+
+def test_chance_level_not_called_on_a_fit_still_learning():
+    "An init's large logits: the loss starts at 7.5 and comes down through 2 x ln(10) while accuracy climbs to 65%: 'loss at chance level', the model 'has learned nothing'"
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.torch_core import set_seed
+    set_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 10))
+    with torch.no_grad(): m[-1].weight.mul_(12)
+    learn = quiet(Learner(digits_dls(bs=64), m, loss_func=CrossEntropyLossFlat())); learn.fit(3, 5e-4)
+    assert 0.97 * math.log(10) < float(learn.recorder.losses[-1]) < 2 * math.log(10)  # (the case: it ends in the rule's window)
+    assert 'loss at chance level' not in set(learn.health_report(verbose=False).problem)
+
+
+def test_a_fit_with_no_batch_reports_no_loss_of_another():
+    "A fit that trains no batch (fit(0), a resumed fit past its end) reported the fit before's loss as its own: 'loss diverging'"
+    learn = quiet(synth_learner(n_trn=20, cbs=HealthCheck(report=False)))
+    learn.fit(1, 1e-2); learn.fit(1, 3.)  # (the second diverges)
+    assert 'loss diverging' in set(learn.health_check.report.problem)
+    learn.fit(0)
+    assert not learn.health_check.report.problem.str.startswith('loss').any()
