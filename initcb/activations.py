@@ -92,7 +92,7 @@ class ActivationHealth(HealthCallback):
         sample_every:int=16, # take the sampled statistics every `sample_every` recorded batches (1: every one)
         sample:int=2048, # elements sampled from each output (the whole output when it is no larger)
         bins:int=40, # histogram bins
-        hist_range:tuple=None, # (lo, hi) of every histogram; None: a bounded activation's bounds, else set from the first sample
+        hist_range:tuple=None, # (lo, hi) of every histogram; None: a bounded activation's bounds, else set from the first chunk of sampled batches
         dead_thresh:float=0.05, # |x| <= `dead_thresh` counts as near zero
         sat_eps:float=0.02, # within `sat_eps` of a bounded activation's asymptote counts as saturated
         full_max:int=None, # outputs with more elements are sampled every recorded batch, not reduced whole; None: `default_full_max`

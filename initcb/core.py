@@ -86,7 +86,7 @@ def check_tau(
 ):
     "Raise a `ValueError` naming `name` unless `v` is a number in [0, 1): a unit's dormancy score is its mean |activation| over its layer's mean, 1 on average"
     v = check_float(name, v, 0., 1.)
-    if v >= 1: raise ValueError(f"`{name}` must be in [0, 1), got {v!r}: a unit's dormancy score is its mean |activation| over its layer's mean, 1 on average, so {v!r} marks about half of a layer dormant, or all of it (Sokar et al. use 0 to 0.1)")
+    if v >= 1: raise ValueError(f"`{name}` must be in [0, 1), got {v!r}: a unit's dormancy score is its mean |activation| over its layer's mean, 1 on average, so {v!r} marks about half of a layer dormant, or all of it (0: strictly dead; Sokar et al. use 0.025 to 0.1)")
     return v
 
 def warn_unread(
@@ -616,7 +616,7 @@ class HealthCallback(FitOnlyCallback):
         self.run = real_fit(self)
         if self.run: self.setup(); _guard(self.learn)
     def setup(self):
-        "Prepare for a fit: called by `before_fit`, except during `lr_find`, `get_preds` and `validate`"
+        "Prepare for a fit: called by `before_fit`, except during `lr_find`, `get_preds`, `validate` and `tta`"
     def after_epoch(self):
         # the fit's last epoch over: hooks off here already, not only in `after_fit`, which fastai skips for every callback
         # after one that raises there (those ordered before these too); `before_train` puts them back if a callback adds an epoch

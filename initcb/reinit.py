@@ -318,7 +318,7 @@ class ReinitDormant(FitOnlyCallback):
         every:int=1000, # optimizer steps between checks: training batches, but under GradientAccumulation its steps (the events' `batch` counts them too)
         tau:float=0.0, # a unit is dormant when its score E|h_i| / mean_j E|h_j| is at most `tau` (0: strictly dead; the paper uses 0.025-0.1)
         max_frac:float=1.0, # re-initialize at most this fraction of a layer's units per check (the lowest scores first)
-        start:int=0, # first batch at which to check
+        start:int=0, # first optimizer step at which to check
         scheme:str='redo', # 'redo': dormant units; 'shrink_perturb': every handled layer, w <- shrink * w + perturb * fresh init (Ash & Adams 2020)
         shrink:float=0.4, # 'shrink_perturb': the factor every weight is multiplied by
         perturb:float=0.1, # 'shrink_perturb': the factor of the fresh init added to it

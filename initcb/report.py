@@ -29,14 +29,14 @@ __all__ = ['COLUMNS', 'REMEDIES', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER',
 class Thresholds:
     "The thresholds of `health_report`'s rules"
     def __init__(self,
-        dead_frac:float=0.1, # 'dead units' when more than this fraction of a layer's units are dormant
+        dead_frac:float=0.1, # 'dead units' when more than this fraction of an activation layer's units are dormant
         dead_tau:float=0.0, # a unit is dormant when its score E|h_i| / mean_j E|h_j| is at most this
         sat_pct:float=20., # 'saturated' when more than this % of a bounded activation's outputs sit on an asymptote
         drift_orders:float=2., # 'scale drifts' when the layers' output rms spans more than this many orders of magnitude
         growth:float=10., # 'weights growing' when a layer's weight norm grew more than this factor and still grows
         diverge:float=2., # 'loss diverging' when the fit's smoothed training loss ends above this factor of its start (`_loss_start`)
         plateau:float=0.95, # 'loss not decreasing' when it ends above this factor of its start, over at least `min_batches` batches
-        min_batches:int=50, # the shortest fit the loss rules read (and 'loss diverging' at least 10 batches)
+        min_batches:int=50, # the shortest fit the loss rules read ('loss diverging': min(10, `min_batches`) batches)
         last:int=None, # the saturation rule reads the last `last` recorded batches (None: the last fit's)
         const_out:float=0.01, # 'output ignores the input' when a classifier's predicted probabilities vary by less than this (RMS) over a batch's inputs
     ):
@@ -269,10 +269,10 @@ def _dormant_fracs(ah, xb, tau):
 def health_report(self:Learner,
     thresholds:Thresholds=None, # the rules' thresholds (None: the defaults)
     verbose:bool=True, # print the findings (or 'no findings')
-    xb=None, # the batch dormancy is scored and the symmetry tested on (None: the first validation batch)
+    xb=None, # the batch dormancy is scored, the symmetry tested and the output rule read on (None: the first validation batch, else a training batch)
 ):
     "Findings about this learner's last fit and its model as it is now: one row each (layer, problem, severity, evidence, remedy, callback)"
-    th = Thresholds() if thresholds is None else thresholds  # (`{}`, 0: taken for the defaults, silently)
+    th = Thresholds() if thresholds is None else thresholds  # (anything but a Thresholds or None: a ValueError, below; `{}` was taken for the defaults)
     if not isinstance(th, Thresholds): raise ValueError(f"`thresholds` must be a Thresholds (or None), got {type(th).__name__}")
     verbose = check_bool('verbose', verbose)
     gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)

@@ -44,7 +44,7 @@ class AdaptiveWD(HealthCallback):
         eps:float=1e-8, # 'swd': added to √(mean v̂)
         gain:float=0.05, # 'equilibrium': fraction of the way (in log) toward the equilibrium value per measurement
         bound:float=10., # 'equilibrium': λ stays within [base/bound, base*bound]
-        every:int=10, # 'equilibrium': batches between measurements of the update ratio (a copy of the weights each time)
+        every:int=10, # 'equilibrium': optimizer steps between measurements of the update ratio (a copy of the weights each time)
         base:float=None, # the λ a group adapts from where its optimizer's weight decay is 0 (None: that 0, which every mode keeps at 0)
         max_rows:int=4096): # λ kept for every batch up to 2 x this many; past it the older half is thinned to every other batch (bounded memory, and `learn.export`'s pickle)
         if mode not in MODES: raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
@@ -219,7 +219,7 @@ class AdaptiveWD(HealthCallback):
         "Batches where λ could not be computed (a non-finite or zero norm) and the last good value was kept"
         return pd.DataFrame(self._events, columns=['batch', 'group', 'event'])
     def wd_df(self):
-        "λ per parameter group per batch"
+        "λ per parameter group, a row per optimizer step (past 2 x `max_rows` rows, the older ones thinned: see `batch`)"
         if not self.hist: return pd.DataFrame(columns=['batch'])
         n = len(self.hist[0]) - 1
         return pd.DataFrame(self.hist, columns=['batch', *[f'wd_{g}' for g in range(n)]])
