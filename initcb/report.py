@@ -14,7 +14,7 @@ from fastai.learner import Learner, ValueMetric
 from fastai.callback.core import Callback, CancelBatchException, CancelFitException
 from fastai.callback.training import GradientClip, GradientAccumulation
 from .core import *
-from .core import _cleanup_all
+from .core import _cleanup_all, _EpochGuard
 from .activations import ActivationHealth
 from .gradients import GradientHealth
 from .init import check_init, break_symmetry, normed_layers, WEIGHT_LAYERS, NORM_LAYERS
@@ -459,6 +459,17 @@ class NonFiniteGuard(FitOnlyCallback):
 
 # %% ../nbs/06_report.ipynb #b7439ec6
 RULES = ('symmetric', 'dead', 'exploding', 'growing')
+
+def _nan(): return float('nan')
+
+class _DropColumns(Callback):
+    "Takes `HealthCheck`'s columns off the learner at the end of the fit it was removed in (or, where that fit ended by an exception, before the next one), then itself"
+    def __init__(self, cols): self.cols = cols
+    def _drop(self):
+        self.learn.metrics = [m for m in self.learn.metrics if not any(m is x for x in self.cols)]
+        self.learn.remove_cb(self)
+    def before_fit(self): self._drop()
+    def after_fit(self): self._drop()
 WD_BASE = 0.01  # the weight decay HealthCheck's AdaptiveWD adapts from where the fit has none (fastai's Adam default)
 
 class HealthCheck(FitOnlyCallback):
@@ -492,8 +503,13 @@ class HealthCheck(FitOnlyCallback):
 
     def _detach(self, learn):
         "Taken off `learn` (`remove_cb`, or the end of a `fit(cbs=...)`): the callbacks and columns it added go with it"
+        mid = isinstance(learn.__dict__.get('_with_events'), _EpochGuard)  # (read first: the recorders, going, take the guard with them)
         learn.remove_cbs([c for c in self._added if c in learn.cbs])
-        learn.metrics = [m for m in learn.metrics if not any(m is x for x in self._columns_added)]
+        cols = self._columns_added
+        if cols and mid:  # (mid-fit: fastai's Recorder fixed the column names at `before_fit`;
+            for m in cols: m.func = _nan  # without these, its rows put 'time' under 'dead %': they stay, as NaN, to the fit's end)
+            learn.add_cb(_DropColumns(cols))
+        else: learn.metrics = [m for m in learn.metrics if not any(m is x for x in cols)]
         self._added, self._columns_added = [], []
 
     def _add(self, cb):

@@ -466,3 +466,20 @@ def test_a_fit_inside_a_fit_loses_no_gradient_row():
             if not self.done and self.training and self.iter == 2: self.done = True; self.learn.fit(1)
     learn = quiet(synth_learner(n_trn=5, cbs=[gh := GradientHealth(warn=False), Nest()])); learn.fit(1)
     assert list(gh.hist.iters[:len(gh.hist)]) == list(range(8))  # (the outer fit's first three, the inner fit's five; its end ends the recording)
+
+
+def test_health_check_removed_mid_fit_keeps_the_table_aligned():
+    "fastai's Recorder fixes its column names at before_fit: HealthCheck removed mid-fit took its two columns away, and 'time' printed under 'dead %'"
+    from initcb.report import HealthCheck
+    class Remover(Callback):
+        def after_epoch(self):
+            if self.epoch == 0: self.learn.remove_cb(self.learn.health_check)
+    learn = synth_learner(n_trn=5, cbs=[HealthCheck(report=False), Remover()]); learn.logger = lambda *a: None
+    learn.model = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))
+    learn.fit(2)
+    names = list(learn.recorder.metric_names)
+    assert 'dead %' in names and len(learn.recorder.values[-1]) == len(names) - 2  # (all but 'epoch' and 'time')
+    assert math.isnan(learn.recorder.values[-1][names.index('grad norm') - 1]) and len(learn.metrics) == 0
+    assert [type(c).__name__ for c in learn.cbs] == ['TrainEvalCallback', 'Recorder', 'CastToTensor', 'ProgressCallback', 'Remover']
+    learn.remove_cb(Remover); learn.fit(1)  # (the next fit: no column of the HealthCheck gone)
+    assert 'dead %' not in list(learn.recorder.metric_names)
