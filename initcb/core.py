@@ -85,7 +85,7 @@ def check_tau(
     v, # its value: a dormancy score threshold
 ):
     "Raise a `ValueError` naming `name` unless `v` is a number in [0, 1): a unit's dormancy score is its mean |activation| over its layer's mean, 1 on average"
-    v = check_float(name, v, 0., 1.)
+    v = check_float(name, v, 0.)
     if v >= 1: raise ValueError(f"`{name}` must be in [0, 1), got {v!r}: a unit's dormancy score is its mean |activation| over its layer's mean, 1 on average, so {v!r} marks about half of a layer dormant, or all of it (0: strictly dead; Sokar et al. use 0.025 to 0.1)")
     return v
 
