@@ -284,9 +284,8 @@ def health_report(self:Learner,
         if not x: x.append(_first_x(self) if xb is None else xb)
         return x[0]
     before = getattr(gh, '_fit0', None) or getattr(ah, '_fit0', None) or 0  # (batches the recorders saw in fits before the last one)
-    c = _ce_classes(self)
-    rows = _loss_rules(losses, th, None if c is None else math.log(c), before)
-    if not rows or rows[0]['severity'] != 'error': rows += _output_rules(unwrap(self.model), th, batch, losses, c)  # (the model inside DDP: no collective)  # (diverging or at chance: said already)
+    rows = _loss_rules(losses, th, _chance_loss(self), before)
+    if not rows or rows[0]['severity'] != 'error': rows += _output_rules(unwrap(self.model), th, batch, losses, _ce_classes(self))  # (diverging or at chance: said already; the model inside DDP: no collective)
     rows += _init_rules(self.model, th, batch)
     # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
     if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, batch())
@@ -461,12 +460,13 @@ class NonFiniteGuard(FitOnlyCallback):
 RULES = ('symmetric', 'dead', 'exploding', 'growing')
 
 def _nan(): return float('nan')
+def _without(metrics, cols): return [m for m in metrics if not any(m is x for x in cols)]  # (`cols`, by identity)
 
 class _DropColumns(Callback):
     "Takes `HealthCheck`'s columns off the learner at the end of the fit it was removed in (or, where that fit ended by an exception, before the next one), then itself"
     def __init__(self, cols): self.cols = cols
     def _drop(self):
-        self.learn.metrics = [m for m in self.learn.metrics if not any(m is x for x in self.cols)]
+        self.learn.metrics = _without(self.learn.metrics, self.cols)
         self.learn.remove_cb(self)
     def before_fit(self): self._drop()
     def after_fit(self): self._drop()
@@ -509,7 +509,7 @@ class HealthCheck(FitOnlyCallback):
         if cols and mid:  # (mid-fit: fastai's Recorder fixed the column names at `before_fit`;
             for m in cols: m.func = _nan  # without these, its rows put 'time' under 'dead %': they stay, as NaN, to the fit's end)
             learn.add_cb(_DropColumns(cols))
-        else: learn.metrics = [m for m in learn.metrics if not any(m is x for x in cols)]
+        else: learn.metrics = _without(learn.metrics, cols)
         self._added, self._columns_added = [], []
 
     def _add(self, cb):
