@@ -352,7 +352,7 @@ def act_grads_df(self:GradientHealth):
     self._recorded()
     if self.agrad is None: raise ValueError("no activation gradients recorded: pass `act_grads=True` and fit")
     h, L = self.agrad, len(self.amod_names)
-    return pd.DataFrame({'iter': np.repeat(h.iters[:len(h)], L), 'n': np.repeat(h.n[:len(h)], L), 'module': np.tile(np.array(self.amod_names, dtype=object), len(h)),
+    return pd.DataFrame({'iter': np.repeat(h.iters[:len(h)], L), 'n': np.repeat(h.n[:len(h)], L), 'layer': np.tile(np.array(self.amod_names, dtype=object), len(h)),
                          **{c: h[c].reshape(-1) for c in AGRAD_COLS}})
 
 # %% ../nbs/02_gradients.ipynb #4171befa

@@ -424,7 +424,7 @@ class NonFiniteGuard(FitOnlyCallback):
         what = where + ' values' if where else 'loss' if not math.isfinite(loss.item()) else 'gradients (a replay did not find where they began)'
         msg = (f"NonFiniteGuard: non-finite {'loss' if where == 'loss' else what} at training batch {it}"
                + (f", beginning in module {mod!r}" if mod else '') + f"; input {_stats(self.learn.xb[0])}; last good loss {self.last_good_loss}")
-        self.reports.append(dict(batch=it, where=where, module=mod, message=msg))
+        self.reports.append(dict(batch=it, where=where, layer=mod, message=msg))
         if self.policy == 'stop':
             if is_main(): warnings.warn(msg)
             raise CancelFitException()
@@ -454,7 +454,7 @@ class NonFiniteGuard(FitOnlyCallback):
                 return find_nonfinite(unwrap(self.model), self.learn.xb, self.learn.yb, self.learn.loss_func, take_first=not isinstance(self.learn.pred, (tuple, list)))
         except Exception: return None, None
     @property
-    def events(self): return pd.DataFrame(self.reports, columns=['batch', 'where', 'module', 'message'])
+    def events(self): return pd.DataFrame(self.reports, columns=['batch', 'where', 'layer', 'message'])
 
 # %% ../nbs/06_report.ipynb #b7439ec6
 RULES = ('symmetric', 'dead', 'exploding', 'growing')

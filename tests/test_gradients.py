@@ -465,7 +465,7 @@ def test_loaded_callback_carries_on(tmp_path, modules, names):
         np.testing.assert_array_equal(h.iters[:len(h)], np.arange(2 * n))
         for c in first.data: np.testing.assert_array_equal(h[c][:n], first[c])
     ag = back.act_grads_df()
-    assert len(ag) == 2 * n * len(names) and list(ag['module'][:len(names)]) == names
+    assert len(ag) == 2 * n * len(names) and list(ag['layer'][:len(names)]) == names
     pd.testing.assert_frame_equal(ag.iloc[:n * len(names)], cb.act_grads_df())
 
 def test_file_saved_before_selection_kept_still_loads(tmp_path):
@@ -521,7 +521,7 @@ def test_act_grads_no_gradient_is_nan_in_every_column():
         def forward(s, x): h = s.a(x); return s.out(h + 0 * s.cut(h).detach())
     gh = GradientHealth(act_grads=True, warn=False)
     learn = quiet(synth_learner(n_trn=2, cbs=gh)); learn.model = M(); learn.fit(1)
-    d = gh.act_grads_df().set_index('module')
+    d = gh.act_grads_df().set_index('layer')
     assert d.loc[['unused', 'cut']].isna().drop(columns=['iter', 'n']).all().all()
     assert d.loc[['a', 'out'], ['abs_mean', 'zero_frac']].notna().all().all()
 
@@ -567,5 +567,16 @@ def test_act_grads_df_says_how_many_batches_a_row_holds():
     learn.fit(1)
     adf, nb = cb.act_grads_df(), len(learn.dls.train)
     assert adf['n'].max() > 1  # (rows were merged)
-    assert (adf.groupby('module')['n'].sum() == nb).all()
+    assert (adf.groupby('layer')['n'].sum() == nb).all()
     assert cb.to_df().groupby('layer')['n'].sum().eq(nb).all()
+
+def test_every_table_names_the_module_layer():
+    "The recorders' tables and the guard's events name a module in one column, `layer`: they join on it without renaming"
+    from initcb.activations import ActivationHealth
+    from initcb.report import NonFiniteGuard
+    ah, gh, g = ActivationHealth(), GradientHealth(act_grads=True, warn=False), NonFiniteGuard()
+    learn = quiet(synth_learner(n_trn=4, cbs=[ah, gh, g])); learn.model = mlp(1); learn.fit(1)
+    a, ag = ah.to_df(), gh.act_grads_df()
+    both = a.merge(ag, on=['iter', 'layer'], suffixes=('', '_grad'))
+    assert len(both) == len(ag) == len(a) and both['rms'].notna().all()
+    for df in (a, ag, gh.to_df(), gh.events, g.events): assert 'layer' in df.columns and 'module' not in df.columns

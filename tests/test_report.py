@@ -514,7 +514,7 @@ def test_guard_locates_in_a_text_models_backward():
     lstm.register_forward_hook(poison)
     learn.fit(1, 1e-3)
     ev = guard.events
-    assert list(ev['batch']) == [2] and ev['where'][0] == 'backward' and 'rnns.0' in ev['module'][0] and 'loss' not in ev['message'][0].split(' at ')[0]
+    assert list(ev['batch']) == [2] and ev['where'][0] == 'backward' and 'rnns.0' in ev['layer'][0] and 'loss' not in ev['message'][0].split(' at ')[0]
 
 def test_relu6_floor_is_no_saturation():
     "MobileNetV2's ReLU6 after BatchNorm: half its outputs are 0, a ReLU's zeros; they were counted saturated (every ReLU6 reported"
