@@ -311,6 +311,12 @@ def health_report(self:Learner,
     return df
 
 # %% ../nbs/06_report.ipynb #ab178f45
+def _finite_max(gs):
+    "The largest |entry| of gradients `gs` when every entry is finite, else None (read when the check of their norms failed: finite entries past ~1e19 overflow it)"
+    vs = [g.coalesce().values() if g.is_sparse else g for g in gs]
+    m = torch.stack([v.detach().abs().max().float() for v in vs if v.numel()] or [torch.zeros(())]).max().item()
+    return m if math.isfinite(m) else None
+
 def _leaves(model): return [(n, m) for n, m in model.named_modules() if is_leaf(m) and not in_parametrization(n)]
 
 def _stats(x):
@@ -412,18 +418,21 @@ class NonFiniteGuard(FitOnlyCallback):
             tot = torch.stack(ns).sum() if gs else loss.new_zeros(())
             ok = math.isfinite((loss + tot).item())  # one host read per batch (`isfinite` on the host: on a CPU torch.isfinite is 4 ops)
             if ok and len(gs) == len(self.params): self._grad_norms = ns  # (every parameter's: `GradientHealth` reads them, and takes no norms of its own)
+        own = ok
         if distributed():  # every rank skips (or stops) together, or DDP would wait forever for the one that went on
             flag = torch.tensor([0. if ok else 1.]); torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX); ok = flag.item() == 0
         if ok: self.last_good_loss = loss.item() if self.learn.iter % 50 == 0 or self.last_good_loss is None else self.last_good_loss; return
-        where, mod = self._locate()
+        big = _finite_max(gs) if not (own or self.scaled) and gs and math.isfinite(loss.item()) else None
+        where, mod = ('overflow', None) if big is not None else self._locate()  # (finite gradients whose squares overflow: nothing to replay)
         if self._snap is not None: torch._foreach_copy_(self.bufs, self._snap)  # running statistics as before the batch (and its replay)
         for m, h, bs in self._hid:  # the carried state as before the batch (and its replay)
             m.hidden = h
             if bs is not None: m.bs = bs
         it = self.learn.train_iter
         what = where + ' values' if where else 'loss' if not math.isfinite(loss.item()) else 'gradients (a replay did not find where they began)'
-        msg = (f"NonFiniteGuard: non-finite {'loss' if where == 'loss' else what} at training batch {it}"
-               + (f", beginning in module {mod!r}" if mod else '') + f"; input {_stats(self.learn.xb[0])}; last good loss {self.last_good_loss}")
+        head = (f"NonFiniteGuard: gradients too large for float32 at training batch {it} (max |g| {big:.3g}: none is NaN or inf, but their squares overflow, as the optimizer's would)"
+                if big is not None else f"NonFiniteGuard: non-finite {'loss' if where == 'loss' else what} at training batch {it}" + (f", beginning in module {mod!r}" if mod else ''))
+        msg = head + f"; input {_stats(self.learn.xb[0])}; last good loss {self.last_good_loss}"
         self.reports.append(dict(batch=it, where=where, layer=mod, message=msg))
         if self.policy == 'stop':
             if is_main(): warnings.warn(msg)

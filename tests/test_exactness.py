@@ -309,3 +309,18 @@ def test_parquet_round_trip_layer_names_and_old_files(tmp_path):
     old.attrs = attrs
     old.to_parquet(tmp_path/'old.parquet')
     pd.testing.assert_frame_equal(ActivationHealth.load(tmp_path/'old.parquet').to_df(), df, check_dtype=False)
+
+@pytest.mark.parametrize('whole', [True, False])
+def test_huge_finite_outputs_are_not_counted_non_finite(whole):
+    "Finite outputs whose squares overflow float32 (a diverging fit's, ~1e19 and up): not non-finite; a real inf or NaN is"
+    out = torch.tensor([3e19, -2e19, 1e19, 5.] * 16)
+    for val, nonf in ((None, 0), (math.inf, 1), (math.nan, 1)):
+        cb = ActivationHealth(modules=['p'], sample_every=1, sample=512, full_max=None if whole else 0)
+        learn = one_batch_learner(cb)
+        learn.model.p.out = out.clone()
+        if val is not None: learn.model.p.out[7] = val
+        with np.errstate(over='ignore'): learn.fit(1)
+        df = cb.to_df().iloc[0]
+        assert df['nonfinite_batches'] == nonf and df['nonfinite'] == nonf, (val, df)
+        if val is None: np.testing.assert_allclose([df['abs_max'], df['max']], [3e19, 3e19], rtol=1e-6)
+        assert cb.summary().loc['p', 'non-finite batches'] == nonf

@@ -76,6 +76,22 @@ def test_guard_skip_keeps_weights_clean():
     learn.fit(1)
     assert g.skips == [1] and all(torch.isfinite(p).all() for p in learn.model.parameters())
 
+def test_guard_tells_overflowing_gradients_from_non_finite_ones():
+    "Finite gradient entries whose squares overflow float32 (~1e24): skipped, said so, no replay; a NaN one is still non-finite"
+    class Huge(Callback):
+        order = NonFiniteGuard.order - 1
+        def after_backward(self):
+            if self.train_iter == 1: self.model[0].weight.grad.fill_(3e24)
+            if self.train_iter == 2: self.model[1].bias.grad.fill_(float('nan'))
+    g = NonFiniteGuard(verbose=False)
+    learn = quiet(synth_learner(n_trn=4, cbs=[g, Huge()])); learn.model = nn.Sequential(nn.Linear(1, 8), nn.Linear(8, 1))
+    learn.fit(1)
+    ev = g.events
+    assert g.skips == [1, 2] and ev['where'][0] == 'overflow' and ev['where'][1] != 'overflow'
+    assert 'too large for float32' in ev['message'][0] and '3e+24' in ev['message'][0] and 'non-finite' not in ev['message'][0].split(';')[0]
+    assert 'non-finite' in ev['message'][1].split(';')[0]
+    assert all(torch.isfinite(p).all() and p.abs().max() < 1e3 for p in learn.model.parameters())
+
 def test_guard_skip_keeps_the_accumulated_gradients():
     "Under GradientAccumulation a skipped batch drops its own gradients, not the ones its window gathered before it"
     from fastai.callback.training import GradientAccumulation
