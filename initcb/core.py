@@ -568,7 +568,21 @@ def _unguard(learn):
 def real_fit(cb:Callback, # a callback, in `before_fit`
             ):
     "False during `lr_find` (which restores the weights it began with), `get_preds`, `validate` and `tta`: fits initcb's callbacks sit out"
+    _own_learner(cb)
     return not hasattr(cb.learn, 'lr_finder') and not hasattr(cb, 'gather_preds') and not _validating(cb.learn)
+
+def _own_learner(cb):
+    "The learner whose event this is must be `cb.learn`: fastai's `add_cb` points a callback at the last learner it was added to"
+    f = sys._getframe(2)  # (once a fit: up to fastai's `Learner._call_one`, the loop over the callbacks)
+    while f is not None and f.f_code.co_name != '_call_one': f = f.f_back
+    caller = None if f is None else f.f_locals.get('self')
+    if caller is None or caller is cb.learn: return
+    n = type(cb).__name__
+    if cb.learn is None: raise ValueError(f"`cbs`: this {n} was added to another Learner after this one, then taken off it (`remove_cb`): fastai "
+                                          f"attaches a callback to one learner at a time. Here: `remove_cb` it, then `add_cb` it again")
+    raise ValueError(f"`cbs`: this {n} was added to another Learner after this one (fastai's `add_cb` points a callback at the last learner "
+                     f"it was added to, so one instance cannot serve two: it would watch, or change, the other's model). Give each "
+                     f"Learner its own {n}(), or `remove_cb` it from the other first")
 
 def _validating(learn):
     "Whether this `before_fit` comes from `learn.__enter__` (`validate`, `get_preds`: fastai's `validation_context`) or `learn.tta` (which calls it itself) rather than `fit`"

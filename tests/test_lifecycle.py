@@ -483,3 +483,37 @@ def test_health_check_removed_mid_fit_keeps_the_table_aligned():
     assert [type(c).__name__ for c in learn.cbs] == ['TrainEvalCallback', 'Recorder', 'CastToTensor', 'ProgressCallback', 'Remover']
     learn.remove_cb(Remover); learn.fit(1)  # (the next fit: no column of the HealthCheck gone)
     assert 'dead %' not in list(learn.recorder.metric_names)
+
+def _shared_cbs():
+    from initcb.gradients import GradientHealth
+    from initcb.report import NonFiniteGuard, HealthCheck
+    from initcb.reinit import ReinitDormant
+    from initcb.wd import AdaptiveWD
+    from initcb.init import BreakSymmetry, LSUVInit
+    return [ActivationHealth, GradientHealth, NonFiniteGuard, HealthCheck, ReinitDormant, AdaptiveWD, BreakSymmetry, LSUVInit]
+
+@pytest.mark.parametrize('make', _shared_cbs(), ids=lambda c: c.__name__)
+def test_one_instance_on_two_learners_is_refused(make):
+    "One callback in two learners' `cbs` (fastai points it at the last): the other's fit is refused at once, nothing left on either"
+    mlp = lambda: nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
+    cb = make(verbose=False) if make.__name__ in ('BreakSymmetry', 'LSUVInit') else make()
+    l1 = quiet(synth_learner(n_trn=4, cbs=[cb])); l1.model = mlp()
+    l2 = quiet(synth_learner(n_trn=4, cbs=[cb])); l2.model = mlp()
+    w = [p.detach().clone() for p in l1.model.parameters()] + [p.detach().clone() for p in l2.model.parameters()]
+    with pytest.raises(ValueError, match=f'`cbs`: this {make.__name__} was added to another Learner'): l1.fit(1)
+    assert all(torch.equal(a, b) for a, b in zip(w, list(l1.model.parameters()) + list(l2.model.parameters())))
+    for l in (l1, l2): assert n_hooks(l.model) == 0 and '_with_events' not in l.__dict__ and len(l.cbs) == 4
+    l2.fit(1)  # the learner it was added to last fits with it
+
+def test_callback_moved_without_remove_is_refused_on_the_first_learner():
+    "Added to a second learner without `remove_cb` from the first: the first's next fit says so, instead of recording nothing"
+    cb = ActivationHealth()
+    lc = quiet(synth_learner(n_trn=4, cbs=[cb])); lc.fit(1)
+    ld = quiet(synth_learner(n_trn=4)); ld.add_cb(cb); ld.fit(1)
+    n = cb.n_seen
+    with pytest.raises(ValueError, match='added to another Learner'): lc.fit(1)
+    assert cb.n_seen == n and n_hooks(lc.model) == n_hooks(ld.model) == 0
+    ld.remove_cb(cb)  # (fastai's `remove_cb` leaves it in `lc.cbs`, attached to no learner)
+    with pytest.raises(ValueError, match=r'then taken off it \(`remove_cb`\).*`remove_cb` it, then `add_cb` it again'): lc.fit(1)
+    lc.remove_cb(cb); lc.add_cb(cb); lc.fit(1)
+    assert cb.n_seen == n + len(lc.dls.train) and n_hooks(lc.model) == 0
