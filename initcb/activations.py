@@ -85,7 +85,7 @@ def _as_bounds(b): return (-math.inf, math.inf) if b is None else b
 class ActivationHealth(HealthCallback):
     "Per-layer activation statistics of every training batch, at a cost close to zero"
     run_valid = False
-    _stateattrs = ('hooks', 'mods', 'fast', 'sampled', '_fastq', '_sampq', '_outs', '_vers', '_samp', '_idx', '_cache', '_csize', '_parts', '_blocks', '_layouts', '_fit_losses')
+    _stateattrs = ('hooks', 'mods', 'fast', 'sampled', '_fastq', '_sampq', '_outs', '_vers', '_samp', '_idx', '_cache', '_csize', '_parts', '_blocks', '_layouts', '_fit_losses', '_fit_mix')
     def __init__(self,
         modules=None, # modules, module names, or a predicate `f(name, module)`; default: nonlinearities and layers with parameters
         every:int=None, # record every `every` training batches (fastai's meaning); None records every batch
@@ -133,7 +133,7 @@ def setup(self:ActivationHealth):
     self._satb = [(-math.inf, b[1]) if b is not None and isinstance(m, nn.ReLU6) else b for (_, m), b in zip(sel, bounds)]
     self._rec, self._inplace, self._skip, self._insample = 0, [False] * L, [False] * L, [False] * L
     self._fit0 = self.n_seen  # (this fit's first batch in the history's count: the report reads this fit's rows)
-    self._fit_losses = None  # (`before_train` takes this fit's list: a fit with no training batch, `fit(0)`, has none, not the last fit's)
+    self._fit_losses = self._fit_mix = None  # (`before_train` takes this fit's list: a fit with no training batch, `fit(0)`, has none, not the last fit's)
     self._compiled, self._recompiled = is_compiled(self.model), False  # (a compiled model may run without the hooks: `after_pred`)
     self._elem = [isinstance(m, tuple(ELEMENTWISE_TYPES)) for m in self.mods]
     self._idx = None  # sample indices and the whole-or-sampled choice are made afresh each fit (the device may have changed)
@@ -162,7 +162,7 @@ def _clear_refs(self:ActivationHealth):
 @patch
 def before_train(self:ActivationHealth):
     "Put the hooks on (once a fit) and open the queues that take the rows to the host; keep this fit's loss list (the report's: `lr_find`, `validate` start new ones)"
-    self._fit_losses = getattr(getattr(self.learn, 'recorder', None), 'losses', None)
+    self._fit_losses, self._fit_mix = fit_losses(self.learn)
     if self.hooks is None: self.hooks = Hooks(self.mods, self._hook, with_input=True, eager=is_compiled(self.model))
     if self._fastq is None:
         self._fastq = DeviceChunks(self._fast_sink, self.chunk, gather=True, collate=self._collate)

@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import PackedSequence
 from torch.nn.utils import parametrize
 from fastcore.basics import noop
 from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException, CancelEpochException, event
+from fastai.callback.mixup import MixHandler
 
 # %% auto #0
 __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_FIX', 'MERGES', 'BN_STATS', 'check_int',
@@ -24,11 +25,11 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_
            'rest_value', 'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization', 'own_weights', 'is_frozen',
            'param_layer', 'hooked_weight', 'writable_weight', 'default_watch', 'unwrap', 'wrapper_prefix',
            'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main', 'DeviceChunks',
-           'stack_scalars', 'real_fit', 'FitOnlyCallback', 'HealthCallback', 'Hooks', 'is_compiled', 'run_eagerly',
-           'recompile_for_hooks', 'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded',
-           'check_rows', 'saved_selection', 'saved_meta', 'check_path', 'keep_modes', 'eval_mode', 'eval_forward',
-           'call_on', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize', 'materialize_lazy', 'new_axes',
-           'row_edges', 'layer_heatmap', 'digits_dls']
+           'stack_scalars', 'real_fit', 'fit_losses', 'FitOnlyCallback', 'HealthCallback', 'Hooks', 'is_compiled',
+           'run_eagerly', 'recompile_for_hooks', 'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index',
+           'check_recorded', 'check_rows', 'saved_selection', 'saved_meta', 'check_path', 'keep_modes', 'eval_mode',
+           'eval_forward', 'call_on', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize', 'materialize_lazy',
+           'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -583,6 +584,13 @@ def _own_learner(cb):
     raise ValueError(f"`cbs`: this {n} was added to another Learner after this one (fastai's `add_cb` points a callback at the last learner "
                      f"it was added to, so one instance cannot serve two: it would watch, or change, the other's model). Give each "
                      f"Learner its own {n}(), or `remove_cb` it from the other first")
+
+def fit_losses(learn, # a fastai `Learner`, at the first `before_train` of a fit
+              ):
+    "This fit's losses for the report, kept at its first `before_train` (`validate`, `lr_find` give fastai's `Recorder` new lists): the smoothed training losses; and, where a MixUp-style callback trains on mixed targets, the epochs' rows and their names (their validation loss is on the real targets), else None"
+    r = getattr(learn, 'recorder', None)
+    mixed = r is not None and any(isinstance(c, MixHandler) for c in learn.cbs)
+    return getattr(r, 'losses', None), (getattr(r, 'values', None), getattr(r, 'metric_names', None)) if mixed else None
 
 def _validating(learn):
     "Whether this `before_fit` comes from `learn.__enter__` (`validate`, `get_preds`: fastai's `validation_context`) or `learn.tta` (which calls it itself) rather than `fit`"

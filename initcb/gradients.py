@@ -26,7 +26,7 @@ UPD_COLS = dict(update_norm='mean', weight_norm='mean', zero_frac='mean', nonfin
 class GradientHealth(HealthCallback):
     "Per-layer gradient and update health every training batch, with vanishing, exploding and non-finite flags"
     order, run_valid = MixedPrecision.order + 0.5, False  # after the scaler unscales, before GradientClip clips
-    _stateattrs = ('params', 'hist', 'upd', 'agrad', '_q', '_uq', '_aq', '_prev', '_pbuf', '_cache', '_nonf', 'hooks', 'amods', '_gs', '_gidx', '_fit_losses')
+    _stateattrs = ('params', 'hist', 'upd', 'agrad', '_q', '_uq', '_aq', '_prev', '_pbuf', '_cache', '_nonf', 'hooks', 'amods', '_gs', '_gidx', '_fit_losses', '_fit_mix')
     def __init__(self,
         every:int=None, # record every `every` training batches; None records every batch
         update_every:int=8, # measure update ratios and count non-finite values every `update_every` recorded batches
@@ -83,7 +83,7 @@ def setup(self:GradientHealth):
         if self.hist is not None and len(self.hist): warnings.warn("GradientHealth: the model's parameters changed; history starts afresh")
         self._reset(names, [p.numel() for _, p in named])
     self._set_params(named, train)
-    self._fit0, self._fit_losses = self.n_seen, None  # (this fit's first batch in the history's count; its loss list: `before_train`'s)
+    self._fit0, self._fit_losses, self._fit_mix = self.n_seen, None, None  # (this fit's first batch in the history's count; its loss list: `before_train`'s)
     self._group_of, self._lr_peak, self._warm = None, np.full(len(self.layers), np.nan), None  # (per fit: the optimizer's groups, each layer's peak lr, layers growing from zero)
     clip = [cb for cb in self.learn.cbs if isinstance(cb, GradientClip)]
     self._clip = clip[0].max_norm if clip and clip[0].norm_type == 2 else None
@@ -304,7 +304,7 @@ AGRAD_COLS = dict(abs_mean='mean', rms='rms', abs_max='max', zero_frac='mean')
 @patch
 def before_train(self:GradientHealth):
     "Each epoch: this fit's loss list (for the report), the `act_grads` hooks, and the parameters that train now (gradual unfreezing changes them mid-fit)"
-    self._fit_losses = getattr(getattr(self.learn, 'recorder', None), 'losses', None)  # (this fit's list, for the report: `lr_find`, `validate` start new ones)
+    self._fit_losses, self._fit_mix = fit_losses(self.learn)  # (this fit's lists, for the report: `lr_find`, `validate` start new ones)
     if self.act_grads and self.hooks is None: self.hooks = Hooks(self.amods, self._fhook)
     named, train = self._trainable()  # (once an epoch: gradual unfreezing by a callback changes what trains mid-fit)
     if train and [n for n, _ in named] == self.names and not np.array_equal(self._cols, train):

@@ -87,6 +87,18 @@ def _losses(learn, gh=None, ah=None):
     if not ls: return None
     return torch.stack(ls).double().numpy() if all(isinstance(x, torch.Tensor) and x.numel() == 1 for x in ls) else np.array([float(x) for x in ls])  # (one stack: no host read per batch)
 
+def _mixed(learn, gh=None, ah=None):
+    "The epochs' rows and names (`fit_losses`) of the last fit the recorders saw where it trained on mixed targets (MixUp, CutMix), else None; with no recorder, the callbacks attached now say"
+    c = next((c for c in (gh, ah) if getattr(c, '_fit_losses', None) is not None), None)
+    return fit_losses(learn)[1] if c is None else c.__dict__.get('_fit_mix')
+
+def _last_valid(mix):
+    "The validation loss of the last epoch in `mix` (`_mixed`'s rows and names), or None"
+    values, names = mix
+    if not values or not names or 'valid_loss' not in names[1:]: return None
+    v = values[-1][names[1:].index('valid_loss')]
+    return float(v) if v is not None and math.isfinite(float(v)) else None
+
 def _finite(v):
     "`v` up to its first non-finite value"
     return v if v is None or np.isfinite(v).all() else v[:np.argmin(np.isfinite(v))]
@@ -120,16 +132,23 @@ def _chance_loss(learn):
 
 RESUMED = "nothing where the fits before this one brought the model to its optimum; else check the learning rate (`learn.lr_find()`)"  # a plateau in a fit the recorders saw fits before
 
-def _loss_rules(v, th, chance=None, before=0):
+def _loss_rules(v, th, chance=None, before=0, mix=None):
     "'loss diverging' (the smoothed training loss ends `diverge`x above its start), 'loss at chance level' (a cross-entropy that ends"
     "between 0.97 and 2 x ln(classes), `chance`), or 'loss not decreasing' (ends above `plateau`x its start; 'info' where the recorders saw"
-    "`before` batches of fits before this one: a model at its optimum already); the last two over `min_batches` or more"
+    "`before` batches of fits before this one: a model at its optimum already); the last two over `min_batches` or more. A fit on mixed"
+    "targets (`mix`: MixUp, CutMix): its training loss stays above a model's on the real targets, so the chance rule reads the last"
+    "epoch's validation loss and the plateau rule nothing"
     v = _finite(v)
     if v is None or len(v) < min(10, th.min_batches): return []
     first, last = _loss_start(v), float(v[-1])
     ev = f'smoothed training loss {first:.3g} at the start of the fit, {last:.3g} at its end ({len(v)} batches; highest {v.max():.3g})'
     if first > 0 and last > th.diverge * first: return [_finding('(all)', 'loss diverging', 'error', ev, 'diverging')]
     if len(v) < th.min_batches: return []
+    if mix is not None:
+        vl = _last_valid(mix)
+        if chance is None or vl is None or not 0.97 * chance <= vl <= 2 * chance: return []
+        return [_finding('(all)', 'loss at chance level', 'error', f'validation loss {vl:.3g} after the last epoch (the training losses are on mixed targets, '
+                         f'MixUp or CutMix: {ev}); a uniform guess scores ln(classes) = {chance:.3g}', 'chance')]
     falling = last < 0.9 * float(v[len(v) * 2 // 3])  # (down a tenth over the fit's last third: learning, from a start far above chance: an init's large logits)
     if chance is not None and 0.97 * chance <= last <= 2 * chance and not falling: return [_finding('(all)', 'loss at chance level', 'error', ev + f'; a uniform guess scores ln(classes) = {chance:.3g}', 'chance')]
     if first > 0 and last > th.plateau * first:
@@ -284,7 +303,7 @@ def health_report(self:Learner,
         if not x: x.append(_first_x(self) if xb is None else xb)
         return x[0]
     before = getattr(gh, '_fit0', None) or getattr(ah, '_fit0', None) or 0  # (batches the recorders saw in fits before the last one)
-    rows = _loss_rules(losses, th, _chance_loss(self), before)
+    rows = _loss_rules(losses, th, _chance_loss(self), before, _mixed(self, gh, ah))
     if not rows or rows[0]['severity'] != 'error': rows += _output_rules(unwrap(self.model), th, batch, losses, _ce_classes(self))  # (diverging or at chance: said already; the model inside DDP: no collective)
     rows += _init_rules(self.model, th, batch)
     # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)

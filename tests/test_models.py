@@ -1,5 +1,5 @@
 "ActivationHealth on the models users run: LSTMs, half precision, in-place activations, deep nets (op count)."
-import math, warnings, torch, numpy as np, pytest
+import math, warnings, torch, numpy as np, pandas as pd, pytest
 from torch import nn
 from fastai.learner import Learner
 from fastai.data.core import DataLoaders
@@ -249,6 +249,30 @@ def test_mixup_with_health_check():
     hc = learn.health_check
     assert len(hc.ah.to_df().iter.unique()) == len(hc.gh.to_df().iter.unique()) == 3 * len(learn.dls.train)
     assert not hc.report.problem.str.startswith('loss').any(), hc.report
+
+@pytest.mark.parametrize('mix', ['MixUp', 'CutMix'])
+def test_mixed_targets_read_the_validation_loss(mix):
+    "A slow fit on mixed targets ends with its training loss near chance (CutMix: 2.25 vs ln 10, valid accuracy 0.26): no chance or"
+    "plateau finding from it; a model that learns nothing (lr 1e-7) is at chance by its validation loss, which the finding quotes"
+    from fastai.callback import mixup
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import accuracy
+    from initcb.core import digits_dls
+    from initcb.report import HealthCheck
+    def fit(epochs, lr):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+        learn = quiet(Learner(digits_dls(bs=64), m, loss_func=CrossEntropyLossFlat(), metrics=accuracy,
+                              cbs=[getattr(mixup, mix)(1.), HealthCheck(report=False)]))
+        learn.fit(epochs, lr)
+        return learn, learn.health_check.report
+    learn, rep = fit(8, 1e-3)
+    assert learn.recorder.values[-1][2] > 0.2 and not rep.problem.str.startswith('loss').any(), rep
+    learn, rep = fit(3, 1e-7)
+    ch = rep[rep.problem == 'loss at chance level']
+    assert len(ch) == 1 and ch.evidence.iloc[0].startswith('validation loss') and 'mixed targets' in ch.evidence.iloc[0]
+    pd.testing.assert_frame_equal(learn.health_report(verbose=False)[['layer', 'problem']], rep[['layer', 'problem']])  # (after the fit, MixUp gone from the callbacks: the recorders kept it)
 
 def test_lazy_modules():
     "nn.LazyLinear has no parameters before its first forward pass: GradientHealth, BreakSymmetry, HealthCheck and health_report crashed at"
