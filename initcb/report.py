@@ -640,6 +640,8 @@ class HealthCheck(FitOnlyCallback):
 
     def after_fit(self):
         if not self.run: return
+        if self._columns_added:  # (the fit's: a later `validate` would return them as NaN, `loss, acc = learn.validate()` fail)
+            self.learn.metrics = _without(self.learn.metrics, self._columns_added); self._columns_added = []
         try: self.report = self.learn.health_report(self.th, verbose=self.show and is_main(), xb=self._xb)
         except BaseException: _cleanup_all(self.learn); raise  # (Ctrl-C in the report, before the recorders' `after_fit`: their hooks off)
         self._xb = self._ep0 = self._chains = None  # (a batch of data has no place in `learn.export`'s pickle)

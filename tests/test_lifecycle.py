@@ -517,3 +517,25 @@ def test_callback_moved_without_remove_is_refused_on_the_first_learner():
     with pytest.raises(ValueError, match=r'then taken off it \(`remove_cb`\).*`remove_cb` it, then `add_cb` it again'): lc.fit(1)
     lc.remove_cb(cb); lc.add_cb(cb); lc.fit(1)
     assert cb.n_seen == n + len(lc.dls.train) and n_hooks(lc.model) == 0
+
+def test_health_check_columns_are_the_fits():
+    "HealthCheck's live columns come off `learn.metrics` at the fit's end: `loss, acc = learn.validate()` works after it; each fit"
+    "gets them again, once, also after a fit ended by an exception"
+    from fastai.metrics import accuracy
+    from initcb.core import digits_dls
+    from initcb.report import HealthCheck
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    learn = quiet(Learner(digits_dls(bs=256), m, loss_func=nn.CrossEntropyLoss(), metrics=accuracy, cbs=HealthCheck(report=False)))
+    learn.fit(1, 1e-2)
+    names = list(learn.recorder.metric_names)
+    assert names[-3:-1] == ['dead %', 'grad norm'] and len(learn.recorder.values[-1]) == len(names) - 2 and math.isfinite(learn.recorder.values[-1][-1])
+    assert learn.metrics.attrgot('name') == ['accuracy']
+    loss, acc = learn.validate()
+    assert 0 < acc <= 1
+    class Boom(Callback):
+        def after_batch(self):
+            if self.train_iter == 2: raise RuntimeError('boom')
+    with pytest.raises(RuntimeError): learn.fit(1, cbs=Boom())
+    learn.fit(1, 1e-2)
+    assert list(learn.recorder.metric_names).count('dead %') == 1 and learn.metrics.attrgot('name') == ['accuracy']
