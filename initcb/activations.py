@@ -536,8 +536,9 @@ def _fast_sink(self:ActivationHealth, arr, metas, ranks=0):
     else:
         for r, (_, order, n) in enumerate(metas): a[r][:, order] = arr[r]; ns[r, order] = n
     with np.errstate(invalid='ignore', over='ignore', divide='ignore'):  # ns == 0: the layer gave no output (NaN row)
-        rows = dict(abs_mean=a[:, 0] / ns, rms=a[:, 1] / np.sqrt(ns), abs_max=a[:, 2], max=a[:, 3],  # (non-finite: from max |x|, exact; the
-                    nonfinite_batches=((ns > 0) & ~np.isfinite(a[:, 2])).astype(np.float32))  # L2 norm of finite values past ~1e19 overflows float32)
+        rows = dict(abs_mean=a[:, 0] / ns, rms=a[:, 1] / np.sqrt(ns), abs_max=a[:, 2], max=a[:, 3],  # (non-finite: from sum |x| and max |x|, not
+                    nonfinite_batches=((ns > 0) & ~(np.isfinite(a[:, 0]) & np.isfinite(a[:, 2]))).astype(np.float32))  # the L2 norm, which finite
+        # values past ~1e19 overflow in float32; a sum carries NaN on any device, the max catches inf where the sum's own overflow would need ~1e31)
     self.fast.append([m[0] for m in metas], rows)
 
 @patch
