@@ -145,7 +145,7 @@ def before_batch(self:GradientHealth):
 @patch
 def _between(self:GradientHealth, gd):
     "Whether a callback that could change the gradients runs between guard `gd`'s `after_backward` and this `before_step` (then its norms are not these)"
-    safe = lambda c: c is self or c is gd or isinstance(c, (GradientAccumulation, MixedPrecision)) or getattr(type(c), 'shares_grad_norms', False)  # (MixedPrecision unscales only a scaled loss, whose guard shares nothing)
+    safe = lambda c: c is self or c is gd or isinstance(c, (GradientAccumulation, MixedPrecision)) or getattr(type(c), 'shares_grad_norms', False) or getattr(type(c), 'leaves_grads', False)  # (MixedPrecision unscales only a scaled loss, whose guard shares nothing)
     return any(not safe(c) and ('after_backward' in dir(type(c)) and c.order >= gd.order or 'before_step' in dir(type(c)) and c.order <= self.order)
                for c in self.learn.cbs)
 

@@ -36,7 +36,9 @@ def _thin(rows):
 
 class AdaptiveWD(HealthCallback):
     "Set weight decay every batch from the training's own statistics (modes: 'awd', 'swd', 'cautious', 'equilibrium')"
-    order, run_valid = MixedPrecision.order + 1, False  # gradients unscaled by MixedPrecision; before the optimizer step
+    order, run_valid = MixedPrecision.order + 0.25, False  # gradients unscaled by MixedPrecision; before the optimizer step, and before
+    # `GradientHealth` (+0.5): its update ratio, measured in its `after_step`, holds the decay 'cautious' and 'equilibrium' apply by hand in theirs
+    leaves_grads = True  # (sets hypers, reads gradients: `GradientHealth` may still read the guard's norms of them)
     def __init__(self,
         mode:str='awd', # how λ follows the training; see the table
         wd_max:float=1.0, # upper bound of λ
