@@ -448,7 +448,8 @@ def _check_band(self:GradientHealth, iters, d, w, lr, zf, s):
     self._lr_peak = peak[-1]
     ref = np.fmax(peak, np.fmax.reduce(llr, 1, keepdims=True, initial=-np.inf))  # ...and the largest of any layer at that step
     with np.errstate(invalid='ignore'):  # (an update ratio follows the learning rate: small while a schedule anneals it, or where
-        stalled, hot = (ls < lo) & got & ~(llr < self.stall_lr * ref), lu > hi  # a smaller one was chosen for the layer: not stalled)
+        stalled, hot = (ls < lo) & got & ~(llr < self.stall_lr * ref) & ~np.isnan(llr), lu > hi  # a smaller one was chosen for the layer: not
+        # stalled; no learning rate at all, a parameter in no optimizer group, that the optimizer never updates: no learning rate to raise)
         if self._warm is None: self._warm = self._layer_norms(w[:1], np.isnan(w[:1]))[0] == 0  # (the fit's first measurement: weights all zero)
         warm = self._warm & ~np.logical_or.accumulate(lu <= hi, 0)  # growing from zero (fastai's zero-init BatchNorm): large steps
         self._warm, hot = warm[-1], hot & ~warm  # against small weights until its ratio first comes into the band, then watched

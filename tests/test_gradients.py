@@ -580,3 +580,15 @@ def test_every_table_names_the_module_layer():
     both = a.merge(ag, on=['iter', 'layer'], suffixes=('', '_grad'))
     assert len(both) == len(ag) == len(a) and both['rms'].notna().all()
     for df in (a, ag, gh.to_df(), gh.events, g.events): assert 'layer' in df.columns and 'module' not in df.columns
+
+def test_parameter_in_no_optimizer_group_is_not_stalled():
+    "A parameter the splitter leaves out of every group (never updated, lr NaN) was flagged 'stalled' (remedy: raise the learning rate)"
+    from fastai.torch_core import params
+    torch.manual_seed(0)
+    gh = GradientHealth(update_every=1, warn=False)
+    learn = quiet(synth_learner(n_trn=12, cbs=gh)); learn.model = mlp(1)
+    learn.splitter = lambda m: [params(m[0]), params(m[4])]  # ('2', the middle Linear, in no group)
+    learn.fit(2)
+    df = gh.to_df()
+    assert df[df.layer == '2'].lr.isna().all() and df[df.layer == '2'].update_ratio.eq(0).all()
+    assert not ((gh.events.kind == 'stalled') & (gh.events.layer == '2')).any(), gh.events
