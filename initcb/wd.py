@@ -157,14 +157,13 @@ class AdaptiveWD(HealthCallback):
     def after_step(self):
         if not getattr(self, '_armed', False): return  # (a step cancelled before ours began, fastai's MixedPrecision skipping an overflow: no step, no decay)
         self._armed = False
-        opt = self.learn.opt
         groups = self._decayed()
         if self.mode == 'cautious': self._decay_by_hand(groups, lambda g, j: self._base[g], cautious=True)
         elif self.mode == 'equilibrium':
             if getattr(self, '_prev', None) is not None: self._measure(groups)
             self._decay_by_hand(groups, self._eq_lam)
-        opt.set_hyper('wd', self._orig)
-        self.n_seen += 1; self.state['n_seen'] = self.n_seen
+        self._stepped = True  # (the fit's own λ goes back in `after_batch`, after every callback's `after_step`: `GradientHealth`'s, later
+        self.n_seen += 1; self.state['n_seen'] = self.n_seen  # than this one, reads this step's λ to take its decoupled decay out of the step)
 
     def _decay_by_hand(self, groups, lam, cautious=False):
         "Decoupled decay p <- p - lr λ p of every decayed tensor (λ = `lam(group, index)`), with `cautious` only where the update and p agree in sign: multi-tensor ops, as many whatever the depth"
@@ -211,7 +210,9 @@ class AdaptiveWD(HealthCallback):
         "A step begun (`before_step`) and not taken: the fit's own weight decay back, no decay by hand, no measurement across it"
         if getattr(self, '_armed', False): self.learn.opt.set_hyper('wd', self._orig); self._armed, self._prev = False, None
     def after_cancel_step(self): self._disarm()
-    def after_batch(self): self._disarm()  # (a later callback's CancelBatchException in `before_step`: no `after_step` came)
+    def after_batch(self):
+        if getattr(self, '_stepped', False): self.learn.opt.set_hyper('wd', self._orig); self._stepped = False  # (the step's λ, kept for the callbacks after this one)
+        self._disarm()  # (a later callback's CancelBatchException in `before_step`: no `after_step` came)
     def cleanup(self, collective:bool=True):
         "Put the fit's own weight decay back: at the end of a fit, however it ends (an exception mid-step included)"
         if getattr(self, '_orig', None) is not None and getattr(self.learn, 'opt', None) is not None: self.learn.opt.set_hyper('wd', self._orig)

@@ -256,3 +256,26 @@ def test_update_ratio_holds_the_decay_applied_by_hand(mode):
     df = gh.to_df(per='param')
     got = df[df.param == '1.weight'].update_ratio.to_numpy()
     np.testing.assert_allclose(got, np.array(t.r)[:, 0], rtol=1e-5)
+
+def test_grad_update_ratio_takes_out_this_steps_decay():
+    "'awd' sets the optimizer's λ for the step: GradientHealth takes that λ's decoupled decay out of the step (`grad_update_ratio`),"
+    "reading it in its `after_step`, after AdaptiveWD's: the λ stays until `after_batch`"
+    from functools import partial
+    from fastai.optimizer import SGD
+    from initcb.gradients import GradientHealth
+    class Truth(Callback):
+        order = 1000
+        def __init__(self): self.r = []
+        def before_step(self):
+            self.w0 = [p.detach().clone() for p in self.learn.model.parameters()]
+            self.c = self.learn.opt.hypers[0]['lr'] * self.learn.opt.hypers[0]['wd']
+        def after_step(self):
+            self.r.append([((w - p.detach() - self.c * w).norm() / w.norm()).item() for p, w in zip(self.learn.model.parameters(), self.w0)])
+    torch.manual_seed(0)
+    gh, t = GradientHealth(update_every=1, warn=False), Truth()
+    learn = quiet(Learner(digits_dls(bs=128), nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)), loss_func=nn.CrossEntropyLoss(),
+                          opt_func=partial(SGD, mom=0.9), wd=0.1, cbs=[gh, AdaptiveWD('awd'), t]))
+    learn.fit(1, 0.1)
+    df = gh.to_df(per='param')
+    np.testing.assert_allclose(df[df.param == '1.weight'].grad_update_ratio.to_numpy(), np.array(t.r)[:, 0], rtol=1e-4)
+    assert all(h['wd'] == 0.1 for h in learn.opt.hypers)
