@@ -686,3 +686,23 @@ def test_a_layer_a_norm_layer_follows_is_no_scale_finding():
     f = check_init(m).set_index('layer').finding
     assert f['0'].startswith('ok: scale') and f['3'].startswith('ok: scale') and 'norm layer after it' in f['0'], f
     assert f['6'].startswith('scale 0.4') and 'too small' in f['6'], f  # (no norm layer after it: the finding stays)
+
+def test_lsuv_leaves_tied_weights():
+    "A decoder tied to the embedding (AWD_LSTM's language model) or two Linears sharing a weight: rescaling one rescales the other;"
+    "lsuv_init re-initialized the embedding (std 0.057 -> 1.92) and reported 'ok'. Now skipped, with why; the other layers done"
+    from initcb.init import lsuv_init
+    class Tied(nn.Module):
+        def __init__(s):
+            super().__init__(); s.emb, s.l, s.dec = nn.Embedding(50, 16), nn.Linear(16, 16), nn.Linear(16, 50); s.dec.weight = s.emb.weight
+        def forward(s, x): return s.dec(torch.relu(s.l(s.emb(x))))
+    class Pair(nn.Module):
+        def __init__(s):
+            super().__init__(); s.l1, s.l2, s.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2); s.l2.weight = s.l1.weight
+        def forward(s, x): return s.out(s.l2(s.l1(x)))
+    for m, xb, skipped in ((Tied(), torch.randint(0, 50, (32, 7)), {'dec'}), (Pair(), torch.randn(64, 8), {'l1', 'l2'})):
+        torch.manual_seed(0)
+        shared = {id(p): p.detach().clone() for n, p in m.named_parameters() if n.split('.')[0] in skipped | {'emb'}}
+        rep = lsuv_init(m, xb).set_index('layer')
+        assert {n for n in rep.index if 'shared with' in rep.status[n]} == skipped, rep
+        assert all(torch.equal(p, shared[id(p)]) for p in m.parameters() if id(p) in shared)
+        assert (rep.drop(index=list(skipped)).status == 'ok').all()
