@@ -60,6 +60,7 @@ class AdaptiveWD(HealthCallback):
 
     def setup(self):
         self.n_seen, self._base, self._orig, self._prev, self._armed = self.state.get('n_seen', 0), None, None, None, False
+        self._capped = set()  # (the groups whose λ went over `wd_max` in this fit: said once each)
 
     # parameters fastai decays, per group
     def _decayed(self):
@@ -87,6 +88,9 @@ class AdaptiveWD(HealthCallback):
     def _clamp(self, g, lam, last):
         if not math.isfinite(lam) or lam < 0:
             self._event(g, f'non-finite or negative λ ({lam}): kept {last}'); return last
+        if lam > self.wd_max and g not in self.__dict__.setdefault('_capped', set()):  # (once a fit and group: a λ pinned at the cap all fit long
+            self._capped.add(g)                                                        # was otherwise silent, its history a flat line)
+            self._event(g, f'λ {lam:.3g} over wd_max: capped at {self.wd_max:g} ({lam / self._base[g]:.3g}x the base {self._base[g]:g}); later caps in this fit not logged')
         return min(lam, self.wd_max)
 
     def _awd(self, groups):

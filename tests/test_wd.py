@@ -279,3 +279,18 @@ def test_grad_update_ratio_takes_out_this_steps_decay():
     df = gh.to_df(per='param')
     np.testing.assert_allclose(df[df.param == '1.weight'].grad_update_ratio.to_numpy(), np.array(t.r)[:, 0], rtol=1e-4)
     assert all(h['wd'] == 0.1 for h in learn.opt.hypers)
+
+def test_lambda_pinned_at_the_cap_is_said_once():
+    "'swd' with SGD (λ = base/rms(g)) ran at `wd_max` every step and said nothing: one event per group and fit when λ is capped"
+    from functools import partial
+    torch.manual_seed(0)
+    aw = AdaptiveWD('swd', wd_max=0.05)
+    learn = quiet(Learner(digits_dls(bs=128), nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)), loss_func=nn.CrossEntropyLoss(),
+                          opt_func=partial(SGD, mom=0.9), wd=0.01, cbs=aw))
+    learn.fit(1, 0.1)
+    ev = aw.events
+    capped = ev[ev.event.str.contains('over wd_max')]
+    assert len(capped) == 1 and 'capped at 0.05' in capped.event.iloc[0], ev
+    assert max(h[1] for h in aw.hist) == 0.05
+    learn.fit(1, 0.1)
+    assert aw.events.event.str.contains('over wd_max').sum() == 2  # (said again in the next fit)
