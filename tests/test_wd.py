@@ -294,3 +294,10 @@ def test_lambda_pinned_at_the_cap_is_said_once():
     assert max(h[1] for h in aw.hist) == 0.05
     learn.fit(1, 0.1)
     assert aw.events.event.str.contains('over wd_max').sum() == 2  # (said again in the next fit)
+
+def test_step_count_kept_in_state():
+    "`state['n_seen']` (what a resumed AdaptiveWD counts on from) follows every mode's steps"
+    for mode in MODES:
+        aw = AdaptiveWD(mode)
+        learn = quiet(synth_learner(n_trn=5, cbs=aw)); learn.fit(2)
+        assert aw.n_seen == aw.state['n_seen'] == 2 * len(learn.dls.train), mode
