@@ -88,8 +88,8 @@ class AdaptiveWD(HealthCallback):
     def _clamp(self, g, lam, last):
         if not math.isfinite(lam) or lam < 0:
             self._event(g, f'non-finite or negative λ ({lam}): kept {last}'); return last
-        if lam > self.wd_max and g not in self.__dict__.setdefault('_capped', set()):  # (once a fit and group: a λ pinned at the cap all fit long
-            self._capped.add(g)                                                        # was otherwise silent, its history a flat line)
+        if lam > self.wd_max and g not in self._capped:  # (once a fit and group, `setup` clears it: a λ pinned at the cap all fit long
+            self._capped.add(g)                          # was otherwise silent, its history a flat line)
             self._event(g, f'λ {lam:.3g} over wd_max: capped at {self.wd_max:g} ({lam / self._base[g]:.3g}x the base {self._base[g]:g}); later caps in this fit not logged')
         return min(lam, self.wd_max)
 
@@ -160,14 +160,13 @@ class AdaptiveWD(HealthCallback):
 
     def after_step(self):
         if not getattr(self, '_armed', False): return  # (a step cancelled before ours began, fastai's MixedPrecision skipping an overflow: no step, no decay)
-        self._armed = False
         groups = self._decayed()
         if self.mode == 'cautious': self._decay_by_hand(groups, lambda g, j: self._base[g], cautious=True)
         elif self.mode == 'equilibrium':
             if getattr(self, '_prev', None) is not None: self._measure(groups)
             self._decay_by_hand(groups, self._eq_lam)
-        self._stepped = True  # (the fit's own λ goes back in `after_batch`, after every callback's `after_step`: `GradientHealth`'s, later
-        self.n_seen += 1; self.state['n_seen'] = self.n_seen  # than this one, reads this step's λ to take its decoupled decay out of the step)
+        self.n_seen += 1; self.state['n_seen'] = self.n_seen  # (still armed: the fit's own λ goes back in `after_batch`, after every callback's
+        # `after_step`: `GradientHealth`'s, later than this one, reads this step's λ to take its decoupled decay out of the step)
 
     def _decay_by_hand(self, groups, lam, cautious=False):
         "Decoupled decay p <- p - lr λ p of every decayed tensor (λ = `lam(group, index)`), with `cautious` only where the update and p agree in sign: multi-tensor ops, as many whatever the depth"
@@ -211,12 +210,10 @@ class AdaptiveWD(HealthCallback):
         self._prev = None
 
     def _disarm(self):
-        "A step begun (`before_step`) and not taken: the fit's own weight decay back, no decay by hand, no measurement across it"
+        "The batch over (`after_batch`), or a step begun (`before_step`) and not taken: the fit's own weight decay back; no decay by hand, no measurement across a step not taken"
         if getattr(self, '_armed', False): self.learn.opt.set_hyper('wd', self._orig); self._armed, self._prev = False, None
     def after_cancel_step(self): self._disarm()
-    def after_batch(self):
-        if getattr(self, '_stepped', False): self.learn.opt.set_hyper('wd', self._orig); self._stepped = False  # (the step's λ, kept for the callbacks after this one)
-        self._disarm()  # (a later callback's CancelBatchException in `before_step`: no `after_step` came)
+    def after_batch(self): self._disarm()  # (the step's λ, kept for the callbacks after this one; or a later callback's CancelBatchException in `before_step`: no `after_step` came)
     def cleanup(self, collective:bool=True):
         "Put the fit's own weight decay back: at the end of a fit, however it ends (an exception mid-step included)"
         if getattr(self, '_orig', None) is not None and getattr(self.learn, 'opt', None) is not None: self.learn.opt.set_hyper('wd', self._orig)
