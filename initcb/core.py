@@ -22,14 +22,14 @@ from fastai.callback.mixup import MixHandler
 __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_FIX', 'MERGES', 'BN_STATS', 'check_int',
            'check_float', 'check_bool', 'is_number', 'check_range', 'check_tau', 'warn_unread', 'check_model',
            'check_modules', 'coprime_stride', 'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds',
-           'rest_value', 'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization', 'own_weights', 'is_frozen',
-           'param_layer', 'hooked_weight', 'writable_weight', 'default_watch', 'unwrap', 'wrapper_prefix',
-           'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main', 'DeviceChunks',
-           'stack_scalars', 'real_fit', 'fit_losses', 'FitOnlyCallback', 'HealthCallback', 'Hooks', 'is_compiled',
-           'run_eagerly', 'recompile_for_hooks', 'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index',
-           'check_recorded', 'check_rows', 'saved_selection', 'saved_meta', 'check_path', 'keep_modes', 'eval_mode',
-           'eval_forward', 'call_on', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize', 'materialize_lazy',
-           'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
+           'rest_value', 'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization', 'own_weights',
+           'tied_modules', 'is_frozen', 'param_layer', 'hooked_weight', 'writable_weight', 'default_watch', 'unwrap',
+           'wrapper_prefix', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main',
+           'DeviceChunks', 'stack_scalars', 'real_fit', 'fit_losses', 'FitOnlyCallback', 'HealthCallback', 'Hooks',
+           'is_compiled', 'run_eagerly', 'recompile_for_hooks', 'foreach_norm', 'sparse_values_', 'norms_row',
+           'layer_index', 'check_recorded', 'check_rows', 'saved_selection', 'saved_meta', 'check_path', 'keep_modes',
+           'eval_mode', 'eval_forward', 'call_on', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize',
+           'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -236,6 +236,16 @@ def own_weights(
     "[(name, parameter)] of the weights `m` holds itself (`weight`, an RNN's `weight_ih_l0`...), and the `original` tensors its parametrized weights are computed from"
     ps = [(n, p) for n, p in m.named_parameters(recurse=False) if n.startswith('weight')]
     return ps + ([(f'parametrizations.{n}', p) for n, p in m.parametrizations.named_parameters() if n.startswith('weight')] if parametrize.is_parametrized(m) else [])
+def tied_modules(
+    model:nn.Module, # a model
+):
+    "{name: the other modules' names} for each module of `model` holding one of its own parameters with another (a decoder tied to the embedding)"
+    owners, out = {}, {}
+    for n, m in model.named_modules():
+        for p in m.parameters(recurse=False): owners.setdefault(id(p), set()).add(n)
+    for ns in owners.values():
+        for n in ns if len(ns) > 1 else (): out.setdefault(n, set()).update(ns - {n})
+    return out
 def is_frozen(
     m:nn.Module, # a module
 ):

@@ -515,9 +515,7 @@ def lsuv_init(
     model = unwrap(model)  # (run eagerly in the model inside DDP or torch.compile: no collective; each rank's weights, then rank 0's for all: `LSUVInit`)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
     if not layers: raise ValueError("`model` has no Linear or Conv layer to initialize")
-    bufs, rows, owners = [b.detach().clone() for b in model.buffers()], [], {}
-    for o, mo in model.named_modules():  # (who holds each parameter: a tied weight, an embedding's as a decoder's, is two layers')
-        for p in mo.parameters(recurse=False): owners.setdefault(id(p), set()).add(o)
+    bufs, rows, ties = [b.detach().clone() for b in model.buffers()], [], tied_modules(model)  # (a tied weight, an embedding's as a decoder's, is two layers')
     try:
         with eval_mode(model, 'batch'), torch.no_grad():  # (no dropout: scaled on a dropout-on pass, each layer after one came out sqrt(1-p) small at inference; BatchNorm on the batch's statistics, as in training)
             mods = dict(layers)
@@ -526,7 +524,7 @@ def lsuv_init(
                 if is_frozen(m):
                     rows.append(dict(layer=n, type=type(m).__name__, iterations=0, mean=math.nan, std=math.nan, status=FROZEN)); continue
                 skip = f'its weight is {HOOKED}: skipped' if hooked_weight(m) else _scale_fixed(m)
-                tied = set().union(*[owners.get(id(p), set()) for p in (m.weight, m.bias) if p is not None]) - {n}
+                tied = ties.get(n)
                 if not skip and tied: skip = f'its weights are shared with {", ".join(sorted(tied))}: skipped (rescaled, they would rescale those too)'
                 if skip:
                     rows.append(dict(layer=n, type=type(m).__name__, iterations=0, mean=math.nan, std=math.nan, status=skip)); continue

@@ -66,16 +66,14 @@ def unit_chains(
     "activation (`F.relu(x)`) as (fn, args, kwargs, the module whose output it takes)"
     gm, why = _trace(check_model(model))
     if gm is None: return {n: (None, why) for n, m in model.named_modules() if isinstance(m, _LAYER)}
-    mods, res, uses, owners, call = dict(model.named_modules()), {}, {}, {}, {}
+    mods, res, uses, ties, call = dict(model.named_modules()), {}, {}, tied_modules(model), {}
     for nd in gm.graph.nodes:  # each module's calls, and reads of its weights outside a call
         if nd.op in ('call_module', 'get_attr'):
             k = nd.target if nd.op == 'call_module' else nd.target.rpartition('.')[0]; call[nd] = uses.get(k, 0); uses[k] = call[nd] + 1
-    for n, m in mods.items():
-        for p in m.parameters(recurse=False): owners.setdefault(id(p), set()).add(n)
     inner = {id(s): nd.target for nd in gm.graph.nodes if nd.op == 'call_module' for s in mods[nd.target].modules() if s is not mods[nd.target]}  # (modules called inside a leaf fx does not trace into: their calls there are not in the graph)
     def shared(n):  # why changing module `n` for this chain would change the network elsewhere too
         if uses.get(n, 0) > 1: return f'{n} is used {uses[n]} times in the forward'
-        tied = set().union(*[owners[id(p)] for p in mods[n].parameters(recurse=False)]) - {n}
+        tied = ties.get(n)
         if tied: return f'{n} shares its weights with {", ".join(sorted(tied))}'
     for node in gm.graph.nodes:
         if node.op != 'call_module' or not isinstance(mods[node.target], _LAYER): continue

@@ -82,14 +82,19 @@ def _finding(layer, problem, severity, evidence, key):
 
 def _losses(learn, gh=None, ah=None):
     "The smoothed training losses (a float64 array, NaN kept) of the last fit `gh` or `ah` (the recorders) saw, else of fastai's `Recorder`'s last run; or None"
-    ls = next((c._fit_losses for c in (gh, ah) if getattr(c, '_fit_losses', None) is not None), None)  # (the Recorder's list of that fit: `lr_find`, `validate`, `get_preds` start new ones)
+    c = _fit_recorder(gh, ah)
+    ls = None if c is None else c._fit_losses  # (the Recorder's list of that fit: `lr_find`, `validate`, `get_preds` start new ones)
     if ls is None: ls = getattr(getattr(learn, 'recorder', None), 'losses', None)  # (no recorder: after `lr_find`, its sweep's)
     if not ls: return None
     return torch.stack(ls).double().numpy() if all(isinstance(x, torch.Tensor) and x.numel() == 1 for x in ls) else np.array([float(x) for x in ls])  # (one stack: no host read per batch)
 
+def _fit_recorder(gh, ah):
+    "The recorder (`gh`, else `ah`) that kept the last fit's losses (`fit_losses`), or None"
+    return next((c for c in (gh, ah) if getattr(c, '_fit_losses', None) is not None), None)
+
 def _mixed(learn, gh=None, ah=None):
     "The epochs' rows and names (`fit_losses`) of the last fit the recorders saw where it trained on mixed targets (MixUp, CutMix), else None; with no recorder, the callbacks attached now say"
-    c = next((c for c in (gh, ah) if getattr(c, '_fit_losses', None) is not None), None)
+    c = _fit_recorder(gh, ah)
     return fit_losses(learn)[1] if c is None else c.__dict__.get('_fit_mix')
 
 def _last_valid(mix):
