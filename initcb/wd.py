@@ -18,6 +18,8 @@ __all__ = ['MODES', 'AdaptiveWD']
 
 # %% ../nbs/05_weight_decay.ipynb #f6c6868a
 MODES = ('awd', 'swd', 'cautious', 'equilibrium')
+# the second moment an optimizer's state keeps, by key, and whether its step divides by it debiased (None: when it counts steps)
+_SECOND = {'sqr_avg': None, 'exp_avg_sq': True, 'square_avg': False}  # fastai's; torch's Adam family; torch's RMSprop
 
 def _host_norms(ts, ord=2):
     "The norms of tensors `ts` on the host (float64 array): one multi-tensor reduction, one stack, one copy to the host"
@@ -114,31 +116,39 @@ class AdaptiveWD(HealthCallback):
         return out
 
     def _mean_v(self, groups):
-        "Mean over all decayed parameters of Adam's debiased second moment, else an EMA of the squared gradients"
-        opt, sq, debias, n = self.learn.opt, [], [], 0
+        "Mean over the decayed parameters of the second moment v̂ their optimizer divides its step by (None: none there)"
+        opt = self.learn.opt
+        state = getattr(opt, 'opt', opt).state  # (an `OptimWrapper`'s torch optimizer keeps its own)
+        sq, debias, fresh, n = [], [], [], 0
         for g, ps in enumerate(groups):
-            b2 = opt.hypers[g].get('sqr_mom', 0.99)
+            b2 = opt.hypers[g].get('sqr_mom')
+            if b2 is None: continue  # (a group without a second moment: SGD's, `_swd`)
             for p in ps:
-                st = opt.state.get(p, {})
-                if 'sqr_avg' in st and st.get('step', 0):
-                    sq.append(st['sqr_avg']); debias.append(1 - b2 ** st['step']); n += p.numel()
-        if n: return float((_host_norms(sq, 1) / np.array(debias)).sum() / n)  # (v̂ >= 0: its L1 norm is its sum)
-        gs = [p.grad for ps in groups for p in ps if p.grad is not None]
-        if not gs: return None
-        m2 = float((_host_norms(gs) ** 2).sum() / sum(g.numel() for g in gs))
-        k = self.state.get('swd_k', 0) + 1
-        ema = 0.99 * self.state.get('swd_ema', 0.) + 0.01 * m2
-        self.state['swd_k'], self.state['swd_ema'] = k, ema
-        return ema / (1 - 0.99 ** k)
+                st = state.get(p, {})
+                k = next((k for k in _SECOND if k in st), None)
+                if k is None:  # (before the optimizer's first step its state is empty: Adam's v̂ after it is this g²)
+                    if p.grad is not None: fresh.append(p.grad); n += p.numel()
+                    continue
+                step = float(st.get('step', 0))  # (a tensor in torch's optimizers: on the host unless `capturable`)
+                sq.append(st[k]); n += p.numel()
+                debias.append(1 - b2 ** step if step and _SECOND[k] is not False else 1.)  # (fastai's RMSProp keeps no step: it divides by v itself)
+        if not n: return None
+        tot = (_host_norms(sq, 1) / np.array(debias)).sum() if sq else 0.  # (v >= 0: its L1 norm is its sum)
+        return float(tot + (_host_norms(fresh) ** 2).sum()) / n
 
     def _swd(self, groups):
+        hyp = self.learn.opt.hypers
         v = self._mean_v(groups)
         out = []
         for g in range(len(groups)):
             last = self.state.get(('swd', g), self._base[g])
-            if v is None or not math.isfinite(v) or v <= 0:
+            if 'sqr_mom' not in hyp[g]:  # no second moment (SGD): Xie et al.'s SGDS, decay scaled as momentum scales the step
+                mom, damp = hyp[g].get('mom', 0.), hyp[g].get('dampening', 0.)  # (fastai's SGD averages without dampening)
+                lam = self._base[g] * (1 - damp) / (1 - mom) if mom < 1 else math.nan
+            elif v is None or not math.isfinite(v) or v <= 0:
                 self._event(g, f'mean second moment {v}: kept λ = {last:.3g}'); out.append(last); continue
-            lam = self._clamp(g, self._base[g] / (math.sqrt(v) + self.eps), last)
+            else: lam = self._base[g] / (math.sqrt(v) + self.eps)
+            lam = self._clamp(g, lam, last)
             self.state[('swd', g)] = lam; out.append(lam)
         return out
 

@@ -42,15 +42,45 @@ def test_exception_mid_step_restores_wd():
     with pytest.raises(RuntimeError): learn.fit(1, lr=1e-2, wd=0.1)
     assert learn.opt.hypers[0]['wd'] == 0.1
 
-def test_swd_without_second_moment_uses_gradient_ema():
-    "With SGD (no sqr_avg), 'swd' divides by the root of a debiased EMA of the mean squared gradient"
-    from fastai.optimizer import SGD
-    cb = AdaptiveWD('swd', wd_max=1e6)
-    learn = quiet(synth_learner(n_trn=3, cbs=cb)); learn.opt_func = SGD
+@pytest.mark.parametrize('opt', ['fastai SGD', 'torch SGD'])
+@pytest.mark.parametrize('mom', [0., 0.9])
+def test_swd_without_second_moment_is_sgds(opt, mom):
+    "No second moment (SGD): λ (1 - dampening) / (1 - momentum), Xie et al.'s SGDS; it divided by an EMA of rms(g) and sat at `wd_max`"
+    from functools import partial
+    from fastai.optimizer import OptimWrapper
+    damp = 0.5 if opt == 'torch SGD' and mom else 0.
+    of = partial(SGD, mom=mom) if opt == 'fastai SGD' else partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=mom, dampening=damp))
+    cb = AdaptiveWD('swd')
+    learn = quiet(synth_learner(n_trn=3, cbs=cb)); learn.opt_func = of
     learn.fit(1, lr=1e-3, wd=1e-3)
-    assert cb.state['swd_k'] == 3 and cb.state['swd_ema'] > 0
-    v = cb.state['swd_ema'] / (1 - 0.99 ** 3)
-    assert math.isclose(cb.wd_df()['wd_0'].iloc[-1], 1e-3 / (math.sqrt(v) + 1e-8), rel_tol=1e-6)
+    np.testing.assert_allclose(cb.wd_df()['wd_0'].to_numpy(), 1e-3 * (1 - damp) / (1 - mom), rtol=1e-12)
+    assert not len(cb.events)
+
+class SecondMoment(Callback):
+    "The mean v̂ an Adam-family optimizer divides its next step by, read from its state by hand (before AdaptiveWD reads it)"
+    order = AdaptiveWD.order - 0.1
+    def before_fit(self): self.v = []
+    def before_step(self):
+        opt = self.learn.opt
+        st = getattr(opt, 'opt', opt).state
+        tot, n = 0., 0
+        for p in self.learn.model.parameters():
+            s = st.get(p, {})
+            v = s.get('sqr_avg', s.get('exp_avg_sq'))
+            if v is None: v, d = p.grad ** 2, 1.  # (before the first step: v̂ after it is g²)
+            else: d = 1 - opt.hypers[0]['sqr_mom'] ** float(s['step'])
+            tot, n = tot + (v / d).sum().item(), n + v.numel()
+        self.v.append(tot / n)
+
+@pytest.mark.parametrize('opt', ['fastai Adam', 'torch AdamW'])
+def test_swd_reads_the_optimizers_second_moment(opt):
+    "λ = base / √(mean v̂) from fastai's `sqr_avg` or, under `OptimWrapper`, torch's `exp_avg_sq` (it read only fastai's, and fell back to gradients)"
+    from functools import partial
+    from fastai.optimizer import Adam, OptimWrapper
+    cb, sm = AdaptiveWD('swd', wd_max=1e6), SecondMoment()
+    learn = quiet(synth_learner(n_trn=4, cbs=[cb, sm])); learn.opt_func = Adam if opt == 'fastai Adam' else partial(OptimWrapper, opt=torch.optim.AdamW)
+    learn.fit(1, lr=1e-2, wd=1e-2)
+    np.testing.assert_allclose(cb.wd_df()['wd_0'].to_numpy(), 1e-2 / (np.sqrt(sm.v) + 1e-8), rtol=1e-5)
 
 def mlp(depth, w=8):
     return nn.Sequential(nn.Linear(1, w), *[m for _ in range(depth) for m in (nn.ReLU(), nn.Linear(w, w))], nn.ReLU(), nn.Linear(w, 1))
@@ -281,12 +311,12 @@ def test_grad_update_ratio_takes_out_this_steps_decay():
     assert all(h['wd'] == 0.1 for h in learn.opt.hypers)
 
 def test_lambda_pinned_at_the_cap_is_said_once():
-    "'swd' with SGD (λ = base/rms(g)) ran at `wd_max` every step and said nothing: one event per group and fit when λ is capped"
-    from functools import partial
+    "A λ pinned at `wd_max` every step said nothing: one event per group and fit when λ is capped ('swd' with Adam: rms(g) about 0.01 here)"
+    from fastai.optimizer import Adam
     torch.manual_seed(0)
     aw = AdaptiveWD('swd', wd_max=0.05)
     learn = quiet(Learner(digits_dls(bs=128), nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)), loss_func=nn.CrossEntropyLoss(),
-                          opt_func=partial(SGD, mom=0.9), wd=0.01, cbs=aw))
+                          opt_func=Adam, wd=0.01, cbs=aw))
     learn.fit(1, 0.1)
     ev = aw.events
     capped = ev[ev.event.str.contains('over wd_max')]
