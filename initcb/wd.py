@@ -63,6 +63,7 @@ class AdaptiveWD(HealthCallback):
     def setup(self):
         self.n_seen, self._base, self._orig, self._prev, self._armed = self.state.get('n_seen', 0), None, None, None, False
         self._capped = set()  # (the groups whose λ went over `wd_max` in this fit: said once each)
+        self._zero = None  # (the groups with nothing to adapt from in this fit, found at its first step)
 
     # parameters fastai decays, per group
     def _decayed(self):
@@ -79,6 +80,7 @@ class AdaptiveWD(HealthCallback):
         self._orig = [h['wd'] for h in opt.hypers]  # (the fit's own, put back after each step and at the end)
         self._base = [self.base if self.base is not None and not w else w for w in self._orig]
         self.bases.append(list(self._base))
+        if self._zero is None: self._said_zero()
         groups = self._decayed()
         lams = getattr(self, f'_{self.mode}')(groups)
         self.hist.append([self.n_seen, *lams])
@@ -86,6 +88,13 @@ class AdaptiveWD(HealthCallback):
         if self.mode in ('cautious', 'equilibrium'): opt.set_hyper('wd', 0.)  # decayed by hand in after_step
         else: opt.set_hyper('wd', lams)
         self._armed = True  # (this batch's step is ours to finish: `after_step`, else `after_cancel_step` or `after_batch` undo it)
+
+    def _said_zero(self):
+        "Once a fit: the groups whose λ stays 0 (their weight decay 0, no `base`) said in `events`, and warned of when that is every group"
+        self._zero = [g for g, b in enumerate(self._base) if b <= 0]
+        for g in self._zero: self._event(g, "the fit's weight decay is 0 and `base` is None: λ stays 0 (pass `base=` to adapt from a value)")
+        if len(self._zero) == len(self._base):
+            warnings.warn(f"AdaptiveWD('{self.mode}'): the fit's weight decay is 0 in every parameter group and `base` is None, so λ stays 0 and nothing adapts; pass `wd=` to fit or `base=` to AdaptiveWD")
 
     def _clamp(self, g, lam, last):
         if not math.isfinite(lam) or lam < 0:
@@ -155,7 +164,7 @@ class AdaptiveWD(HealthCallback):
     def _cautious(self, groups): return [min(b, self.wd_max) for b in self._base]
 
     def _equilibrium(self, groups):
-        if self.n_seen % self.every == 0:  # measure the update ratio of this step
+        if self.n_seen % self.every == 0 and len(self._zero) < len(groups):  # measure the update ratio of this step (none where λ stays 0)
             with torch.no_grad(): self._prev = torch._foreach_mul([p for ps in groups for p in ps], 1.)  # a copy
         out = []
         for g, ps in enumerate(groups):
@@ -212,7 +221,8 @@ class AdaptiveWD(HealthCallback):
             for j in self._js[g]:
                 w, d = float(wn[k]), float(dn[k]); k += 1
                 base, cur = self._base[g], self.state.get(('eq', g, j), self._base[g])
-                if not (math.isfinite(w) and math.isfinite(d)) or w == 0 or d == 0 or lr <= 0 or base <= 0:
+                if base <= 0: continue  # (λ stays 0: said once, at the fit's first step)
+                if not (math.isfinite(w) and math.isfinite(d)) or w == 0 or d == 0 or lr <= 0:
                     self._event(g, f'update ratio unmeasurable (|w| {w:.3g}, |dw| {d:.3g}): kept λ'); continue
                 target = (d / w) ** 2 / (2 * lr)
                 new = cur * (target / max(cur, 1e-12)) ** self.gain if cur > 0 else base
@@ -230,7 +240,7 @@ class AdaptiveWD(HealthCallback):
 
     @property
     def events(self):
-        "Batches where λ could not be computed (a non-finite or zero norm) and the last good value was kept"
+        "What each group's λ met: a non-finite or zero norm (the last good value kept), a cap at `wd_max` and nothing to adapt from (each once a fit)"
         return pd.DataFrame(self._events, columns=['batch', 'group', 'event'])
     def wd_df(self):
         "λ per parameter group, a row per optimizer step (past 2 x `max_rows` rows, the older ones thinned: see `batch`)"

@@ -1,5 +1,5 @@
 "AdaptiveWD: λ stays finite and within bounds whatever the gradients do; bad arguments are named."
-import math, numpy as np, pytest, torch
+import math, warnings, numpy as np, pytest, torch
 from torch import nn
 from fastai.test_utils import synth_learner
 from fastai.callback.core import Callback, CancelStepException, CancelBatchException
@@ -331,3 +331,24 @@ def test_step_count_kept_in_state():
         aw = AdaptiveWD(mode)
         learn = quiet(synth_learner(n_trn=5, cbs=aw)); learn.fit(2)
         assert aw.n_seen == aw.state['n_seen'] == 2 * len(learn.dls.train), mode
+
+@pytest.mark.parametrize('mode', MODES)
+def test_nothing_to_adapt_from_is_said_once(mode):
+    "wd=0 and no `base`: λ stays 0 by design, but no mode said why nothing adapted, and 'equilibrium' copied the weights to log 'update ratio unmeasurable' at every measurement"
+    cb = AdaptiveWD(mode, **_eq(mode))
+    learn = quiet(synth_learner(n_trn=8, cbs=cb))
+    with pytest.warns(UserWarning, match='weight decay is 0 in every parameter group'): learn.fit(2, 1e-2, wd=0.)
+    assert cb.events.event.tolist() == ["the fit's weight decay is 0 and `base` is None: λ stays 0 (pass `base=` to adapt from a value)"]
+    assert all(h[1] == 0 for h in cb.hist) and learn.opt.hypers[0]['wd'] == 0
+    with warnings.catch_warnings(): warnings.simplefilter('error'); learn.fit(1, 1e-2, wd=0.01)  # (a fit with a weight decay: nothing said)
+    assert len(cb.events) == 1
+
+def test_one_group_without_weight_decay_is_an_event_not_a_warning():
+    from fastai.torch_core import params
+    cb = AdaptiveWD('equilibrium', every=1)
+    m = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))
+    learn = quiet(synth_learner(n_trn=8, cbs=cb)); learn.model = m
+    learn.splitter = lambda m: [params(m[0]), params(m[2])]
+    learn.create_opt(); learn.opt.set_hyper('wd', [0., 0.1])
+    with warnings.catch_warnings(): warnings.simplefilter('error'); learn.fit(1, 1e-2, wd=[0., 0.1])
+    assert cb.events.group.tolist() == [0] and cb.hist[-1][1] == 0 and cb.hist[-1][2] > 0
