@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastai.basics import Learner, DataLoaders
 from fastai.callback.hook import ActivationStats
 from fastai.vision.models.xresnet import xresnet18, xresnet50
-from initcb.core import HealthCallback, Hooks, ELEMENTWISE_TYPES, sample_index, select_modules, _set_grad
+from initcb.core import HealthCallback, ForwardHooks, ELEMENTWISE_TYPES, sample_index, select_modules, _set_grad
 from initcb.activations import ActivationHealth, default_full_max, _abs_stats
 from initcb.gradients import GradientHealth
 from initcb.report import HealthCheck, NonFiniteGuard
@@ -57,7 +57,7 @@ class MinimalSampler(HealthCallback):
         self.mods = [m for _, m in select_modules(self.model, None)]
         self.elem = [isinstance(m, tuple(ELEMENTWISE_TYPES)) for m in self.mods]
         self.full_max = default_full_max(next(self.model.parameters()).device)
-        self.hooks, self.idx, self.rows, self.on = Hooks(self.mods, self._hook, with_input=True), {}, [], False
+        self.hooks, self.idx, self.rows, self.on = ForwardHooks(self.mods, self._hook, with_input=True), {}, [], False
         self.samps, self.small = [], []
     def before_batch(self): self.on = self.learn.train_iter % self.every == 0
     def _hook(self, i, inp, o):
@@ -143,7 +143,7 @@ class Calibration(HealthCallback):
     def __init__(self, us=0, where='hooks'): self.us, self.where = us, where
     def setup(self):
         self.mods = [m for _, m in select_modules(self.model, None)]
-        self.hooks, self.per = Hooks(self.mods, self._hook), self.us * 1e-6 / len(self.mods)
+        self.hooks, self.per = ForwardHooks(self.mods, self._hook), self.us * 1e-6 / len(self.mods)
     def _hook(self, i, o):
         if self.us and self.where == 'hooks': _spin(self.per)
     def after_pred(self):

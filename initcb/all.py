@@ -1,4 +1,4 @@
-"""`from initcb.all import *`: every public name of initcb's modules, as `from fastai.vision.all import *` gives fastai's
+"""`from initcb.all import *`: initcb's callbacks, functions and constants, as `from fastai.vision.all import *` gives fastai's
 
 Docs: https://initcb.github.io/initcb/all.html.md"""
 
@@ -8,12 +8,13 @@ Docs: https://initcb.github.io/initcb/all.html.md"""
 __all__ = []
 
 # %% ../nbs/10_all.ipynb #a1e804eb
-from .core import *
+from .core import ACTIVATION_TYPES, ELEMENTWISE_TYPES, BOUNDS, watch, digits_dls
 from .activations import *
 from .gradients import *
 from .init import *
 from .reinit import *
 from .wd import *
 from .report import *
-from . import core, activations, gradients, init, reinit, wd, report
-__all__ = [n for m in (core, activations, gradients, init, reinit, wd, report) for n in m.__all__]  # (nbdev writes an empty one for a module of imports: this one is set after it)
+from . import activations, gradients, init, reinit, wd, report
+__all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'watch', 'digits_dls',
+           *(n for m in (activations, gradients, init, reinit, wd, report) for n in m.__all__)]  # (nbdev writes an empty one for a module of imports: this one is set after it)

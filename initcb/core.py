@@ -25,10 +25,10 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_
            'rest_value', 'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization', 'own_weights',
            'tied_modules', 'is_frozen', 'param_layer', 'hooked_weight', 'writable_weight', 'default_watch', 'unwrap',
            'wrapper_prefix', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main',
-           'DeviceChunks', 'stack_scalars', 'real_fit', 'fit_losses', 'FitOnlyCallback', 'HealthCallback', 'Hooks',
-           'is_compiled', 'run_eagerly', 'recompile_for_hooks', 'foreach_norm', 'sparse_values_', 'norms_row',
-           'layer_index', 'check_recorded', 'check_rows', 'saved_selection', 'saved_meta', 'check_path', 'keep_modes',
-           'eval_mode', 'eval_forward', 'call_on', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize',
+           'DeviceChunks', 'stack_scalars', 'real_fit', 'fit_losses', 'FitOnlyCallback', 'HealthCallback',
+           'ForwardHooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks', 'foreach_norm', 'sparse_values_',
+           'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection', 'saved_meta', 'check_path',
+           'keep_modes', 'eval_mode', 'eval_forward', 'call_on', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize',
            'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
@@ -666,7 +666,7 @@ class HealthCallback(FitOnlyCallback):
 # %% ../nbs/00_core.ipynb #50492a4a
 _set_grad = torch._C._set_grad_enabled  # (what `torch.no_grad` does, without its context manager's Python: ~15 µs a batch in a fit)
 
-class Hooks:
+class ForwardHooks:
     "Forward hooks on `mods`, calling `f(i, output)`; `remove` is idempotent; pickled with their model, they come back inert and go at their first call"
     def __init__(self,
         mods:list, # the modules to hook
@@ -721,6 +721,10 @@ class _Orphan(_Hook):
         if m is None: return
         for k in [k for k, h in m._forward_hooks.items() if getattr(h, '__self__', None) is self]:  # (a module's call iterates
             for d in (m._forward_hooks, m._forward_hooks_with_kwargs, m._forward_hooks_always_called): d.pop(k, None)  # a copy)
+
+# %% ../nbs/00_core.ipynb #9e7f4c87
+Hooks = ForwardHooks  # (its name in 0.0.1, when it shadowed fastai's `Hooks` under a star import: a model pickled mid-fit then still loads)
+
 
 # %% ../nbs/00_core.ipynb #1de7f437
 def foreach_norm(
@@ -891,7 +895,7 @@ def eval_forward(
         try: return f(i, o)
         except BaseException as e: ours.append(e); raise
     with eval_mode(model, bn), run_eagerly(model):
-        hooks = Hooks(mods, g, eager=is_compiled(model))  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
+        hooks = ForwardHooks(mods, g, eager=is_compiled(model))  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
         try:
             with torch.no_grad(): return call_on(model, xb, ours)
         finally: hooks.remove()

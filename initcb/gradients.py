@@ -305,7 +305,7 @@ AGRAD_COLS = dict(abs_mean='mean', rms='rms', abs_max='max', zero_frac='mean')
 def before_train(self:GradientHealth):
     "Each epoch: this fit's loss list (for the report), the `act_grads` hooks, and the parameters that train now (gradual unfreezing changes them mid-fit)"
     self._fit_losses, self._fit_mix = fit_losses(self.learn)  # (this fit's lists, for the report: `lr_find`, `validate` start new ones)
-    if self.act_grads and self.hooks is None: self.hooks = Hooks(self.amods, self._fhook)
+    if self.act_grads and self.hooks is None: self.hooks = ForwardHooks(self.amods, self._fhook)
     named, train = self._trainable()  # (once an epoch: gradual unfreezing by a callback changes what trains mid-fit)
     if train and [n for n, _ in named] == self.names and not np.array_equal(self._cols, train):
         self.flush()  # (the rows waiting on the device were taken on the old parameters)
