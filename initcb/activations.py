@@ -163,7 +163,7 @@ def _clear_refs(self:ActivationHealth):
 def before_train(self:ActivationHealth):
     "Put the hooks on (once a fit) and open the queues that take the rows to the host; keep this fit's loss list (the report's: `lr_find`, `validate` start new ones)"
     self._fit_losses, self._fit_mix = fit_losses(self.learn)
-    if self.hooks is None: self.hooks = ForwardForwardHooks(self.mods, self._hook, with_input=True, eager=is_compiled(self.model))
+    if self.hooks is None: self.hooks = ForwardHooks(self.mods, self._hook, with_input=True, eager=is_compiled(self.model))
     if self._fastq is None:
         self._fastq = DeviceChunks(self._fast_sink, self.chunk, gather=True, collate=self._collate)
         self._sampq = DeviceChunks(self._samp_sink, max(1, min(4, self.chunk // self.sample_every)), gather=True, collate=self._sampled_rows)
