@@ -23,9 +23,11 @@ FAST = dict(abs_mean='mean', rms='rms', max='max', abs_max='max', nonfinite_batc
 
 def sample_stats(
     s:Tensor, # samples, (layers, n)
-    w:Tensor, # weights, (layers, n): 1 for a distinct sampled element, 0 for padding; None: no padding
-    lo_b:Tensor, hi_b:Tensor, # (layers, 1): each layer's output bounds (±inf when unbounded)
-    h_lo:Tensor, h_scale:Tensor, # (layers, 1): histogram start and bins per unit
+    w:Tensor|None, # weights, (layers, n): 1 for a distinct sampled element, 0 for padding; None: no padding
+    lo_b:Tensor, # (layers, 1): each layer's lower output bound (-inf when unbounded)
+    hi_b:Tensor, # (layers, 1): each layer's upper output bound (inf when unbounded)
+    h_lo:Tensor, # (layers, 1): each layer's histogram start
+    h_scale:Tensor, # (layers, 1): each layer's histogram bins per unit
     offs:Tensor, # (layers, 1): each layer's offset in the flattened histograms
     bins:int=40, # histogram bins
     dead_thresh:float=0.05, # |x| <= `dead_thresh` counts as near zero
