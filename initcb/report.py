@@ -161,12 +161,12 @@ def _loss_rules(v, th, chance=None, before=0, mix=None):
         return [{**_finding('(all)', 'loss not decreasing', 'info', ev + f'; the model trained before this fit ({before} batches recorded before it)', 'plateau'), 'remedy': RESUMED}]
     return []
 
-def _output_rules(model, th, batch, v, classes):
+def _output_rules(th, output, v, classes):
     "'output ignores the input': after a fit of `min_batches` or more, a classifier (`classes`: `_ce_classes`) whose predicted class"
-    "probabilities vary by less than `const_out` (RMS) over the inputs of `batch()`: the same distribution for every input"
+    "probabilities vary by less than `const_out` (RMS) over the inputs of a batch (`output()`: the model's output on it): the same distribution for every input"
     f = _finite(v)
-    if classes is None or f is None or len(f) < th.min_batches or (xb := batch()) is None: return []  # (before a fit, an init's small logits vary little too)
-    o = first_tensor(eval_forward(model, [], noop, xb))
+    if classes is None or f is None or len(f) < th.min_batches or (out := output()) is None: return []  # (before a fit, an init's small logits vary little too)
+    o = first_tensor(out)
     if o is None or o.dim() != 2 or o.shape[1] != classes or o.shape[0] < 8: return []  # (a sequence's logits, a batch too small to tell)
     p = o.float().softmax(1); pm = p.mean(0)
     s = (p - pm).pow(2).sum(1).mean().sqrt().item()
@@ -302,14 +302,17 @@ def health_report(self:Learner,
     gh = next((c for c in self.cbs if isinstance(c, GradientHealth)), None)
     ah = next((c for c in self.cbs if isinstance(c, ActivationHealth)), None)
     losses = _losses(self, gh, ah)
-    if xb is not None: eval_forward(unwrap(self.model), [], noop, xb)  # (a batch the model cannot take: a ValueError naming `xb` here, not torch's words from inside a rule)
-    x = []  # (the batch the rules read: fetched once, by the first rule that needs it)
+    x, o = [], []  # (the batch the rules read, and the model's output on it: each made once, by the first rule that needs it)
+    if xb is not None: o.append(eval_forward(unwrap(self.model), [], noop, xb))  # (a batch the model cannot take: a ValueError naming `xb` here, not torch's words from inside a rule)
     def batch():
         if not x: x.append(_first_x(self) if xb is None else xb)
         return x[0]
+    def output():
+        if not o: o.append(None if batch() is None else eval_forward(unwrap(self.model), [], noop, batch()))
+        return o[0]
     before = getattr(gh, '_fit0', None) or getattr(ah, '_fit0', None) or 0  # (batches the recorders saw in fits before the last one)
     rows = _loss_rules(losses, th, _chance_loss(self), before, _mixed(self, gh, ah))
-    if not rows or rows[0]['severity'] != 'error': rows += _output_rules(unwrap(self.model), th, batch, losses, _ce_classes(self))  # (diverging or at chance: said already; the model inside DDP: no collective)
+    if not rows or rows[0]['severity'] != 'error': rows += _output_rules(th, output, losses, _ce_classes(self))  # (diverging or at chance: said already; the model inside DDP: no collective)
     rows += _init_rules(self.model, th, batch)
     # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
     if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, batch())

@@ -1059,3 +1059,19 @@ def test_a_fit_with_no_batch_reports_no_loss_of_another():
     assert 'loss diverging' in set(learn.health_check.report.problem)
     learn.fit(0)
     assert not learn.health_check.report.problem.str.startswith('loss').any()
+
+@pytest.mark.parametrize('given', [True, False])
+def test_report_runs_the_model_once_for_the_output_rule(given):
+    "`xb` given: one forward checked it, the output rule ran another on it (HealthCheck passes one at every fit's end)"
+    from fastai.vision.all import CrossEntropyLossFlat
+    from initcb.core import first_inputs
+    torch.manual_seed(0)
+    dls = digits_dls(bs=64, flat=True, n_train=256)
+    m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    learn = quiet(Learner(dls, m, loss_func=CrossEntropyLossFlat(), cbs=ActivationHealth()))
+    learn.fit(2, 1e-2)
+    calls = []
+    h = m.register_forward_hook(lambda *a: calls.append(1))
+    try: learn.health_report(Thresholds(min_batches=4), verbose=False, xb=first_inputs(dls.valid) if given else None)
+    finally: h.remove()
+    assert len(calls) == 2  # (the output rule's forward, `dormancy`'s)
