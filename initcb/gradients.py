@@ -222,11 +222,23 @@ def _step_hypers(self:GradientHealth):
         gid = {id(p): g for g, pl in enumerate(opt.param_lists) for p in pl}
         self._group_of = np.array([gid.get(id(p), -1) for p in self.params])
         self._decays = decoupled_decay(opt, self.params, self._group_of)
+        self._not_in_opt()
     hs = opt.hypers
     lr = np.array([float(h.get('lr', math.nan)) for h in hs] + [math.nan])[self._group_of]
     if self._decays is None: return lr, None
     wd = np.array([float(h.get('wd', 0.) or 0.) for h in hs] + [0.])[self._group_of]
     return lr, np.where(self._decays, np.nan_to_num(lr * wd), 0.)
+
+@patch
+def _not_in_opt(self:GradientHealth):
+    "Flag each layer with trainable parameters in no optimizer group (`_group_of` -1): added or replaced after the optimizer was made, they never update"
+    out = np.flatnonzero(self._group_of < 0)
+    if not len(out): return
+    of = [self.layers[self._layer_of[self._cols[j]]] for j in out]
+    for layer in dict.fromkeys(of):
+        n = of.count(layer)
+        self._event('not in optimizer', self._iter, layer, n, f"layer {layer!r}: {n} trainable parameter{'s' if n > 1 else ''} in no optimizer group (added or replaced "
+                    "after the optimizer was made?): never updated, and their gradients accumulate batch after batch (fastai zeroes the optimizer's only)")
 
 @patch
 def after_cancel_step(self:GradientHealth):

@@ -22,8 +22,9 @@ from .reinit import reinit_dormant, unit_chains, unfollowed
 from .wd import AdaptiveWD
 
 # %% auto #0
-__all__ = ['COLUMNS', 'REMEDIES', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME', 'NAN_INPUT', 'NO_ACTIVATION',
-           'BLOWUP', 'RESUMED', 'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
+__all__ = ['COLUMNS', 'REMEDIES', 'NOT_IN_OPT', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME', 'NAN_INPUT',
+           'NO_ACTIVATION', 'BLOWUP', 'RESUMED', 'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard',
+           'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
 class Thresholds:
@@ -63,7 +64,9 @@ REMEDIES = {
     'stalled': ("raise the learning rate, or rescale the layer's init (weights too large for the updates it gets)", 'LSUVInit'),
     'too hot': ("lower the learning rate, or decay the weights", 'AdaptiveWD'),
     'growing': ("apply weight decay, adapted to the run", 'AdaptiveWD'),
+    'not in optimizer': ("make the optimizer again after changing the model (`learn.create_opt()`, or `learn.opt = None` before the next fit): it holds the parameters the model had when it was made", ''),
 }
+NOT_IN_OPT = "likely the gradients of parameters outside the optimizer, which accumulate (see that finding): make the optimizer again first; if it stays: "  # (the global norm grows with them)
 DEAD_UNFOLLOWED = "use a leaky activation (GeneralRelu(leak=0.1)): ReinitDormant cannot follow the layer in front of this one"  # dead, no chain ends in it (`unfollowed` says why)
 SYMPTOM = "likely a symptom of the diverging loss: lower the learning rate first; if it stays: "  # (a finding in a fit whose loss diverged)
 STALLED_OTHER = "raise the learning rate (this layer's, where the optimizer has parameter groups), or reset the layer's weights (too large for the updates it gets)"  # stalled, not a Linear/Conv layer
@@ -252,7 +255,9 @@ def _gradient_rules(gh, th, model=None, losses=None):
         if key not in REMEDIES: continue
         if kind == 'vanishing' and isinstance(mods.get(layer), NORM_LAYERS): continue  # (a norm layer's scale and shift before a small weight: fastai's zero-initialized BatchNorm that ends a residual branch, by design)
         sev = 'error' if kind in ('nonfinite', 'exploding') else 'warning'
-        problem = 'no gradient reaches it' if kind == 'no gradient' else f'{kind} gradients' if kind in ('vanishing', 'exploding', 'nonfinite') else f'{kind} updates'
+        problem = ('no gradient reaches it' if kind == 'no gradient' else 'not trained: in no optimizer group' if kind == 'not in optimizer'
+                   else f'{kind} gradients' if kind in ('vanishing', 'exploding', 'nonfinite') else f'{kind} updates')
+        if kind == 'not in optimizer': sev = 'error'
         note = ''
         if kind == 'exploding':  # (a spike over a running median that fell as the loss did, no larger than the fit's norms before: a warning)
             g, it = gh.global_norm(), gh.hist.iters[:len(gh.hist)]
@@ -271,6 +276,9 @@ def _gradient_rules(gh, th, model=None, losses=None):
         if key == 'stalled' and layer in mods and not isinstance(mods[layer], WEIGHT_LAYERS):  # (LSUV rescales Linear and Conv layers only)
             out[-1].update(remedy=STALLED_OTHER, callback='')
         if sev == 'info': out[-1].update(remedy={'stalled': 'nothing while the loss is this low', 'no gradient': NO_GRADIENT_SOME}.get(kind, f'nothing unless it recurs; then: {out[-1]["remedy"]}'), callback='')
+    if (ev.kind == 'not in optimizer').any():  # (their accumulating gradients raise the global norm: an explosion that is theirs)
+        for f in out:
+            if f['problem'] == 'exploding gradients': f.update(remedy=NOT_IN_OPT + f['remedy'], callback='')
     w = df.dropna(subset=['weight_norm'])
     for layer, d in w.groupby('layer', sort=False):
         v = d['weight_norm'].to_numpy()

@@ -1075,3 +1075,24 @@ def test_report_runs_the_model_once_for_the_output_rule(given):
     try: learn.health_report(Thresholds(min_batches=4), verbose=False, xb=first_inputs(dls.valid) if given else None)
     finally: h.remove()
     assert len(calls) == 2  # (the output rule's forward, `dormancy`'s)
+
+def test_a_layer_replaced_after_the_optimizer_was_made_is_reported():
+    "A head replaced between fits is in no optimizer group: it never trained, its gradients grew batch after batch, and the report said nothing of it"
+    from fastai.vision.all import CrossEntropyLossFlat
+    torch.manual_seed(0)
+    dls = digits_dls(bs=64, flat=True, n_train=512)
+    m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    gh = GradientHealth()
+    learn = quiet(Learner(dls, m, loss_func=CrossEntropyLossFlat(), cbs=gh))
+    learn.fit(1, 1e-2)
+    assert not len(gh.events)
+    learn.model[2] = nn.Linear(32, 10)
+    w0 = learn.model[2].weight.detach().clone()
+    with pytest.warns(UserWarning, match="layer '2': 2 trainable parameters in no optimizer group"): learn.fit(1, 1e-2)
+    assert torch.equal(learn.model[2].weight, w0)  # (the premise: it did not train)
+    ev = gh.events
+    assert ev[ev.kind == 'not in optimizer'][['layer', 'value']].values.tolist() == [['2', 2.0]]
+    r = learn.health_report(verbose=False)
+    assert r[r.problem.str.startswith('not trained')][['layer', 'severity']].values.tolist() == [['2', 'error']]
+    learn.create_opt(); learn.fit(1, 1e-2)  # (the remedy: nothing flagged in the next fit)
+    assert not (learn.health_report(verbose=False).problem.str.startswith('not trained')).any()
