@@ -306,6 +306,7 @@ def check_init(
     materialize(model, xb)  # (lazy modules: no weights to check before a forward pass)
     acts, groups, rows = following_activation(model), shuffle_groups(model), []
     normed = normed_layers(model)  # (its scale set again right after: TabularModel's Linear, ReLU, BatchNorm)
+    ties = tied_modules(model)
     verdicts = _verdicts(model, _flagged(model), xb)
     for n, m in model.named_modules():
         if not isinstance(m, INIT_TYPES) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): continue
@@ -329,6 +330,8 @@ def check_init(
         elif std < expect / 2 * _slack(w.numel(), -1): finding = f'scale {std / expect:.2g}x too small: outputs shrink layer by layer'
         elif std > expect * 2 * _slack(w.numel(), 1): finding = f'scale {std / expect:.2g}x too large: outputs grow layer by layer'
         else: finding = 'ok'
+        if finding.startswith('scale') and n in ties:  # (a decoder tied to the embedding: its weights are the embedding's, set for a lookup)
+            finding += f"; its weights are {', '.join(sorted(ties[n]))}'s too (tied): rescaled, they would rescale those (lsuv_init skips it)"
         act = acts.get(n)
         rows.append(dict(layer=n, type=type(m).__name__, frozen=is_frozen(m), activation=type(act).__name__ if act is not None else None,
                          fan_in=_fan_in(w, m), mean=w.mean().item(), std=std, expected_std=expect, std_ratio=std / expect if expect == expect else float('nan'),

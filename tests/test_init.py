@@ -706,3 +706,14 @@ def test_lsuv_leaves_tied_weights():
         assert {n for n in rep.index if 'shared with' in rep.status[n]} == skipped, rep
         assert all(torch.equal(p, shared[id(p)]) for p in m.parameters() if id(p) in shared)
         assert (rep.drop(index=list(skipped)).status == 'ok').all()
+
+def test_a_tied_decoders_scale_finding_says_whose_weights_they_are():
+    "A decoder tied to an N(0, 1) embedding read 'scale 5.7x too large' with nothing to say the weights are the embedding's (and that lsuv_init leaves them)"
+    class LM(nn.Module):
+        def __init__(s):
+            super().__init__(); s.emb = nn.Embedding(100, 32); s.lin = nn.Linear(32, 32); s.dec = nn.Linear(32, 100); s.dec.weight = s.emb.weight
+        def forward(s, x): return s.dec(torch.relu(s.lin(s.emb(x))))
+    torch.manual_seed(0)
+    ci = check_init(LM()).set_index('layer').finding
+    assert ci['dec'].startswith('scale') and "its weights are emb's too (tied)" in ci['dec']
+    assert 'tied' not in ci['lin'] and ci['emb'] == 'ok'
