@@ -121,6 +121,7 @@ def _set_params(self:GradientHealth, named, train):
     self._memo, self._pmemo = dict(sparse=sp) if sp else {}, {}  # (`foreach_norm`'s, of the gradients and of the weights: a float64 model's found once a fit, not once a call)
     # (a `NonFiniteGuard` checking the same gradients: its norms are these. Checked at the first step: its `before_fit` may come after this one)
     self._guard, self._guard_ok = next((c for c in self.learn.cbs if getattr(type(c), 'shares_grad_norms', False)), None), None
+    self._hander = next((c for c in self.learn.cbs if callable(getattr(type(c), 'hand_decay', None))), None)  # (an `AdaptiveWD`: decay by hand after the step)
 
 @patch
 def _reset(self:GradientHealth, names, sizes):
@@ -189,11 +190,14 @@ def after_step(self:GradientHealth):
         d = foreach_norm(self._prev, 2, self._pmemo)
         lr, c = self._step_hypers()
         if c is not None: c[~self._hasg] = 0.  # (no gradient: no step, no decay)
+        h = self._hand_decay()  # (decay by hand after the step, `AdaptiveWD('equilibrium')`'s, gradient or not: the fraction taken; None: none)
+        if h is not None: c = h if c is None else c + h
         k = None
         if c is not None and c.any():  # decoupled weight decay took c·w before the step: the rest, -Δw - c·w_before = (1 - c)(-Δw) - c·w_after,
             ok = c < 0.5               # is the gradient's: (1 - 2c)·lerp(-Δw, w_after, -c / (1 - 2c)), one in-place op (the norm's factor on the host)
-            c = np.where(ok, c, 0.); k = np.where(ok, 1 - 2 * c, np.nan)  # (NaN: a decay of half the weight or more in one step)
-            torch._foreach_lerp_(self._prev, self.params, (-c / np.where(ok, k, 1.)).tolist())
+            c = np.where(ok, c, 0.); m = 1 - 2 * c  # (a decay by hand after the step, w_after = (1 - c)(w_before + s): the same lerp, its norm over 1 - c)
+            k = np.where(ok, m / (1 - np.where(ok, h, 0.)) if h is not None else m, np.nan)  # (NaN: a decay of half the weight or more in one step)
+            torch._foreach_lerp_(self._prev, self.params, (-c / m).tolist())
             s = foreach_norm(self._prev, 2, self._pmemo)
         else: s = d
         self._uq.add(d + w + self._nonf + s, (self._iter, lr, k))
@@ -228,6 +232,11 @@ def _step_hypers(self:GradientHealth):
     if self._decays is None: return lr, None
     wd = np.array([float(h.get('wd', 0.) or 0.) for h in hs] + [0.])[self._group_of]
     return lr, np.where(self._decays, np.nan_to_num(lr * wd), 0.)
+
+@patch
+def _hand_decay(self:GradientHealth):
+    "The fraction of each recorded parameter a callback's decay by hand took after this step (`AdaptiveWD.hand_decay`), or None"
+    return None if getattr(self, '_hander', None) is None else self._hander.hand_decay(self.params)
 
 @patch
 def _not_in_opt(self:GradientHealth):

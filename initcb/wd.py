@@ -200,6 +200,7 @@ class AdaptiveWD(HealthCallback):
                     if d is None: continue
                     ds.append(d)
                 ps.append(p); f.append(lr * l)
+        if not cautious: self._hand = dict(zip(map(id, ps), f))  # (for `hand_decay`: what this step took, read after it by `GradientHealth`)
         if not ps: return
         with torch.no_grad():
             if not cautious: torch._foreach_mul_(ps, [1 - x for x in f]); return
@@ -232,6 +233,14 @@ class AdaptiveWD(HealthCallback):
     def _disarm(self):
         "The batch over (`after_batch`), or a step begun (`before_step`) and not taken: the fit's own weight decay back; no decay by hand, no measurement across a step not taken"
         if getattr(self, '_armed', False): self.learn.opt.set_hyper('wd', self._orig); self._armed, self._prev = False, None
+        self._hand = None
+
+    def hand_decay(self,
+        params:list, # parameters (a recorder's)
+    ):
+        "The fraction lr·λ of each of `params` that this step's decay by hand took after the optimizer step ('equilibrium'; 0 for a parameter it does not decay), or None: no such decay this step ('awd', 'swd': the optimizer's own; 'cautious': per coordinate, no one fraction)"
+        h = getattr(self, '_hand', None)
+        return None if h is None else np.array([h.get(id(p), 0.) for p in params])
     def after_cancel_step(self): self._disarm()
     def after_batch(self): self._disarm()  # (the step's λ, kept for the callbacks after this one; or a later callback's CancelBatchException in `before_step`: no `after_step` came)
     def cleanup(self, collective:bool=True):

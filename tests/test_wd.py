@@ -310,6 +310,26 @@ def test_grad_update_ratio_takes_out_this_steps_decay():
     np.testing.assert_allclose(df[df.param == '1.weight'].grad_update_ratio.to_numpy(), np.array(t.r)[:, 0], rtol=1e-4)
     assert all(h['wd'] == 0.1 for h in learn.opt.hypers)
 
+def test_grad_update_ratio_takes_out_the_decay_by_hand():
+    "'equilibrium' decays by hand after the step (the optimizer's wd 0 for it): `grad_update_ratio` counted that decay as the gradient's"
+    from functools import partial
+    from fastai.optimizer import SGD
+    from initcb.gradients import GradientHealth
+    class Between(Callback):  # (after the optimizer step, before AdaptiveWD's decay by hand: the gradient's step alone)
+        order = AdaptiveWD.order - 0.1
+        def __init__(self): self.r = []
+        def before_step(self): self.w0 = [p.detach().clone() for p in self.learn.model.parameters()]
+        def after_step(self): self.r.append([((p.detach() - w).norm() / w.norm()).item() for p, w in zip(self.learn.model.parameters(), self.w0)])
+    torch.manual_seed(0)
+    gh, t = GradientHealth(update_every=1, warn=False), Between()
+    learn = quiet(Learner(digits_dls(bs=128), nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)), loss_func=nn.CrossEntropyLoss(),
+                          opt_func=partial(SGD, mom=0.9), wd=0.5, cbs=[gh, AdaptiveWD('equilibrium', every=1), t]))
+    learn.fit(1, 0.1)
+    df = gh.to_df(per='param')
+    w = df[df.param == '1.weight']
+    np.testing.assert_allclose(w.grad_update_ratio.to_numpy(), np.array(t.r)[:, 0], rtol=1e-4)
+    assert (w.update_ratio.to_numpy() != w.grad_update_ratio.to_numpy()).all()  # (the decay was there to take out)
+
 def test_lambda_pinned_at_the_cap_is_said_once():
     "A λ pinned at `wd_max` every step said nothing: one event per group and fit when λ is capped ('swd' with Adam: rms(g) about 0.01 here)"
     from fastai.optimizer import Adam
