@@ -78,10 +78,10 @@ def setup(self:GradientHealth):
     materialize_lazy(self.learn)  # (lazy modules: no parameter sizes before a forward pass)
     named, train = self._trainable()
     if not train: raise ValueError("GradientHealth: the model has no parameter that requires grad")
-    names = [n for n, _ in named]
-    if names != self.names or self.hist is None:  # (None: unpickled from learn.export, which leaves the history out)
-        if self.hist is not None and len(self.hist): warnings.warn("GradientHealth: the model's parameters changed; history starts afresh")
-        self._reset(names, [p.numel() for _, p in named])
+    names, sizes = [n for n, _ in named], [p.numel() for _, p in named]
+    if names != self.names or self.hist is None or not np.array_equal(sizes, self.sizes):  # (None: unpickled from learn.export, which leaves the history out;
+        if self.hist is not None and len(self.hist): warnings.warn("GradientHealth: the model's parameters changed; history starts afresh")  # sizes: a wider layer of the same name)
+        self._reset(names, sizes)
     self._set_params(named, train)
     self._fit0, self._fit_losses, self._fit_mix = self.n_seen, None, None  # (this fit's first batch in the history's count; its loss list: `before_train`'s)
     self._group_of, self._lr_peak, self._warm = None, np.full(len(self.layers), np.nan), None  # (per fit: the optimizer's groups, each layer's peak lr, layers growing from zero)

@@ -4,6 +4,8 @@ from torch import nn
 from hypothesis import given, settings, strategies as st
 from fastai.callback.core import Callback
 from fastai.test_utils import synth_learner
+from fastai.learner import Learner
+from initcb.core import digits_dls
 from initcb.gradients import GradientHealth
 from helpers import quiet, bad_argument_named, works_or_names_argument
 
@@ -592,3 +594,15 @@ def test_parameter_in_no_optimizer_group_is_not_stalled():
     df = gh.to_df()
     assert df[df.layer == '2'].lr.isna().all() and df[df.layer == '2'].update_ratio.eq(0).all()
     assert not ((gh.events.kind == 'stalled') & (gh.events.layer == '2')).any(), gh.events
+
+def test_a_wider_model_with_the_same_names_starts_afresh():
+    "Parameters of the same names and other sizes (a layer widened): the history kept the old sizes and `zero_frac` read -11"
+    def m(w): torch.manual_seed(0); return nn.Sequential(nn.Linear(64, w), nn.ReLU(), nn.Linear(w, 10))
+    gh = GradientHealth(update_every=1, warn=False)
+    learn = quiet(Learner(digits_dls(bs=64, flat=True, n_train=128), m(16), loss_func=nn.CrossEntropyLoss(), cbs=gh))
+    learn.fit(1)
+    learn.model = m(200); learn.create_opt()
+    with pytest.warns(UserWarning, match='history starts afresh'): learn.fit(1)
+    assert gh.sizes.tolist() == [12800, 200, 2000, 10] and gh.n_seen == 2
+    zf = gh.to_df(per='param').zero_frac
+    assert zf.between(0, 1).all()
