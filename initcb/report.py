@@ -193,13 +193,20 @@ def _init_rules(model, th, batch=None):
 
 _LOOKUPS = (nn.Embedding, nn.EmbeddingBag)  # (their output's scale is their initialization, fastai's 0.01 on purpose: not a step through depth)
 
+def _ah_mods(learn, ah):
+    "The modules `ah`'s history is of: its own, or for one loaded and not fitted yet, the learner's model's of those names (None: the model has none of some)"
+    if ah.mods is not None or ah.names is None: return ah.mods
+    by = _named(learn.model)
+    return [by[n] for n in ah.names] if all(n in by for n in ah.names) else None
+
 def _activation_rules(learn, ah, th, xb):
     out = []
     if ah.names is None: return out
     ah.flush()
     if not len(ah.fast): return out
-    if xb is not None:
-        for n, (frac, units) in _dormant_fracs(ah, xb, th.dead_tau).items():
+    mods = _ah_mods(learn, ah)  # (None: a loaded history of another model; the rules that read the modules skip it)
+    if xb is not None and mods is not None:
+        for n, (frac, units) in _dormant_fracs(ah, xb, th.dead_tau, mods).items():
             if frac > th.dead_frac:
                 out.append(_finding(n, 'dead units', 'error' if frac > 0.5 else 'warning',
                                     f'{frac:.0%} of {units} units have dormancy score <= {th.dead_tau:g} on a batch', 'dead'))
@@ -213,13 +220,13 @@ def _activation_rules(learn, ah, th, xb):
         summ = ah.summary(last=th.last if th.last is not None else int(f.n[r0:len(f)].sum()))
         for n, v in summ['% saturated'].dropna().items():
             if v > th.sat_pct: out.append(_finding(n, 'saturated activation', 'warning', f'{v:.0f}% of outputs within sat_eps of an asymptote', 'saturated'))
-    if r0 is not None:
+    if r0 is not None and mods is not None:
         rms0 = f['rms'][r0]
         model = unwrap(learn.model); leaves = [m for _, m in _leaves(model)]
         # (a layer a norm layer follows, right after it or through an activation, as `check_init` reads it: its scale is set again there)
         normed, by_name = {id(a) for a, b in zip(leaves, leaves[1:]) if isinstance(b, NORM_LAYERS)}, dict(model.named_modules())
         normed |= {id(by_name[n]) for n in normed_layers(model) if n in by_name}
-        par = [j for j, m in enumerate(ah.mods) if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, (*_LOOKUPS, *NORM_LAYERS))  # (a norm layer's scale is its own weight: fastai's zero-initialized BatchNorm ending a residual branch)
+        par = [j for j, m in enumerate(mods) if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, (*_LOOKUPS, *NORM_LAYERS))  # (a norm layer's scale is its own weight: fastai's zero-initialized BatchNorm ending a residual branch)
                and id(m) not in normed and np.isfinite(rms0[j]) and rms0[j] > 0]
         if len(par) >= 2:
             lo, hi = min(par, key=lambda j: rms0[j]), max(par, key=lambda j: rms0[j])
@@ -227,6 +234,7 @@ def _activation_rules(learn, ah, th, xb):
             if orders > th.drift_orders:
                 out.append(_finding(ah.names[lo], 'activation scale drifts through depth', 'warning',
                                     f'rms {rms0[lo]:.2g} at {ah.names[lo]} vs {rms0[hi]:.2g} at {ah.names[hi]} on the first recorded batch of the fit ({orders:.1f} orders)', 'drift'))
+    if r0 is not None:
         nf = f['nonfinite_batches'][r0:len(f)]
         if nf.sum():
             rows, cols = np.nonzero(nf)
@@ -293,9 +301,10 @@ def _first_x(learn):
     try: return first_inputs(learn.dls.valid if len(learn.dls.valid) else learn.dls.train, getattr(learn.dls, 'n_inp', None))
     except Exception: return None
 
-def _dormant_fracs(ah, xb, tau):
-    "{activation layer: (share of its units with dormancy score <= `tau`, number of units)} on batch `xb`"
-    return {n: ((s <= tau).float().mean().item(), len(s)) for n, s in ah.dormancy(xb).items() if is_activation(ah.mods[ah.names.index(n)])}
+def _dormant_fracs(ah, xb, tau, mods=None):
+    "{activation layer: (share of its units with dormancy score <= `tau`, number of units)} on batch `xb` (`mods`: `ah`'s modules, None: `ah.mods`)"
+    mods = ah.mods if mods is None else mods
+    return {n: ((s <= tau).float().mean().item(), len(s)) for n, s in ah.dormancy(xb).items() if is_activation(mods[ah.names.index(n)])}
 
 @patch
 def health_report(self:Learner,
@@ -342,7 +351,7 @@ def health_report(self:Learner,
             with pd.option_context('display.max_colwidth', 70, 'display.width', 200): print(f'health report: {len(df)} findings\n' + df[['layer', 'problem', 'severity', 'evidence', 'callback']].to_string(index=False))
             fixes = dict.fromkeys(f"  {r.problem}: {r.remedy}" for r in df.itertuples())  # (the remedies in words, once each: the table has no room for them)
             print('remedies:\n' + '\n'.join(fixes))
-        if ah is not None and _no_activation(ah.mods): print(f'note: {NO_ACTIVATION}')
+        if ah is not None and (mods := _ah_mods(self, ah)) is not None and _no_activation(mods): print(f'note: {NO_ACTIVATION}')
     return df
 
 # %% ../nbs/06_report.ipynb #ab178f45

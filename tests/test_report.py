@@ -1096,3 +1096,22 @@ def test_a_layer_replaced_after_the_optimizer_was_made_is_reported():
     assert r[r.problem.str.startswith('not trained')][['layer', 'severity']].values.tolist() == [['2', 'error']]
     learn.create_opt(); learn.fit(1, 1e-2)  # (the remedy: nothing flagged in the next fit)
     assert not (learn.health_report(verbose=False).problem.str.startswith('not trained')).any()
+
+def test_report_with_a_loaded_recorder_not_fitted_yet(tmp_path):
+    "`ActivationHealth.load` attached to a learner with the same model: the report crashed ('NoneType' object is not subscriptable: no modules before a fit)"
+    from fastai.vision.all import CrossEntropyLossFlat
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    with torch.no_grad(): m[0].bias.fill_(-100.)  # (every unit of the ReLU dead)
+    dls = digits_dls(bs=64, flat=True, n_train=128)
+    ah = ActivationHealth()
+    learn = quiet(Learner(dls, m, loss_func=CrossEntropyLossFlat(), cbs=ah))
+    learn.fit(1)
+    want = learn.health_report(verbose=False)
+    assert 'dead units' in want.problem.tolist()
+    a = ActivationHealth.load(ah.save(tmp_path/'ah.npz'))
+    l2 = quiet(Learner(dls, m, loss_func=CrossEntropyLossFlat(), cbs=a))
+    got = l2.health_report(verbose=False)
+    assert got[['layer', 'problem']].values.tolist() == want[['layer', 'problem']].values.tolist()
+    other = quiet(Learner(dls, nn.Sequential(nn.Linear(64, 10)), loss_func=CrossEntropyLossFlat(), cbs=ActivationHealth.load(tmp_path/'ah.npz')))
+    other.health_report(verbose=False)  # (another model: the rules that read the modules skip the history, no error)
