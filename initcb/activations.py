@@ -674,7 +674,8 @@ def _layer(self:ActivationHealth, idx, arg='idx', names=None, mods=None):
     if isinstance(idx, nn.Module) and names is not None:
         for i, m in enumerate(mods or []):
             if m is idx: return i
-        raise ValueError(f"`{arg}`: {type(idx).__name__} is not a watched module")
+        raise ValueError(f"`{arg}`: {type(idx).__name__} is not a watched module" if mods else
+                         f"`{arg}`: a module, and this ActivationHealth holds none (loaded, not fitted since): pass the layer's name or position; names: {names}")
     return layer_index(names, idx, 'watched layer', ' or a watched module', arg)
 
 @patch
@@ -817,7 +818,7 @@ def save(self:ActivationHealth,
         meta = self._meta()
         df, (j, _, s) = self.to_df(), self.sampled.pooled_by(self.fast)
         hist = np.full((len(self.fast), len(self.names), self.bins), np.nan, np.float32); hist[j] = s['hist']
-        df = pd.concat([df, pd.DataFrame(hist.reshape(len(df), -1), columns=[f'hist_{b}' for b in range(self.bins)])], axis=1)
+        df = pd.concat([df, pd.DataFrame(hist.reshape(len(df), self.bins), columns=[f'hist_{b}' for b in range(self.bins)])], axis=1)  # (no rows: 0 x bins)
         df.attrs['initcb'] = meta
         df.to_parquet(fname)
     return fname
@@ -829,17 +830,23 @@ def load(cls:ActivationHealth,
     "An `ActivationHealth` holding the history saved in `fname`, for reading and plotting; with the arguments and module selection it was saved with, so that attached to a learner with the same model the next fit carries on"
     fname = check_path('fname', fname, ('.npz', '.parquet'))
     if fname.suffix == '.npz':
-        with np.load(fname, allow_pickle=False) as z: sd = {k: z[k] for k in z.files}
-        return cls(**_args(saved_meta(sd, 'ActivationHealth', 'fname'))).load_state_dict(sd)
-    else:  # (.parquet) back to the arrays of `state_dict`
-        df = pd.read_parquet(fname); sd = dict(meta=df.attrs.get('initcb'))
-        meta = saved_meta(sd, 'ActivationHealth', 'fname'); L = len(meta['names'])
-        for pre, cols, ncol in (('fast_', list(FAST), 'n'), ('sampled_', SAMPLED, 'n_sampled')):
-            d = df.dropna(subset=[ncol]).sort_values(['iter', 'idx' if 'idx' in df else 'layer'])  # (a file saved by 0.0.1: `layer` the position)
-            sd[pre + 'iters'], sd[pre + 'n'] = d['iter'].to_numpy()[::L], d[ncol].to_numpy()[::L].astype(np.int64)
-            for c in cols: sd[pre + c] = d[c].to_numpy(np.float32).reshape(-1, L)
-            if ncol == 'n_sampled': sd[pre + 'hist'] = d[[f'hist_{b}' for b in range(meta['bins'])]].to_numpy(np.float32).reshape(-1, L, meta['bins'])
-        return cls(**_args(meta)).load_state_dict(sd)
+        sd = read_npz(fname)
+        return cls(**_args(saved_meta(sd, 'ActivationHealth', 'fname')))._load_sd(sd, 'fname')
+    df = read_saved(fname, pd.read_parquet); sd = dict(meta=df.attrs.get('initcb'))
+    meta = saved_meta(sd, 'ActivationHealth', 'fname')
+    try: sd.update(_parquet_arrays(df, meta))
+    except (KeyError, ValueError, TypeError) as e: raise ValueError(f"`fname` ({fname}) holds ActivationHealth's meta but not the table it saved ({type(e).__name__}: {e})") from e
+    return cls(**_args(meta))._load_sd(sd, 'fname')
+
+def _parquet_arrays(df, meta):
+    "The arrays of `state_dict` from the table `save` wrote to a .parquet"
+    sd, L = {}, len(meta['names'])
+    for pre, cols, ncol in (('fast_', list(FAST), 'n'), ('sampled_', SAMPLED, 'n_sampled')):
+        d = df.dropna(subset=[ncol]).sort_values(['iter', 'idx' if 'idx' in df else 'layer'])  # (a file saved by 0.0.1: `layer` the position)
+        sd[pre + 'iters'], sd[pre + 'n'] = d['iter'].to_numpy()[::L], d[ncol].to_numpy()[::L].astype(np.int64)
+        for c in cols: sd[pre + c] = d[c].to_numpy(np.float32).reshape(-1, L)
+        if ncol == 'n_sampled': sd[pre + 'hist'] = d[[f'hist_{b}' for b in range(meta['bins'])]].to_numpy(np.float32).reshape(-1, L, meta['bins'])
+    return sd
 
 def _args(meta):
     "The constructor's arguments saved in `meta` (a file saved before some were kept: the defaults)"
@@ -861,12 +868,20 @@ def state_dict(self:ActivationHealth):
 def load_state_dict(self:ActivationHealth,
     sd:dict, # from `state_dict` (or a loaded .npz)
 ):
-    "Restore the state saved by `state_dict`; attached to a learner with the same model, the next fit carries on. Returns `self`"
-    meta = saved_meta(sd, 'ActivationHealth')
-    self._reset(meta['names'], [None if b is None else tuple(b) for b in meta['bounds']])
-    self.n_seen, self.kinds = meta['n_seen'], meta.get('kinds')
-    if meta['hist_ranges'] is not None: self._hr = np.array(meta['hist_ranges'], np.float32)
-    if meta.get('hist_m') is not None: self._hm = np.array(meta['hist_m'])
-    self.fast = StatHistory.from_arrays(self.fast.cols, sd, self.max_rows, 'fast_')
-    self.sampled = StatHistory.from_arrays(self.sampled.cols, sd, self.max_rows, 'sampled_')
-    return self
+    "Restore the state saved by `state_dict` (all of it, or, on a `ValueError` naming `sd`, none); attached to a learner with the same model, the next fit carries on. Returns `self`"
+    return self._load_sd(sd, 'sd')
+
+@patch
+def _load_sd(self:ActivationHealth, sd, arg):
+    meta = saved_meta(sd, 'ActivationHealth', arg)
+    if meta.get('bins', self.bins) != self.bins:
+        raise ValueError(f"`{arg}` was saved with bins={meta['bins']} and this ActivationHealth has bins={self.bins}: `ActivationHealth.load` makes one with the saved arguments")
+    def load():
+        self._reset(meta['names'], [None if b is None else tuple(b) for b in meta['bounds']])
+        self.n_seen, self.kinds = meta['n_seen'], meta.get('kinds')
+        if meta.get('hist_ranges') is not None: self._hr = np.array(meta['hist_ranges'], np.float32)
+        if meta.get('hist_m') is not None: self._hm = np.array(meta['hist_m'])
+        self.fast = StatHistory.from_arrays(self.fast.cols, sd, self.max_rows, 'fast_')
+        self.sampled = StatHistory.from_arrays(self.sampled.cols, sd, self.max_rows, 'sampled_')
+        return self
+    return restore(self, arg, load)

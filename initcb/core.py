@@ -27,9 +27,10 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_
            'wrapper_prefix', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main',
            'DeviceChunks', 'stack_scalars', 'real_fit', 'fit_losses', 'FitOnlyCallback', 'HealthCallback',
            'ForwardHooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks', 'foreach_norm', 'sparse_values_',
-           'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection', 'saved_meta', 'check_path',
-           'keep_modes', 'eval_mode', 'eval_forward', 'call_on', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize',
-           'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap', 'digits_dls']
+           'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection', 'saved_meta', 'read_saved',
+           'read_npz', 'restore', 'check_path', 'keep_modes', 'eval_mode', 'eval_forward', 'call_on', 'rng_kept',
+           'first_inputs', 'has_lazy', 'materialize', 'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap',
+           'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -468,6 +469,9 @@ class StatHistory:
         h = cls(cols, a[have[0]].shape[1], max_rows)
         for c in cols:
             if c not in a: a[c] = np.full((len(a['iters']), h.n_layers) + h.cols[c][1], np.nan, np.float32)
+        for c, v in ((c, a[c]) for c in ('n', *cols)):  # (rows a column has beyond its `iters` went in unread, silently)
+            want = (len(a['iters']),) + (() if c == 'n' else (h.n_layers,) + h.cols[c][1])
+            if v.shape != want: raise ValueError(f"{prefix}{c} has shape {v.shape}: its {len(a['iters'])} `iters` and {h.n_layers} layers need {want}")
         h.append(a['iters'], {c: a[c] for c in cols}, a['n'])
         return h
 
@@ -838,6 +842,35 @@ def saved_meta(
     other = next((k for k, ks in _SAVED.items() if isinstance(meta, dict) and all(x in meta for x in ks)), None)
     raise ValueError(f"`{arg}` is not a state {who} saved" + (f": {other} saved it (`{other}.load`)" if other else
                      f" (`{who}.state_dict()`, or the file of `{who}.save`)"))
+
+def read_saved(
+    fname:Path, # a file a recorder's `save` wrote
+    reader, # reads it: `pd.read_parquet`, or `np.load`'s arrays (`read_npz`)
+):
+    "`reader(fname)`, or a `ValueError` naming `fname` when the file is not of its kind (a missing file and a missing parquet engine raise as they are)"
+    try: return reader(fname)
+    except (FileNotFoundError, ImportError): raise
+    except Exception as e: raise ValueError(f"`fname` ({fname}) is not a {fname.suffix} file a recorder saved ({type(e).__name__}: {e})") from e
+
+def read_npz(
+    fname:Path, # a .npz file a recorder's `save` wrote
+)->dict:
+    "Its arrays, read without pickle (`read_saved`: a ValueError naming `fname` when it is no .npz)"
+    def read(f):
+        with np.load(f, allow_pickle=False) as z: return {k: z[k] for k in z.files}
+    return read_saved(fname, read)
+
+def restore(
+    obj, # a recorder loading a saved state
+    arg:str, # the argument the state came in: 'sd', 'fname'
+    load, # loads it into `obj`, returns what to return
+):
+    "`load()`, all or nothing: on an error, `obj` as it was before and a `ValueError` naming `arg`"
+    keep = dict(obj.__dict__)  # (loading rebinds attributes, it mutates none in place: a shallow copy is the state before)
+    try: return load()
+    except Exception as e:
+        obj.__dict__.clear(); obj.__dict__.update(keep)
+        raise ValueError(f"`{arg}` is not a whole state {type(obj).__name__} saved ({type(e).__name__}: {e})") from e
 
 def check_path(
     name:str, # the argument's name, for the error message

@@ -614,17 +614,23 @@ def state_dict(self:GradientHealth):
 def load_state_dict(self:GradientHealth,
     sd:dict, # from `state_dict` (or a loaded .npz)
 ):
-    "Restore the state saved by `state_dict` (the callback keeps its own arguments: `load` builds one with the saved ones); returns `self`"
-    meta = saved_meta(sd, 'GradientHealth')
-    self._reset(meta['names'], meta['sizes'])
-    self.amod_names = meta.get('amod_names')  # (a file saved before the `act_grads` history was kept: none)
-    self.agrad = None if self.amod_names is None else StatHistory.from_arrays(AGRAD_COLS, sd, self.max_rows, 'agrad_')
-    self.n_seen, self.skipped, self.clipped = meta['n_seen'], meta['skipped'], meta['clipped']
-    self._events, self._told = meta['events'], {tuple(t) for t in meta['told']}
-    self._streak = {(tuple(k) if isinstance(k, list) else k): v for k, v in meta['streak']}
-    self.hist = StatHistory.from_arrays(self.hist.cols, sd, self.max_rows, 'hist_')
-    self.upd = StatHistory.from_arrays(self.upd.cols, sd, self.max_rows, 'upd_')
-    return self
+    "Restore the state saved by `state_dict` (all of it, or, on a `ValueError` naming `sd`, none; the callback keeps its own arguments: `load` builds one with the saved ones); returns `self`"
+    return self._load_sd(sd, 'sd')
+
+@patch
+def _load_sd(self:GradientHealth, sd, arg):
+    meta = saved_meta(sd, 'GradientHealth', arg)
+    def load():
+        self._reset(meta['names'], meta['sizes'])
+        self.amod_names = meta.get('amod_names')  # (a file saved before the `act_grads` history was kept: none)
+        self.agrad = None if self.amod_names is None else StatHistory.from_arrays(AGRAD_COLS, sd, self.max_rows, 'agrad_')
+        self.n_seen, self.skipped, self.clipped = meta['n_seen'], meta['skipped'], meta['clipped']
+        self._events, self._told = meta['events'], {tuple(t) for t in meta['told']}
+        self._streak = {(tuple(k) if isinstance(k, list) else k): v for k, v in meta['streak']}
+        self.hist = StatHistory.from_arrays(self.hist.cols, sd, self.max_rows, 'hist_')
+        self.upd = StatHistory.from_arrays(self.upd.cols, sd, self.max_rows, 'upd_')
+        return self
+    return restore(self, arg, load)
 
 @patch
 def save(self:GradientHealth,
@@ -641,8 +647,8 @@ def load(cls:GradientHealth,
     fname, # a file written by `save`
 ):
     "A `GradientHealth` with the state and arguments saved in `fname` (a file saved before the module selection was kept: the default): read it, or attach it to a learner to carry on"
-    with np.load(check_path('fname', fname, ('.npz',)), allow_pickle=False) as z: sd = {k: z[k] for k in z.files}
+    sd = read_npz(check_path('fname', fname, ('.npz',)))
     args = saved_meta(sd, 'GradientHealth', 'fname')['args']
     if not args.get('act_grads'): args['modules'] = None  # (a file saved by 0.0.1, where `modules` went unread without `act_grads`)
     args['band'] = tuple(args['band'])
-    return cls(**args).load_state_dict(sd)
+    return cls(**args)._load_sd(sd, 'fname')

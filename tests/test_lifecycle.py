@@ -539,3 +539,44 @@ def test_health_check_columns_are_the_fits():
     with pytest.raises(RuntimeError): learn.fit(1, cbs=Boom())
     learn.fit(1, 1e-2)
     assert list(learn.recorder.metric_names).count('dead %') == 1 and learn.metrics.attrgot('name') == ['accuracy']
+
+
+def test_damaged_files_and_states_are_named_and_change_nothing(tmp_path):
+    "A file that is no .npz (numpy: 'contains pickled data ... allow_pickle'), no parquet (ArrowInvalid), arrays missing or of another shape"
+    "(KeyError 'iters', a broadcast error), a state of other `bins` (a broadcast error, the callback left half loaded): ValueErrors naming the argument, nothing changed"
+    from initcb.gradients import GradientHealth
+    learn = quiet(synth_learner(n_trn=3, cbs=[ActivationHealth(), GradientHealth(warn=False)])); learn.fit(1)
+    ah, gh = learn.activation_health, learn.gradient_health
+    for f in ('bad.npz', 'bad.parquet'): (tmp_path/f).write_bytes(b'not a file of its kind')
+    sd, gsd = ah.state_dict(), gh.state_dict()
+    np.savez(tmp_path/'noiters.npz', **{k: v for k, v in sd.items() if k != 'fast_iters'})
+    np.savez(tmp_path/'shape.npz', **{**sd, 'fast_rms': np.concatenate([sd['fast_rms']] * 2)})  # (twice the rows of its iters)
+    np.savez(tmp_path/'gnoiters.npz', **{k: v for k, v in gsd.items() if k != 'hist_iters'})
+    for call, msg in ((lambda: ActivationHealth.load(tmp_path/'bad.npz'), r'`fname` \(.*bad.npz\) is not a .npz file a recorder saved'),
+                      (lambda: GradientHealth.load(tmp_path/'bad.npz'), r'`fname` \(.*bad.npz\) is not a .npz file a recorder saved'),
+                      (lambda: ActivationHealth.load(tmp_path/'bad.parquet'), r'`fname` \(.*bad.parquet\) is not a .parquet file a recorder saved'),
+                      (lambda: ActivationHealth.load(tmp_path/'noiters.npz'), '`fname` is not a whole state ActivationHealth saved'),
+                      (lambda: ActivationHealth.load(tmp_path/'shape.npz'), '`fname` is not a whole state ActivationHealth saved'),
+                      (lambda: GradientHealth.load(tmp_path/'gnoiters.npz'), '`fname` is not a whole state GradientHealth saved')):
+        with pytest.raises(ValueError, match=msg): call()
+    with pytest.raises(FileNotFoundError): ActivationHealth.load(tmp_path/'missing.npz')  # (as it is: clear already)
+    before = ah.to_df()
+    with pytest.raises(ValueError, match='`sd` was saved with bins=40 and this ActivationHealth has bins=10'): ActivationHealth(bins=10).load_state_dict(sd)
+    with pytest.raises(ValueError, match='`sd` is not a whole state ActivationHealth saved'): ah.load_state_dict({**sd, 'sampled_hist': sd['sampled_hist'][..., :3]})
+    pd.testing.assert_frame_equal(ah.to_df(), before)  # (all or nothing: the failed load left the history as it was)
+    g0 = gh.to_df()
+    with pytest.raises(ValueError, match='`sd` is not a whole state GradientHealth saved'): gh.load_state_dict({k: v for k, v in gsd.items() if k != 'upd_iters'})
+    pd.testing.assert_frame_equal(gh.to_df(), g0)
+
+def test_parquet_of_nothing_recorded(tmp_path):
+    "`fit(0)`: the .npz saved, the .parquet failed (cannot reshape array of size 0 into shape (0,newaxis))"
+    learn = quiet(synth_learner(n_trn=3, cbs=ActivationHealth())); learn.fit(0)
+    ah = learn.activation_health
+    for f in ('e.npz', 'e.parquet'): assert len(ActivationHealth.load(ah.save(tmp_path/f)).to_df()) == 0
+
+def test_a_module_given_to_a_loaded_callback(tmp_path):
+    "A loaded callback holds no modules: 'ReLU is not a watched module', of a layer that is watched"
+    learn = quiet(synth_learner(n_trn=3, cbs=ActivationHealth())); learn.model = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1)); learn.fit(1)
+    a = ActivationHealth.load(learn.activation_health.save(tmp_path/'a.npz'))
+    with pytest.raises(ValueError, match="`idx`: a module, and this ActivationHealth holds none .* pass the layer's name or position"): a.layer_stats(learn.model[1])
+    assert len(a.layer_stats('1')) == 3
