@@ -19,8 +19,8 @@ from .core import *
 # %% auto #0
 __all__ = ['NORM_LAYERS', 'WEIGHT_LAYERS', 'EMBEDDINGS', 'INIT_TYPES', 'GRAD_RTOL', 'PROBES', 'SCHEMES', 'FROZEN', 'GeneralRelu',
            'activation_gain', 'following_activation', 'normed_layers', 'shuffle_groups', 'duplicate_units',
-           'check_init', 'output_stds', 'init_weights', 'break_symmetry', 'learner_batch', 'BreakSymmetry', 'lsuv_init',
-           'LSUVInit']
+           'check_init', 'output_stds', 'init_weights', 'break_symmetry', 'reinitialized', 'fresh_opt_state',
+           'learner_batch', 'BreakSymmetry', 'lsuv_init', 'LSUVInit']
 
 # %% ../nbs/03_init.ipynb #9a953faa
 class GeneralRelu(nn.Module):
@@ -364,6 +364,11 @@ def _scale_fixed(m):
     fixed = [p for p in ps if p in ('_SpectralNorm', '_Orthogonal')]
     return f'its parametrization ({fixed[0].strip("_")}) sets its scale: skipped' if fixed else None
 
+def _orthogonal_(w, gain=1.):
+    "`nn.init.orthogonal_` for a weight of any float dtype (its QR has no float16/bfloat16 kernel on a CPU: made in float32, copied in)"
+    if w.dtype in (torch.float16, torch.bfloat16): w.copy_(nn.init.orthogonal_(torch.empty(w.shape, device=w.device), gain=gain))
+    else: nn.init.orthogonal_(w, gain=gain)
+
 def init_weights(
     model:nn.Module, # every Linear and Conv layer of it is re-initialized, in place
     scheme:str='auto', # 'auto' (the gain of the following activation), 'kaiming', 'xavier', 'lecun' or 'orthogonal'
@@ -381,7 +386,7 @@ def init_weights(
             gain = activation_gain(acts.get(n))
             with writable_weight(m) as w:  # (a parametrized weight, weight_norm's or spectral_norm's: set through its parametrization)
                 fan_in = _fan_in(w, m)
-                if scheme == 'orthogonal': nn.init.orthogonal_(w, gain=gain)
+                if scheme == 'orthogonal': _orthogonal_(w, gain)
                 elif scheme == 'xavier': nn.init.xavier_normal_(w, gain=gain)
                 elif scheme == 'lecun': nn.init.normal_(w, 0., 1 / math.sqrt(fan_in))
                 else: nn.init.normal_(w, 0., (gain if scheme == 'auto' else math.sqrt(2)) / math.sqrt(fan_in))
@@ -434,6 +439,40 @@ def _break(model, bad, xb=None):
         rows.append(dict(layer=n, type=type(m).__name__, was=kind, units_reinitialized=units if whole else len(dup), units=units))
     return pd.DataFrame(rows, columns=['layer', 'type', 'was', 'units_reinitialized', 'units'])
 
+# %% ../nbs/03_init.ipynb #f3930343
+def _state_dicts(opt, p):
+    "The optimizer state dicts that belong to parameter `p` (fastai `Optimizer` or a wrapped PyTorch optimizer)"
+    if opt is None: return []
+    if hasattr(opt, 'opt') and hasattr(opt.opt, 'state'): st = opt.opt.state  # OptimWrapper
+    else: st = getattr(opt, 'state', {})
+    return [st[p]] if p in st else []
+
+def _slow(opt, p):
+    "fastai's `Lookahead` (`ranger`): its slow copy of `p`; None without one (another optimizer, or before its first step)"
+    sw, pls = getattr(opt, 'slow_weights', None), getattr(opt, 'param_lists', None)
+    if sw is None or pls is None: return None
+    return next((s for spg, pg in zip(sw, pls) for s, q in zip(spg, pg) if q is p), None)
+
+def reinitialized(
+    model:nn.Module, # the model `break_symmetry` ran on
+    report:pd.DataFrame, # what it returned
+)->list:
+    "The parameters of the layers `report` says were re-initialized, each once"
+    return list({id(p): p for n in report['layer'] for p in model.get_submodule(n).parameters()}.values())
+
+def fresh_opt_state(
+    opt, # the optimizer (`learn.opt`: fastai's, its `OptimWrapper`), or None
+    params, # parameters whose values were set anew
+):
+    "Start the optimizer afresh on `params`: their state dropped (momenta and second moments described the old values; fastai's flags `do_wd`, `force_train` kept) and a `Lookahead`'s slow copy set to the new values (else its next sync pulls them halfway back)"
+    if opt is None: return
+    inner = getattr(opt, 'opt', None)
+    for p in params:
+        if isinstance(inner, torch.optim.Optimizer): inner.state.pop(p, None)  # (PyTorch's: made again at the next step)
+        elif p in getattr(opt, 'state', {}): opt.state[p] = {k: v for k, v in opt.state[p].items() if k in ('do_wd', 'force_train')}
+        if (s := _slow(opt, p)) is not None: s.copy_(p.detach())
+
+
 # %% ../nbs/03_init.ipynb #249ab3df
 def _check_dl(dl):
     "`dl`, unless it is neither None nor an iterable of batches: then a `ValueError` naming it"
@@ -471,11 +510,7 @@ class BreakSymmetry(Callback):
         self.report = _break(model, bad, xb)
         if bad: sync_from_main(self.model)  # (every rank alike: the weights DDP keeps identical show the same twins on each, but a verdict from a batch could differ)
         if not len(self.report): return
-        opt = getattr(self.learn, 'opt', None)
-        if opt is not None:
-            changed = {id(p) for n in self.report['layer'] for p in model.get_submodule(n).parameters()}
-            for p in (p for pg in opt.param_lists for p in pg):  # (fastai's per-parameter flags stay: `do_wd` False for biases and norms)
-                if id(p) in changed: opt.state[p] = {k: v for k, v in opt.state[p].items() if k in ('do_wd', 'force_train')}
+        fresh_opt_state(getattr(self.learn, 'opt', None), reinitialized(model, self.report))
         if self.verbose and is_main():
             print('BreakSymmetry: ' + '; '.join(f"{r.layer} ({r.type}) was {r.was}: {r.units_reinitialized}/{r.units} units re-initialized"
                                                 for r in self.report.itertuples()))
@@ -516,6 +551,7 @@ def lsuv_init(
     check_float('target_std', target_std, 1e-6, 1e6); check_float('tol', tol, 1e-9, 1e6); check_int('max_iters', max_iters); centre = check_bool('centre', centre)
     if xb is None: raise ValueError("`xb` must be a batch of inputs (a tensor, or a tuple of them), got None")
     model = unwrap(model)  # (run eagerly in the model inside DDP or torch.compile: no collective; each rank's weights, then rank 0's for all: `LSUVInit`)
+    materialize(model, xb)  # (lazy modules: no weights, and buffers that cannot be copied, before a forward pass)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
     if not layers: raise ValueError("`model` has no Linear or Conv layer to initialize")
     bufs, rows, ties = [b.detach().clone() for b in model.buffers()], [], tied_modules(model)  # (a tied weight, an embedding's as a decoder's, is two layers')
@@ -532,7 +568,7 @@ def lsuv_init(
                 if skip:
                     rows.append(dict(layer=n, type=type(m).__name__, iterations=0, mean=math.nan, std=math.nan, status=skip)); continue
                 keep = [p.clone() for p in (m.weight, m.bias) if p is not None]  # (a layer skipped keeps its weights)
-                with writable_weight(m) as w: nn.init.orthogonal_(w)  # (a parametrized weight: set through its parametrization)
+                with writable_weight(m) as w: _orthogonal_(w)  # (a parametrized weight: set through its parametrization)
                 if m.bias is not None: m.bias.zero_()
                 while True:
                     o = _output_of(model, m, xb).float()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.layers import Flatten as FlattenFa
 from .core import *
-from .init import _POOLS  # (every pooling: channels kept)
+from .init import _POOLS, _state_dicts, _slow  # (every pooling: channels kept; a parameter's optimizer state)
 
 # %% auto #0
 __all__ = ['OUTPUT_LAYER', 'unit_chains', 'unfollowed', 'dormancy_scores', 'reinit_units', 'frozen_chain', 'reinit_dormant',
@@ -201,19 +201,6 @@ def _check_opt(opt):
     if opt is not None and (isinstance(opt, type) or not hasattr(opt, 'state')):
         raise ValueError(f"`opt` must be None or the optimizer whose state is zeroed (`learn.opt`, a torch.optim optimizer), got {opt!r}")
     return opt
-
-def _state_dicts(opt, p):
-    "The optimizer state dicts that belong to parameter `p` (fastai `Optimizer` or a wrapped PyTorch optimizer)"
-    if opt is None: return []
-    if hasattr(opt, 'opt') and hasattr(opt.opt, 'state'): st = opt.opt.state  # OptimWrapper
-    else: st = getattr(opt, 'state', {})
-    return [st[p]] if p in st else []
-
-def _slow(opt, p):
-    "fastai's `Lookahead` (`ranger`): its slow copy of `p`; None without one (another optimizer, or before its first step)"
-    sw, pls = getattr(opt, 'slow_weights', None), getattr(opt, 'param_lists', None)
-    if sw is None or pls is None: return None
-    return next((s for spg, pg in zip(sw, pls) for s, q in zip(spg, pg) if q is p), None)
 
 def _zero_(p, idx, opt):
     "Zero `p`'s state tensors (its shape) at `idx` (an index into `p`); a Lookahead's slow copy there takes `p`'s new values (else its next sync pulls them halfway back)"

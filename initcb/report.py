@@ -17,7 +17,7 @@ from .core import *
 from .core import _cleanup_all, _EpochGuard
 from .activations import ActivationHealth
 from .gradients import GradientHealth
-from .init import check_init, break_symmetry, normed_layers, WEIGHT_LAYERS, NORM_LAYERS
+from .init import check_init, break_symmetry, reinitialized, fresh_opt_state, normed_layers, WEIGHT_LAYERS, NORM_LAYERS
 from .reinit import reinit_dormant, unit_chains, unfollowed
 from .wd import AdaptiveWD
 
@@ -568,9 +568,9 @@ class HealthCheck(FitOnlyCallback):
     def _add(self, cb):
         self.learn.add_cb(cb); self._added.append(cb)
 
-    def _act(self, what, detail):
-        gh = self.gh  # (batch: the first training batch the action changes, in the recorders' count; epoch: the fit's)
-        self._actions.append(dict(epoch=getattr(self.learn, 'epoch', 0), batch=0 if gh is None else gh.n_seen, action=what, detail=detail))
+    def _act(self, what, detail, epoch=None):
+        gh = self.gh  # (batch: the first training batch the action changes, in the recorders' count; epoch: the fit's, 0 before it: `learn.epoch` is the last fit's then)
+        self._actions.append(dict(epoch=getattr(self.learn, 'epoch', 0) if epoch is None else epoch, batch=0 if gh is None else gh.n_seen, action=what, detail=detail))
         if is_main(): print(f"HealthCheck: {what}: {detail}")
 
     @property
@@ -593,7 +593,8 @@ class HealthCheck(FitOnlyCallback):
         self._xb, self._n_ev, self._held, self._chains, self._stuck = _first_x(self.learn), 0, False, None, set()
         if 'symmetric' in self.remedy:
             rep = break_symmetry(self.model, self._xb)
-            for r in rep.itertuples(): self._act('BreakSymmetry', f'{r.layer} ({r.type}) was {r.was}: {r.units_reinitialized}/{r.units} units re-initialized')
+            if len(rep): fresh_opt_state(getattr(self.learn, 'opt', None), reinitialized(unwrap(self.model), rep))  # (as `BreakSymmetry` does: a second fit's momenta were the old weights')
+            for r in rep.itertuples(): self._act('BreakSymmetry', f'{r.layer} ({r.type}) was {r.was}: {r.units_reinitialized}/{r.units} units re-initialized', epoch=0)
         if self.columns and not any(getattr(m, 'name', '') == 'dead %' for m in self.learn.metrics):
             try: dead = not _no_activation([m for _, m in select_modules(self.model, ah.mod_sel)])  # (`ah`'s own `before_fit` may come later)
             except ValueError: dead = True  # (a selection of nothing: `ah` says so)

@@ -47,6 +47,7 @@ def test_bad_scheme(): bad_argument_named(lambda scheme: init_weights(cnn(), sch
 # BreakSymmetry and LSUVInit
 import numpy as np
 from fastai.learner import Learner
+from fastai.callback.core import Callback
 from fastai.data.load import DataLoader
 from fastai.callback.schedule import lr_find  # patches Learner.lr_find
 from fastai.layers import ConvLayer
@@ -717,3 +718,49 @@ def test_a_tied_decoders_scale_finding_says_whose_weights_they_are():
     ci = check_init(LM()).set_index('layer').finding
     assert ci['dec'].startswith('scale') and "its weights are emb's too (tied)" in ci['dec']
     assert 'tied' not in ci['lin'] and ci['emb'] == 'ok'
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_lsuv_and_orthogonal_init_in_half_precision(dtype):
+    "A float16/bfloat16 model: `nn.init.orthogonal_` has no QR kernel for them on a CPU ('geqrf_cpu' not implemented): lsuv_init and init_weights('orthogonal') crashed"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).to(dtype)
+    init_weights(m, 'orthogonal')
+    assert m[0].weight.dtype == dtype and torch.allclose((m[2].weight.float() @ m[2].weight.float().T), torch.eye(10), atol=0.05)
+    if dtype == torch.float16: return  # (float16 matmuls on a CPU: LSUV's forward needs bfloat16 there)
+    r = lsuv_init(m, torch.randn(256, 64).to(dtype))
+    assert (r.status == 'ok').all() and ((r['std'] - 1).abs() < 0.1).all(), r
+
+def test_lsuv_on_a_lazy_model():
+    "LazyBatchNorm: lsuv_init copied the buffers before the first forward pass made them ('Attempted to use an uninitialized parameter')"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.LazyConv2d(8, 3, padding=1), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+    learn = quiet(Learner(digits_dls(bs=64, n_train=128), m, loss_func=nn.CrossEntropyLoss(), cbs=LSUVInit()))
+    learn.fit(1)
+    assert learn.lsuv_init.report.status.tolist() == ['ok', 'ok']
+
+def test_reinitialized_layers_start_the_optimizer_afresh():
+    "HealthCheck(remedy=True) kept the Adam state of the layers its symmetry remedy re-initialized (BreakSymmetry drops it), and, ordered"
+    "first, left BreakSymmetry nothing to do; a Lookahead's (`ranger`) slow copy pulled a re-initialized layer halfway back. The action's epoch was the last fit's"
+    from fastai.optimizer import ranger
+    from initcb.report import HealthCheck
+    class Peek(Callback):
+        order = 99
+        def before_batch(self):
+            if self.training and self.iter == 0:
+                self.st = dict(self.learn.opt.state.get(self.p, {}))
+                self.slow = None if not hasattr(self.learn.opt, 'slow_weights') else torch.equal(self.learn.opt.slow_weights[0][2], self.p)
+    for opt_func, cbs in ((None, lambda: [HealthCheck(remedy=True, report=False)]), (ranger, lambda: [BreakSymmetry(verbose=False)])):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+        kw = {} if opt_func is None else dict(opt_func=opt_func)
+        learn = quiet(Learner(digits_dls(bs=64, flat=True, n_train=256), m, loss_func=nn.CrossEntropyLoss(), cbs=cbs(), **kw))
+        learn.fit(1, 1e-2)
+        with torch.no_grad(): m[2].weight.zero_(); m[2].bias.zero_()
+        peek = Peek(); peek.p = m[2].weight
+        learn.fit(1, 1e-3, cbs=peek)
+        assert m[2].weight.std() > 0.01
+        assert 'grad_avg' not in peek.st and 'sqr_avg' not in peek.st  # (dropped: made afresh by the first step)
+        if opt_func is ranger: assert peek.slow  # (the slow copy is the new weights)
+        else:
+            a = learn.health_check.actions
+            assert a[a.action == 'BreakSymmetry'][['epoch', 'batch']].values.tolist() == [[0, 4]]  # (the second fit's first batch: the first fit took 4)
