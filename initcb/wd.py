@@ -241,6 +241,7 @@ class AdaptiveWD(HealthCallback):
         "The fraction lr·λ of each of `params` that this step's decay by hand took after the optimizer step ('equilibrium'; 0 for a parameter it does not decay), or None: no such decay this step ('awd', 'swd': the optimizer's own; 'cautious': per coordinate, no one fraction)"
         h = getattr(self, '_hand', None)
         return None if h is None else np.array([h.get(id(p), 0.) for p in params])
+
     def after_cancel_step(self): self._disarm()
     def after_batch(self): self._disarm()  # (the step's λ, kept for the callbacks after this one; or a later callback's CancelBatchException in `before_step`: no `after_step` came)
     def cleanup(self, collective:bool=True):
