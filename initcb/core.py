@@ -287,7 +287,12 @@ def default_watch(
     if getattr(m, '_initcb_watch', False) or isinstance(m, nn.MultiheadAttention): return True  # (parameters of its own, and children)
     if isinstance(m, NonDynamicallyQuantizableLinear): return False  # attention's `out_proj`: its weights are used, the module never runs
     if in_parametrization(name): return False  # (a parametrization's own modules: the module that owns it is the layer)
-    return is_leaf(m) and (is_activation(m) or has_own_params(m))
+    return is_leaf(m) and (is_activation(m) or has_own_params(m) and not _empty(m))
+
+def _empty(m):
+    "Whether all of `m`'s own parameters have no elements (a `TabularModel`'s BatchNorm1d(0), with no continuous input: never called, no output to watch)"
+    ps = list(m.parameters(recurse=False))
+    return bool(ps) and not parametrize.is_parametrized(m) and all(p.numel() == 0 for p in ps)
 
 # %% ../nbs/00_core.ipynb #bbb4e583
 def unwrap(model:nn.Module, # a model, possibly wrapped in DistributedDataParallel, DataParallel or `torch.compile`'s module

@@ -104,7 +104,7 @@ def setup(self:GradientHealth):
 def _trainable(self:GradientHealth):
     "The model's named parameters (named as in the model inside its wrappers: `unwrap`), and the positions of those that require grad"
     named = list(unwrap(self.model).named_parameters())
-    return named, [j for j, (_, p) in enumerate(named) if p.requires_grad]
+    return named, [j for j, (_, p) in enumerate(named) if p.requires_grad and p.numel()]  # (no elements, a `TabularModel`'s BatchNorm1d(0) with no continuous input: nothing to record, skipped as a frozen one)
 
 @patch
 def _set_params(self:GradientHealth, named, train):

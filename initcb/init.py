@@ -311,6 +311,7 @@ def check_init(
     for n, m in model.named_modules():
         if not isinstance(m, INIT_TYPES) or getattr(m, 'weight', None) is None and not isinstance(m, nn.RNNBase): continue
         w = m.weight_hh_l0 if isinstance(m, nn.RNNBase) else m.weight
+        if not w.numel(): continue  # (no elements, a `TabularModel`'s BatchNorm1d(0) with no continuous input: nothing to check)
         w = w.detach().float()
         norm = isinstance(m, NORM_LAYERS)
         # (an embedding's scale is a lookup's, not a step through depth: fastai's 0.01 is on purpose)

@@ -309,3 +309,23 @@ def test_a_watched_module_never_called_is_said():
     with warnings.catch_warnings():  # (the modules that run: no warning)
         warnings.simplefilter('error')
         learn = quiet(Learner(dls, Net(), loss_func=nn.MSELoss(), cbs=ActivationHealth(modules=['out']))); learn.fit(1)
+
+def test_tabular_model_with_no_continuous_column():
+    "fastai's TabularModel with no continuous column holds a BatchNorm1d(0) it never calls: HealthCheck's report crashed in `check_init`"
+    "(index 0 is out of bounds), ActivationHealth said it gave no output, GradientHealth 'no gradient' and a 0/0 zero_frac"
+    from fastai.tabular.all import TabularPandas, Categorify, CategoryBlock, RandomSplitter, range_of, tabular_learner, accuracy
+    from initcb.report import HealthCheck
+    from initcb.init import check_init
+    rng = np.random.default_rng(0); n = 400
+    df = pd.DataFrame({'a': rng.choice(list('abcde'), n), 'b': rng.choice(list('xyz'), n)})
+    df['y'] = (df.a.isin(['a', 'b']) ^ (df.b == 'x')).astype(int)
+    to = TabularPandas(df, [Categorify], ['a', 'b'], [], y_names='y', y_block=CategoryBlock(), splits=RandomSplitter(seed=0)(range_of(df)))
+    torch.manual_seed(0)
+    learn = quiet(tabular_learner(to.dataloaders(bs=64), layers=[16], metrics=accuracy, cbs=HealthCheck(report=False)))
+    with warnings.catch_warnings(): warnings.simplefilter('error'); learn.fit(3, 1e-2)
+    assert len(learn.health_check.report) == 0
+    assert 'bn_cont' not in learn.activation_health.names and 'bn_cont' not in check_init(learn.model).layer.tolist()
+    gh = learn.gradient_health
+    assert {'bn_cont.weight', 'bn_cont.bias'} <= set(gh.names) and not len(gh.events)
+    d = gh.to_df(per='param')
+    assert d[d.param.str.startswith('bn_cont')].frozen.all() and d.zero_frac.dropna().between(0, 1).all()
