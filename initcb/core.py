@@ -17,6 +17,7 @@ from torch.nn.utils import parametrize
 from fastcore.basics import noop
 from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException, CancelEpochException, event
 from fastai.callback.mixup import MixHandler
+from fastai.layers import SigmoidRange
 
 # %% auto #0
 __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_FIX', 'MERGES', 'BN_STATS', 'check_int',
@@ -176,12 +177,13 @@ def first_tensor(
 
 # %% ../nbs/00_core.ipynb #9e94d79e
 ACTIVATION_TYPES = [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-                    nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Softplus, nn.Softsign, nn.LogSigmoid]
+                    nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Softplus, nn.Softsign, nn.LogSigmoid,
+                    SigmoidRange]  # (fastai's `y_range` output: a sigmoid scaled to (low, high))
 
 # Activations whose output is a function of each input element alone (no parameter, no randomness): the sample of
 # such a module's output is the module applied to the same sample of its input.
 ELEMENTWISE_TYPES = [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
-                     nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Softplus, nn.Softsign, nn.LogSigmoid]
+                     nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Softplus, nn.Softsign, nn.LogSigmoid, SigmoidRange]
 
 BOUNDS = {nn.Sigmoid: (0., 1.), nn.Tanh: (-1., 1.), nn.Hardsigmoid: (0., 1.), nn.Softsign: (-1., 1.), nn.ReLU6: (0., 6.)}
 
@@ -203,6 +205,7 @@ def output_bounds(
     b = getattr(m, '_initcb_bounds', None)
     if b is not None: return b
     if isinstance(m, nn.Hardtanh) and not isinstance(m, nn.ReLU6): return (float(m.min_val), float(m.max_val))
+    if isinstance(m, SigmoidRange): return (float(m.low), float(m.high))
     return next((v for t, v in BOUNDS.items() if isinstance(m, t)), None)
 
 def rest_value(
@@ -292,7 +295,7 @@ def default_watch(
 def _empty(m):
     "Whether all of `m`'s own parameters have no elements (a `TabularModel`'s BatchNorm1d(0), with no continuous input: never called, no output to watch)"
     ps = list(m.parameters(recurse=False))
-    return bool(ps) and not parametrize.is_parametrized(m) and all(p.numel() == 0 for p in ps)
+    return bool(ps) and not parametrize.is_parametrized(m) and all(not nn.parameter.is_lazy(p) and p.numel() == 0 for p in ps)  # (lazy: sized at the first forward)
 
 # %% ../nbs/00_core.ipynb #bbb4e583
 def unwrap(model:nn.Module, # a model, possibly wrapped in DistributedDataParallel, DataParallel or `torch.compile`'s module

@@ -13,6 +13,7 @@ from fastcore.basics import patch, noop
 from fastai.learner import Learner, ValueMetric
 from fastai.callback.core import Callback, CancelBatchException, CancelFitException
 from fastai.callback.training import GradientClip, GradientAccumulation
+from fastai.layers import SigmoidRange
 from .core import *
 from .core import _cleanup_all, _EpochGuard
 from .activations import ActivationHealth
@@ -22,9 +23,9 @@ from .reinit import reinit_dormant, unit_chains, unfollowed
 from .wd import AdaptiveWD
 
 # %% auto #0
-__all__ = ['COLUMNS', 'REMEDIES', 'NOT_IN_OPT', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME', 'NAN_INPUT',
-           'NO_ACTIVATION', 'BLOWUP', 'RESUMED', 'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard',
-           'HealthCheck']
+__all__ = ['COLUMNS', 'REMEDIES', 'Y_RANGE', 'NOT_IN_OPT', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME',
+           'NAN_INPUT', 'NO_ACTIVATION', 'BLOWUP', 'RESUMED', 'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite',
+           'NonFiniteGuard', 'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
 class Thresholds:
@@ -66,6 +67,7 @@ REMEDIES = {
     'growing': ("apply weight decay, adapted to the run", 'AdaptiveWD'),
     'not in optimizer': ("make the optimizer again after changing the model (`learn.create_opt()`, or `learn.opt = None` before the next fit): it holds the parameters the model had when it was made", ''),
 }
+Y_RANGE = "the outputs sit at the ends of `y_range` (the final SigmoidRange's): widen it to cover the targets (a little beyond their min and max), or rescale the targets"  # saturated, a SigmoidRange
 NOT_IN_OPT = "likely the gradients of parameters outside the optimizer, which accumulate (see that finding): make the optimizer again first; if it stays: "  # (the global norm grows with them)
 DEAD_UNFOLLOWED = "use a leaky activation (GeneralRelu(leak=0.1)): ReinitDormant cannot follow the layer in front of this one"  # dead, no chain ends in it (`unfollowed` says why)
 SYMPTOM = "likely a symptom of the diverging loss: lower the learning rate first; if it stays: "  # (a finding in a fit whose loss diverged)
@@ -219,7 +221,10 @@ def _activation_rules(learn, ah, th, xb):
     if th.last is not None or r0 is not None:
         summ = ah.summary(last=th.last if th.last is not None else int(f.n[r0:len(f)].sum()))
         for n, v in summ['% saturated'].dropna().items():
-            if v > th.sat_pct: out.append(_finding(n, 'saturated activation', 'warning', f'{v:.0f}% of outputs within sat_eps of an asymptote', 'saturated'))
+            if v > th.sat_pct:
+                out.append(_finding(n, 'saturated activation', 'warning', f'{v:.0f}% of outputs within sat_eps of an asymptote', 'saturated'))
+                m = None if mods is None else mods[ah.names.index(n)]
+                if isinstance(m, SigmoidRange): out[-1].update(remedy=f"{Y_RANGE} (here ({m.low:g}, {m.high:g}))", callback='')  # (the init is not the cause)
     if r0 is not None and mods is not None:
         rms0 = f['rms'][r0]
         model = unwrap(learn.model); leaves = [m for _, m in _leaves(model)]

@@ -329,3 +329,20 @@ def test_tabular_model_with_no_continuous_column():
     assert {'bn_cont.weight', 'bn_cont.bias'} <= set(gh.names) and not len(gh.events)
     d = gh.to_df(per='param')
     assert d[d.param.str.startswith('bn_cont')].frozen.all() and d.zero_frac.dropna().between(0, 1).all()
+
+def test_a_y_range_too_narrow_for_the_targets_is_said():
+    "fastai's `y_range` (a final SigmoidRange) was not watched: outputs pinned at its ends said nothing; watched by hand, its remedy was LSUV's"
+    from fastai.tabular.all import TabularPandas, Categorify, Normalize, RegressionBlock, RandomSplitter, range_of, tabular_learner
+    from fastai.layers import SigmoidRange
+    from initcb.report import HealthCheck, Y_RANGE
+    rng = np.random.default_rng(0); n = 1000
+    df = pd.DataFrame({'a': rng.choice(list('abcde'), n), 'x1': rng.standard_normal(n), 'x2': rng.standard_normal(n)})
+    df['y'] = (2 * df.x1 - df.x2 + (df.a == 'a') * 1.0).astype('float32')  # (std about 2.3)
+    to = TabularPandas(df, [Categorify, Normalize], ['a'], ['x1', 'x2'], y_names='y', y_block=RegressionBlock(), splits=RandomSplitter(seed=0)(range_of(df)))
+    torch.manual_seed(0)
+    learn = quiet(tabular_learner(to.dataloaders(bs=64), layers=[32], y_range=(-0.5, 0.5), cbs=HealthCheck(report=False)))
+    learn.fit_one_cycle(3, 3e-2)
+    r = learn.health_check.report
+    sat = r[r.problem == 'saturated activation']
+    assert sat.layer.tolist() == ['layers.2'] and isinstance(learn.model.layers[2], SigmoidRange)
+    assert sat.remedy.iloc[0].startswith(Y_RANGE) and '(-0.5, 0.5)' in sat.remedy.iloc[0] and sat.callback.iloc[0] == ''
