@@ -23,9 +23,9 @@ from .reinit import reinit_dormant, unit_chains, unfollowed
 from .wd import AdaptiveWD
 
 # %% auto #0
-__all__ = ['COLUMNS', 'REMEDIES', 'Y_RANGE', 'GROW_TAIL', 'NOT_IN_OPT', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER',
-           'NO_GRADIENT_SOME', 'NAN_INPUT', 'NO_ACTIVATION', 'BLOWUP', 'RESUMED', 'RULES', 'WD_BASE', 'Thresholds',
-           'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
+__all__ = ['COLUMNS', 'REMEDIES', 'Y_RANGE', 'NOT_IN_OPT', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME',
+           'NAN_INPUT', 'NO_ACTIVATION', 'BLOWUP', 'RESUMED', 'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite',
+           'NonFiniteGuard', 'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
 class Thresholds:
@@ -68,7 +68,6 @@ REMEDIES = {
     'not in optimizer': ("make the optimizer again after changing the model (`learn.create_opt()`, or `learn.opt = None` before the next fit): it holds the parameters the model had when it was made", ''),
 }
 Y_RANGE = "the outputs sit at the ends of `y_range` (the final SigmoidRange's): widen it to cover the targets (a little beyond their min and max), or rescale the targets"  # saturated, a SigmoidRange
-GROW_TAIL = 1.05  # 'weights growing without bound': still growing means by more than this factor over the run's last quarter
 NOT_IN_OPT = "likely the gradients of parameters outside the optimizer, which accumulate (see that finding): make the optimizer again first; if it stays: "  # (the global norm grows with them)
 DEAD_UNFOLLOWED = "use a leaky activation (GeneralRelu(leak=0.1)): ReinitDormant cannot follow the layer in front of this one"  # dead, no chain ends in it (`unfollowed` says why)
 SYMPTOM = "likely a symptom of the diverging loss: lower the learning rate first; if it stays: "  # (a finding in a fit whose loss diverged)
@@ -300,7 +299,7 @@ def _gradient_rules(gh, th, model=None, losses=None):
         v = d['weight_norm'].to_numpy()
         if len(v) < 8 or not np.isfinite(v).all() or v[0] <= 0: continue
         q = v[-max(2, len(v) // 4):]
-        if v[-1] / v[0] > th.growth and q[-1] > q[0] * GROW_TAIL:  # (a norm that levels off, an embedding grown from fastai's 0.01 as the learning rate anneals: no finding)
+        if v[-1] / v[0] > th.growth and q[-1] > q[0]:
             out.append(_finding(layer, 'weights growing without bound', 'warning', f'weight norm {v[0]:.3g} -> {v[-1]:.3g} ({v[-1] / v[0]:.0f}x), still growing', 'growing'))
     return out
 
