@@ -375,6 +375,13 @@ def _stats(x):
     fin = x[torch.isfinite(x)]
     return f"shape {tuple(x.shape)}, {int((~torch.isfinite(x)).sum())} non-finite, mean {fin.mean().item() if fin.numel() else float('nan'):.3g}, std {fin.std().item() if fin.numel() > 1 else float('nan'):.3g}, max |x| {fin.abs().max().item() if fin.numel() else float('nan'):.3g}"
 
+def _inputs(xb):
+    "The batch's float inputs described (`_stats`): the first holding NaN/inf where one does (named by its place among `n_inp` > 1), else the first"
+    fl = [(i, x) for i, x in enumerate(xb) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+    if not fl: return 'no float input'
+    i, x = next(((i, x) for i, x in fl if not torch.isfinite(x).all()), fl[0])
+    return f"input{f' {i}' if len(xb) > 1 else ''} {_stats(x)}"
+
 def find_nonfinite(
     model:nn.Module, # the model (its mode is left as it is)
     xb, # the inputs of the batch to replay
@@ -483,7 +490,7 @@ class NonFiniteGuard(FitOnlyCallback):
         what = where + ' values' if where else 'loss' if not math.isfinite(loss.item()) else 'gradients (a replay did not find where they began)'
         head = (f"NonFiniteGuard: gradients too large for float32 at training batch {it} (max |g| {big:.3g}: none is NaN or inf, but their squares overflow, as the optimizer's would)"
                 if big is not None else f"NonFiniteGuard: non-finite {'loss' if where == 'loss' else what} at training batch {it}" + (f", beginning in module {mod!r}" if mod else ''))
-        msg = head + f"; input {_stats(self.learn.xb[0])}; last good loss {self.last_good_loss}"
+        msg = head + f"; {_inputs(self.learn.xb)}; last good loss {self.last_good_loss}"
         self.reports.append(dict(batch=it, where=where, layer=mod, message=msg))
         if self.policy == 'stop':
             if is_main(): warnings.warn(msg)

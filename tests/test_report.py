@@ -1115,3 +1115,20 @@ def test_report_with_a_loaded_recorder_not_fitted_yet(tmp_path):
     assert got[['layer', 'problem']].values.tolist() == want[['layer', 'problem']].values.tolist()
     other = quiet(Learner(dls, nn.Sequential(nn.Linear(64, 10)), loss_func=CrossEntropyLossFlat(), cbs=ActivationHealth.load(tmp_path/'ah.npz')))
     other.health_report(verbose=False)  # (another model: the rules that read the modules skip the history, no error)
+
+def test_guard_describes_the_input_that_holds_the_nan():
+    "Two inputs (`n_inp=2`), a NaN in the second: the message described the first ('input shape (32, 6), 0 non-finite'), contradicting 'non-finite input values'"
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    torch.manual_seed(0)
+    a, b = torch.randn(128, 6), torch.randn(128, 4); y = (a[:, 0] > 0).long()
+    b[40, 2] = float('nan')
+    dls = DataLoaders(DataLoader(list(zip(a, b, y)), bs=32), DataLoader(list(zip(a, b, y)), bs=32)); dls.n_inp = 2
+    class Two(nn.Module):
+        def __init__(s): super().__init__(); s.fa, s.fb, s.head = nn.Linear(6, 8), nn.Linear(4, 8), nn.Linear(16, 2)
+        def forward(s, a, b): return s.head(torch.cat([s.fa(a), s.fb(b)], 1))
+    g = NonFiniteGuard(verbose=False)
+    learn = quiet(Learner(dls, Two(), loss_func=nn.CrossEntropyLoss(), cbs=g))
+    learn.fit(1, 1e-2)
+    r = g.reports
+    assert [x['where'] for x in r] == ['input'] and 'input 1 shape (32, 4), 1 non-finite' in r[0]['message'], r
