@@ -389,7 +389,7 @@ def find_nonfinite(
     loss_func=None, # the loss function
     take_first:bool=False, # the loss reads the output's first element (fastai's `RNNCallback` does so with a text model's (logits, raw, dropped) tuple)
 ):
-    "Replay a batch to find where NaN/Inf begins: ('input' | 'forward' | 'loss' | 'backward' | None, module name)"
+    "Replay a batch to find where NaN/Inf begins: ('input' | 'forward' | 'function' | 'loss' | 'backward' | None, module name; 'function': before that module, whose input was non-finite already)"
     take_first = check_bool('take_first', take_first)
     if (yb is None) != (loss_func is None): raise ValueError("`yb` and `loss_func` go together: with both, the loss and the backward pass are checked too; with neither, the forward pass alone")
     if loss_func is not None and (isinstance(loss_func, type) or not callable(loss_func)):
@@ -401,7 +401,8 @@ def find_nonfinite(
         def h(m, i, o):
             t = first_tensor(o)
             if t is None: return
-            if not first_f and t.is_floating_point() and not torch.isfinite(t).all(): first_f.append(n)
+            if not first_f and t.is_floating_point() and not torch.isfinite(t).all():  # (its input non-finite already: a function call before it made the NaN)
+                first_f.append(('function' if any(isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all() for x in i) else 'forward', n))
             if t.requires_grad: t.register_hook(lambda g: grads.append(n) if not torch.isfinite(g).all() else None)
         return h
     bufs = [(b, b.detach().clone()) for b in model.buffers()]  # (a replay in train mode moves BatchNorm's running statistics: NaN into them)
@@ -409,7 +410,7 @@ def find_nonfinite(
     try:
         with run_eagerly(model):  # (each module run as it is, its hooks and tensor hooks with it)
             out = call_on(model, xb)
-        if first_f: return 'forward', first_f[0]
+        if first_f: return first_f[0]
         if take_first and isinstance(out, (tuple, list)): out = out[0]
         if loss_func is not None and yb is not None:
             try: loss = loss_func(out, *yb) if isinstance(yb, (tuple, list)) else loss_func(out, yb)
@@ -487,9 +488,9 @@ class NonFiniteGuard(FitOnlyCallback):
             m.hidden = h
             if bs is not None: m.bs = bs
         it = self.learn.train_iter
-        what = where + ' values' if where else 'loss' if not math.isfinite(loss.item()) else 'gradients (a replay did not find where they began)'
+        what = 'values' if where == 'function' else where + ' values' if where else 'loss' if not math.isfinite(loss.item()) else 'gradients (a replay did not find where they began)'
         head = (f"NonFiniteGuard: gradients too large for float32 at training batch {it} (max |g| {big:.3g}: none is NaN or inf, but their squares overflow, as the optimizer's would)"
-                if big is not None else f"NonFiniteGuard: non-finite {'loss' if where == 'loss' else what} at training batch {it}" + (f", beginning in module {mod!r}" if mod else ''))
+                if big is not None else f"NonFiniteGuard: non-finite {'loss' if where == 'loss' else what} at training batch {it}" + (f", made by a function call of the forward before module {mod!r} (its input was non-finite already)" if where == 'function' else f", beginning in module {mod!r}" if mod else ''))
         msg = head + f"; {_inputs(self.learn.xb)}; last good loss {self.last_good_loss}"
         self.reports.append(dict(batch=it, where=where, layer=mod, message=msg))
         if self.policy == 'stop':

@@ -1132,3 +1132,17 @@ def test_guard_describes_the_input_that_holds_the_nan():
     learn.fit(1, 1e-2)
     r = g.reports
     assert [x['where'] for x in r] == ['input'] and 'input 1 shape (32, 4), 1 non-finite' in r[0]['message'], r
+
+def test_a_nan_made_by_a_function_between_modules():
+    "A NaN made by `torch.log` between two modules was said to begin in the second ('beginning in module head'), whose input held it already"
+    class M(nn.Module):
+        def __init__(s): super().__init__(); s.mid, s.head = nn.Linear(4, 8), nn.Linear(8, 2)
+        def forward(s, x): return s.head(torch.log(s.mid(x)))  # (a negative entry: NaN)
+    class N(nn.Module):
+        def __init__(s): super().__init__(); s.mid, s.head = nn.Linear(4, 8), nn.Linear(8, 2)
+        def forward(s, x): return s.head(s.mid(x))
+    torch.manual_seed(0)
+    assert find_nonfinite(M(), torch.randn(16, 4)) == ('function', 'head')
+    n = N()
+    with torch.no_grad(): n.mid.weight[0, 0] = float('nan')
+    assert find_nonfinite(n, torch.randn(16, 4)) == ('forward', 'mid')  # (a module's own NaN: 'forward', as before)
