@@ -315,6 +315,11 @@ def wrapper_prefix(model:nn.Module, # a model, possibly wrapped (`unwrap`)
 
 
 # %% ../nbs/00_core.ipynb #2acd37cb
+def _through_lookups(named, sel):
+    "`sel` with an embedding that a fastai `EmbeddingDropout` looks up through (AWD-LSTM's `encoder`: never called, `F.embedding` on its weight) replaced by that module, which gives its output"
+    via = {id(m.emb): (n, m) for n, m in named if type(m).__name__ == 'EmbeddingDropout' and isinstance(getattr(m, 'emb', None), nn.Embedding)}
+    return [via.get(id(m), (n, m)) for n, m in sel] if via else sel
+
 def select_modules(
     model:nn.Module, # the model (wrapped or not: layers are named as in the model inside, `unwrap`)
     modules=None, # modules, module names, a predicate `f(name, module)`, or None for `default_watch`
@@ -324,7 +329,7 @@ def select_modules(
     pre, model = wrapper_prefix(model), unwrap(model)
     leaf_model = not any(True for _ in model.children())
     named = [(n or type(model).__name__, m) for n, m in model.named_modules() if m is not model or leaf_model]
-    if modules is None: sel = [(n, m) for n, m in named if default_watch(n, m)]
+    if modules is None: sel = _through_lookups(named, [(n, m) for n, m in named if default_watch(n, m)])
     elif callable(modules) and not isinstance(modules, nn.Module): sel = [(n, m) for n, m in named if modules(n, m)]
     else:
         if isinstance(modules, (nn.Module, str)): modules = [modules]

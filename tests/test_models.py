@@ -363,3 +363,20 @@ def test_a_healthy_tabular_fits_embedding_is_not_too_hot():
     r = learn.health_check.report
     hot = r[r.problem == 'too hot updates']
     assert hot.layer.tolist() == ['embeds.0'] and (hot.severity == 'info').all(), r[['layer', 'problem', 'severity']]
+
+def test_awd_lstm_embedding_watched_through_its_dropout():
+    "AWD-LSTM looks its `encoder` up through `encoder_dp` (fastai's EmbeddingDropout: `F.embedding` on its weight), never calling it: the"
+    "embedding's output was not recorded, and every fit warned 'encoder gave no output'"
+    from fastai.text.models.core import get_language_model
+    from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_lm_config
+    from fastai.callback.rnn import RNNCallback
+    from fastai.losses import CrossEntropyLossFlat
+    torch.manual_seed(0)
+    x = torch.randint(0, 50, (64, 12)); y = torch.roll(x, -1, 1)
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=16), DataLoader(list(zip(x, y)), bs=16))
+    cfg = {**awd_lstm_lm_config, 'emb_sz': 8, 'n_hid': 16, 'n_layers': 1}
+    learn = quiet(Learner(dls, get_language_model(AWD_LSTM, 50, config=cfg), loss_func=CrossEntropyLossFlat(), cbs=[RNNCallback(), ActivationHealth()]))
+    with warnings.catch_warnings(): warnings.simplefilter('error', UserWarning); learn.fit(1, 1e-2)
+    ah = learn.activation_health
+    assert '0.encoder_dp' in ah.names and '0.encoder' not in ah.names
+    assert np.isfinite(ah.summary().loc['0.encoder_dp', 'rms'])
