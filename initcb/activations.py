@@ -33,8 +33,10 @@ def sample_stats(
     dead_thresh:float=0.05, # |x| <= `dead_thresh` counts as near zero
     sat_eps:float=0.02, # within `sat_eps` of a bound counts as saturated
 ):
-    "Per-layer statistics of samples `s` (layers, n), weights `w` (1 distinct, 0 padding; None: no padding): a constant number of ops"
-    return _sample_stats(s, _stat_consts(w, lo_b, hi_b, h_lo, h_scale, offs, bins, sat_eps), bins, dead_thresh)
+    "Per-layer statistics of samples `s` (layers, n), weights `w` (1 distinct, 0 padding; None: no padding): a constant number of ops; a layer with no finite value: NaN but its count"
+    r = _sample_stats(s, _stat_consts(w, lo_b, hi_b, h_lo, h_scale, offs, bins, sat_eps), bins, dead_thresh)
+    r[:, 2] += r[:, 0] * 0.  # (its min, +inf from the reduction: NaN with the mean; the callback makes it so on the host)
+    return r
 
 def _stat_consts(w, lo_b, hi_b, h_lo, h_scale, offs, bins, sat_eps, bounded=None):
     "The per-layer constants of `_sample_stats`, made once per layout rather than once per call; `bounded`: whether any layer is (None: look)"
@@ -58,14 +60,14 @@ def _sample_stats(s, c, bins, dead_thresh, levels=0):
     n = s.shape[1]
     if pad is not None: s = s + pad[0]  # padding is left out as a non-finite value is (then not counted as one)
     keep = torch.nan_to_num((s - s).add_(1), 0., 0., 0.)  # 1 where finite, else 0: float ops (bool tensors cost 3-5x on a CPU)
-    cnt = keep.sum(1); out = n - cnt; c1 = cnt.clamp_min(1)
+    cnt = keep.sum(1); out = n - cnt  # (a count of 0, a layer whose sample held no finite value: its statistics NaN, 0 / 0, not 0)
     x = torch.nan_to_num(s, 0., 0., 0.)
-    mean = x.sum(1) / c1
+    mean = x.sum(1) / cnt
     std = torch.linalg.vector_norm((x - mean[:, None]).mul_(keep), 2, 1) / (cnt - 1).clamp_min(1).sqrt()
     mn = torch.nan_to_num(s, math.inf, math.inf, math.inf).amin(1)
-    near = (x.abs().le_(dead_thresh).sum(1) - out) / c1  # (a left-out 0 is always near zero)
-    if sat_c is None: sat = torch.zeros_like(mean)
-    else: lo_e, hi_e, z = sat_c; sat = (torch.maximum((x - lo_e).le_(0), (x - hi_e).ge_(0)).sum(1) - z * out) / c1
+    near = (x.abs().le_(dead_thresh).sum(1) - out) / cnt  # (a left-out 0 is always near zero)
+    if sat_c is None: sat = mean.mul(0.)  # (0, NaN where the mean is)
+    else: lo_e, hi_e, z = sat_c; sat = (torch.maximum((x - lo_e).le_(0), (x - hi_e).ge_(0)).sum(1) - z * out) / cnt
     nonf = out if pad is None else out - pad[1]
     hs = []
     for j in range(levels + 1):  # (a range doubled j times: its constants times powers of 2, exact; a 0 stays in bin `zb`)
@@ -549,9 +551,12 @@ def _combine_ranks(self:ActivationHealth, arr):
     a = arr.astype(np.float64); R = a.shape[0]
     n = np.array([c[2] if c is not None else 1 for c in self._idx], np.float64)[None, :]  # samples per layer and rank
     m, sd = a[..., 0], a[..., 1]
-    mean = m.mean(0)
-    var = ((n - 1) * (sd ** 2).sum(0) + n * ((m - mean) ** 2).sum(0)) / np.maximum(R * n - 1, 1)
-    out = np.concatenate([np.stack([mean, np.sqrt(var), a[..., 2].min(0), a[..., 3].mean(0), a[..., 4].mean(0), a[..., 5].sum(0)], -1),
+    ok = np.isfinite(m); k = ok.sum(0)  # (a rank whose sample of a layer held no finite value has NaN statistics: it weighs nothing)
+    def avg(v): return np.where(ok, v, 0.).sum(0) / k  # (NaN where no rank has a value)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        mean = avg(m)
+        var = ((n - 1) * np.where(ok, sd ** 2, 0.).sum(0) + n * np.where(ok, (m - mean) ** 2, 0.).sum(0)) / np.maximum(k * n - 1, 1)
+    out = np.concatenate([np.stack([mean, np.sqrt(var), a[..., 2].min(0), avg(a[..., 3]), avg(a[..., 4]), a[..., 5].sum(0)], -1),
                           a[..., len(SAMPLED):-2].sum(0), a[0, ..., -2:]], -1)
     return out.astype(np.float32)
 
@@ -559,6 +564,7 @@ def _combine_ranks(self:ActivationHealth, arr):
 def _samp_sink(self:ActivationHealth, arr, metas, ranks=0):
     if ranks: arr = self._combine_ranks(arr)
     rows = {c: arr[:, :, j] for j, c in enumerate(SAMPLED)}
+    rows['min'] = np.where(rows['min'] == np.inf, np.nan, rows['min'])  # (no finite value sampled: no minimum)
     rows['hist'] = self._rebin(arr[:, :, len(SAMPLED):-2].reshape(*arr.shape[:2], -1, self.bins), arr[0, :, -2:])  # (a range may have
     self.sampled.append(metas, rows)  # doubled since the chunk was binned: it waited on the device behind up to two others)
 

@@ -3,7 +3,8 @@ import math, random, pytest, numpy as np, pandas as pd, torch
 from functools import partial
 from hypothesis import given, settings, strategies as st, HealthCheck
 from initcb.activations import ActivationHealth
-from helpers import one_batch_learner
+from helpers import one_batch_learner, quiet
+from torch import nn
 
 shapes = st.lists(st.integers(1, 7), min_size=1, max_size=4).filter(lambda s: math.prod(s) <= 512)
 
@@ -165,7 +166,8 @@ def _reference_stats(s, w, lo, hi, h_lo, h_scale, bins, dead, eps):
     hist = torch.zeros(bins, dtype=torch.float64)
     b = ((f.float() - h_lo) * h_scale).floor().clamp(0, bins - 1).long()  # (in float32, as the callback bins)
     hist.index_add_(0, b, torch.ones(len(f), dtype=torch.float64))
-    return torch.cat([torch.tensor([f.mean() if len(f) else 0., f.std() if len(f) > 1 else 0., f.min() if len(f) else math.inf,
+    if not len(f): return torch.cat([torch.tensor([math.nan] * 5 + [len(x)], dtype=torch.float64), hist])  # (no finite value: NaN statistics, as documented)
+    return torch.cat([torch.tensor([f.mean(), f.std() if len(f) > 1 else 0., f.min(),
                                     (f.abs() <= dead).sum() / n, ((f <= lo + eps) | (f >= hi - eps)).sum() / n,
                                     len(x) - len(f)], dtype=torch.float64), hist])
 
@@ -324,3 +326,26 @@ def test_huge_finite_outputs_are_not_counted_non_finite(whole):
         assert df['nonfinite_batches'] == nonf and df['nonfinite'] == nonf, (val, df)
         if val is None: np.testing.assert_allclose([df['abs_max'], df['max']], [3e19, 3e19], rtol=1e-6)
         assert cb.summary().loc['p', 'non-finite batches'] == nonf
+
+def test_a_batch_whose_output_is_all_nan_has_nan_statistics():
+    "A layer whose whole output is NaN on a batch: its sampled mean, std, near-zero and saturated shares read 0 (min inf), and `summary`"
+    "averaged those zeros in (mean 0.0182 where its finite batches give 0.0261)"
+    from fastai.learner import Learner
+    from initcb.core import digits_dls
+    class NanToNum(nn.Module):
+        def forward(self, x): return torch.nan_to_num(x, 0., 0., 0.)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), NanToNum(), nn.Linear(32, 10))
+    cnt = [0]
+    def inj(mod, i, o):  # (every third training batch, the Tanh's output is all NaN)
+        if mod.training:
+            cnt[0] += 1
+            if cnt[0] % 3 == 0: return torch.full_like(o, math.nan)
+    m[1].register_forward_hook(inj)
+    learn = quiet(Learner(digits_dls(bs=32, flat=True, n_train=320), m, loss_func=nn.CrossEntropyLoss(), cbs=ActivationHealth(sample_every=1, modules=['0', '1', '3'])))
+    learn.fit(1, 1e-2)
+    ah = learn.activation_health; s = ah.sampled
+    bad = s['nonfinite'][:len(s), 1] > 0
+    assert bad.sum() == 3 and all(np.isnan(s[c][:len(s), 1][bad]).all() for c in ('mean', 'std', 'min', 'near_zero', 'saturated'))
+    assert np.isfinite(s['mean'][:len(s), 1][~bad]).all()
+    np.testing.assert_allclose(ah.summary().loc['1', 'mean'], s['mean'][:len(s), 1][~bad].mean(), rtol=1e-5)
