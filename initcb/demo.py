@@ -21,7 +21,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import set_seed
 from fastai.callback.schedule import *
 from fastai.callback.progress import *
-from .core import digits_dls
+from .core import digits_dls, check_int
 from .activations import ActivationHealth
 from .report import HealthCheck
 import torch, pandas as pd
@@ -41,6 +41,9 @@ def run_demo(
 ):
     "Train `demo_cnn` on digits with `ActivationHealth`, print the per-layer table, write the plots into `out`"
     say = (lambda *a: None) if quiet else print
+    epochs, out = check_int('epochs', epochs), Path(out)
+    if out.exists() and not out.is_dir(): raise ValueError(f"`out` must be a folder (made if missing), and {str(out)!r} is a file")
+    out.mkdir(parents=True, exist_ok=True)  # (before the training: a bad folder said at once, not after it)
     set_seed(seed)
     dls = digits_dls(bs=64)
     learn = Learner(dls, demo_cnn(), loss_func=CrossEntropyLossFlat(), metrics=accuracy, cbs=ActivationHealth(sample_every=1))
@@ -52,7 +55,6 @@ def run_demo(
     say(f"Per-layer activation health over the last epoch ({len(dls.train)} batches):")
     shown = table.round(4).set_axis([f'{n} ({type(m).__name__})' for n, m in zip(ah.names, ah.mods)]).rename_axis('layer')
     say(shown.to_string(na_rep='-') + "\n('-': no asymptote to saturate at)")
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
     files = []
     def save(ax, name):
         fig = (ax[0] if hasattr(ax, '__len__') else ax).figure
@@ -99,10 +101,13 @@ def main(
     argv=None, # command-line arguments (None: sys.argv)
 ):
     "`python -m initcb.demo`: train the demo CNN with ActivationHealth, print its table, write the plots, then diagnose and repair the broken MLP"
-    p = argparse.ArgumentParser(description="initcb demo: ActivationHealth on a small CNN trained on scikit-learn's digits, then a broken setup diagnosed and repaired")
-    p.add_argument('--out', default='initcb_demo_plots', help='folder for the PNG plots and the saved history')
-    p.add_argument('--epochs', type=int, default=3); p.add_argument('--seed', type=int, default=42)
+    p = argparse.ArgumentParser(prog='python -m initcb.demo', description="initcb demo: ActivationHealth on a small CNN trained on scikit-learn's digits, "
+                                "then a broken setup diagnosed and repaired (3 epochs each way)")
+    p.add_argument('--out', default='initcb_demo_plots', help='folder for the PNG plots and the saved history (made if missing)')
+    p.add_argument('--epochs', type=int, default=3, help="epochs of one-cycle training of the CNN (1 or more)"); p.add_argument('--seed', type=int, default=42, help='random seed')
     a = p.parse_args(argv)
+    if a.epochs < 1: p.error(f"--epochs must be 1 or more, got {a.epochs}")
+    if Path(a.out).exists() and not Path(a.out).is_dir(): p.error(f"--out must be a folder, and {a.out!r} is a file")
     matplotlib.use('Agg'); warnings.filterwarnings('ignore')
     run_demo(a.out, a.epochs, seed=a.seed)
     run_diagnosis(seed=a.seed)
