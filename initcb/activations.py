@@ -732,7 +732,7 @@ def plot_layer_stats(self:ActivationHealth,
     axs = new_axes(axs, (12, 3), 3)
     it = self.sampled.iters[:len(self.sampled)]
     for ax, v, t in zip(axs, [st[0], st[1], 100 * st[2]], ['mean', 'std', '% near zero']):
-        ax.plot(it, v); ax.set_title(f'{t} ({self.names[i]})'); ax.set_xlabel('batch')
+        plot_line(ax, it, v); ax.set_title(f'{t} ({self.names[i]})'); ax.set_xlabel('batch')
     return axs
 
 # %% ../nbs/01_activations.ipynb #a41dfa36
@@ -746,10 +746,10 @@ def plot_stats(self:ActivationHealth,
     axs = new_axes(axs, figsize, 3)
     it, rms = self.fast.iters[:len(self.fast)], self.fast['rms']
     cols = plt.cm.viridis(np.linspace(0, 1, len(self.names)))
-    for j, c in enumerate(cols): axs[0].plot(it, rms[:, j], color=c, lw=1)
+    for j, c in enumerate(cols): plot_line(axs[0], it, rms[:, j], color=c, lw=1)
     axs[0].set_yscale('log'); axs[0].set_title('rms per layer (dark: first, light: last)'); axs[0].set_xlabel('batch')
     sit = self.sampled.iters[:len(self.sampled)]
-    for j, c in enumerate(cols): axs[1].plot(sit, 100 * self.sampled['near_zero'][:, j], color=c, lw=1)
+    for j, c in enumerate(cols): plot_line(axs[1], sit, 100 * self.sampled['near_zero'][:, j], color=c, lw=1)
     axs[1].set_title('% near zero per layer'); axs[1].set_xlabel('batch')
     if len(rms):
         axs[2].plot(rms[0], 'o-', label=f'batch {it[0]}'); axs[2].plot(rms[-1], 's-', label=f'batch {it[-1]}')

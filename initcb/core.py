@@ -30,8 +30,8 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_
            'ForwardHooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks', 'foreach_norm', 'sparse_values_',
            'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection', 'saved_meta', 'read_saved',
            'read_npz', 'restore', 'check_path', 'keep_modes', 'eval_mode', 'eval_forward', 'call_on', 'rng_kept',
-           'first_inputs', 'has_lazy', 'materialize', 'materialize_lazy', 'new_axes', 'row_edges', 'layer_heatmap',
-           'digits_dls']
+           'first_inputs', 'has_lazy', 'materialize', 'materialize_lazy', 'new_axes', 'row_edges', 'plot_line',
+           'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -1037,6 +1037,17 @@ def row_edges(
     it = np.asarray(it, np.float64)
     if not len(it): return np.array([-0.5, 0.5])
     return np.concatenate([it, [it[-1] + (it[-1] - it[-2] if len(it) > 1 else 1.)]]) - 0.5
+
+def plot_line(
+    ax, # the axes to draw into
+    x, # the batch index of each point
+    y, # the values
+    **kw, # passed to `ax.plot`
+):
+    "`ax.plot(x, y)`, with a marker on each point where a line cannot show one: a history of one row (a short fit), or values NaN between"
+    y = np.asarray(y, np.float64)
+    alone = np.isfinite(y) & ~np.isfinite(np.r_[np.nan, y[:-1]]) & ~np.isfinite(np.r_[y[1:], np.nan])  # (no finite neighbour on either side)
+    return ax.plot(x, y, **({'marker': 'o', 'ms': 3, **kw} if alone.any() else kw))
 
 def layer_heatmap(
     ax, # the axes to draw into

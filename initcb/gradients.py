@@ -564,7 +564,7 @@ def plot_update_ratios(self:GradientHealth,
     df = self.to_df().dropna(subset=[col]); check_rows(self.upd, 'measured update')
     ax = new_axes(ax, figsize)
     cols = plt.cm.viridis(np.linspace(0, 1, len(self.layers)))
-    for c, (name, d) in zip(cols, df.groupby('layer', sort=False)): ax.plot(d['iter'], d[col], color=c, lw=1, label=name)
+    for c, (name, d) in zip(cols, df.groupby('layer', sort=False)): plot_line(ax, d['iter'], d[col], color=c, lw=1, label=name)
     ax.axhspan(*self.band, color='green', alpha=0.08); ax.axhline(1e-3, color='green', ls='--', lw=1)
     ax.set_yscale('log'); ax.set_xlabel('batch')
     ax.set_title(f"update ratio ‖Δw‖/‖w‖{'' if decay else ', weight decay aside'} (band shaded, 1e-3 dashed)")
@@ -581,10 +581,10 @@ def plot_layer(self:GradientHealth,
     self._recorded(); check_rows(self.hist); j = self._lidx(idx); name = self.layers[j]
     df = self.to_df().query('layer == @name')
     axs = new_axes(axs, figsize, 3)
-    axs[0].plot(df['iter'], df['grad_norm']); axs[0].set_yscale('log'); axs[0].set_title(f'gradient norm ({name})')
+    plot_line(axs[0], df['iter'], df['grad_norm']); axs[0].set_yscale('log'); axs[0].set_title(f'gradient norm ({name})')
     d = df.dropna(subset=['update_ratio'])
-    axs[1].plot(d['iter'], d['weight_norm']); axs[1].set_title(f'weight norm ({name})')
-    axs[2].plot(d['iter'], d['update_ratio']); axs[2].axhspan(*self.band, color='green', alpha=0.08); axs[2].set_yscale('log')
+    plot_line(axs[1], d['iter'], d['weight_norm']); axs[1].set_title(f'weight norm ({name})')
+    plot_line(axs[2], d['iter'], d['update_ratio']); axs[2].axhspan(*self.band, color='green', alpha=0.08); axs[2].set_yscale('log')
     axs[2].set_title(f'update ratio ({name})')
     for ax in axs: ax.set_xlabel('batch')
     return axs

@@ -580,3 +580,18 @@ def test_a_module_given_to_a_loaded_callback(tmp_path):
     a = ActivationHealth.load(learn.activation_health.save(tmp_path/'a.npz'))
     with pytest.raises(ValueError, match="`idx`: a module, and this ActivationHealth holds none .* pass the layer's name or position"): a.layer_stats(learn.model[1])
     assert len(a.layer_stats('1')) == 3
+
+def test_a_one_row_history_is_drawn():
+    "A short fit (8 batches: one sampled row, one update row with the defaults) drew one-point lines: axes and no data"
+    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    from initcb.gradients import GradientHealth
+    learn = quiet(synth_learner(n_trn=8, cbs=[ActivationHealth(), GradientHealth(warn=False)])); learn.model = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1)); learn.fit(1)
+    ah, gh = learn.activation_health, learn.gradient_health
+    assert len(ah.sampled) == 1 and len(gh.upd) == 1
+    def marked(axs):  # (each panel: it has one-point lines, and each is drawn with a marker)
+        one = lambda ax: [l for l in ax.get_lines() if len(l.get_xdata()) == 1 and not isinstance(l.get_xdata()[0], (list, tuple))]
+        return [bool(one(ax)) and all(l.get_marker() not in (None, 'None', '') for l in one(ax)) for ax in np.atleast_1d(axs)]
+    assert marked(ah.plot_layer_stats(1)) == [True] * 3 and marked(gh.plot_update_ratios()) == [True]
+    assert marked(gh.plot_layer(0))[1:] == [True, True]
+    assert marked(ah.plot_stats())[1] and not marked(ah.plot_stats())[0]  # (the rms per batch: 8 points, a line)
+    plt.close('all')
