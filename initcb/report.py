@@ -14,6 +14,8 @@ from fastai.learner import Learner, ValueMetric
 from fastai.callback.core import Callback, CancelBatchException, CancelFitException
 from fastai.callback.training import GradientClip, GradientAccumulation
 from fastai.layers import SigmoidRange
+from fastai.callback.fp16 import MixedPrecision
+from contextlib import nullcontext
 from .core import *
 from .core import _cleanup_all, _EpochGuard
 from .activations import ActivationHealth
@@ -517,8 +519,9 @@ class NonFiniteGuard(FitOnlyCallback):
             elif p.grad is None: p.grad = next(snap).clone()
             else: p.grad.copy_(next(snap))
     def _locate(self):
-        try:
-            with keep_modes(self.model), torch.enable_grad():
+        ac = next((getattr(c, 'autocast', None) for c in self.learn.cbs if isinstance(c, MixedPrecision)), None)  # (the fit's forward ran under it: an fp16 overflow
+        try:                                                                                                        # happens again only there; fastai leaves it at `after_loss`)
+            with keep_modes(self.model), torch.enable_grad(), (ac if ac is not None else nullcontext()):
                 return find_nonfinite(unwrap(self.model), self.learn.xb, self.learn.yb, self.learn.loss_func, take_first=not isinstance(self.learn.pred, (tuple, list)))
         except Exception: return None, None
     @property

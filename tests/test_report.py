@@ -1146,3 +1146,18 @@ def test_a_nan_made_by_a_function_between_modules():
     n = N()
     with torch.no_grad(): n.mid.weight[0, 0] = float('nan')
     assert find_nonfinite(n, torch.randn(16, 4)) == ('forward', 'mid')  # (a module's own NaN: 'forward', as before)
+
+def test_guard_replays_under_the_fits_autocast():
+    "Under fp16 autocast (fastai's MixedPrecision, here on a CPU) the replay ran in float32 after fastai left autocast: the overflow did"
+    "not happen again and the guard named no module ('non-finite loss'), where ActivationHealth saw it begin in layer '0'"
+    from fastai.callback.fp16 import MixedPrecision
+    from fastai.optimizer import SGD
+    from fastcore.foundation import L
+    class CPUMixedPrecision(MixedPrecision):  # (fastai's says 'cuda': a no-op on a CPU; the same callback on 'cpu')
+        def before_fit(self): self.autocast, self.learn.scaler, self.scales = torch.autocast('cpu', dtype=torch.float16), torch.amp.GradScaler('cpu'), L()
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    g = NonFiniteGuard(policy='stop', verbose=False)
+    learn = quiet(Learner(digits_dls(bs=32, flat=True, n_train=640), m, loss_func=nn.CrossEntropyLoss(), opt_func=SGD, cbs=[g, CPUMixedPrecision()]))
+    learn.fit(1, 100)
+    assert [(r['where'], r['layer']) for r in g.reports] == [('forward', '0')], g.reports
