@@ -305,6 +305,15 @@ def _gradient_rules(gh, th, model=None, losses=None):
             out.append(_finding(layer, 'weights growing without bound', 'warning', f'weight norm {v[0]:.3g} -> {v[-1]:.3g} ({v[-1] / v[0]:.0f}x), still growing', 'growing'))
     return out
 
+def _guard_rows(rows, reps):
+    "`rows` with what `NonFiniteGuard` did in the fit (`reps`, its reports): said in the non-finite finding where there is one, else a finding of its own"
+    where = pd.Series([(r['where'] or 'not located') + (f" in {r['layer']!r}" if r['layer'] else '') for r in reps]).value_counts()
+    ev = f"NonFiniteGuard skipped or stopped at {len(reps)} training batch{'es' if len(reps) > 1 else ''} ({', '.join(f'{w} x{n}' for w, n in where.items())}; first at batch {reps[0]['batch']})"
+    nf = [r for r in rows if r['problem'].startswith('non-finite')]
+    if nf: nf[0].update(evidence=nf[0]['evidence'] + '; ' + ev); return rows
+    lay = next((r['layer'] for r in reps if r['layer']), None)
+    return rows + [{**_finding(lay or '(all)', 'non-finite values (batches skipped)', 'warning', ev, 'nonfinite'), 'callback': ''}]  # (the guard is there already)
+
 def _first_x(learn):
     "The inputs of a validation batch (else a training batch), or None when the learner has no data (an exported one)"
     try: return first_inputs(learn.dls.valid if len(learn.dls.valid) else learn.dls.train, getattr(learn.dls, 'n_inp', None))
@@ -344,10 +353,12 @@ def health_report(self:Learner,
     if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, batch())
     if gh is not None and gh.hist is not None: rows += _gradient_rules(gh, th, self.model, losses)
     g = next((c for c in self.cbs if isinstance(c, NonFiniteGuard)), None)
-    bad_in = [r['batch'] for r in getattr(g, 'reports', []) if r['where'] == 'input']
+    reps = getattr(g, 'reports', [])[getattr(g, '_fit_reports0', 0):]  # (the last fit's: `batch` counts from 0 in each)
+    bad_in = [r['batch'] for r in reps if r['where'] == 'input']
     for r in rows:  # (NaN that came with the data: no learning rate or clipping helps)
         if bad_in and r['problem'].startswith('non-finite'):
             r.update(evidence=r['evidence'] + f"; NonFiniteGuard found non-finite inputs at training batches {', '.join(map(str, bad_in[:5]))}", remedy=NAN_INPUT, callback='')
+    if reps: rows = _guard_rows(rows, reps)
     if rows and rows[0]['problem'] == 'loss diverging':  # (weights blown up: stalled updates, no gradient, growth, dead units are its symptoms)
         for r in rows[1:]:
             if r['problem'] in ('stalled updates', 'no gradient reaches it', 'weights growing without bound', 'too hot updates', 'dead units'):
@@ -443,6 +454,7 @@ class NonFiniteGuard(FitOnlyCallback):
         self.skips, self.reports, self.last_good_loss, self._grad_norms = [], [], None, None
     def before_fit(self):
         self.run = real_fit(self)
+        self._fit_reports0 = len(self.reports)  # (the report reads this fit's: `batch` counts from 0 in each fit)
         self.params, self._memo = self._trainable(), {}  # (`_memo`: `foreach_norm`'s, a float64 model's found once, not every batch)
         self.bufs = [b for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for b in m.buffers(recurse=False)]
         self._snap = None  # (their values before the batch: a forward pass updates them, with NaN too)

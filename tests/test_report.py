@@ -1161,3 +1161,20 @@ def test_guard_replays_under_the_fits_autocast():
     learn = quiet(Learner(digits_dls(bs=32, flat=True, n_train=640), m, loss_func=nn.CrossEntropyLoss(), opt_func=SGD, cbs=[g, CPUMixedPrecision()]))
     learn.fit(1, 100)
     assert [(r['where'], r['layer']) for r in g.reports] == [('forward', '0')], g.reports
+
+def test_batches_the_guard_skipped_are_in_the_report():
+    "Batches NonFiniteGuard skipped (a NaN loss, gradients that overflow) appeared nowhere in the report unless an activation was non-finite;"
+    "and its 'input' evidence read every fit's reports, not the last fit's"
+    class NanLoss:
+        def __init__(self): self.k = 0
+        def __call__(self, o, y):
+            self.k += 1; l = nn.functional.cross_entropy(o, y)
+            return l * math.nan if self.k in (3, 7) else l  # (the guard's replay calls it again: 8, finite)
+    torch.manual_seed(0)
+    learn = quiet(Learner(digits_dls(bs=64, flat=True, n_train=512), nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), loss_func=NanLoss(), cbs=HealthCheck(report=False)))
+    learn.fit(1, 1e-2)
+    r = learn.health_check.report
+    row = r[r.problem == 'non-finite values (batches skipped)']
+    assert len(row) == 1 and 'NonFiniteGuard skipped or stopped at 2 training batches' in row.evidence.iloc[0], r
+    learn.loss_func = nn.CrossEntropyLoss(); learn.fit(1, 1e-2)
+    assert not learn.health_check.report.problem.str.startswith('non-finite').any()  # (the last fit's skips only)
