@@ -754,6 +754,8 @@ def plot_stats(self:ActivationHealth,
     if len(rms):
         axs[2].plot(rms[0], 'o-', label=f'batch {it[0]}'); axs[2].plot(rms[-1], 's-', label=f'batch {it[-1]}')
     axs[2].set_yscale('log'); axs[2].set_title('rms through depth'); axs[2].set_xlabel('layer'); axs[2].legend()
+    step = max(1, len(self.names) // 20)  # (the layers' names, as the heatmaps show them: a position is not a name)
+    axs[2].set_xticks(range(0, len(self.names), step), self.names[::step], rotation=90 if len(self.names) > 8 else 0, fontsize=7)
     return axs
 
 @patch

@@ -595,3 +595,11 @@ def test_a_one_row_history_is_drawn():
     assert marked(gh.plot_layer(0))[1:] == [True, True]
     assert marked(ah.plot_stats())[1] and not marked(ah.plot_stats())[0]  # (the rms per batch: 8 points, a line)
     plt.close('all')
+
+def test_depth_plot_names_the_layers():
+    "'rms through depth' numbered its x axis by position (0, 1, 2) where the layers are '0', '1', '3': the heatmaps show names"
+    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    learn = quiet(synth_learner(n_trn=4, cbs=ActivationHealth())); learn.model = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Dropout(0.1), nn.Linear(4, 1)); learn.fit(1)
+    ah = learn.activation_health
+    assert ah.names == ['0', '1', '3'] and [t.get_text() for t in ah.plot_stats()[2].get_xticklabels()] == ah.names
+    plt.close('all')
