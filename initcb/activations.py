@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch, matplotlib.pyplot as plt
 from torch import nn, Tensor
 from fastcore.basics import patch
+from fastai.layers import SigmoidRange
 from .core import *
 from .core import _set_grad
 
@@ -126,7 +127,9 @@ class ActivationHealth(HealthCallback):
 def setup(self:ActivationHealth):
     sel = select_modules(self.model, self.mod_sel)
     names, kinds, bounds = [n for n, _ in sel], [_kind(m) for _, m in sel], [output_bounds(m) for _, m in sel]
-    tight = next(((n, b) for n, b in zip(names, bounds) if b is not None and math.isfinite(b[1] - b[0]) and 2 * self.sat_eps >= b[1] - b[0]), None)
+    # (`sat_eps` in a SigmoidRange's sigmoid units: scaled by its range, else a `y_range` of (0, 0.05) read 82% saturated, one of (0, 100) never)
+    sate = [self.sat_eps * ((b[1] - b[0]) if isinstance(m, SigmoidRange) and b is not None else 1.) for (_, m), b in zip(sel, bounds)]
+    tight = next(((n, b) for n, b, e in zip(names, bounds, sate) if b is not None and math.isfinite(b[1] - b[0]) and 2 * e >= b[1] - b[0]), None)
     if tight: raise ValueError(f"`sat_eps` must be under half the range of each bounded output: {tight[0]}'s is {tight[1]}, so with {self.sat_eps:g} each of its outputs would count as saturated")
     # (fast None: unpickled from learn.export, which leaves the history out; kinds None: loaded from a file saved without them)
     if self.fast is None or (self.names, self.bounds) != (names, bounds) or self.kinds not in (None, kinds):
@@ -135,6 +138,7 @@ def setup(self:ActivationHealth):
     self.kinds, self.mods, L = kinds, [m for _, m in sel], len(sel)
     # (saturation counts an asymptote's neighbourhood; ReLU6's floor, 0, is a ReLU's: its zeros are `near_zero`, not saturated)
     self._satb = [(-math.inf, b[1]) if b is not None and isinstance(m, nn.ReLU6) else b for (_, m), b in zip(sel, bounds)]
+    self._sate = sate
     self._rec, self._inplace, self._skip, self._insample = 0, [False] * L, [False] * L, [False] * L
     self._fit0 = self.n_seen  # (this fit's first batch in the history's count: the report reads this fit's rows)
     self._fit_losses = self._fit_mix = None  # (`before_train` takes this fit's list: a fit with no training batch, `fit(0)`, has none, not the last fit's)
@@ -475,11 +479,13 @@ def _stat_consts(self:ActivationHealth, k, nval, w, dev):
     L = len(self.bounds)
     sb = self.__dict__.get('_satb') or self.bounds  # (the saturating bounds: ReLU6's cap only)
     lo_b, hi_b = [torch.tensor([[_as_bounds(b)[j]] for b in sb], device=dev) for j in (0, 1)]
+    sate = self.__dict__.get('_sate')
+    eps = self.sat_eps if sate is None or len(set(sate)) == 1 else torch.tensor([[e] for e in sate], device=dev)  # (a SigmoidRange's: its own)
     h_lo, h_sc = torch.tensor(self._hr[:, :1], device=dev), torch.tensor(self.bins / (self._hr[:, 1:] - self._hr[:, :1]), device=dev)
     offs = torch.arange(k * L, device=dev)[:, None] * self.bins
     per = (lambda c: c) if k == 1 else (lambda c: c.repeat(k, 1))  # per-layer constants, once per batch of the chunk
     return _stat_consts(None if min(nval) >= self.sample else per(w), per(lo_b), per(hi_b), per(h_lo), per(h_sc), offs, self.bins,
-                        self.sat_eps, bounded=any(b is not None for b in self.bounds))  # (known here: no host read on a GPU)
+                        eps if isinstance(eps, float) else per(eps), bounded=any(b is not None for b in self.bounds))  # (known here: no host read on a GPU)
 
 @patch
 def _set_hist_range(self:ActivationHealth, s, w):
@@ -554,9 +560,10 @@ def _combine_ranks(self:ActivationHealth, arr):
     ok = np.isfinite(m); k = ok.sum(0)  # (a rank whose sample of a layer held no finite value has NaN statistics: it weighs nothing)
     def avg(v): return np.where(ok, v, 0.).sum(0) / k  # (NaN where no rank has a value)
     with np.errstate(invalid='ignore', divide='ignore'):
-        mean = avg(m)
+        mean, near, sat = avg(m), avg(a[..., 3]), avg(a[..., 4])
         var = ((n - 1) * np.where(ok, sd ** 2, 0.).sum(0) + n * np.where(ok, (m - mean) ** 2, 0.).sum(0)) / np.maximum(k * n - 1, 1)
-    out = np.concatenate([np.stack([mean, np.sqrt(var), a[..., 2].min(0), avg(a[..., 3]), avg(a[..., 4]), a[..., 5].sum(0)], -1),
+        var = np.where(k > 0, var, np.nan)
+    out = np.concatenate([np.stack([mean, np.sqrt(var), a[..., 2].min(0), near, sat, a[..., 5].sum(0)], -1),
                           a[..., len(SAMPLED):-2].sum(0), a[0, ..., -2:]], -1)
     return out.astype(np.float32)
 

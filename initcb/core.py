@@ -205,7 +205,9 @@ def output_bounds(
     b = getattr(m, '_initcb_bounds', None)
     if b is not None: return b
     if isinstance(m, nn.Hardtanh) and not isinstance(m, nn.ReLU6): return (float(m.min_val), float(m.max_val))
-    if isinstance(m, SigmoidRange): return (float(m.low), float(m.high))
+    if isinstance(m, SigmoidRange):  # (bounds per output, tensors: no one pair; left unbounded)
+        lo, hi = (torch.as_tensor(v) for v in (m.low, m.high))
+        return (float(lo), float(hi)) if lo.numel() == 1 and hi.numel() == 1 else None
     return next((v for t, v in BOUNDS.items() if isinstance(m, t)), None)
 
 def rest_value(

@@ -10,7 +10,7 @@ import math, json, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch, matplotlib.pyplot as plt
 from fastcore.basics import patch
-from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.fp16 import MixedPrecision, NonNativeMixedPrecision
 from fastai.callback.training import GradientClip, GradientAccumulation
 from fastai.optimizer import weight_decay
 from .core import *
@@ -242,7 +242,7 @@ def _hand_decay(self:GradientHealth):
 def _not_in_opt(self:GradientHealth):
     "Flag each layer with trainable parameters in no optimizer group (`_group_of` -1): added or replaced after the optimizer was made, they never update"
     out = np.flatnonzero(self._group_of < 0)
-    if not len(out): return
+    if not len(out) or any(isinstance(c, NonNativeMixedPrecision) for c in self.learn.cbs): return  # (fastai's legacy fp16: its optimizer holds fp32 master copies, not these)
     of = [self.layers[self._layer_of[self._cols[j]]] for j in out]
     for layer in dict.fromkeys(of):
         n = of.count(layer)

@@ -226,7 +226,7 @@ def _activation_rules(learn, ah, th, xb):
             if v > th.sat_pct:
                 out.append(_finding(n, 'saturated activation', 'warning', f'{v:.0f}% of outputs within sat_eps of an asymptote', 'saturated'))
                 m = None if mods is None else mods[ah.names.index(n)]
-                if isinstance(m, SigmoidRange): out[-1].update(remedy=f"{Y_RANGE} (here ({m.low:g}, {m.high:g}))", callback='')  # (the init is not the cause)
+                if isinstance(m, SigmoidRange): out[-1].update(remedy=f"{Y_RANGE} (here {output_bounds(m)})", callback='')  # (the init is not the cause)
     if r0 is not None and mods is not None:
         rms0 = f['rms'][r0]
         model = unwrap(learn.model); leaves = [m for _, m in _leaves(model)]
@@ -355,10 +355,11 @@ def health_report(self:Learner,
     g = next((c for c in self.cbs if isinstance(c, NonFiniteGuard)), None)
     reps = getattr(g, 'reports', [])[getattr(g, '_fit_reports0', 0):]  # (the last fit's: `batch` counts from 0 in each)
     bad_in = [r['batch'] for r in reps if r['where'] == 'input']
+    if reps: rows = _guard_rows(rows, reps)  # (before the inputs' remedy: its own finding may be the only non-finite one)
     for r in rows:  # (NaN that came with the data: no learning rate or clipping helps)
         if bad_in and r['problem'].startswith('non-finite'):
             r.update(evidence=r['evidence'] + f"; NonFiniteGuard found non-finite inputs at training batches {', '.join(map(str, bad_in[:5]))}", remedy=NAN_INPUT, callback='')
-    if reps: rows = _guard_rows(rows, reps)
+
     if rows and rows[0]['problem'] == 'loss diverging':  # (weights blown up: stalled updates, no gradient, growth, dead units are its symptoms)
         for r in rows[1:]:
             if r['problem'] in ('stalled updates', 'no gradient reaches it', 'weights growing without bound', 'too hot updates', 'dead units'):
@@ -415,7 +416,8 @@ def find_nonfinite(
             t = first_tensor(o)
             if t is None: return
             if not first_f and t.is_floating_point() and not torch.isfinite(t).all():  # (its input non-finite already: a function call before it made the NaN)
-                first_f.append(('function' if any(isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all() for x in i) else 'forward', n))
+                x = first_tensor(i)  # (its first input, as its output is read: not an additive attention mask of -inf, passed on purpose)
+                first_f.append(('function' if x is not None and x.is_floating_point() and torch.isnan(x).any() else 'forward', n))
             if t.requires_grad: t.register_hook(lambda g: grads.append(n) if not torch.isfinite(g).all() else None)
         return h
     bufs = [(b, b.detach().clone()) for b in model.buffers()]  # (a replay in train mode moves BatchNorm's running statistics: NaN into them)
@@ -454,7 +456,7 @@ class NonFiniteGuard(FitOnlyCallback):
         self.skips, self.reports, self.last_good_loss, self._grad_norms = [], [], None, None
     def before_fit(self):
         self.run = real_fit(self)
-        self._fit_reports0 = len(self.reports)  # (the report reads this fit's: `batch` counts from 0 in each fit)
+        if self.run: self._fit_reports0 = len(self.reports)  # (the report reads this fit's: `batch` counts from 0 in each fit; `validate`, `lr_find` are no fit)
         self.params, self._memo = self._trainable(), {}  # (`_memo`: `foreach_norm`'s, a float64 model's found once, not every batch)
         self.bufs = [b for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for b in m.buffers(recurse=False)]
         self._snap = None  # (their values before the batch: a forward pass updates them, with NaN too)

@@ -349,3 +349,17 @@ def test_a_batch_whose_output_is_all_nan_has_nan_statistics():
     assert bad.sum() == 3 and all(np.isnan(s[c][:len(s), 1][bad]).all() for c in ('mean', 'std', 'min', 'near_zero', 'saturated'))
     assert np.isfinite(s['mean'][:len(s), 1][~bad]).all()
     np.testing.assert_allclose(ah.summary().loc['1', 'mean'], s['mean'][:len(s), 1][~bad].mean(), rtol=1e-5)
+
+def test_ranks_combined_with_no_finite_value_give_nan():
+    "A distributed run's combine of a layer with no finite value on any rank: std 0 where one process gives NaN (and a warning a chunk)"
+    import warnings
+    from initcb.activations import SAMPLED
+    ah = ActivationHealth(bins=4); ah._idx = [(None, None, 8)]  # (one layer, 8 samples a rank)
+    row = np.array([math.nan, math.nan, math.inf, math.nan, math.nan, 8., 0, 0, 0, 0, 0., 1.], np.float32)
+    fin = np.array([0.5, 1., -1., 0.25, 0., 0., 2, 2, 2, 2, 0., 1.], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        none = dict(zip(SAMPLED, ah._combine_ranks(np.stack([row, row])[:, None, None, :])[0, 0, :6]))
+        one = dict(zip(SAMPLED, ah._combine_ranks(np.stack([row, fin])[:, None, None, :])[0, 0, :6]))
+    assert all(np.isnan(none[c]) for c in ('mean', 'std', 'near_zero', 'saturated')) and none['nonfinite'] == 16
+    assert (one['mean'], one['std'], one['near_zero']) == (0.5, 1., 0.25)  # (the rank with values alone)

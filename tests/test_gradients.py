@@ -606,3 +606,18 @@ def test_a_wider_model_with_the_same_names_starts_afresh():
     assert gh.sizes.tolist() == [12800, 200, 2000, 10] and gh.n_seen == 2
     zf = gh.to_df(per='param').zero_frac
     assert zf.between(0, 1).all()
+
+def test_legacy_fp16_master_weights_are_no_missing_optimizer():
+    "fastai's legacy fp16 (NonNativeMixedPrecision) points the optimizer at fp32 master copies: every layer read 'not in optimizer' (error)"
+    import fastai.callback.fp16 as f
+    class CPUNonNative(f.NonNativeMixedPrecision):  # (its CUDA assert aside, to run on a CPU)
+        def before_fit(self):
+            if self.learn.opt is None: self.learn.create_opt()
+            self.model_pgs, self.master_pgs = f.get_master(self.opt, self.flat_master)
+            self.old_pgs = self.opt.param_lists
+            f._copy_state(self.learn.opt, self.model_pgs, self.master_pgs)
+            if self.dynamic: self.count = 0
+    learn = quiet(synth_learner(n_trn=8)); learn.model = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1)).half()
+    gh = GradientHealth(warn=False)
+    learn.add_cbs([CPUNonNative(dynamic=False), gh]); learn.fit(1, 1e-3)
+    assert not (gh.events.kind == 'not in optimizer').any()

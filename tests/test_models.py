@@ -380,3 +380,20 @@ def test_awd_lstm_embedding_watched_through_its_dropout():
     ah = learn.activation_health
     assert '0.encoder_dp' in ah.names and '0.encoder' not in ah.names
     assert np.isfinite(ah.summary().loc['0.encoder_dp', 'rms'])
+
+def test_sigmoid_range_saturation_in_sigmoid_units():
+    "`sat_eps` applied in output units: a y_range of (0, 0.05) read most outputs saturated on sigmoid inputs of std 1, and tensor bounds crashed"
+    from fastai.layers import SigmoidRange
+    torch.manual_seed(0)
+    x = torch.randn(256, 4); y = torch.rand(256, 2) * 0.05
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=32), DataLoader(list(zip(x, y)), bs=32))
+    for lo, hi in ((0., 0.05), (0., 100.)):
+        m = nn.Sequential(nn.Linear(4, 2), SigmoidRange(lo, hi))
+        with torch.no_grad(): m[0].weight.copy_(torch.eye(2, 4)); m[0].bias.zero_()  # (its inputs: std 1, |z| > 3.9 for 0.02 of a sigmoid: 0.01%)
+        learn = quiet(Learner(dls, m, loss_func=nn.MSELoss(), cbs=ActivationHealth(sample_every=1)))
+        learn.fit(1, 0.)
+        assert learn.activation_health.summary().loc['1', '% saturated'] < 1, (lo, hi)
+    m = nn.Sequential(nn.Linear(4, 2), SigmoidRange(torch.tensor([0., 0.]), torch.tensor([1., 10.])))  # (per-output bounds: no one pair)
+    learn = quiet(Learner(dls, m, loss_func=nn.MSELoss(), cbs=ActivationHealth()))
+    learn.fit(1, 1e-3)
+    assert np.isnan(learn.activation_health.summary().loc['1', '% saturated'])

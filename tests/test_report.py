@@ -1176,5 +1176,35 @@ def test_batches_the_guard_skipped_are_in_the_report():
     r = learn.health_check.report
     row = r[r.problem == 'non-finite values (batches skipped)']
     assert len(row) == 1 and 'NonFiniteGuard skipped or stopped at 2 training batches' in row.evidence.iloc[0], r
+    learn.validate()  # (no fit: its `before_fit` took the fit's skips out of the report)
+    assert (learn.health_report(verbose=False).problem == 'non-finite values (batches skipped)').sum() == 1
     learn.loss_func = nn.CrossEntropyLoss(); learn.fit(1, 1e-2)
     assert not learn.health_check.report.problem.str.startswith('non-finite').any()  # (the last fit's skips only)
+
+def test_nan_inputs_the_guard_alone_saw_get_the_datas_remedy():
+    "NonFiniteGuard alone, NaN in the inputs: its own finding kept the learning-rate remedy, made after the inputs' remedy was given out"
+    from initcb.report import NAN_INPUT
+    torch.manual_seed(0)
+    x, y = torch.randn(128, 4), torch.randn(128, 1); x[40, 1] = math.nan
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    dls = DataLoaders(DataLoader(list(zip(x, y)), bs=32), DataLoader(list(zip(x, y)), bs=32))
+    learn = quiet(Learner(dls, nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)), loss_func=nn.MSELoss(), cbs=NonFiniteGuard(verbose=False)))
+    learn.fit(1, 1e-2)
+    r = learn.health_report(verbose=False)
+    assert r.problem.tolist() == ['non-finite values (batches skipped)'] and r.remedy.iloc[0] == NAN_INPUT and 'input x1' in r.evidence.iloc[0]
+
+def test_an_additive_mask_of_minus_inf_is_no_function_nan():
+    "A -inf additive attention mask passed positionally made the attention's own NaN read as a function's before it ('function', 'attn')"
+    class Attn(nn.Module):
+        def __init__(self, d): super().__init__(); self.qkv = nn.Parameter(torch.randn(3, d, d) / d ** .5)
+        def forward(self, x, mask):
+            q, k, v = (x @ w for w in self.qkv)
+            return (q @ k.transpose(1, 2) / x.shape[-1] ** .5 + mask).softmax(-1) @ v
+    class Model(nn.Module):
+        def __init__(self, d=8): super().__init__(); self.emb = nn.Linear(4, d); self.attn = Attn(d); self.head = nn.Linear(d, 1)
+        def forward(self, x):
+            mask = torch.full((x.shape[1],) * 2, -math.inf).triu(1); mask[0, 0] = -math.inf  # (a row all masked: the softmax's NaN)
+            return self.head(self.attn(self.emb(x), mask))
+    torch.manual_seed(0)
+    assert find_nonfinite(Model(), torch.randn(2, 5, 4)) == ('forward', 'attn')
