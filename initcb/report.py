@@ -359,7 +359,6 @@ def health_report(self:Learner,
     for r in rows:  # (NaN that came with the data: no learning rate or clipping helps)
         if bad_in and r['problem'].startswith('non-finite'):
             r.update(evidence=r['evidence'] + f"; NonFiniteGuard found non-finite inputs at training batches {', '.join(map(str, bad_in[:5]))}", remedy=NAN_INPUT, callback='')
-
     if rows and rows[0]['problem'] == 'loss diverging':  # (weights blown up: stalled updates, no gradient, growth, dead units are its symptoms)
         for r in rows[1:]:
             if r['problem'] in ('stalled updates', 'no gradient reaches it', 'weights growing without bound', 'too hot updates', 'dead units'):
