@@ -479,13 +479,13 @@ def _stat_consts(self:ActivationHealth, k, nval, w, dev):
     L = len(self.bounds)
     sb = self.__dict__.get('_satb') or self.bounds  # (the saturating bounds: ReLU6's cap only)
     lo_b, hi_b = [torch.tensor([[_as_bounds(b)[j]] for b in sb], device=dev) for j in (0, 1)]
-    sate = self.__dict__.get('_sate')
-    eps = self.sat_eps if sate is None or len(set(sate)) == 1 else torch.tensor([[e] for e in sate], device=dev)  # (a SigmoidRange's: its own)
     h_lo, h_sc = torch.tensor(self._hr[:, :1], device=dev), torch.tensor(self.bins / (self._hr[:, 1:] - self._hr[:, :1]), device=dev)
     offs = torch.arange(k * L, device=dev)[:, None] * self.bins
     per = (lambda c: c) if k == 1 else (lambda c: c.repeat(k, 1))  # per-layer constants, once per batch of the chunk
+    sate = self.__dict__.get('_sate')  # (each layer's `sat_eps`: a SigmoidRange's scaled by its range)
+    eps = self.sat_eps if sate is None else per(torch.tensor([[e] for e in sate], device=dev))
     return _stat_consts(None if min(nval) >= self.sample else per(w), per(lo_b), per(hi_b), per(h_lo), per(h_sc), offs, self.bins,
-                        eps if isinstance(eps, float) else per(eps), bounded=any(b is not None for b in self.bounds))  # (known here: no host read on a GPU)
+                        eps, bounded=any(b is not None for b in self.bounds))  # (known here: no host read on a GPU)
 
 @patch
 def _set_hist_range(self:ActivationHealth, s, w):

@@ -466,11 +466,9 @@ def fresh_opt_state(
     params, # parameters whose values were set anew
 ):
     "Start the optimizer afresh on `params`: their state dropped (momenta and second moments described the old values; fastai's flags `do_wd`, `force_train` kept) and a `Lookahead`'s slow copy set to the new values (else its next sync pulls them halfway back)"
-    if opt is None: return
-    inner = getattr(opt, 'opt', None)
     for p in params:
-        if isinstance(inner, torch.optim.Optimizer): inner.state.pop(p, None)  # (PyTorch's: made again at the next step)
-        elif p in getattr(opt, 'state', {}): opt.state[p] = {k: v for k, v in opt.state[p].items() if k in ('do_wd', 'force_train')}
+        for st in _state_dicts(opt, p):  # (emptied, it is made again at the next step: fastai's and PyTorch's optimizers alike)
+            for k in [k for k in st if k not in ('do_wd', 'force_train')]: del st[k]
         if (s := _slow(opt, p)) is not None: s.copy_(p.detach())
 
 
