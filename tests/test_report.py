@@ -976,7 +976,7 @@ def test_no_drift_finding_for_a_norm_layer():
     assert not [f for f in _activation_rules(learn, ah, Thresholds(), None) if f['problem'].startswith('activation scale')]
 
 
-def test_nan_in_the_data_is_no_learning_rate_problem():
+def test_nan_in_the_data_is_no_learning_rate_problem(capsys):
     "A missing value in two inputs: the guard said the NaN began in module '0', the report said to lower the learning rate and clip gradients"
     from initcb.report import NAN_INPUT
     dls = digits_dls(flat=True)
@@ -990,6 +990,9 @@ def test_nan_in_the_data_is_no_learning_rate_problem():
     rep = learn.health_check.report
     nf = rep[rep.problem.str.startswith('non-finite')]
     assert len(nf) and (nf.remedy == NAN_INPUT).all() and nf.evidence.str.contains('inputs at training batches 3, 7').all(), rep
+    # (the printed table cuts evidence at 70 characters, which cut the batches off: it says so and where the rest is)
+    learn.health_report()
+    assert 'evidence cut at 70 characters' in capsys.readouterr().out
 
 
 def test_output_that_ignores_the_input_is_found():
