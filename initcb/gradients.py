@@ -188,6 +188,9 @@ def after_step(self:GradientHealth):
         w = foreach_norm(self._prev, 2, self._pmemo)
         torch._foreach_sub_(self._prev, self.params)  # the weights before the step less those after: -Δw
         d = foreach_norm(self._prev, 2, self._pmemo)
+        dl = self._hand_delta()  # (`AdaptiveWD('cautious')`'s decay by hand after the step, coordinate by coordinate: taken out of -Δw, one op)
+        cut = dl is not None and [(b, x) for b, x in zip(self._prev, dl) if x is not None]
+        if cut: torch._foreach_sub_(*map(list, zip(*cut)))
         lr, c = self._step_hypers()
         if c is not None: c[~self._hasg] = 0.  # (no gradient: no step, no decay)
         h = self._hand_decay()  # (decay by hand after the step, `AdaptiveWD('equilibrium')`'s, gradient or not: the fraction taken; None: none)
@@ -199,7 +202,7 @@ def after_step(self:GradientHealth):
             k = np.where(ok, m / (1 - np.where(ok, h, 0.)) if h is not None else m, np.nan)  # (NaN: a decay of half the weight or more in one step)
             torch._foreach_lerp_(self._prev, self.params, (-c / m).tolist())
             s = foreach_norm(self._prev, 2, self._pmemo)
-        else: s = d
+        else: s = foreach_norm(self._prev, 2, self._pmemo) if cut else d
         self._uq.add(d + w + self._nonf + s, (self._iter, lr, k))
     self._done()
 
@@ -237,6 +240,12 @@ def _step_hypers(self:GradientHealth):
 def _hand_decay(self:GradientHealth):
     "The fraction of each recorded parameter a callback's decay by hand took after this step (`AdaptiveWD.hand_decay`), or None"
     return None if getattr(self, '_hander', None) is None else self._hander.hand_decay(self.params)
+
+@patch
+def _hand_delta(self:GradientHealth):
+    "What a callback's decay by hand took from each recorded parameter after this step, coordinate by coordinate (`AdaptiveWD.hand_delta`: a tensor or None each), or None"
+    f = getattr(getattr(self, '_hander', None), 'hand_delta', None)
+    return None if f is None else f(self.params)
 
 @patch
 def _not_in_opt(self:GradientHealth):

@@ -208,6 +208,7 @@ class AdaptiveWD(HealthCallback):
             torch._foreach_sign_(m); torch._foreach_add_(m, 1.); torch._foreach_clamp_max_(m, 1.)
             torch._foreach_mul_(m, ps); torch._foreach_mul_(m, f)  # (a non-finite d*p gives a non-finite p, as p already is then)
             torch._foreach_sub_(ps, m)
+        self._delta = dict(zip(map(id, ps), m))  # (for `hand_delta`: what it took, coordinate by coordinate; freed after the batch)
 
     def _measure(self, groups):
         "Each decayed tensor's λ moved toward the equilibrium of its update ratio over this step (`_prev`: the weights before it)"
@@ -233,20 +234,28 @@ class AdaptiveWD(HealthCallback):
     def _disarm(self):
         "The batch over (`after_batch`), or a step begun (`before_step`) and not taken: the fit's own weight decay back; no decay by hand, no measurement across a step not taken"
         if getattr(self, '_armed', False): self.learn.opt.set_hyper('wd', self._orig); self._armed, self._prev = False, None
-        self._hand = None
+        self._hand = self._delta = None
 
     def hand_decay(self,
         params:list, # parameters (a recorder's)
     ):
-        "The fraction lr·λ of each of `params` that this step's decay by hand took after the optimizer step ('equilibrium'; 0 for a parameter it does not decay), or None: no such decay this step ('awd', 'swd': the optimizer's own; 'cautious': per coordinate, no one fraction)"
+        "The fraction lr·λ of each of `params` that this step's decay by hand took after the optimizer step ('equilibrium'; 0 for a parameter it does not decay), or None: no such decay this step ('awd', 'swd': the optimizer's own; 'cautious': per coordinate, no one fraction: `hand_delta`)"
         h = getattr(self, '_hand', None)
         return None if h is None else np.array([h.get(id(p), 0.) for p in params])
+
+    def hand_delta(self,
+        params:list, # parameters (a recorder's)
+    ):
+        "What this step's decay by hand took from each of `params` coordinate by coordinate after the optimizer step ('cautious': a tensor each, None for a parameter it did not decay), or None: no such decay this step"
+        d = getattr(self, '_delta', None)
+        return None if d is None else [d.get(id(p)) for p in params]
 
     def after_cancel_step(self): self._disarm()
     def after_batch(self): self._disarm()  # (the step's λ, kept for the callbacks after this one; or a later callback's CancelBatchException in `before_step`: no `after_step` came)
     def cleanup(self, collective:bool=True):
         "Put the fit's own weight decay back: at the end of a fit, however it ends (an exception mid-step included)"
         if getattr(self, '_orig', None) is not None and getattr(self.learn, 'opt', None) is not None: self.learn.opt.set_hyper('wd', self._orig)
+        self._prev = self._hand = self._delta = None  # (a fit that ended mid-step: no copy of the weights kept, nor pickled by `learn.export`)
 
     @property
     def events(self):

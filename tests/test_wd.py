@@ -42,6 +42,19 @@ def test_exception_mid_step_restores_wd():
     with pytest.raises(RuntimeError): learn.fit(1, lr=1e-2, wd=0.1)
     assert learn.opt.hypers[0]['wd'] == 0.1
 
+@pytest.mark.parametrize('mode,event', [('cautious', 'after_step'), ('equilibrium', 'before_step')])
+def test_exception_mid_step_keeps_no_tensor(mode, event):
+    "A fit ended mid-step kept tensors until the next batch, pickled by `learn.export`: 'cautious' what its decay took (weight-sized), 'equilibrium' its copy of the weights"
+    class Boom(Callback):
+        order = AdaptiveWD.order + 0.1
+        def boom(self):
+            if self.train_iter == 2: raise RuntimeError('boom')
+    setattr(Boom, event, Boom.boom)
+    cb = AdaptiveWD(mode, every=1) if mode == 'equilibrium' else AdaptiveWD(mode)
+    learn = quiet(synth_learner(n_trn=4, cbs=[cb, Boom()]))
+    with pytest.raises(RuntimeError): learn.fit(1, lr=1e-2, wd=0.1)
+    assert not [k for k, v in vars(cb).items() if isinstance(v, (list, tuple, dict)) and any(isinstance(x, torch.Tensor) for x in (v.values() if isinstance(v, dict) else v))]
+
 @pytest.mark.parametrize('opt', ['fastai SGD', 'torch SGD'])
 @pytest.mark.parametrize('mom', [0., 0.9])
 def test_swd_without_second_moment_is_sgds(opt, mom):
@@ -372,3 +385,25 @@ def test_one_group_without_weight_decay_is_an_event_not_a_warning():
     learn.create_opt(); learn.opt.set_hyper('wd', [0., 0.1])
     with warnings.catch_warnings(): warnings.simplefilter('error'); learn.fit(1, 1e-2, wd=[0., 0.1])
     assert cb.events.group.tolist() == [0] and cb.hist[-1][1] == 0 and cb.hist[-1][2] > 0
+
+def test_grad_update_ratio_takes_out_the_cautious_decay():
+    "'cautious' decays by hand after the step, coordinate by coordinate where the update and the weight agree in sign:"
+    "GradientHealth's `grad_update_ratio` counted that decay as the gradient's (it takes out the coordinates' own decay now)"
+    from functools import partial
+    from fastai.optimizer import SGD
+    from initcb.gradients import GradientHealth
+    class Truth(Callback):  # (order -1000: the optimizer's step alone, before AdaptiveWD's decay)
+        order = -1000
+        def __init__(self): self.r = []
+        def before_step(self): self.w0 = self.learn.model[1].weight.detach().clone()
+        def after_step(self): self.r.append(((self.w0 - self.learn.model[1].weight).norm() / self.w0.norm()).item())
+    torch.manual_seed(0)
+    gh, t = GradientHealth(update_every=1, warn=False), Truth()
+    learn = quiet(Learner(digits_dls(bs=128), nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)), loss_func=nn.CrossEntropyLoss(),
+                          opt_func=partial(SGD, mom=0.9), wd=0.1, cbs=[gh, AdaptiveWD('cautious'), t]))
+    learn.fit(1, 0.1)
+    want = np.array(t.r)
+    df = gh.to_df(per='param')
+    got = df[df.param == '1.weight']
+    assert not np.allclose(got.update_ratio, want, rtol=1e-3)  # (the decay did take something: the case)
+    np.testing.assert_allclose(got.grad_update_ratio.to_numpy(), want, rtol=1e-4)
