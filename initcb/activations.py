@@ -179,6 +179,7 @@ def before_train(self:ActivationHealth):
 @patch
 def before_batch(self:ActivationHealth):
     "Whether this training batch is recorded (every `every`-th) and, if so, whether it is a sampling one (every `sample_every`-th recorded)"
+    if self._on: self._clear_refs()  # (the last recorded batch cancelled before our `after_pred`: its outputs are not this batch's)
     self._on = self.every is None or self.learn.train_iter % self.every == 0  # (`self.train_iter` goes through fastai's GetAttr: 3 us)
     if self._on: self._sampling, self._hooksamp, self._iter = self._rec % self.sample_every == 0, self._rec == 0, self.n_seen
     self.n_seen += 1
@@ -587,6 +588,7 @@ def flush(self:ActivationHealth,
 @patch
 def after_train(self:ActivationHealth):
     "End of an epoch's training: the queued rows to the host, for readers (under DDP every rank is here: combined across ranks)"
+    if self._on: self._clear_refs()  # (its last batch cancelled before our `after_pred`: nothing of it is the next epoch's)
     self._on = False  # (a training phase cut short by a later callback, `CancelTrainException` in its `before_batch`: the validation pass is no row)
     self.flush(collective=True)
 @patch

@@ -574,8 +574,8 @@ def stack_scalars(
 # %% ../nbs/00_core.ipynb #65eff8ac
 def _cleanup_all(learn):
     "After an exception, maybe on this rank alone (no collective): every initcb callback's hooks and buffers off, the guard too"
-    for cb in list(learn.cbs):
-        if isinstance(cb, HealthCallback): cb.cleanup(collective=False)
+    for cb in list(learn.cbs):  # (`HealthCheck` too, a `FitOnlyCallback` with a `cleanup`: its columns off the learner)
+        if isinstance(cb, FitOnlyCallback) and callable(getattr(type(cb), 'cleanup', None)): cb.cleanup(collective=False)
     _unguard(learn)
 
 class _EpochGuard:

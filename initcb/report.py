@@ -6,7 +6,7 @@ Docs: https://initcb.github.io/initcb/report.html.md"""
 
 # %% ../nbs/06_report.ipynb #681d5152
 from __future__ import annotations
-import math, warnings
+import math, sys, warnings
 import numpy as np, pandas as pd, torch
 from torch import nn
 from fastcore.basics import patch, noop
@@ -545,6 +545,14 @@ class NonFiniteGuard(FitOnlyCallback):
 RULES = ('symmetric', 'dead', 'exploding', 'growing')
 
 def _nan(): return float('nan')
+
+def _fitting(learn):
+    "Whether `learn` is inside a fit's epochs now (a `validate` called by a callback mid-fit), from the frames up to here"
+    f = sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_name == '_do_fit' and f.f_locals.get('self') is learn: return True
+        f = f.f_back
+    return False
 def _without(metrics, cols): return [m for m in metrics if not any(m is x for x in cols)]  # (`cols`, by identity)
 
 class _DropColumns(Callback):
@@ -610,8 +618,16 @@ class HealthCheck(FitOnlyCallback):
         "What the remedies did: one row per action, with the fit's `epoch` and the first training `batch` it changes (the recorders' count)"
         return pd.DataFrame(self._actions, columns=['epoch', 'batch', 'action', 'detail'])
 
+    def cleanup(self,
+        collective:bool=True, # (unused: nothing collective to do)
+    ):
+        "Its columns off the learner: at the end of a fit, however it ends (an exception mid-fit included)"
+        if self._columns_added and self.learn is not None: self.learn.metrics = _without(self.learn.metrics, self._columns_added)
+        self._columns_added = []
+
     def before_fit(self):
-        self.run = real_fit(self)
+        if self._columns_added and not _fitting(self.learn): self.cleanup()  # (left by a fit ended before its epochs, another callback's `before_fit` raising: a
+        self.run = real_fit(self)                                           # `validate` now returned them; mid-fit, a callback's `validate` must not take them off)
         if not self.run: return
         new, free = [], lambda c: c is not None and c.learn is None  # (its own from an earlier fit, taken off with it: the history goes on)
         def have(t): return next((c for c in self.learn.cbs if isinstance(c, t)), None)  # (a subclass too: it is named after its class)
@@ -698,8 +714,7 @@ class HealthCheck(FitOnlyCallback):
 
     def after_fit(self):
         if not self.run: return
-        if self._columns_added:  # (the fit's: a later `validate` would return them as NaN, `loss, acc = learn.validate()` fail)
-            self.learn.metrics = _without(self.learn.metrics, self._columns_added); self._columns_added = []
+        self.cleanup()  # (the fit's columns: a later `validate` would return them as NaN, `loss, acc = learn.validate()` fail)
         try: self.report = self.learn.health_report(self.th, verbose=self.show and is_main(), xb=self._xb)
         except BaseException: _cleanup_all(self.learn); raise  # (Ctrl-C in the report, before the recorders' `after_fit`: their hooks off)
         self._xb = self._ep0 = self._chains = None  # (a batch of data has no place in `learn.export`'s pickle)

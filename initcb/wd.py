@@ -77,6 +77,7 @@ class AdaptiveWD(HealthCallback):
 
     def before_step(self):
         opt = self.learn.opt
+        self._disarm()  # (armed still: the last batch ended past our `after_batch`, a later callback's CancelEpochException: its λ is not the fit's)
         self._orig = [h['wd'] for h in opt.hypers]  # (the fit's own, put back after each step and at the end)
         self._base = [self.base if self.base is not None and not w else w for w in self._orig]
         self.bases.append(list(self._base))
@@ -251,6 +252,8 @@ class AdaptiveWD(HealthCallback):
         return None if d is None else [d.get(id(p)) for p in params]
 
     def after_cancel_step(self): self._disarm()
+    def after_cancel_train(self): self._disarm()  # (the epoch or the training cut short in a batch after our step: its `after_batch` skipped)
+    def after_cancel_epoch(self): self._disarm()
     def after_batch(self): self._disarm()  # (the step's λ, kept for the callbacks after this one; or a later callback's CancelBatchException in `before_step`: no `after_step` came)
     def cleanup(self, collective:bool=True):
         "Put the fit's own weight decay back: at the end of a fit, however it ends (an exception mid-step included)"

@@ -603,3 +603,24 @@ def test_depth_plot_names_the_layers():
     ah = learn.activation_health
     assert ah.names == ['0', '1', '3'] and [t.get_text() for t in ah.plot_stats()[2].get_xticklabels()] == ah.names
     plt.close('all')
+
+
+@pytest.mark.parametrize('skip', ['odd', 'last'])
+def test_a_batch_cancelled_before_after_pred_is_no_row(skip):
+    "A callback before ActivationHealth cancelling batches in `after_pred`: the cancelled batch's outputs were reduced into the next"
+    "recorded batch's row (row 2 held batch 1's values), across an epoch's end too"
+    from fastai.callback.core import CancelBatchException
+    class Skip(Callback):
+        order = ActivationHealth.order - 10
+        def after_pred(self):
+            if self.training and (self.train_iter % 2 if skip == 'odd' else self.train_iter == self.n_iter - 1): raise CancelBatchException()  # (`train_iter`: the fit's count)
+    ah = ActivationHealth(modules=['0'])
+    vals = []
+    learn = quiet(Learner(digits_dls(bs=128, flat=True), nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)), loss_func=nn.CrossEntropyLoss(), cbs=[ah, Skip()]))
+    h = learn.model[0].register_forward_hook(lambda m, i, o: vals.append(o.detach().abs().mean().item()) if m.training else None)
+    try: learn.fit(2, 1e-2)
+    finally: h.remove()
+    n = len(learn.dls.train)
+    kept = [i for i in range(2 * n) if not (i % 2 if skip == 'odd' else i == n - 1)]  # ('last': the first epoch's)
+    assert ah.fast.iters[:len(ah.fast)].tolist() == kept
+    np.testing.assert_allclose(ah.fast['abs_mean'][:, 0], np.array(vals)[kept], rtol=1e-5)

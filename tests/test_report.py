@@ -1211,3 +1211,36 @@ def test_an_additive_mask_of_minus_inf_is_no_function_nan():
             return self.head(self.attn(self.emb(x), mask))
     torch.manual_seed(0)
     assert find_nonfinite(Model(), torch.randn(2, 5, 4)) == ('forward', 'attn')
+
+
+@pytest.mark.parametrize('where', ['forward', 'before_fit'])
+def test_columns_go_however_the_fit_ends(where):
+    "A fit ended by an exception left 'dead %' and 'grad norm' in `learn.metrics`: `loss, m = learn.validate()` failed (4 values)"
+    from fastai.metrics import mae
+    class Boom(Callback):
+        order = 50  # (after HealthCheck's `before_fit`: its columns are on)
+        def before_fit(self):
+            if where == 'before_fit': raise RuntimeError('boom')
+        def after_pred(self):
+            if where == 'forward' and self.training and self.train_iter == 2: raise RuntimeError('boom')
+    learn = quiet(synth_learner(n_trn=5, metrics=mae, cbs=HealthCheck(report=False)))
+    with pytest.raises(RuntimeError): learn.fit(1, cbs=Boom())
+    if where == 'forward': assert [getattr(m, 'name', '') for m in learn.metrics] == ['mae']  # (at once, with the hooks)
+    loss, m = learn.validate()  # (a `before_fit` that raised stopped every callback after it: the columns go at the next validate or fit)
+    assert [getattr(m, 'name', '') for m in learn.metrics] == ['mae']
+    learn.fit(1)
+    assert learn.recorder.metric_names[1:-1] == ['train_loss', 'valid_loss', 'mae', 'grad norm']  # (no activation in it: no 'dead %')
+
+
+def test_a_validate_mid_fit_keeps_the_columns():
+    "A callback's `validate` in the middle of a fit: the columns stay, the progress table's rows keep their names"
+    from fastai.metrics import mae
+    vals = []
+    class Check(Callback):
+        order = 90
+        def after_train(self): vals.append(self.learn.validate())  # (not in `after_epoch`: `validate` calls it)
+    learn = quiet(synth_learner(n_trn=5, metrics=mae, cbs=HealthCheck(report=False)))
+    learn.fit(2, cbs=Check())
+    assert len(vals) == 2 and all(len(v) == 3 for v in vals)  # (loss, mae, grad norm: the column was on)
+    assert [getattr(m, 'name', '') for m in learn.metrics] == ['mae']  # (fastai's Recorder rows are muddled by a nested validate: not read)
+    assert len(learn.gradient_health.hist) == 10  # (the second epoch recorded too)

@@ -407,3 +407,14 @@ def test_grad_update_ratio_takes_out_the_cautious_decay():
     got = df[df.param == '1.weight']
     assert not np.allclose(got.update_ratio, want, rtol=1e-3)  # (the decay did take something: the case)
     np.testing.assert_allclose(got.grad_update_ratio.to_numpy(), want, rtol=1e-4)
+
+@pytest.mark.parametrize('mode', ['awd', 'cautious', 'equilibrium'])
+def test_an_epoch_cut_short_after_the_step_keeps_the_fits_weight_decay(mode):
+    "fastai's ShortEpochCallback raises CancelEpochException in `after_batch`, before ours: the step's λ stayed in the optimizer,"
+    "was read as the fit's own from then on (0 for the modes that decay by hand: no decay at all) and was left after the fit"
+    from fastai.callback.training import ShortEpochCallback
+    cb = AdaptiveWD(mode)
+    learn = quiet(synth_learner(n_trn=10, cbs=cb))
+    with warnings.catch_warnings(): warnings.simplefilter('ignore'); learn.fit(2, lr=1e-2, wd=0.1, cbs=ShortEpochCallback(0.5))
+    assert len(cb.bases) > 6 and all(b == [0.1] for b in cb.bases), cb.bases
+    assert learn.opt.hypers[0]['wd'] == 0.1
