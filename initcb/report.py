@@ -26,7 +26,7 @@ from .wd import AdaptiveWD
 
 # %% auto #0
 __all__ = ['COLUMNS', 'REMEDIES', 'Y_RANGE', 'NOT_IN_OPT', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME',
-           'NAN_INPUT', 'RNN_INIT', 'NO_ACTIVATION', 'BLOWUP', 'RESUMED', 'RULES', 'WD_BASE', 'Thresholds',
+           'NAN_INPUT', 'DIED', 'RNN_INIT', 'NO_ACTIVATION', 'BLOWUP', 'RESUMED', 'RULES', 'WD_BASE', 'Thresholds',
            'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
@@ -77,6 +77,7 @@ SYMPTOM = "likely a symptom of the diverging loss: lower the learning rate first
 STALLED_OTHER = "raise the learning rate (this layer's, where the optimizer has parameter groups), or reset the layer's weights (too large for the updates it gets)"  # stalled, not a Linear/Conv layer
 NO_GRADIENT_SOME = "nothing if it is meant to run on some batches only (a gated branch, a routed expert); else see which batches skip it"  # no gradient for a while, gradients on other batches
 NAN_INPUT = "the data: batches whose inputs hold NaN or Inf (a missing value): fill or drop them (fastai's FillMissing for tabular data)"  # non-finite values the guard found in the inputs
+DIED = "the units died during the fit: a learning rate too high kills ReLUs, lower it first (`learn.lr_find()`); then: "  # dead units whose zeros rose over the fit
 RNN_INIT = "; in a recurrent net, initialize the recurrent weights orthogonal (gain 1, `nn.init.orthogonal_`) or use an LSTM/GRU"  # exploding, a model with an RNN
 NO_ACTIVATION = ("no activation module is watched, so no unit is scored for dormancy (no dead-units rule, no 'dead %' column): the model has none,"
                  " or calls functions (F.relu, as nn.TransformerEncoderLayer does); pass activations as modules (activation=nn.ReLU()) or mark one with `watch`")
@@ -207,21 +208,39 @@ def _ah_mods(learn, ah):
     by = _named(learn.model)
     return [by[n] for n in ah.names] if all(n in by for n in ah.names) else None
 
-def _activation_rules(learn, ah, th, xb):
+def _dead_context(f, ah, n, frac, losses):
+    "Dead-units finding `f` (layer `n`, `frac` dormant) weighed against the fit: 'info' where at most half its units are dead and the loss fell"
+    "tenfold (a healthy ReLU net's 11-28%: reviving them changed nothing, measured); where its zeros rose over the fit, the units died in it:"
+    "a learning rate too high kills ReLUs, and reviving them under it (0.57-0.79 accuracy against 0.95-0.97 at a tenth of it, measured) is no cure"
+    s, j = ah.sampled, ah.names.index(n)
+    k = int(np.searchsorted(s.iters[:len(s)], getattr(ah, '_fit0', 0)))
+    z = s['near_zero'][k:len(s), j].astype(np.float64); z = z[np.isfinite(z)]
+    if len(z) >= 2 and z[-1] - z[0] > 0.2:
+        f['evidence'] += f"; its zeros rose from {z[0]:.0%} to {z[-1]:.0%} of outputs over the fit: the units died during it"
+        f['remedy'] = DIED + f['remedy']
+    v = _finite(losses)
+    if frac <= 0.5 and v is not None and len(v) and v[-1] * 10 <= _loss_start(v):
+        f.update(severity='info', remedy=f"nothing while the loss is this low; if it stalls: {f['remedy']}", callback='',
+                 evidence=f['evidence'] + f"; the loss fell {_loss_start(v) / max(v[-1], 1e-30):.3g}-fold over the fit: the model does without them")
+
+def _activation_rules(learn, ah, th, xb, losses=None):
+    "`ActivationHealth`'s history and dormancy on batch `xb` as findings, weighed against the fit's training `losses` where given (`_losses`)"
     out = []
     if ah.names is None: return out
     ah.flush()
     if not len(ah.fast): return out
     mods = _ah_mods(learn, ah)  # (None: a loaded history of another model; the rules that read the modules skip it)
     if xb is not None and mods is not None:
+        fracs = {}
         for n, (frac, units) in _dormant_fracs(ah, xb, th.dead_tau, mods).items():
             if frac > th.dead_frac:
-                out.append(_finding(n, 'dead units', 'error' if frac > 0.5 else 'warning',
-                                    f'{frac:.0%} of {units} units have dormancy score <= {th.dead_tau:g} on a batch', 'dead'))
+                fracs[n] = frac
+                out.append(_finding(n, 'dead units', 'error' if frac > 0.5 else 'warning', f'{frac:.0%} of {units} units have dormancy score <= {th.dead_tau:g} on a batch', 'dead'))
         if out:  # (a remedy that would do nothing is none: where no layer ReDo follows ends in this activation, say so, and why)
             un = unfollowed(unwrap(learn.model), [f['layer'] for f in out])
             for f in out:
                 if f['layer'] in un: f.update(remedy=f"{DEAD_UNFOLLOWED} ({un[f['layer']]})", callback='')
+                _dead_context(f, ah, f['layer'], fracs[f['layer']], losses)
     f = ah.fast
     r0 = _fit_row(f, getattr(ah, '_fit0', 0))  # (the last fit's rows: an earlier fit's findings are not this one's; None: it recorded none)
     if th.last is not None or r0 is not None:
@@ -368,7 +387,7 @@ def health_report(self:Learner,
     if not rows or rows[0]['severity'] != 'error': rows += _output_rules(th, output, losses, _ce_classes(self))  # (diverging or at chance: said already; the model inside DDP: no collective)
     rows += _init_rules(self.model, th, batch)
     # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
-    if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, batch())
+    if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, batch(), losses)
     if gh is not None and gh.hist is not None: rows += _gradient_rules(gh, th, self.model, losses, _chance_loss(self))
     g = next((c for c in self.cbs if isinstance(c, NonFiniteGuard)), None)
     reps = getattr(g, 'reports', [])[getattr(g, '_fit_reports0', 0):]  # (the last fit's: `batch` counts from 0 in each)
