@@ -26,8 +26,8 @@ from .wd import AdaptiveWD
 
 # %% auto #0
 __all__ = ['COLUMNS', 'REMEDIES', 'Y_RANGE', 'NOT_IN_OPT', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME',
-           'NAN_INPUT', 'DIED', 'RNN_INIT', 'NO_ACTIVATION', 'BLOWUP', 'RESUMED', 'RULES', 'WD_BASE', 'Thresholds',
-           'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
+           'NAN_INPUT', 'DIED', 'DECAY_FIRST', 'RNN_INIT', 'NO_ACTIVATION', 'BLOWUP', 'RESUMED', 'RULES', 'WD_BASE',
+           'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
 class Thresholds:
@@ -43,12 +43,14 @@ class Thresholds:
         min_batches:int=50, # the shortest fit the loss rules read ('loss diverging': min(10, `min_batches`) batches)
         last:int=None, # the saturation rule reads the last `last` recorded batches (None: the last fit's)
         const_out:float=0.01, # 'output ignores the input' when a classifier's predicted probabilities vary by less than this (RMS) over a batch's inputs
+        decay_step:float=0.05, # 'weight decay too strong' when decoupled weight decay takes more than this fraction of a weight in one step (lr x wd)
     ):
         self.dead_frac, self.dead_tau = check_float('dead_frac', dead_frac, 0., 1.), check_tau('dead_tau', dead_tau)
         self.sat_pct, self.drift_orders = check_float('sat_pct', sat_pct, 0., 100.), check_float('drift_orders', drift_orders, 0., 1e3)
         self.growth, self.last = check_float('growth', growth, 1., 1e12), check_int('last', last, none_ok=True)
         self.diverge, self.plateau = check_float('diverge', diverge, 1., 1e12), check_float('plateau', plateau, 0., 1.)
         self.min_batches, self.const_out = check_int('min_batches', min_batches, 1), check_float('const_out', const_out, 0., 2.)
+        self.decay_step = check_float('decay_step', decay_step, 0., 1.)
 
 COLUMNS = ['layer', 'problem', 'severity', 'evidence', 'remedy', 'callback']
 REMEDIES = {
@@ -67,6 +69,7 @@ REMEDIES = {
     'no gradient': ("where the layer is used, a layer after it passes no gradient back (zero weights, dead or saturated units: see the other findings); where it is not (an unused head or branch), freeze it (requires_grad_(False))", ''),
     'stalled': ("raise the learning rate, or rescale the layer's init (weights too large for the updates it gets)", 'LSUVInit'),
     'too hot': ("lower the learning rate, or decay the weights", 'AdaptiveWD'),
+    'decay': ("lower the weight decay (`fit(..., wd=)`; fastai's default is 0.01), or let AdaptiveWD adapt it to the run", 'AdaptiveWD'),
     'growing': ("apply weight decay, adapted to the run", 'AdaptiveWD'),
     'not in optimizer': ("make the optimizer again after changing the model (`learn.create_opt()`, or `learn.opt = None` before the next fit): it holds the parameters the model had when it was made", ''),
 }
@@ -78,6 +81,7 @@ STALLED_OTHER = "raise the learning rate (this layer's, where the optimizer has 
 NO_GRADIENT_SOME = "nothing if it is meant to run on some batches only (a gated branch, a routed expert); else see which batches skip it"  # no gradient for a while, gradients on other batches
 NAN_INPUT = "the data: batches whose inputs hold NaN or Inf (a missing value): fill or drop them (fastai's FillMissing for tabular data)"  # non-finite values the guard found in the inputs
 DIED = "the units died during the fit: a learning rate too high kills ReLUs, lower it first (`learn.lr_find()`); then: "  # dead units whose zeros rose over the fit
+DECAY_FIRST = "likely the weight decay's doing (see 'weight decay too strong'): lower it first; "  # a finding beside that one
 RNN_INIT = "; in a recurrent net, initialize the recurrent weights orthogonal (gain 1, `nn.init.orthogonal_`) or use an LSTM/GRU"  # exploding, a model with an RNN
 NO_ACTIVATION = ("no activation module is watched, so no unit is scored for dormancy (no dead-units rule, no 'dead %' column): the model has none,"
                  " or calls functions (F.relu, as nn.TransformerEncoderLayer does); pass activations as modules (activation=nn.ReLU()) or mark one with `watch`")
@@ -342,6 +346,24 @@ def _gradient_rules(gh, th, model=None, losses=None, chance=None):
                                evidence=out[-1]['evidence'] + f"; an embedding: fastai starts it at std 0.01 and its entries' rms is {rms:.3g} now, below PyTorch's own N(0, 1) init")
     return out
 
+def _decay_rules(learn, gh, th, losses=None):
+    "'weight decay too strong': decoupled weight decay (fastai's `true_wd`, AdamW) took more than `decay_step` of a weight in one step (the"
+    "largest lr `gh` recorded in the last fit times the optimizer's wd) and the loss did not fall tenfold: the weights shrink faster than the"
+    "gradient builds them (wd 30 with Adam at lr 1e-2: 0.37 accuracy, no finding; 0.98 at wd 0.01). Not with `AdaptiveWD`, which sets its own"
+    dec, grp, opt = getattr(gh, '_decays', None), getattr(gh, '_group_of', None), getattr(learn, 'opt', None)
+    if dec is None or grp is None or opt is None or len(grp) != len(gh.names) or not dec.any() or any(isinstance(c, AdaptiveWD) for c in learn.cbs): return []
+    u = gh.upd
+    lr = u['lr'][int(np.searchsorted(u.iters[:len(u)], getattr(gh, '_fit0', 0))):len(u)]
+    if not len(lr) or not np.isfinite(lr).any(): return []
+    wd = (np.array([float(h.get('wd', 0.) or 0.) for h in opt.hypers] + [0.])[grp] * dec)
+    with warnings.catch_warnings(): warnings.simplefilter('ignore'); top = np.nanmax(lr, 0)  # (a parameter in no group: NaN throughout)
+    c = np.nan_to_num(top * wd)
+    j = int(np.argmax(c))
+    v = _finite(losses)
+    if not c[j] > th.decay_step or v is not None and len(v) and v[-1] * 10 <= _loss_start(v): return []  # (a fit that learned anyway)
+    return [_finding('(all)', 'weight decay too strong', 'warning', f"decoupled weight decay took up to {c[j]:.0%} of a weight in one step (lr {top[j]:.3g} x wd {wd[j]:.3g}, "
+                     f"{gh.names[j]}): the weights shrink faster than the gradient builds them", 'decay')]
+
 def _guard_rows(rows, reps):
     "`rows` with what `NonFiniteGuard` did in the fit (`reps`, its reports): said in the non-finite finding where there is one, else a finding of its own"
     where = pd.Series([(r['where'] or 'not located') + (f" in {r['layer']!r}" if r['layer'] else '') for r in reps]).value_counts()
@@ -388,7 +410,7 @@ def health_report(self:Learner,
     rows += _init_rules(self.model, th, batch)
     # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
     if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, batch(), losses)
-    if gh is not None and gh.hist is not None: rows += _gradient_rules(gh, th, self.model, losses, _chance_loss(self))
+    if gh is not None and gh.hist is not None: rows += _gradient_rules(gh, th, self.model, losses, _chance_loss(self)) + _decay_rules(self, gh, th, losses)
     g = next((c for c in self.cbs if isinstance(c, NonFiniteGuard)), None)
     reps = getattr(g, 'reports', [])[getattr(g, '_fit_reports0', 0):]  # (the last fit's: `batch` counts from 0 in each)
     bad_in = [r['batch'] for r in reps if r['where'] == 'input']
@@ -396,6 +418,11 @@ def health_report(self:Learner,
     for r in rows:  # (NaN that came with the data: no learning rate or clipping helps)
         if bad_in and r['problem'].startswith('non-finite'):
             r.update(evidence=r['evidence'] + f"; NonFiniteGuard found non-finite inputs at training batches {', '.join(map(str, bad_in[:5]))}", remedy=NAN_INPUT, callback='')
+    if any(r['problem'] == 'weight decay too strong' for r in rows):  # (at wd 100 the report said: at chance, check the lr and the init; units died, lower the lr;
+        for r in rows:                                                  # updates too hot, decay the weights more)
+            if r['problem'] == 'too hot updates': r.update(remedy=DECAY_FIRST + 'the updates are large against the weights it shrank', callback='AdaptiveWD')
+            elif r['problem'] in ('loss at chance level', 'loss above chance level', 'loss not decreasing', 'output ignores the input', 'dead units'):
+                r.update(remedy=DECAY_FIRST + 'if it stays: ' + r['remedy'])
     if rows and rows[0]['problem'] == 'loss diverging':  # (weights blown up: stalled updates, no gradient, growth, dead units are its symptoms)
         for r in rows[1:]:
             if r['problem'] in ('stalled updates', 'no gradient reaches it', 'weights growing without bound', 'too hot updates', 'dead units'):

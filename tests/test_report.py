@@ -1314,3 +1314,24 @@ def test_dead_units_weighed_against_the_fit(lr):
     assert len(dead), rep
     if lr == 0.1: assert (dead.severity == 'error').all() and dead.remedy.str.contains('lower it first').all() and dead.evidence.str.contains('died during').all(), dead
     else: assert (dead.severity == 'info').all() and dead.evidence.str.contains('does without them').all() and (dead.callback == '').all(), dead
+
+
+@pytest.mark.parametrize('wd', [0.01, 30., 100.])
+def test_weight_decay_too_strong(wd):
+    "Adam at lr 1e-2 with wd 30 (30% of each weight gone a step): 0.37 accuracy and no finding; at wd 100 the report said to decay the weights"
+    "more ('too hot updates') and to look at the learning rate and the init"
+    from fastai.callback.schedule import fit_one_cycle
+    from initcb.wd import AdaptiveWD
+    torch.manual_seed(0)
+    learn = quiet(Learner(digits_dls(flat=True), nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)),
+                          loss_func=nn.CrossEntropyLoss(), wd=wd, cbs=HealthCheck(report=False)))
+    learn.fit_one_cycle(4, 1e-2)
+    rep = learn.health_check.report
+    f = rep[rep.problem == 'weight decay too strong']
+    if wd == 0.01: assert not len(f), rep; return
+    assert len(f) == 1 and f.callback.iloc[0] == 'AdaptiveWD' and f'wd {wd:g}' in f.evidence.iloc[0], rep
+    others = rep[rep.problem.isin(['loss at chance level', 'too hot updates', 'dead units'])]
+    if wd == 100.: assert len(others) and others.remedy.str.startswith("likely the weight decay's doing").all(), rep
+    learn = quiet(Learner(digits_dls(flat=True), nn.Sequential(nn.Linear(64, 10)), loss_func=nn.CrossEntropyLoss(), wd=wd, cbs=[HealthCheck(report=False), AdaptiveWD()]))
+    learn.fit(1, 1e-2)
+    assert 'weight decay too strong' not in set(learn.health_check.report.problem)  # (AdaptiveWD sets its own)
