@@ -764,3 +764,80 @@ def test_reinitialized_layers_start_the_optimizer_afresh():
         else:
             a = learn.health_check.actions
             assert a[a.action == 'BreakSymmetry'][['epoch', 'batch']].values.tolist() == [[0, 4]]  # (the second fit's first batch: the first fit took 4)
+
+def test_lsuv_puts_every_weight_back_on_an_error():
+    "A forward that failed at its 4th call left the layers before rescaled and one orthogonal at unit scale (only the buffers were put back),"
+    "and blamed `xb`, which had run through the model. Now every weight is as it was, and the error names `model`"
+    class Flaky(nn.Module):
+        def __init__(s): super().__init__(); s.l, s.n = deep(3, 8), 0
+        def forward(s, x):
+            s.n += 1
+            if s.n == 4: raise RuntimeError('boom')
+            return s.l(x)
+    torch.manual_seed(0)
+    m = Flaky(); w0 = [p.detach().clone() for p in m.parameters()]
+    with pytest.raises(ValueError) as e: lsuv_init(m, torch.randn(16, 8))
+    assert '`model`' in str(e.value) and '`xb`' not in str(e.value) and 'boom' in str(e.value), str(e.value)
+    assert all(torch.equal(a, b) for a, b in zip(w0, m.parameters()))
+
+def test_init_weights_leaves_frozen_and_tied_layers():
+    "After learn.freeze(), init_weights re-initialized the frozen pretrained body; it rewrote an embedding tied to an output Linear"
+    "at the Linear's scale. Now both are left as they are, and a warning says so (as lsuv_init, break_symmetry and ReinitDormant leave them)"
+    from fastai.torch_core import params
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(64, 50), nn.ReLU(), nn.Linear(50, 50), nn.ReLU(), nn.Linear(50, 10))
+    learn = Learner(digits_dls(flat=True, n_train=64), head, loss_func=nn.CrossEntropyLoss(), splitter=lambda m: [params(m[:4]), params(m[4:])])
+    learn.freeze()
+    body, w4 = {k: v.clone() for k, v in head[:4].state_dict().items()}, head[4].weight.detach().clone()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); init_weights(learn.model)
+    assert all(torch.equal(v, head[:4].state_dict()[k]) for k, v in body.items()) and not torch.equal(w4, head[4].weight)
+    msg = ' '.join(str(x.message) for x in w)
+    assert 'init_weights skips 2 layers: 0, 2: frozen' in msg, msg
+    class LM(nn.Module):
+        def __init__(s):
+            super().__init__(); s.emb, s.lin, s.dec = nn.Embedding(100, 32), nn.Linear(32, 32), nn.Linear(32, 100); s.dec.weight = s.emb.weight
+        def forward(s, x): return s.dec(torch.relu(s.lin(s.emb(x))))
+    lm = LM(); e0, l0 = lm.emb.weight.detach().clone(), lm.lin.weight.detach().clone()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); init_weights(lm)
+    assert torch.equal(lm.emb.weight, e0) and not torch.equal(lm.lin.weight, l0)
+    msg = ' '.join(str(x.message) for x in w)
+    assert 'dec: its weights are shared with emb (tied)' in msg, msg
+
+def test_a_parametrization_that_cannot_take_the_weight_is_skipped():
+    "A weight computed as exp(V) (its right_inverse a log): init_weights left NaN in it, break_symmetry on a constant one said"
+    "'re-initialized' and left NaN, silently; a parametrization with no right_inverse crashed init_weights and lsuv_init after layer 0 was"
+    "already set. Now such a layer is put back as it was and skipped with a warning naming it; the other layers are done"
+    from torch.nn.utils import parametrize
+    class Exp(nn.Module):
+        def forward(self, V): return torch.exp(V)
+        def right_inverse(self, W): return torch.log(W)
+    class Double(nn.Module):  # (no right_inverse)
+        def forward(self, V): return 2 * V
+    def net(p, fill=None):
+        m = deep(2, 16)
+        with torch.no_grad():
+            if fill is None: m[2].weight.abs_()  # (positive: exp's log can take it)
+            else: m[2].weight.fill_(fill)
+        parametrize.register_parametrization(m[2], 'weight', p()); return m
+    def run(f, m):
+        ps = [p.detach().clone() for p in m.parameters()]
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always'); out = f(m)
+        assert all(torch.isfinite(p).all() for p in m.parameters()) and torch.isfinite(m[2].weight).all()
+        assert all(torch.equal(a, b) for a, b in zip(ps[2:4], list(m.parameters())[2:4]))  # (layer 2: bias and `original` as they were)
+        assert not torch.equal(ps[0], m[0].weight)  # (layer 0: done)
+        msg = ' '.join(str(x.message) for x in w)
+        assert ' 2: its parametrization (' in msg and 'cannot take' in msg, msg
+        return out
+    torch.manual_seed(0)
+    x = torch.randn(32, 16)
+    for p in (Exp, Double):
+        run(init_weights, net(p))
+        rep = run(lambda m: lsuv_init(m, x), net(p)).set_index('layer')
+        assert rep.status['2'].startswith('its parametrization (') and rep.status['2'].endswith(': skipped') and rep.status['0'] == 'ok', rep
+    m = net(Exp, 0.3)
+    with torch.no_grad(): m[0].weight.zero_()  # (a zero layer, re-initialized beside it)
+    rep = run(lambda m: break_symmetry(m, x), m)
+    assert rep.layer.tolist() == ['0'], rep
