@@ -6,7 +6,7 @@ Docs: https://initcb.github.io/initcb/init.html.md"""
 
 # %% ../nbs/03_init.ipynb #00fcaa7c
 from __future__ import annotations
-import math, warnings
+import math, warnings, weakref
 from contextlib import contextmanager
 import pandas as pd, torch
 from torch import nn, Tensor
@@ -642,14 +642,39 @@ class LSUVInit(Callback):
     ):
         self.dl, self.target_std, self.tol = _check_dl(dl), check_float('target_std', target_std, 1e-6, 1e6), check_float('tol', tol, 1e-9, 1e6)
         self.max_iters, self.centre, self.verbose = check_int('max_iters', max_iters), check_bool('centre', centre), check_bool('verbose', verbose)
-        self.report, self.done = None, False
+        self.report, self._did = None, weakref.WeakSet()  # (the models it initialized, by identity, each while it exists)
+    def _models(self):
+        "The models it initialized (`_did`), a learner pickled with a bare `done` flag (before models were tracked) read as its model done"
+        if self._did is True:
+            if self.learn is None: return weakref.WeakSet()
+            self._did = weakref.WeakSet([unwrap(self.learn.model)])
+        return self._did
+    @property
+    def done(self):
+        "Whether it initialized the model its learner has now (that very model: another one, put in `learn.model` or met on another learner, is not done)"
+        return self.learn is not None and getattr(self.learn, 'model', None) is not None and unwrap(self.learn.model) in self._models()
+    @done.setter
+    def done(self, v):
+        "True: the learner's model counts as initialized (one loaded with trained weights); False: it is initialized at the next fit"
+        if self.learn is None or getattr(self.learn, 'model', None) is None: raise ValueError("`done` can be set only on a callback added to a learner with a model (`learn.add_cb` first)")
+        (self._models().add if v else self._models().discard)(unwrap(self.learn.model))
+    def __getstate__(self): return {**self.__dict__, '_did': [unwrap(self.learn.model)] if self.done else []}  # (a weakref does not pickle: the learner's model itself, pickled once with it; no other)
+    def __setstate__(self, d):
+        d = dict(d); ms = d.pop('_did', [])
+        legacy = d.pop('done', False) is True and not ms  # (a learner exported after LSUV, before models were tracked: its model is done)
+        self.__dict__.update(d, _did=True if legacy else weakref.WeakSet(ms))
     def before_fit(self):
-        # once, and never inside lr_find (which restores the weights it started from), get_preds or validate
+        # once a model, and never inside lr_find (which restores the weights it started from), get_preds or validate
         if self.done or not real_fit(self): return
-        xb = learner_batch(self.learn, self.dl)
-        self.report = lsuv_init(self.model, xb, self.target_std, self.tol, self.max_iters, self.centre)
+        model, xb = unwrap(self.model), learner_batch(self.learn, self.dl)  # (the model itself, whatever wraps it: the one tracked, whose layers `report` names)
+        try: self.report = lsuv_init(model, xb, self.target_std, self.tol, self.max_iters, self.centre)
+        except ValueError as e:  # (the batch is the first of `dl`, the user's argument, not an `xb` of theirs)
+            if not str(e).startswith('`xb`'): raise
+            raise ValueError(f"`dl`{'' if self.dl is not None else ' (None: the training DataLoader)'}: its first batch{str(e)[len('`xb`'):]}") from e
         sync_from_main(self.model)  # each rank scaled on its own batch: rank 0's weights go to all
-        self.done = True
+        self._models().add(model)
+        st = self.report.status  # (as `BreakSymmetry` does: the optimizer's state described the old weights; a layer skipped is as it was, its state kept)
+        fresh_opt_state(getattr(self.learn, 'opt', None), reinitialized(model, self.report[(st == 'ok') | st.str.startswith('not within tol')]))
         if self.verbose and is_main():
             st = self.report.status; bad, frozen = self.report[(st != 'ok') & (st != FROZEN)], (st == FROZEN).sum()
             print(f"LSUVInit: {(st == 'ok').sum()}/{len(self.report)} layers at std {self.target_std}±{self.tol} "

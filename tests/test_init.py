@@ -765,6 +765,66 @@ def test_reinitialized_layers_start_the_optimizer_afresh():
             a = learn.health_check.actions
             assert a[a.action == 'BreakSymmetry'][['epoch', 'batch']].values.tolist() == [[0, 4]]  # (the second fit's first batch: the first fit took 4)
 
+def test_lsuv_callback_starts_the_optimizer_afresh():
+    "LSUVInit added to a learner that had trained replaced the weights and kept Adam's state for them (grad_avg, sqr_avg, step);"
+    "BreakSymmetry drops it. Now the layers it set start afresh; a layer it skipped (spectral_norm) keeps its state"
+    from torch.nn.utils.parametrizations import spectral_norm
+    class Peek(Callback):
+        order = 99
+        def before_batch(self):
+            if self.training and self.iter == 0: self.st = {id(p): dict(self.learn.opt.state.get(p, {})) for p in self.learn.model.parameters()}
+    torch.manual_seed(0)
+    m = deep(3); spectral_norm(m[2])
+    learn = digits_learner(m, [])
+    learn.fit(1, 1e-3)
+    assert all('grad_avg' in learn.opt.state[p] for p in m.parameters())
+    learn.add_cb(LSUVInit(verbose=False)); peek = Peek()
+    learn.fit(1, 1e-3, cbs=peek)
+    st = learn.lsuv_init.report.set_index('layer').status
+    assert st['2'].endswith('sets its scale: skipped') and (st.drop(index='2') == 'ok').all(), st
+    for n, p in m.named_parameters():
+        kept = n.startswith('2.')
+        assert all((k in peek.st[id(p)]) == kept for k in ('grad_avg', 'sqr_avg', 'step')), (n, peek.st[id(p)].keys())
+
+def test_lsuv_callback_initializes_each_model_it_meets_once():
+    "A `done` flag: moved to another learner (after `remove_cb`), or given a new `learn.model`, LSUVInit did nothing, silently."
+    "Now it initializes a model it has not initialized, and leaves one it did as it is"
+    from initcb.init import learner_batch
+    x = learner_batch(digits_learner(deep(), []))  # (the batch LSUVInit reads)
+    def bad():
+        m = deep()
+        with torch.no_grad():
+            for p in m.parameters(): p.mul_(0.1)  # (outputs shrink layer by layer)
+        return m
+    def at_unit_std(m): return all(abs(s - 1) <= 0.1 for s in output_stds(m, x).values())
+    torch.manual_seed(0)
+    cb = LSUVInit(verbose=False)
+    m1 = bad(); learn = digits_learner(m1, cb); learn.fit(1, 0.)
+    assert cb.done and at_unit_std(m1)
+    w1 = [p.detach().clone() for p in m1.parameters()]
+    learn.model = m2 = bad(); learn.create_opt()
+    assert not cb.done
+    learn.fit(1, 0.)
+    assert cb.done and at_unit_std(m2) and (cb.report.status == 'ok').all()  # (the new model on the same learner)
+    learn.remove_cb(cb)
+    l2 = digits_learner(m3 := bad(), cb); l2.fit(1, 0.)
+    assert at_unit_std(m3)  # (another learner)
+    l2.remove_cb(cb)
+    with torch.no_grad(): m1[0].weight.mul_(3)  # (its trained weights, say: left as they are)
+    w1[0] = m1[0].weight.detach().clone()
+    l3 = digits_learner(m1, cb); l3.fit(1, 0.)
+    assert all(torch.equal(a, b) for a, b in zip(w1, m1.parameters()))
+    l3.model = m4 = bad(); l3.create_opt(); cb.done = True  # (a model loaded with trained weights: counts as done)
+    w4 = [p.detach().clone() for p in m4.parameters()]
+    l3.fit(1, 0.)
+    assert all(torch.equal(a, b) for a, b in zip(w4, m4.parameters()))
+    import pickle
+    d = cb.__getstate__(); d.pop('_did'); d['done'] = True  # (a learner exported with a bare flag, before models were tracked)
+    old = LSUVInit.__new__(LSUVInit); old.__setstate__(d)
+    assert old.done and list(old._did) == [m4]
+    back = pickle.loads(pickle.dumps(l3))
+    assert back.lsuv_init.done and list(back.lsuv_init._did) == [back.model]  # (the learner's model alone)
+
 def test_lsuv_puts_every_weight_back_on_an_error():
     "A forward that failed at its 4th call left the layers before rescaled and one orthogonal at unit scale (only the buffers were put back),"
     "and blamed `xb`, which had run through the model. Now every weight is as it was, and the error names `model`"
@@ -779,6 +839,16 @@ def test_lsuv_puts_every_weight_back_on_an_error():
     with pytest.raises(ValueError) as e: lsuv_init(m, torch.randn(16, 8))
     assert '`model`' in str(e.value) and '`xb`' not in str(e.value) and 'boom' in str(e.value), str(e.value)
     assert all(torch.equal(a, b) for a, b in zip(w0, m.parameters()))
+
+def test_lsuv_callback_names_dl_for_a_batch_the_model_cannot_take():
+    "LSUVInit(dl=[1]) failed at the fit naming `xb`, an argument the user never gave: now `dl`, the one they gave (or left None)"
+    for dl in ([1], None):
+        learn = digits_learner(deep(), LSUVInit(dl=dl, verbose=False))
+        if dl is None: learn.model = nn.Sequential(nn.Linear(3, 2))  # (the learner's own batch does not fit it)
+        w0 = [p.detach().clone() for p in learn.model.parameters()]
+        with pytest.raises(ValueError) as e: learn.fit(1)
+        assert '`dl`' in str(e.value) and '`xb`' not in str(e.value), str(e.value)
+        assert all(torch.equal(a, b) for a, b in zip(w0, learn.model.parameters()))
 
 def test_init_weights_leaves_frozen_and_tied_layers():
     "After learn.freeze(), init_weights re-initialized the frozen pretrained body; it rewrote an embedding tied to an output Linear"
