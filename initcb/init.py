@@ -6,7 +6,7 @@ Docs: https://initcb.github.io/initcb/init.html.md"""
 
 # %% ../nbs/03_init.ipynb #00fcaa7c
 from __future__ import annotations
-import math, warnings
+import math, warnings, weakref
 from contextlib import contextmanager
 import pandas as pd, torch
 from torch import nn, Tensor
@@ -370,29 +370,56 @@ def _orthogonal_(w, gain=1.):
     if w.dtype in (torch.float16, torch.bfloat16): w.copy_(nn.init.orthogonal_(torch.empty(w.shape, device=w.device), gain=gain))
     else: nn.init.orthogonal_(w, gain=gain)
 
+class _CannotSet(Exception): "Why a layer's weight cannot take a new value (`_writing`), in words"
+
+@contextmanager
+def _writing(m):
+    "`writable_weight(m)`, checked on exit: a parametrization that cannot take the new weight (no `right_inverse`; `exp`'s `log` of a negative weight: NaN) or a weight that came out non-finite is a `_CannotSet` saying why (the caller puts the layer's weights back: `_put_back`)"
+    ps, body = [type(p).__name__ for p in m.parametrizations.weight] if parametrize.is_parametrized(m, 'weight') else [], False
+    try:
+        with writable_weight(m) as w: yield w; body = True
+    except Exception as e:
+        if not (body and ps): raise  # (the caller's own error, or no parametrization's)
+        raise _CannotSet(f"its parametrization ({', '.join(ps)}) cannot take a new weight ({type(e).__name__}: {e})") from e
+    if not (torch.isfinite(w).all() and all(torch.isfinite(p).all() for _, p in own_weights(m))):  # (the value written and what the parametrization stores: no extra forward of it)
+        raise _CannotSet(f"its parametrization ({', '.join(ps)}) cannot take the new weight (it came out non-finite)" if ps else 'its new weight came out non-finite')
+
+def _kept(m): return {p: p.detach().clone() for p in m.parameters()}  # (a parametrized weight's `original` tensors too)
+def _put_back(kept):
+    "Every parameter of `kept` (`_kept`) as it was, bit for bit"
+    with torch.no_grad():
+        for p, v in kept.items(): p.copy_(v)
+
 def init_weights(
     model:nn.Module, # every Linear and Conv layer of it is re-initialized, in place
     scheme:str='auto', # 'auto' (the gain of the following activation), 'kaiming', 'xavier', 'lecun' or 'orthogonal'
     zero_bias:bool=True, # set the biases to 0
 ):
-    "Re-initialize every Linear/Conv layer of `model`: 'auto' uses the gain of the activation that follows each layer"
+    "Re-initialize every Linear/Conv layer of `model`: 'auto' uses the gain of the activation that follows each layer; frozen layers, tied weights and weights that cannot be set are left as they are, and a warning says which"
     if scheme not in SCHEMES: raise ValueError(f"`scheme` must be one of {SCHEMES}, got {scheme!r}")
     zero_bias = check_bool('zero_bias', zero_bias)  # ('no' is truthy: it zeroed the biases)
     inner = unwrap(model)  # (the model returned is the one given)
-    acts, hooked = following_activation(inner), []
+    acts, ties, skipped = following_activation(inner), tied_modules(inner), {}  # (why -> layers: one warning)
     with torch.no_grad():
         for n, m in inner.named_modules():
             if not isinstance(m, WEIGHT_LAYERS): continue
-            if hooked_weight(m): hooked.append(n); continue
-            gain = activation_gain(acts.get(n))
-            with writable_weight(m) as w:  # (a parametrized weight, weight_norm's or spectral_norm's: set through its parametrization)
-                fan_in = _fan_in(w, m)
-                if scheme == 'orthogonal': _orthogonal_(w, gain)
-                elif scheme == 'xavier': nn.init.xavier_normal_(w, gain=gain)
-                elif scheme == 'lecun': nn.init.normal_(w, 0., 1 / math.sqrt(fan_in))
-                else: nn.init.normal_(w, 0., (gain if scheme == 'auto' else math.sqrt(2)) / math.sqrt(fan_in))
+            why = ('frozen (weights that do not require grad: `learn.freeze()`, a fixed filter): left as they are' if is_frozen(m)
+                   else f'their weight is {HOOKED}: {HOOKED_FIX}' if hooked_weight(m)
+                   else f'its weights are shared with {", ".join(sorted(ties[n]))} (tied): set at its scale, they would set those too' if n in ties else None)
+            if why: skipped.setdefault(why, []).append(n); continue
+            gain, kept = activation_gain(acts.get(n)), _kept(m)
+            try:
+                with _writing(m) as w:  # (a parametrized weight, weight_norm's or spectral_norm's: set through its parametrization)
+                    fan_in = _fan_in(w, m)
+                    if scheme == 'orthogonal': _orthogonal_(w, gain)
+                    elif scheme == 'xavier': nn.init.xavier_normal_(w, gain=gain)
+                    elif scheme == 'lecun': nn.init.normal_(w, 0., 1 / math.sqrt(fan_in))
+                    else: nn.init.normal_(w, 0., (gain if scheme == 'auto' else math.sqrt(2)) / math.sqrt(fan_in))
+            except _CannotSet as e: _put_back(kept); skipped.setdefault(f'{e}: left as it was', []).append(n); continue
             if m.bias is not None and zero_bias: m.bias.zero_()
-    if hooked: warnings.warn(f"init_weights skips {', '.join(hooked)}: their weight is {HOOKED}: {HOOKED_FIX}")
+    if skipped:  # (as `ReinitDormant` says it: a frozen ResNet body is dozens of layers)
+        few, k = lambda ns: ', '.join(ns[:4]) + (f' and {len(ns) - 4} more' if len(ns) > 4 else ''), sum(map(len, skipped.values()))
+        warnings.warn(f"init_weights skips {k} layer{'s' if k > 1 else ''}: " + '; '.join(f"{few(ns)}: {why}" for why, ns in skipped.items()))
     return model
 
 # %% ../nbs/03_init.ipynb #635e3ff5
@@ -405,7 +432,7 @@ def _reinit_(m, act, rows=None, layers=None):
                     if p is not None: p.uniform_(-1 / math.sqrt(m.hidden_size), 1 / math.sqrt(m.hidden_size))
             return
         b = getattr(m, 'bias', None)
-        with writable_weight(m) as w:  # (a parametrized weight: set through its parametrization)
+        with _writing(m) as w:  # (a parametrized weight: set through its parametrization; one that cannot take the value, a `_CannotSet`)
             if not isinstance(m, EMBEDDINGS): std = activation_gain(act) / math.sqrt(_fan_in(w, m))
             else:  # (its new features at the scale of the others; a whole table, PyTorch's N(0, 1))
                 keep = [j for j in range(w.shape[1]) if rows is not None and j not in set(rows)]
@@ -429,15 +456,18 @@ def _break(model, bad, xb=None):
     "`break_symmetry` of the layers `bad` (`_flagged`)"
     acts, rows = following_activation(model), []
     verdicts = _verdicts(model, bad, xb)  # (all read before any change)
-    hooked = [n for n, m, _ in bad if hooked_weight(m)]
+    hooked, unset = [n for n, m, _ in bad if hooked_weight(m)], []
     if hooked: warnings.warn(f"break_symmetry skips {', '.join(hooked)}: their weight is {HOOKED}: {HOOKED_FIX}")
     for n, m, group in bad:
         kind, dup, how, layers = verdicts[n]
         if how == 'apart' or n in hooked: continue  # (twins by their weights, told apart by their gradients: a deliberate init, in a model with no stuck layer)
         whole = kind != 'symmetric' or isinstance(m, (nn.RNNBase, nn.modules.conv._ConvTransposeNd))  # (their units are not rows)
-        _reinit_(m, acts.get(n), None if whole else dup, layers)
+        kept = _kept(m)
+        try: _reinit_(m, acts.get(n), None if whole else dup, layers)
+        except _CannotSet as e: _put_back(kept); unset.append(f'{n}: {e}'); continue  # (left as it was, and not in the report)
         units = _layer_weight(m)[0].shape[0]
         rows.append(dict(layer=n, type=type(m).__name__, was=kind, units_reinitialized=units if whole else len(dup), units=units))
+    if unset: warnings.warn(f"break_symmetry skips {'; '.join(unset)}: left as {'it was' if len(unset) == 1 else 'they were'}")
     return pd.DataFrame(rows, columns=['layer', 'type', 'was', 'units_reinitialized', 'units'])
 
 # %% ../nbs/03_init.ipynb #f3930343
@@ -519,12 +549,12 @@ class _Stop(Exception): pass
 FROZEN = 'frozen: left as it is'
 
 def _output_of(model, m, xb):
-    "`m`'s output on batch `xb`, running `model` only as far as `m` (None if `m` is not called)"
+    "`m`'s output on batch `xb`, running `model` only as far as `m` (None if `m` is not called); `xb` ran through `model` before (`_forward_order`): an error is the model's own, raised as it is"
     got = []
     def hook(mod, i, o): got.append(first_tensor(o)); raise _Stop
     h = m.register_forward_hook(hook)
     try:
-        with run_eagerly(model): call_on(model, xb)
+        with run_eagerly(model): model(*(xb if isinstance(xb, (tuple, list)) else (xb,)))  # (as `call_on` calls it, whose error would blame `xb`)
     except _Stop: pass
     finally: h.remove()
     return got[0] if got else None
@@ -546,7 +576,7 @@ def lsuv_init(
     max_iters:int=10, # rescaling steps per layer at most
     centre:bool=False, # also shift the bias until the output mean is within `tol` of 0 (the course's variant)
 ):
-    "LSUV-initialize every Linear/Conv layer of `model` on batch `xb`; a DataFrame per layer: iterations, final output mean and std, status"
+    "LSUV-initialize every Linear/Conv layer of `model` on batch `xb`; a DataFrame per layer: iterations, final output mean and std, status; on an error, every weight as it was"
     check_float('target_std', target_std, 1e-6, 1e6); check_float('tol', tol, 1e-9, 1e6); check_int('max_iters', max_iters); centre = check_bool('centre', centre)
     if xb is None: raise ValueError("`xb` must be a batch of inputs (a tensor, or a tuple of them), got None")
     model = unwrap(model)  # (run eagerly in the model inside DDP or torch.compile: no collective; each rank's weights, then rank 0's for all: `LSUVInit`)
@@ -554,10 +584,11 @@ def lsuv_init(
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
     if not layers: raise ValueError("`model` has no Linear or Conv layer to initialize")
     bufs, rows, ties = [b.detach().clone() for b in model.buffers()], [], tied_modules(model)  # (a tied weight, an embedding's as a decoder's, is two layers')
+    saved, unset = {}, []  # (every parameter changed so far, as it was: all put back on an error; the layers a parametrization kept from being set)
     try:
         with eval_mode(model, 'batch'), torch.no_grad():  # (no dropout: scaled on a dropout-on pass, each layer after one came out sqrt(1-p) small at inference; BatchNorm on the batch's statistics, as in training)
             mods = dict(layers)
-            for n in _forward_order(model, layers, xb):
+            for n in _forward_order(model, layers, xb):  # (the one pass whose error is the batch's: `call_on`'s `ValueError` naming `xb`)
                 m, it, status = mods[n], 0, 'ok'
                 if is_frozen(m):
                     rows.append(dict(layer=n, type=type(m).__name__, iterations=0, mean=math.nan, std=math.nan, status=FROZEN)); continue
@@ -566,29 +597,35 @@ def lsuv_init(
                 if not skip and tied: skip = f'its weights are shared with {", ".join(sorted(tied))}: skipped (rescaled, they would rescale those too)'
                 if skip:
                     rows.append(dict(layer=n, type=type(m).__name__, iterations=0, mean=math.nan, std=math.nan, status=skip)); continue
-                keep = [p.clone() for p in (m.weight, m.bias) if p is not None]  # (a layer skipped keeps its weights)
-                with writable_weight(m) as w: _orthogonal_(w)  # (a parametrized weight: set through its parametrization)
-                if m.bias is not None: m.bias.zero_()
-                while True:
-                    o = _output_of(model, m, xb).float()
-                    mean, std = o.mean().item(), o.std().item()
-                    if not (math.isfinite(mean) and math.isfinite(std)): status = 'non-finite output: skipped'
-                    elif std <= 1e-8 * max(abs(mean), 1.): status = 'output std 0 (dead input): skipped'
-                    if status != 'ok':
-                        with writable_weight(m) as w: w.copy_(keep[0])
-                        if m.bias is not None: m.bias.copy_(keep[1])
-                        break
-                    if abs(std - target_std) <= tol and (not centre or m.bias is None or abs(mean) <= tol): break
-                    if it == max_iters: status = f'not within tol after {max_iters} iterations'; break
-                    if centre and m.bias is not None: m.bias.sub_(mean)
-                    with writable_weight(m) as w: w.mul_(target_std / std)
-                    if m.bias is not None: m.bias.mul_(target_std / std)
-                    it += 1
+                keep = _kept(m)  # (a layer skipped keeps its weights, bit for bit: a parametrized weight's `original` tensors too)
+                for p, v in keep.items(): saved.setdefault(p, v)
+                try:
+                    with _writing(m) as w: _orthogonal_(w)  # (a parametrized weight: set through its parametrization)
+                    if m.bias is not None: m.bias.zero_()
+                    while True:
+                        try: o = _output_of(model, m, xb).float()
+                        except Exception as e:  # (the batch ran through the model before: not the batch's fault)
+                            if isinstance(e, torch.cuda.OutOfMemoryError): raise
+                            raise ValueError(f"`model`: its forward pass failed on the batch it had run on before, in lsuv_init's pass for layer {n}; every weight is as it was ({type(e).__name__}: {e})") from e
+                        mean, std = o.mean().item(), o.std().item()
+                        if not (math.isfinite(mean) and math.isfinite(std)): status = 'non-finite output: skipped'
+                        elif std <= 1e-8 * max(abs(mean), 1.): status = 'output std 0 (dead input): skipped'
+                        if status != 'ok': _put_back(keep); break
+                        if abs(std - target_std) <= tol and (not centre or m.bias is None or abs(mean) <= tol): break
+                        if it == max_iters: status = f'not within tol after {max_iters} iterations'; break
+                        if centre and m.bias is not None: m.bias.sub_(mean)
+                        with _writing(m) as w: w.mul_(target_std / std)
+                        if m.bias is not None: m.bias.mul_(target_std / std)
+                        it += 1
+                except _CannotSet as e: _put_back(keep); status, mean, std = f'{e}: skipped', math.nan, math.nan; unset.append(f'{n}: {e}')
                 rows.append(dict(layer=n, type=type(m).__name__, iterations=it, mean=mean, std=std, status=status))
             for n, _ in layers:
                 if n not in {r['layer'] for r in rows}: rows.append(dict(layer=n, type=type(mods[n]).__name__, iterations=0, mean=math.nan, std=math.nan, status='not called in forward: skipped'))
+    except BaseException:
+        _put_back(saved); raise  # (no layer left half done: the layers before it rescaled, it orthogonal, those after it as they were)
     finally:
         for b, v in zip(model.buffers(), bufs): b.copy_(v)
+    if unset: warnings.warn(f"lsuv_init skips {'; '.join(unset)}: left as {'it was' if len(unset) == 1 else 'they were'}")
     return pd.DataFrame(rows)
 
 # %% ../nbs/03_init.ipynb #b7f05668
@@ -605,14 +642,39 @@ class LSUVInit(Callback):
     ):
         self.dl, self.target_std, self.tol = _check_dl(dl), check_float('target_std', target_std, 1e-6, 1e6), check_float('tol', tol, 1e-9, 1e6)
         self.max_iters, self.centre, self.verbose = check_int('max_iters', max_iters), check_bool('centre', centre), check_bool('verbose', verbose)
-        self.report, self.done = None, False
+        self.report, self._did = None, weakref.WeakSet()  # (the models it initialized, by identity, each while it exists)
+    def _models(self):
+        "The models it initialized (`_did`), a learner pickled with a bare `done` flag (before models were tracked) read as its model done"
+        if self._did is True:
+            if self.learn is None: return weakref.WeakSet()
+            self._did = weakref.WeakSet([unwrap(self.learn.model)])
+        return self._did
+    @property
+    def done(self):
+        "Whether it initialized the model its learner has now (that very model: another one, put in `learn.model` or met on another learner, is not done)"
+        return self.learn is not None and getattr(self.learn, 'model', None) is not None and unwrap(self.learn.model) in self._models()
+    @done.setter
+    def done(self, v):
+        "True: the learner's model counts as initialized (one loaded with trained weights); False: it is initialized at the next fit"
+        if self.learn is None or getattr(self.learn, 'model', None) is None: raise ValueError("`done` can be set only on a callback added to a learner with a model (`learn.add_cb` first)")
+        (self._models().add if v else self._models().discard)(unwrap(self.learn.model))
+    def __getstate__(self): return {**self.__dict__, '_did': [unwrap(self.learn.model)] if self.done else []}  # (a weakref does not pickle: the learner's model itself, pickled once with it; no other)
+    def __setstate__(self, d):
+        d = dict(d); ms = d.pop('_did', [])
+        legacy = d.pop('done', False) is True and not ms  # (a learner exported after LSUV, before models were tracked: its model is done)
+        self.__dict__.update(d, _did=True if legacy else weakref.WeakSet(ms))
     def before_fit(self):
-        # once, and never inside lr_find (which restores the weights it started from), get_preds or validate
+        # once a model, and never inside lr_find (which restores the weights it started from), get_preds or validate
         if self.done or not real_fit(self): return
-        xb = learner_batch(self.learn, self.dl)
-        self.report = lsuv_init(self.model, xb, self.target_std, self.tol, self.max_iters, self.centre)
+        model, xb = unwrap(self.model), learner_batch(self.learn, self.dl)  # (the model itself, whatever wraps it: the one tracked, whose layers `report` names)
+        try: self.report = lsuv_init(model, xb, self.target_std, self.tol, self.max_iters, self.centre)
+        except ValueError as e:  # (the batch is the first of `dl`, the user's argument, not an `xb` of theirs)
+            if not str(e).startswith('`xb`'): raise
+            raise ValueError(f"`dl`{'' if self.dl is not None else ' (None: the training DataLoader)'}: its first batch{str(e)[len('`xb`'):]}") from e
         sync_from_main(self.model)  # each rank scaled on its own batch: rank 0's weights go to all
-        self.done = True
+        self._models().add(model)
+        st = self.report.status  # (as `BreakSymmetry` does: the optimizer's state described the old weights; a layer skipped is as it was, its state kept)
+        fresh_opt_state(getattr(self.learn, 'opt', None), reinitialized(model, self.report[(st == 'ok') | st.str.startswith('not within tol')]))
         if self.verbose and is_main():
             st = self.report.status; bad, frozen = self.report[(st != 'ok') & (st != FROZEN)], (st == FROZEN).sum()
             print(f"LSUVInit: {(st == 'ok').sum()}/{len(self.report)} layers at std {self.target_std}±{self.tol} "

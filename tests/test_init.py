@@ -764,3 +764,150 @@ def test_reinitialized_layers_start_the_optimizer_afresh():
         else:
             a = learn.health_check.actions
             assert a[a.action == 'BreakSymmetry'][['epoch', 'batch']].values.tolist() == [[0, 4]]  # (the second fit's first batch: the first fit took 4)
+
+def test_lsuv_callback_starts_the_optimizer_afresh():
+    "LSUVInit added to a learner that had trained replaced the weights and kept Adam's state for them (grad_avg, sqr_avg, step);"
+    "BreakSymmetry drops it. Now the layers it set start afresh; a layer it skipped (spectral_norm) keeps its state"
+    from torch.nn.utils.parametrizations import spectral_norm
+    class Peek(Callback):
+        order = 99
+        def before_batch(self):
+            if self.training and self.iter == 0: self.st = {id(p): dict(self.learn.opt.state.get(p, {})) for p in self.learn.model.parameters()}
+    torch.manual_seed(0)
+    m = deep(3); spectral_norm(m[2])
+    learn = digits_learner(m, [])
+    learn.fit(1, 1e-3)
+    assert all('grad_avg' in learn.opt.state[p] for p in m.parameters())
+    learn.add_cb(LSUVInit(verbose=False)); peek = Peek()
+    learn.fit(1, 1e-3, cbs=peek)
+    st = learn.lsuv_init.report.set_index('layer').status
+    assert st['2'].endswith('sets its scale: skipped') and (st.drop(index='2') == 'ok').all(), st
+    for n, p in m.named_parameters():
+        kept = n.startswith('2.')
+        assert all((k in peek.st[id(p)]) == kept for k in ('grad_avg', 'sqr_avg', 'step')), (n, peek.st[id(p)].keys())
+
+def test_lsuv_callback_initializes_each_model_it_meets_once():
+    "A `done` flag: moved to another learner (after `remove_cb`), or given a new `learn.model`, LSUVInit did nothing, silently."
+    "Now it initializes a model it has not initialized, and leaves one it did as it is"
+    from initcb.init import learner_batch
+    x = learner_batch(digits_learner(deep(), []))  # (the batch LSUVInit reads)
+    def bad():
+        m = deep()
+        with torch.no_grad():
+            for p in m.parameters(): p.mul_(0.1)  # (outputs shrink layer by layer)
+        return m
+    def at_unit_std(m): return all(abs(s - 1) <= 0.1 for s in output_stds(m, x).values())
+    torch.manual_seed(0)
+    cb = LSUVInit(verbose=False)
+    m1 = bad(); learn = digits_learner(m1, cb); learn.fit(1, 0.)
+    assert cb.done and at_unit_std(m1)
+    w1 = [p.detach().clone() for p in m1.parameters()]
+    learn.model = m2 = bad(); learn.create_opt()
+    assert not cb.done
+    learn.fit(1, 0.)
+    assert cb.done and at_unit_std(m2) and (cb.report.status == 'ok').all()  # (the new model on the same learner)
+    learn.remove_cb(cb)
+    l2 = digits_learner(m3 := bad(), cb); l2.fit(1, 0.)
+    assert at_unit_std(m3)  # (another learner)
+    l2.remove_cb(cb)
+    with torch.no_grad(): m1[0].weight.mul_(3)  # (its trained weights, say: left as they are)
+    w1[0] = m1[0].weight.detach().clone()
+    l3 = digits_learner(m1, cb); l3.fit(1, 0.)
+    assert all(torch.equal(a, b) for a, b in zip(w1, m1.parameters()))
+    l3.model = m4 = bad(); l3.create_opt(); cb.done = True  # (a model loaded with trained weights: counts as done)
+    w4 = [p.detach().clone() for p in m4.parameters()]
+    l3.fit(1, 0.)
+    assert all(torch.equal(a, b) for a, b in zip(w4, m4.parameters()))
+    import pickle
+    d = cb.__getstate__(); d.pop('_did'); d['done'] = True  # (a learner exported with a bare flag, before models were tracked)
+    old = LSUVInit.__new__(LSUVInit); old.__setstate__(d)
+    assert old.done and list(old._did) == [m4]
+    back = pickle.loads(pickle.dumps(l3))
+    assert back.lsuv_init.done and list(back.lsuv_init._did) == [back.model]  # (the learner's model alone)
+
+def test_lsuv_puts_every_weight_back_on_an_error():
+    "A forward that failed at its 4th call left the layers before rescaled and one orthogonal at unit scale (only the buffers were put back),"
+    "and blamed `xb`, which had run through the model. Now every weight is as it was, and the error names `model`"
+    class Flaky(nn.Module):
+        def __init__(s): super().__init__(); s.l, s.n = deep(3, 8), 0
+        def forward(s, x):
+            s.n += 1
+            if s.n == 4: raise RuntimeError('boom')
+            return s.l(x)
+    torch.manual_seed(0)
+    m = Flaky(); w0 = [p.detach().clone() for p in m.parameters()]
+    with pytest.raises(ValueError) as e: lsuv_init(m, torch.randn(16, 8))
+    assert '`model`' in str(e.value) and '`xb`' not in str(e.value) and 'boom' in str(e.value), str(e.value)
+    assert all(torch.equal(a, b) for a, b in zip(w0, m.parameters()))
+
+def test_lsuv_callback_names_dl_for_a_batch_the_model_cannot_take():
+    "LSUVInit(dl=[1]) failed at the fit naming `xb`, an argument the user never gave: now `dl`, the one they gave (or left None)"
+    for dl in ([1], None):
+        learn = digits_learner(deep(), LSUVInit(dl=dl, verbose=False))
+        if dl is None: learn.model = nn.Sequential(nn.Linear(3, 2))  # (the learner's own batch does not fit it)
+        w0 = [p.detach().clone() for p in learn.model.parameters()]
+        with pytest.raises(ValueError) as e: learn.fit(1)
+        assert '`dl`' in str(e.value) and '`xb`' not in str(e.value), str(e.value)
+        assert all(torch.equal(a, b) for a, b in zip(w0, learn.model.parameters()))
+
+def test_init_weights_leaves_frozen_and_tied_layers():
+    "After learn.freeze(), init_weights re-initialized the frozen pretrained body; it rewrote an embedding tied to an output Linear"
+    "at the Linear's scale. Now both are left as they are, and a warning says so (as lsuv_init, break_symmetry and ReinitDormant leave them)"
+    from fastai.torch_core import params
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(64, 50), nn.ReLU(), nn.Linear(50, 50), nn.ReLU(), nn.Linear(50, 10))
+    learn = Learner(digits_dls(flat=True, n_train=64), head, loss_func=nn.CrossEntropyLoss(), splitter=lambda m: [params(m[:4]), params(m[4:])])
+    learn.freeze()
+    body, w4 = {k: v.clone() for k, v in head[:4].state_dict().items()}, head[4].weight.detach().clone()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); init_weights(learn.model)
+    assert all(torch.equal(v, head[:4].state_dict()[k]) for k, v in body.items()) and not torch.equal(w4, head[4].weight)
+    msg = ' '.join(str(x.message) for x in w)
+    assert 'init_weights skips 2 layers: 0, 2: frozen' in msg, msg
+    class LM(nn.Module):
+        def __init__(s):
+            super().__init__(); s.emb, s.lin, s.dec = nn.Embedding(100, 32), nn.Linear(32, 32), nn.Linear(32, 100); s.dec.weight = s.emb.weight
+        def forward(s, x): return s.dec(torch.relu(s.lin(s.emb(x))))
+    lm = LM(); e0, l0 = lm.emb.weight.detach().clone(), lm.lin.weight.detach().clone()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); init_weights(lm)
+    assert torch.equal(lm.emb.weight, e0) and not torch.equal(lm.lin.weight, l0)
+    msg = ' '.join(str(x.message) for x in w)
+    assert 'dec: its weights are shared with emb (tied)' in msg, msg
+
+def test_a_parametrization_that_cannot_take_the_weight_is_skipped():
+    "A weight computed as exp(V) (its right_inverse a log): init_weights left NaN in it, break_symmetry on a constant one said"
+    "'re-initialized' and left NaN, silently; a parametrization with no right_inverse crashed init_weights and lsuv_init after layer 0 was"
+    "already set. Now such a layer is put back as it was and skipped with a warning naming it; the other layers are done"
+    from torch.nn.utils import parametrize
+    class Exp(nn.Module):
+        def forward(self, V): return torch.exp(V)
+        def right_inverse(self, W): return torch.log(W)
+    class Double(nn.Module):  # (no right_inverse)
+        def forward(self, V): return 2 * V
+    def net(p, fill=None):
+        m = deep(2, 16)
+        with torch.no_grad():
+            if fill is None: m[2].weight.abs_()  # (positive: exp's log can take it)
+            else: m[2].weight.fill_(fill)
+        parametrize.register_parametrization(m[2], 'weight', p()); return m
+    def run(f, m):
+        ps = [p.detach().clone() for p in m.parameters()]
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always'); out = f(m)
+        assert all(torch.isfinite(p).all() for p in m.parameters()) and torch.isfinite(m[2].weight).all()
+        assert all(torch.equal(a, b) for a, b in zip(ps[2:4], list(m.parameters())[2:4]))  # (layer 2: bias and `original` as they were)
+        assert not torch.equal(ps[0], m[0].weight)  # (layer 0: done)
+        msg = ' '.join(str(x.message) for x in w)
+        assert ' 2: its parametrization (' in msg and 'cannot take' in msg, msg
+        return out
+    torch.manual_seed(0)
+    x = torch.randn(32, 16)
+    for p in (Exp, Double):
+        run(init_weights, net(p))
+        rep = run(lambda m: lsuv_init(m, x), net(p)).set_index('layer')
+        assert rep.status['2'].startswith('its parametrization (') and rep.status['2'].endswith(': skipped') and rep.status['0'] == 'ok', rep
+    m = net(Exp, 0.3)
+    with torch.no_grad(): m[0].weight.zero_()  # (a zero layer, re-initialized beside it)
+    rep = run(lambda m: break_symmetry(m, x), m)
+    assert rep.layer.tolist() == ['0'], rep
