@@ -26,8 +26,8 @@ from .wd import AdaptiveWD
 
 # %% auto #0
 __all__ = ['COLUMNS', 'REMEDIES', 'Y_RANGE', 'NOT_IN_OPT', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME',
-           'NAN_INPUT', 'DIED', 'DECAY_FIRST', 'RNN_INIT', 'NO_ACTIVATION', 'BLOWUP', 'RESUMED', 'RULES', 'WD_BASE',
-           'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
+           'NAN_INPUT', 'DIED', 'DECAY_FIRST', 'SAT_GREW', 'RNN_INIT', 'NO_ACTIVATION', 'BLOWUP', 'RESUMED', 'RULES',
+           'WD_BASE', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
 class Thresholds:
@@ -82,6 +82,7 @@ NO_GRADIENT_SOME = "nothing if it is meant to run on some batches only (a gated 
 NAN_INPUT = "the data: batches whose inputs hold NaN or Inf (a missing value): fill or drop them (fastai's FillMissing for tabular data)"  # non-finite values the guard found in the inputs
 DIED = "the units died during the fit: a learning rate too high kills ReLUs, lower it first (`learn.lr_find()`); then: "  # dead units whose zeros rose over the fit
 DECAY_FIRST = "likely the weight decay's doing (see 'weight decay too strong'): lower it first; "  # a finding beside that one
+SAT_GREW = "the init was not the cause (little saturation at the start): lower the learning rate, add normalization before the activation, or use ReLU/GELU"  # saturation that grew over the fit
 RNN_INIT = "; in a recurrent net, initialize the recurrent weights orthogonal (gain 1, `nn.init.orthogonal_`) or use an LSTM/GRU"  # exploding, a model with an RNN
 NO_ACTIVATION = ("no activation module is watched, so no unit is scored for dormancy (no dead-units rule, no 'dead %' column): the model has none,"
                  " or calls functions (F.relu, as nn.TransformerEncoderLayer does); pass activations as modules (activation=nn.ReLU()) or mark one with `watch`")
@@ -227,6 +228,21 @@ def _dead_context(f, ah, n, frac, losses):
         f.update(severity='info', remedy=f"nothing while the loss is this low; if it stalls: {f['remedy']}", callback='',
                  evidence=f['evidence'] + f"; the loss fell {_loss_start(v) / max(v[-1], 1e-30):.3g}-fold over the fit: the model does without them")
 
+def _saturation_context(f, ah, n, th, losses):
+    "Saturation finding `f` (layer `n`) weighed against the fit: where the layer's first sampled batch of the fit was below `sat_pct` the init"
+    "is not the cause ('rescale the init' was the remedy for a healthy tanh MLP's 3% at the start, 47% at the end, 0.98 accuracy): 'info' where"
+    "the loss fell tenfold (a confident classifier's units saturate as they learn), else a remedy for what grew it"
+    s, j = ah.sampled, ah.names.index(n)
+    k = int(np.searchsorted(s.iters[:len(s)], getattr(ah, '_fit0', 0)))
+    z = s['saturated'][k:len(s), j].astype(np.float64) * 100; z = z[np.isfinite(z)]
+    if not len(z) or z[0] > th.sat_pct: return  # (saturated from the start: the init's scale, the remedy as it is)
+    f['evidence'] += f"; {z[0]:.0f}% on the fit's first sampled batch: it grew during the fit"
+    v = _finite(losses)
+    if v is not None and len(v) and v[-1] * 10 <= _loss_start(v):
+        f.update(severity='info', remedy="nothing while the loss is this low: a confident classifier's units saturate as they learn", callback='',
+                 evidence=f['evidence'] + f", as the loss fell {_loss_start(v) / max(v[-1], 1e-30):.3g}-fold")
+    else: f.update(remedy=SAT_GREW, callback='')
+
 def _activation_rules(learn, ah, th, xb, losses=None):
     "`ActivationHealth`'s history and dormancy on batch `xb` as findings, weighed against the fit's training `losses` where given (`_losses`)"
     out = []
@@ -254,6 +270,7 @@ def _activation_rules(learn, ah, th, xb, losses=None):
                 out.append(_finding(n, 'saturated activation', 'warning', f'{v:.0f}% of outputs within sat_eps of an asymptote', 'saturated'))
                 m = None if mods is None else mods[ah.names.index(n)]
                 if isinstance(m, SigmoidRange): out[-1].update(remedy=f"{Y_RANGE} (here {output_bounds(m)})", callback='')  # (the init is not the cause)
+                else: _saturation_context(out[-1], ah, n, th, losses)
     if r0 is not None and mods is not None:
         rms0 = f['rms'][r0]
         model = unwrap(learn.model); leaves = [m for _, m in _leaves(model)]

@@ -1335,3 +1335,22 @@ def test_weight_decay_too_strong(wd):
     learn = quiet(Learner(digits_dls(flat=True), nn.Sequential(nn.Linear(64, 10)), loss_func=nn.CrossEntropyLoss(), wd=wd, cbs=[HealthCheck(report=False), AdaptiveWD()]))
     learn.fit(1, 1e-2)
     assert 'weight decay too strong' not in set(learn.health_check.report.problem)  # (AdaptiveWD sets its own)
+
+
+def test_saturation_that_grew_in_a_fit_that_learned_is_info():
+    "A default-init tanh MLP (0.98 accuracy): its last tanh 0% saturated at the start, 34-38% at the end, read 'saturated' with 'rescale the init'"
+    "(LSUVInit): the init was not the cause. A saturated init is still a warning with that remedy"
+    from fastai.callback.schedule import fit_one_cycle
+    def fit(scale):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 64), nn.Tanh(), nn.Linear(64, 10))
+        if scale:
+            with torch.no_grad(): m[0].weight.normal_(0, scale); m[2].weight.normal_(0, scale)
+        learn = quiet(Learner(digits_dls(flat=True), m, loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+        learn.fit_one_cycle(15 if not scale else 2, 1e-2)
+        rep = learn.health_check.report
+        return rep[rep.problem == 'saturated activation']
+    grew = fit(None)
+    assert len(grew) and (grew.severity == 'info').all() and grew.evidence.str.contains('grew during the fit').all() and (grew.callback == '').all(), grew
+    sat = fit(1.)
+    assert len(sat) and (sat.severity == 'warning').all() and (sat.callback == 'LSUVInit').all(), sat
