@@ -582,6 +582,7 @@ def flush(self:ActivationHealth,
     drop:bool=False, # with `collective` False in a distributed run: the rows not yet combined are dropped (a fit's end on this rank alone: nothing comes next)
 ):
     "Bring every recorded row to the host history (readers call this first); in a distributed run mid-fit, with no collective, only the rows combined so far (all of them at each epoch's `after_train`)"
+    collective, drop = check_bool('collective', collective), check_bool('drop', drop)  # ('no' is truthy: a collective one rank alone would wait in forever)
     for q in (self._fastq, self._sampq):
         if q is not None: q.flush(collective, drop)
 
@@ -806,6 +807,7 @@ def dormancy(self:ActivationHealth,
         xb = getattr(self.learn, 'xb', None)
         if not xb or xb[0] is None: xb = first_inputs(self.learn.dls.train, getattr(self.learn.dls, 'n_inp', None))
     if layers is not None and not isinstance(layers, (list, tuple, set)): layers = [layers]  # (one layer: a name, a position, a module; a name iterated was its characters)
+    if layers is not None and not len(layers): raise ValueError("`layers` is empty: pass watched layers (positions or names), or None for all")
     want = set(range(len(mods))) if layers is None else {self._layer(l, 'layers', names, mods) for l in layers}  # (before a fit too: the modules selected here)
     res, prev = {}, [None]
     def hook(i, o):

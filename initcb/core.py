@@ -339,7 +339,7 @@ def select_modules(
         for m in modules:
             if isinstance(m, str):
                 if pre and (m + '.').startswith(pre) and m[len(pre):] in by_name: m = m[len(pre):]  # (a name in the wrapped model: 'module.0')
-                if m not in by_name: raise ValueError(f"`modules`: no module named {m!r} in the model; names are like {list(by_name)[1:4]}")
+                if m not in by_name: raise ValueError(f"`modules`: no module named {m!r} in the model; " + (f"names are like {list(by_name)[1:4]}" if len(by_name) > 1 else "it has no submodules (pass the model itself, or a predicate)"))
                 sel.append((m or type(model).__name__, by_name[m]))
             elif isinstance(m, nn.Module):
                 if id(m) not in by_id: raise ValueError(f"`modules`: {type(m).__name__} {m} is not a module of the model")
@@ -991,6 +991,8 @@ def first_inputs(
             if it is not dl and hasattr(it, 'close'): it.close()  # (a fastai DataLoader's generator: its worker processes go now; a generator given as `dl` is the caller's)
     if not isinstance(b, (tuple, list)): return b
     if len(b) == 0: raise ValueError("`dl` gave an empty batch")
+    if n_inp is not None and (isinstance(n_inp, bool) or not isinstance(n_inp, int) or not 1 <= n_inp <= len(b)):
+        raise ValueError(f"`n_inp` must be None or an int from 1 to the batch's length {len(b)} (how many leading elements are inputs), got {n_inp!r}")
     n = n_inp or max(len(b) - 1, 1)
     return b[:n] if n > 1 else b[0]
 

@@ -569,7 +569,7 @@ def plot_update_ratios(self:GradientHealth,
     decay:bool=True, # the whole step; False: the gradient's step alone, decoupled weight decay aside (what the stalled flag reads)
 ):
     "Update ratio ‖Δw‖/‖w‖ of every layer over time, with the stalled/too-hot band and the usual 1e-3"
-    col = 'update_ratio' if decay else 'grad_update_ratio'
+    col = 'update_ratio' if check_bool('decay', decay) else 'grad_update_ratio'  # ('no' is truthy: it drew the whole step)
     df = self.to_df().dropna(subset=[col]); check_rows(self.upd, 'measured update')
     ax = new_axes(ax, figsize)
     cols = plt.cm.viridis(np.linspace(0, 1, len(self.layers)))

@@ -489,6 +489,7 @@ def reinitialized(
     report:pd.DataFrame, # what it returned
 )->list:
     "The parameters of the layers `report` says were re-initialized, each once"
+    if not isinstance(report, pd.DataFrame) or 'layer' not in report: raise ValueError(f"`report` must be the DataFrame `break_symmetry` (or `lsuv_init`) returned, with a 'layer' column; got {type(report).__name__}")
     return list({id(p): p for n in report['layer'] for p in model.get_submodule(n).parameters()}.values())
 
 def fresh_opt_state(
@@ -496,6 +497,11 @@ def fresh_opt_state(
     params, # parameters whose values were set anew
 ):
     "Start the optimizer afresh on `params`: their state dropped (momenta and second moments described the old values; fastai's flags `do_wd`, `force_train` kept) and a `Lookahead`'s slow copy set to the new values (else its next sync pulls them halfway back)"
+    if opt is not None and not hasattr(opt, 'state') and not hasattr(getattr(opt, 'opt', None), 'state'):
+        raise ValueError(f"`opt` must be an optimizer (`learn.opt`: fastai's, or its `OptimWrapper`) or None, got {type(opt).__name__}")
+    if isinstance(params, Tensor) or not hasattr(params, '__iter__'): raise ValueError(f"`params` must be a list of parameters, got {type(params).__name__}")
+    params = list(params)
+    if not all(isinstance(p, Tensor) for p in params): raise ValueError(f"`params` must hold parameters (tensors), got {sorted({type(p).__name__ for p in params if not isinstance(p, Tensor)})}")
     for p in params:
         for st in _state_dicts(opt, p):  # (emptied, it is made again at the next step: fastai's and PyTorch's optimizers alike)
             for k in [k for k in st if k not in ('do_wd', 'force_train')]: del st[k]

@@ -624,3 +624,26 @@ def test_a_batch_cancelled_before_after_pred_is_no_row(skip):
     kept = [i for i in range(2 * n) if not (i % 2 if skip == 'odd' else i == n - 1)]  # ('last': the first epoch's)
     assert ah.fast.iters[:len(ah.fast)].tolist() == kept
     np.testing.assert_allclose(ah.fast['abs_mean'][:, 0], np.array(vals)[kept], rtol=1e-5)
+
+
+def test_small_arguments_checked():
+    "Accepted before: `decay='no'` (truthy: the whole step drawn), `dormancy(layers=[])` ({}), `flush(collective='no')`, `first_inputs(n_inp=5)`"
+    "on a batch of 2 (the target taken for an input), `fresh_opt_state('adam', ...)`, `fresh_opt_state(opt, 5)` (a TypeError), `reinitialized(model, None)`;"
+    "a wrong module name on a model with no submodules said 'names are like []'"
+    from initcb.gradients import GradientHealth
+    from initcb.core import first_inputs, select_modules
+    from initcb.init import fresh_opt_state, reinitialized
+    ah, gh = ActivationHealth(), GradientHealth(warn=False)
+    learn = quiet(synth_learner(n_trn=4, cbs=[ah, gh])); learn.fit(1)
+    with pytest.raises(ValueError, match='`decay`'): gh.plot_update_ratios(decay='no')
+    with pytest.raises(ValueError, match='`layers` is empty'): ah.dormancy(layers=[])
+    with pytest.raises(ValueError, match='`collective`'): ah.flush(collective='no')
+    for n in (5, 0, -1, True, 1.5):
+        with pytest.raises(ValueError, match='`n_inp`'): first_inputs(learn.dls.train, n_inp=n)
+    assert first_inputs(learn.dls.train, n_inp=1).shape == first_inputs(learn.dls.train).shape
+    ps = list(learn.model.parameters())
+    for opt, params in (('adam', ps), (learn.opt, 5), (learn.opt, [1, 2]), (learn.opt, ps[0])):
+        with pytest.raises(ValueError, match='`opt`' if opt == 'adam' else '`params`'): fresh_opt_state(opt, params)
+    fresh_opt_state(None, ps); fresh_opt_state(learn.opt, iter(ps))  # (no optimizer: nothing to do; any iterable of parameters)
+    with pytest.raises(ValueError, match='`report`'): reinitialized(learn.model, None)
+    with pytest.raises(ValueError, match='no submodules'): select_modules(nn.Linear(2, 2), ['a'])
