@@ -24,6 +24,7 @@ __all__ = ['OUTPUT_LAYER', 'unit_chains', 'unfollowed', 'dormancy_scores', 'rein
 # %% ../nbs/04_reinit.ipynb #44447b5e
 _PASS_UNITS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)  # besides `ELEMENTWISE_TYPES`: unit i out is unit i in
 _LAYER = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_UNFOLLOWED = (nn.modules.conv._ConvNd, nn.RNNBase)  # (layers with units ReDo does not follow: ConvTranspose, Conv3d, LSTM...; named, with why)
 
 class _Tracer(fx.Tracer):
     "torch.fx's tracer, stopping at elementwise modules defined outside `torch.nn` too (`GeneralRelu`: traced into, its `relu` was no module ReDo follows) and at fastai's `Flatten`"
@@ -53,6 +54,14 @@ def _flattens(u, um):
 
 OUTPUT_LAYER = "the model's output layer (its units are the outputs: not re-initialized)"
 
+def _why_type(m, node=None, mods=None):
+    "Why ReDo leaves layer `m` (not a Linear, Conv1d or Conv2d) as it is: its type; or, at graph node `node` (modules `mods`), the model's output when its value reaches it through elementwise ops alone"
+    while node is not None and len(node.users) == 1:  # (a decoder's last ConvTranspose, then a sigmoid: the output layer, as for the others)
+        node = next(iter(node.users))
+        if node.op == 'output': return OUTPUT_LAYER
+        if not (node.op == 'call_module' and _elementwise(mods[node.target]) or _act_fn(node) is not None): break
+    return f'a {type(m).__name__}: ReDo follows the units of Linear, Conv1d and Conv2d layers only'
+
 def _trace(model):
     "(`model` traced by torch.fx as a GraphModule, None), or (None, why it cannot be)"
     try: return fx.GraphModule(model, _Tracer().trace(model)), None
@@ -61,11 +70,11 @@ def _trace(model):
 def unit_chains(
     model:nn.Module, # traced with torch.fx
 ):
-    "For each Linear/Conv layer: ({'next', 'norm', 'act', 'act_call', 'act_fn', 'flatten'}, None) when its units feed one layer safely, else (None, why);"
+    "For each Linear/Conv/RNN layer: ({'next', 'norm', 'act', 'act_call', 'act_fn', 'flatten'}, None) when its units feed one layer safely, else (None, why);"
     "`act_call`: which call of the activation module is the layer's (fastai's `TabularModel` calls one ReLU in every block); `act_fn`: a functional"
     "activation (`F.relu(x)`) as (fn, args, kwargs, the module whose output it takes)"
     gm, why = _trace(check_model(model))
-    if gm is None: return {n: (None, why) for n, m in model.named_modules() if isinstance(m, _LAYER)}
+    if gm is None: return {n: (None, why if isinstance(m, _LAYER) else _why_type(m)) for n, m in model.named_modules() if isinstance(m, _LAYER + _UNFOLLOWED)}
     mods, res, uses, ties, call = dict(model.named_modules()), {}, {}, tied_modules(model), {}
     for nd in gm.graph.nodes:  # each module's calls, and reads of its weights outside a call
         if nd.op in ('call_module', 'get_attr'):
@@ -111,8 +120,10 @@ def unit_chains(
         if not why: why = next((f"{k}'s weight is parametrized (weight_norm, spectral_norm...): ReDo re-initializes units of plain weights only"
                                 for k in (node.target, chain['next']) if k and (parametrize.is_parametrized(mods[k]) or hooked_weight(mods[k]))), None)
         res[node.target] = (None, why) if why else (chain, None)
+    nodes = {nd.target: nd for nd in gm.graph.nodes if nd.op == 'call_module'}
     for n, m in model.named_modules():  # (not in the graph: inside a module fx does not trace into, a torch.nn container such as TransformerEncoderLayer, or not called)
-        if isinstance(m, _LAYER) and n not in res: res[n] = (None, f'inside {inner[id(m)]} ({type(mods[inner[id(m)]]).__name__}), which torch.fx does not trace into' if id(m) in inner else 'not called in the traced forward')
+        if isinstance(m, _UNFOLLOWED) and not isinstance(m, _LAYER): res[n] = (None, _why_type(m, nodes.get(n), mods))
+        elif isinstance(m, _LAYER) and n not in res: res[n] = (None, f'inside {inner[id(m)]} ({type(mods[inner[id(m)]]).__name__}), which torch.fx does not trace into' if id(m) in inner else 'not called in the traced forward')
     return res
 
 # %% ../nbs/04_reinit.ipynb #1542f8e4
@@ -151,7 +162,7 @@ def unfollowed(
             if not isinstance(x, fx.Node): why = 'its input is no value traced through the model'; break
             xm = mods.get(x.target) if x.op == 'call_module' else None
             if x.op == 'placeholder': why = "it acts on the model's input"; break
-            if isinstance(xm, _LAYER):
+            if isinstance(xm, _LAYER + _UNFOLLOWED):  # (a ConvTranspose, a Conv3d: why `unit_chains` gave, its type)
                 c, w = chains.get(x.target, (None, 'not called in the traced forward'))
                 why = w if c is None else f"it is not the first activation after {x.target} (ReDo scores {c['act'] or c['act_fn'][0].__name__})"; break
             args = [a for a in (*x.args, *x.kwargs.values()) if isinstance(a, fx.Node)]

@@ -422,3 +422,25 @@ def test_an_argument_the_scheme_does_not_read_is_said():
     with pytest.warns(UserWarning, match=r"`tau` not read with 'shrink_perturb'"): ReinitDormant(scheme='shrink_perturb', tau=0.05)
     with pytest.warns(UserWarning, match=r"`shrink` not read with 'redo'"): ReinitDormant(shrink=0.8)
     with warnings.catch_warnings(): warnings.simplefilter('error'); ReinitDormant(tau=0.05); ReinitDormant(scheme='shrink_perturb', shrink=0.8)
+
+
+def test_layers_redo_cannot_handle_are_named():
+    "A ConvTranspose2d with 4 of 8 channels dead: unit_chains, unfollowed and ReinitDormant's warning named only the Conv2d feeding it (Conv3d, LSTM: nothing at all)"
+    from fastai.learner import Learner
+    from initcb.core import digits_dls
+    from initcb.reinit import unfollowed
+    m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 8, 2, stride=2), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    why = 'a ConvTranspose2d: ReDo follows the units of Linear, Conv1d and Conv2d layers only'
+    assert unit_chains(m)['2'] == (None, why) and unfollowed(m, ['3']) == {'3': why}
+    learn = quiet(Learner(digits_dls(n_train=64), m, loss_func=nn.CrossEntropyLoss(), cbs=ReinitDormant(every=100)))
+    with pytest.warns(UserWarning, match=rf"ReinitDormant skips 2 layers: 0: it feeds ConvTranspose2d, which ReDo cannot follow; 2: {why}"): learn.fit(1, 0.)
+    m3 = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 2))
+    ch = unit_chains(m3)
+    assert ch['0'] == ch['2'] == (None, 'a Conv3d: ReDo follows the units of Linear, Conv1d and Conv2d layers only')
+    class R(nn.Module):
+        def __init__(s): super().__init__(); s.rnn, s.act, s.out = nn.LSTM(4, 8, batch_first=True), nn.ReLU(), nn.Linear(8, 2)
+        def forward(s, x): return s.out(s.act(s.rnn(x)[0][:, -1]))
+    assert unit_chains(R())['rnn'] == (None, 'a LSTM: ReDo follows the units of Linear, Conv1d and Conv2d layers only')
+    up = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.ConvTranspose2d(4, 1, 2, stride=2), nn.Sigmoid())
+    assert unit_chains(up)['2'] == (None, OUTPUT_LAYER)  # (a decoder's output layer: its units are the outputs, not named in the warning)
