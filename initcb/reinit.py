@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.layers import Flatten as FlattenFa
 from .core import *
-from .init import _POOLS, _state_dicts, _slow  # (every pooling: channels kept; a parameter's optimizer state)
+from .init import _POOLS, _state_dicts, _slow, _layer_weight  # (every pooling: channels kept; a parameter's optimizer state; a layer's units)
+from .init import WEIGHT_LAYERS, EMBEDDINGS, NORM_LAYERS, fresh_opt_state
 
 # %% auto #0
 __all__ = ['OUTPUT_LAYER', 'unit_chains', 'unfollowed', 'dormancy_scores', 'reinit_units', 'frozen_chain', 'reinit_dormant',
@@ -24,6 +25,7 @@ __all__ = ['OUTPUT_LAYER', 'unit_chains', 'unfollowed', 'dormancy_scores', 'rein
 # %% ../nbs/04_reinit.ipynb #44447b5e
 _PASS_UNITS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)  # besides `ELEMENTWISE_TYPES`: unit i out is unit i in
 _LAYER = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_UNFOLLOWED = (nn.modules.conv._ConvNd, nn.RNNBase)  # (layers with units ReDo does not follow: ConvTranspose, Conv3d, LSTM...; named, with why)
 
 class _Tracer(fx.Tracer):
     "torch.fx's tracer, stopping at elementwise modules defined outside `torch.nn` too (`GeneralRelu`: traced into, its `relu` was no module ReDo follows) and at fastai's `Flatten`"
@@ -53,6 +55,14 @@ def _flattens(u, um):
 
 OUTPUT_LAYER = "the model's output layer (its units are the outputs: not re-initialized)"
 
+def _why_type(m, node=None, mods=None):
+    "Why ReDo leaves layer `m` (not a Linear, Conv1d or Conv2d) as it is: its type; or, at graph node `node` (modules `mods`), the model's output when its value reaches it through elementwise ops alone"
+    while node is not None and len(node.users) == 1:  # (a decoder's last ConvTranspose, then a sigmoid: the output layer, as for the others)
+        node = next(iter(node.users))
+        if node.op == 'output': return OUTPUT_LAYER
+        if not (node.op == 'call_module' and _elementwise(mods[node.target]) or _act_fn(node) is not None): break
+    return f'a {type(m).__name__}: ReDo follows the units of Linear, Conv1d and Conv2d layers only'
+
 def _trace(model):
     "(`model` traced by torch.fx as a GraphModule, None), or (None, why it cannot be)"
     try: return fx.GraphModule(model, _Tracer().trace(model)), None
@@ -61,11 +71,11 @@ def _trace(model):
 def unit_chains(
     model:nn.Module, # traced with torch.fx
 ):
-    "For each Linear/Conv layer: ({'next', 'norm', 'act', 'act_call', 'act_fn', 'flatten'}, None) when its units feed one layer safely, else (None, why);"
+    "For each Linear/Conv/RNN layer: ({'next', 'norm', 'act', 'act_call', 'act_fn', 'flatten'}, None) when its units feed one layer safely, else (None, why);"
     "`act_call`: which call of the activation module is the layer's (fastai's `TabularModel` calls one ReLU in every block); `act_fn`: a functional"
     "activation (`F.relu(x)`) as (fn, args, kwargs, the module whose output it takes)"
     gm, why = _trace(check_model(model))
-    if gm is None: return {n: (None, why) for n, m in model.named_modules() if isinstance(m, _LAYER)}
+    if gm is None: return {n: (None, why if isinstance(m, _LAYER) else _why_type(m)) for n, m in model.named_modules() if isinstance(m, _LAYER + _UNFOLLOWED)}
     mods, res, uses, ties, call = dict(model.named_modules()), {}, {}, tied_modules(model), {}
     for nd in gm.graph.nodes:  # each module's calls, and reads of its weights outside a call
         if nd.op in ('call_module', 'get_attr'):
@@ -111,8 +121,10 @@ def unit_chains(
         if not why: why = next((f"{k}'s weight is parametrized (weight_norm, spectral_norm...): ReDo re-initializes units of plain weights only"
                                 for k in (node.target, chain['next']) if k and (parametrize.is_parametrized(mods[k]) or hooked_weight(mods[k]))), None)
         res[node.target] = (None, why) if why else (chain, None)
+    nodes = {nd.target: nd for nd in gm.graph.nodes if nd.op == 'call_module'}
     for n, m in model.named_modules():  # (not in the graph: inside a module fx does not trace into, a torch.nn container such as TransformerEncoderLayer, or not called)
-        if isinstance(m, _LAYER) and n not in res: res[n] = (None, f'inside {inner[id(m)]} ({type(mods[inner[id(m)]]).__name__}), which torch.fx does not trace into' if id(m) in inner else 'not called in the traced forward')
+        if isinstance(m, _UNFOLLOWED) and not isinstance(m, _LAYER): res[n] = (None, _why_type(m, nodes.get(n), mods))
+        elif isinstance(m, _LAYER) and n not in res: res[n] = (None, f'inside {inner[id(m)]} ({type(mods[inner[id(m)]]).__name__}), which torch.fx does not trace into' if id(m) in inner else 'not called in the traced forward')
     return res
 
 # %% ../nbs/04_reinit.ipynb #1542f8e4
@@ -151,7 +163,7 @@ def unfollowed(
             if not isinstance(x, fx.Node): why = 'its input is no value traced through the model'; break
             xm = mods.get(x.target) if x.op == 'call_module' else None
             if x.op == 'placeholder': why = "it acts on the model's input"; break
-            if isinstance(xm, _LAYER):
+            if isinstance(xm, _LAYER + _UNFOLLOWED):  # (a ConvTranspose, a Conv3d: why `unit_chains` gave, its type)
                 c, w = chains.get(x.target, (None, 'not called in the traced forward'))
                 why = w if c is None else f"it is not the first activation after {x.target} (ReDo scores {c['act'] or c['act_fn'][0].__name__})"; break
             args = [a for a in (*x.args, *x.kwargs.values()) if isinstance(a, fx.Node)]
@@ -295,19 +307,88 @@ def reinit_dormant(
                         mean_score=s[dead].mean().item() if len(dead) else float('nan')))
     return out
 
+# %% ../nbs/04_reinit.ipynb #a7d3f09c
+_SHRUNK = (*WEIGHT_LAYERS, *EMBEDDINGS, nn.RNNBase)  # the layers 'shrink_perturb' sets: each has an init of its own (`reset_parameters`) to draw the perturbation from
+
+def _shrinkable(
+    model:nn.Module, # the model (not wrapped)
+):
+    "(the layers 'shrink_perturb' sets, {why: names} of the other modules with trainable parameters of their own); norm layers are neither: their scale and shift are kept"
+    ok, skip = [], {}
+    for n, m in model.named_modules():
+        if in_parametrization(n) or isinstance(m, NORM_LAYERS): continue  # (a parametrization's originals: set through the layer that owns them)
+        if isinstance(m, _SHRUNK) and not hooked_weight(m): ok.append(n)
+        elif isinstance(m, _SHRUNK): skip.setdefault(f'its weight is {HOOKED}: {HOOKED_FIX}', []).append(n)
+        elif any(p.requires_grad for p in m.parameters(recurse=False)):
+            skip.setdefault('not a Linear, conv, RNN or embedding layer: no init of its own to draw the perturbation from', []).append(n or 'the model')
+    return ok, skip
+
+def _fresh(
+    m:nn.Module, # a layer of `_SHRUNK`
+    rng:torch.Tensor, # the state of a CPU generator (`get_state`) to draw from
+):
+    "(a copy of `m` on the CPU, its parametrizations removed, with its own init drawn anew from `rng` (`reset_parameters`), the state after the draw); the global random state as it was"
+    with rng_kept():  # (the run's dropout masks and batches unchanged by a draw)
+        torch.default_generator.set_state(rng)
+        f = copy.deepcopy(m).cpu()
+        for k in list(getattr(f, 'parametrizations', {})): parametrize.remove_parametrizations(f, k)  # (a plain weight to draw into: weight_norm's is computed)
+        f.reset_parameters()
+        return f, torch.default_generator.get_state()
+
+_GRAD_POWER = {'grad_avg': 1, 'exp_avg': 1, 'momentum_buffer': 1, 'exp_inf': 1, 'sqr_avg': 2, 'exp_avg_sq': 2, 'max_exp_avg_sq': 2, 'square_avg': 2, 'sum': 2}  # (fastai's and torch.optim's moments: of the gradient, of its square)
+
+def _shrink_opt_state(
+    opt, # the optimizer (`learn.opt`: fastai's, its `OptimWrapper`), or None
+    params:list, # parameters just multiplied by `shrink` (and perturbed)
+    shrink:float, # the factor
+):
+    "`opt`'s state of `params` as their gradients scale where a norm layer follows (the gradient of a weight s·w is that of w over s): moments of the gradient divided by `shrink`,"
+    "of its square by `shrink`², Adam's step the same size as before; a state it does not know, or `shrink` 0 (new weights), dropped (`fresh_opt_state`); a `Lookahead`'s slow copy the new weights"
+    drop = []
+    for p in params:
+        for st in _state_dicts(opt, p):
+            ts = {k: v for k, v in st.items() if isinstance(v, torch.Tensor) and v.shape == p.shape}
+            if not shrink or any(k not in _GRAD_POWER for k in ts): drop.append(p); continue
+            for k, v in ts.items(): v.div_(shrink ** _GRAD_POWER[k])
+        if (s := _slow(opt, p)) is not None: s.copy_(p.detach())
+    fresh_opt_state(opt, drop)
+
+def _restat(
+    model:nn.Module, # the model, in the mode it trains in
+    xb, # a batch of its inputs
+    changed:list, # the modules whose weights were set
+):
+    "Re-estimate on `xb` the running statistics of each BatchNorm (in train mode) called after one of `changed`: those of its input as it is now, not as it was;"
+    "one forward without gradient, every other state as it was (modes, random states, the other BatchNorms' statistics, the batch counts)"
+    bns = [b for b in model.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm) and b.training and b.running_mean is not None]  # (in eval mode: frozen, BnFreeze)
+    if not bns: return
+    keep, after, redo = {b: (b.momentum, [t.clone() for t in b.buffers(recurse=False)]) for b in bns}, [False], set()
+    def seen(*a): after[0] = True
+    def pre(b, inp):
+        if after[0] and b not in redo: redo.add(b); b.reset_running_stats(); b.momentum = None  # (None: the cumulative average, of this one batch)
+    hs = [m.register_forward_hook(seen) for m in changed] + [b.register_forward_pre_hook(pre) for b in bns]
+    try:
+        with rng_kept(), run_eagerly(model), torch.no_grad(): call_on(model, xb)  # (dropout as in training: the statistics training normalizes with)
+    finally:
+        for h in hs: h.remove()
+        for b, (mom, ts) in keep.items():
+            b.momentum = mom
+            for t, v in zip(b.buffers(recurse=False), ts):
+                if b not in redo or t is b.num_batches_tracked: t.copy_(v)
+
 # %% ../nbs/04_reinit.ipynb #18db36dc
 class ReinitDormant(FitOnlyCallback):
-    "Every `every` optimizer steps (training batches, unless GradientAccumulation), re-initialize the dormant units (score <= `tau`) of each Linear/Conv layer whose consumer is known (ReDo)"
+    "Every `every` optimizer steps (training batches, unless GradientAccumulation), re-initialize the dormant units (score <= `tau`) of each Linear/Conv layer whose consumer is known (ReDo), or shrink and perturb every weight layer"
     order, run_valid = 60, False  # after the optimizer step (fastai's Recorder is 50)
     def __init__(self,
         every:int=1000, # optimizer steps between checks: training batches, but under GradientAccumulation its steps (the events' `batch` counts them too)
         tau:float=0.0, # a unit is dormant when its score E|h_i| / mean_j E|h_j| is at most `tau` (0: strictly dead; the paper uses 0.025-0.1)
         max_frac:float=1.0, # re-initialize at most this fraction of a layer's units per check (the lowest scores first)
         start:int=0, # first optimizer step at which to check
-        scheme:str='redo', # 'redo': dormant units; 'shrink_perturb': every handled layer, w <- shrink * w + perturb * fresh init (Ash & Adams 2020)
+        scheme:str='redo', # 'redo': dormant units; 'shrink_perturb': every weight layer, w <- shrink * w + perturb * fresh init (Ash & Adams 2020), its BatchNorms re-estimated
         shrink:float=0.4, # 'shrink_perturb': the factor every weight is multiplied by
         perturb:float=0.1, # 'shrink_perturb': the factor of the fresh init added to it
-        verbose:bool=True, # warn once (one warning a fit) about the layers it cannot follow, the output layer aside
+        verbose:bool=True, # warn once (one warning a fit) about the layers it leaves as they are (ReDo: those it cannot follow, the output layer aside)
     ):
         self.every, self.start = check_int('every', every), check_int('start', start, 0)
         self.tau, self.max_frac = check_tau('tau', tau), check_float('max_frac', max_frac, 0., 1.)
@@ -320,15 +401,21 @@ class ReinitDormant(FitOnlyCallback):
     def before_fit(self):
         self.run = real_fit(self)  # (lr_find restores the weights it began with; get_preds and validate do not train)
         if not self.run: return
-        self.chains = unit_chains(unwrap(self.model))
-        skipped = {}  # why -> layers, in one warning (a ResNet has a dozen layers that feed a residual add)
-        for n, (c, why) in self.chains.items():
-            if c is None and n not in self._told and why != OUTPUT_LAYER: self._told.add(n); skipped.setdefault(why, []).append(n)
+        model, skipped = unwrap(self.model), {}  # why -> layers, in one warning (a ResNet has a dozen layers that feed a residual add)
+        if self.scheme == 'shrink_perturb':
+            self.chains, (self._layers, why) = None, _shrinkable(model)  # (whole layers: no unit followed, no chain needed)
+            with rng_kept(): self._rng = torch.Generator().manual_seed(int(torch.randint(2 ** 62, ()))).get_state()  # (the perturbation's own stream, seeded from the run's: read, not moved)
+            cands, none = [(n, w) for w, ns in why.items() for n in ns], not self._layers
+        else:
+            self.chains = unit_chains(model)
+            cands, none = [(n, w) for n, (c, w) in self.chains.items() if c is None and w != OUTPUT_LAYER], not any(c is not None for c, _ in self.chains.values())
+        for n, why in cands:
+            if n not in self._told: self._told.add(n); skipped.setdefault(why, []).append(n)
         if skipped and self.verbose and is_main():
             few = lambda ns: ', '.join(ns[:4]) + (f' and {len(ns) - 4} more' if len(ns) > 4 else '')
             k = sum(map(len, skipped.values()))
             warnings.warn(f"ReinitDormant skips {k} layer{'s' if k > 1 else ''}: " + '; '.join(f"{few(ns)}: {why}" for why, ns in skipped.items()))
-        if not any(c is not None for c, _ in self.chains.values()) and is_main(): warnings.warn("ReinitDormant: no layer it can handle in this model")
+        if none and is_main(): warnings.warn("ReinitDormant: no layer it can handle in this model")
 
     def after_step(self):
         it = self.n_seen; self.n_seen += 1
@@ -340,18 +427,30 @@ class ReinitDormant(FitOnlyCallback):
             if r['units']: self._events.append(dict(batch=it, **{k: r[k] for k in ('layer', 'units', 'of', 'unit_ids', 'mean_score')}))
 
     def _shrink_perturb(self, it):
-        mods = dict(unwrap(self.model).named_modules())
+        "Each layer of `_shrinkable` not frozen: w <- shrink * w + perturb * its fresh init; then the BatchNorms after them re-estimated on the batch, the optimizer's moments rescaled as their gradients"
+        model = unwrap(self.model)
+        mods, same, done, changed, new = dict(model.named_modules()), self.shrink == 1 and not self.perturb, set(), [], []  # (same: w <- w, nothing to set or reset)
         with torch.no_grad():
-            for n, (c, _) in self.chains.items():
-                if c is None or is_frozen(mods[n]): continue  # (frozen: left as it is)
-                m = mods[n]; fresh = copy.deepcopy(m); fresh.reset_parameters()
-                for p, q in [(m.weight, fresh.weight), (m.bias, fresh.bias)]:
-                    if p is not None: p.mul_(self.shrink).add_(q, alpha=self.perturb)
-                sync_from_main(m)  # the perturbation was drawn on each rank: rank 0's goes to all
-                for p in (m.weight, m.bias):  # (a Lookahead's slow copy too: its next sync would undo half of it)
-                    s = None if p is None else _slow(getattr(self.learn, 'opt', None), p)
-                    if s is not None: s.copy_(p)
-                self._events.append(dict(batch=it, layer=n, units=m.weight.shape[0], of=m.weight.shape[0], unit_ids=None, mean_score=float('nan')))
+            for n in self._layers:
+                m = mods.get(n)
+                if m is None or is_frozen(m): continue  # (frozen: left as it is)
+                if not same:
+                    fresh = None  # (no perturbation: nothing drawn)
+                    if self.perturb: fresh, self._rng = _fresh(m, self._rng)
+                    for k, p in m.named_parameters(recurse=False):
+                        if id(p) in done or not p.requires_grad: continue  # (a weight tied to another layer's: shrunk once)
+                        done.add(id(p)); new.append(p); p.mul_(self.shrink)
+                        if fresh is not None: p.add_(getattr(fresh, k).to(p), alpha=self.perturb)
+                    for k in list(getattr(m, 'parametrizations', {})):  # (weight_norm, spectral_norm: the weight they compute, set through them)
+                        w = getattr(m, k).detach() * self.shrink
+                        setattr(m, k, w if fresh is None else w + self.perturb * getattr(fresh, k).to(w)); new += list(m.parametrizations[k].parameters())
+                    changed.append(m)
+                u = _layer_weight(m)[0].shape[0]
+                self._events.append(dict(batch=it, layer=n, units=u, of=u, unit_ids=None, mean_score=float('nan')))
+        if not changed: return
+        _restat(model, self.learn.xb, changed)  # (else the BatchNorms after them normalize with the old layers' statistics: evaluated at chance for ~20 batches)
+        sync_from_main(model)  # the perturbation was drawn, the statistics estimated, on each rank: rank 0's go to all
+        _shrink_opt_state(getattr(self.learn, 'opt', None), new, self.shrink)  # (kept, as their gradients scale: Adam started afresh takes sign-sized steps, and a BatchNorm net's accuracy fell to 0.84 a step after)
 
     @property
     def events(self):

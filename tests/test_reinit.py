@@ -63,7 +63,7 @@ def test_resnet_skips_in_one_warning():
     assert len(msgs) == 1 and 'feeds add, which ReDo cannot follow' in msgs[0] and 'more' in msgs[0], msgs
 
 def test_shrink_perturb_whole_layers():
-    "scheme='shrink_perturb': every handled layer becomes shrink * w + perturb * fresh init; the last layer (no consumer) untouched"
+    "scheme='shrink_perturb': every weight layer becomes shrink * w + perturb * fresh init, the output layer too (as in Ash & Adams: every parameter)"
     learn = quiet(synth_learner(n_trn=3))
     torch.manual_seed(0)
     learn.model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
@@ -71,8 +71,8 @@ def test_shrink_perturb_whole_layers():
     cb = ReinitDormant(every=100, scheme='shrink_perturb', shrink=0.5, perturb=0.0, verbose=False)
     learn.add_cb(cb); learn.fit(1, lr=0.)
     torch.testing.assert_close(learn.model[0].weight, 0.5 * w0)
-    assert torch.equal(learn.model[2].weight, last)
-    assert list(cb.events['layer']) == ['0']
+    torch.testing.assert_close(learn.model[2].weight, 0.5 * last)
+    assert list(cb.events['layer']) == ['0', '2']
 
 def _off_running_stats_net():
     "Linear -> BatchNorm -> ReLU -> Linear whose running mean (5) is far from its batches' (about 0): as a few batches into training"
@@ -131,7 +131,7 @@ def test_frozen_layers_left_as_they_are(scheme):
     learn.fit(1, 1e-3)
     assert all(torch.equal(a, b) for a, b in zip(frozen, m[1].parameters()))
     ev, ck = learn.reinit_dormant.events, learn.reinit_dormant.checks
-    assert set(ev.layer) == {'3'}, ev
+    assert set(ev.layer) == ({'3'} if scheme == 'redo' else {'3', '5'}), ev  # (shrink_perturb: the output layer too)
     if scheme == 'redo': assert (ck.query("layer == '1'").dormant_frac >= 0.25).all()  # (scored all the same)
 
 def test_grouped_consumer_and_its_optimizer_state():
@@ -422,3 +422,128 @@ def test_an_argument_the_scheme_does_not_read_is_said():
     with pytest.warns(UserWarning, match=r"`tau` not read with 'shrink_perturb'"): ReinitDormant(scheme='shrink_perturb', tau=0.05)
     with pytest.warns(UserWarning, match=r"`shrink` not read with 'redo'"): ReinitDormant(shrink=0.8)
     with warnings.catch_warnings(): warnings.simplefilter('error'); ReinitDormant(tau=0.05); ReinitDormant(scheme='shrink_perturb', shrink=0.8)
+
+def _bn_cnn():
+    "Three Conv-BatchNorm-ReLU blocks and a Linear head, for digits"
+    torch.manual_seed(0)
+    L = []
+    for ni, nf, s in [(1, 16, 1), (16, 32, 2), (32, 64, 2)]: L += [nn.Conv2d(ni, nf, 3, stride=s, padding=1), nn.BatchNorm2d(nf), nn.ReLU()]
+    return nn.Sequential(*L, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+def test_shrink_perturb_sets_batchnorm_statistics_and_optimizer_state_right():
+    "shrink_perturb on an epoch's last batch, in a Conv-BN-ReLU net: validated at chance (0.1 for 0.95+), the BatchNorms' running var ~6x (1/0.4²)"
+    "the shrunk layers' output's, Adam's moments those of the old weights' gradients; now the BatchNorms' statistics are re-estimated on the batch, the moments rescaled as the gradients are"
+    from fastai.callback.core import Callback
+    from fastai.learner import Learner
+    from fastai.metrics import accuracy
+    from initcb.core import digits_dls, eval_mode
+    dls = digits_dls(bs=64); nb = len(dls.train)
+    class Snap(Callback):
+        order = 59  # (right before ReinitDormant's event)
+        def after_step(self):
+            if self.learn.train_iter == 2 * nb - 1: self.state = {k: v.clone() for k, v in self.learn.opt.state[self.learn.model[3].weight].items() if k in ('grad_avg', 'sqr_avg')}
+    class Probe(Callback):
+        order = 61  # (right after it)
+        def before_fit(self): self.var = self.state = None
+        def after_step(self):
+            if self.learn.train_iter != 2 * nb - 1: return
+            m, ins = self.learn.model, {}
+            hs = [m[k].register_forward_hook(lambda b, i, o, k=k: ins.setdefault(k, i[0].detach())) for k in (1, 4, 7)]
+            with eval_mode(m, 'batch'), torch.no_grad(): m(*self.learn.xb)  # (BatchNorm on the batch's statistics, none changed)
+            for h in hs: h.remove()
+            self.var = [(m[k].running_var, ins[k].var((0, 2, 3))) for k in (1, 4, 7)]
+            self.state = {k: v.clone() for k, v in self.learn.opt.state[m[3].weight].items() if k in ('grad_avg', 'sqr_avg')}
+    accs = {}
+    for scheme in (None, 'shrink_perturb'):
+        torch.manual_seed(0)
+        cbs = [Snap(), Probe()] + ([ReinitDormant(every=5 * nb, start=2 * nb - 1, scheme=scheme, verbose=False)] if scheme else [])
+        learn = quiet(Learner(dls, _bn_cnn(), loss_func=nn.CrossEntropyLoss(), metrics=accuracy, cbs=cbs))
+        learn.fit(2, 1e-2)
+        accs[scheme] = float(learn.recorder.values[-1][-1])
+    assert list(learn.reinit_dormant.events.batch.unique()) == [2 * nb - 1]
+    assert accs['shrink_perturb'] > accs[None] - 0.05, accs  # (validated right after the shrink: with the BatchNorms' old statistics, 0.1)
+    for run, real in learn.probe.var: torch.testing.assert_close(run, real, rtol=1e-3, atol=1e-6)
+    was, now = learn.snap.state, learn.probe.state  # (Adam's moments: as the gradient of 0.4·w is 2.5 times w's where a BatchNorm follows, its next step the size it was)
+    torch.testing.assert_close(now['grad_avg'], was['grad_avg'] / 0.4); torch.testing.assert_close(now['sqr_avg'], was['sqr_avg'] / 0.16)
+
+def test_shrink_perturb_every_weight_layer():
+    "shrink_perturb shrank only the layers ReDo follows (10 of xresnet18's 24), warning ReDo's reasons ('feeds add'); now every Linear, conv (transposed too),"
+    "RNN and embedding layer, the output layer too, through weight_norm's parametrization, a tied weight once; a hook-computed weight named with its reason"
+    from fastai.learner import Learner
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.vision.models.xresnet import xresnet18
+    from torch.nn.utils.parametrizations import weight_norm
+    from initcb.core import digits_dls
+    torch.manual_seed(0)
+    m = xresnet18(c_in=1, n_out=10, widen=0.25)
+    w0 = {n: p.detach().clone() for n, p in m.named_parameters()}
+    learn = quiet(Learner(digits_dls(n_train=64), m, loss_func=nn.CrossEntropyLoss(), cbs=ReinitDormant(every=100, scheme='shrink_perturb', shrink=0.5, perturb=0.)))
+    with warnings.catch_warnings(): warnings.simplefilter('error'); learn.fit(1, 0.)  # (nothing it skips: no warning)
+    layers = [n for n, l in m.named_modules() if isinstance(l, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == 24 and sorted(learn.reinit_dormant.events.layer) == sorted(layers)
+    for n, p in m.named_parameters():
+        norm = isinstance(m.get_submodule(n.rpartition('.')[0]), nn.BatchNorm2d)  # (norm layers keep their scale and shift)
+        torch.testing.assert_close(p, w0[n] if norm else 0.5 * w0[n]), n
+    class LM(nn.Module):  # an embedding tied to the output layer, an LSTM, a ConvTranspose, a weight_norm Linear, a GroupNorm
+        def __init__(s):
+            super().__init__(); s.emb, s.rnn, s.up, s.gn, s.wn, s.head = nn.Embedding(10, 8), nn.LSTM(8, 8, batch_first=True), nn.ConvTranspose1d(8, 8, 1), nn.GroupNorm(2, 8), weight_norm(nn.Linear(8, 8)), nn.Linear(8, 10)
+            s.head.weight = s.emb.weight
+        def forward(s, t): return s.head(torch.relu(s.wn(s.gn(s.up(s.rnn(s.emb(t))[0].transpose(1, 2))).transpose(1, 2)))).mean(1)
+    t, y = torch.randint(0, 10, (16, 5)), torch.randint(0, 10, (16,))
+    dls = DataLoaders(DataLoader(list(zip(t, y)), bs=8), DataLoader(list(zip(t[:8], y[:8])), bs=8))
+    torch.manual_seed(0); lm = LM()
+    w0 = {n: p.detach().clone() for n, p in lm.named_parameters()}; wn0 = lm.wn.weight.detach().clone()
+    learn = quiet(Learner(dls, lm, loss_func=nn.CrossEntropyLoss(), cbs=ReinitDormant(every=100, scheme='shrink_perturb', shrink=0.5, perturb=0.)))
+    learn.fit(1, 0.)
+    assert sorted(learn.reinit_dormant.events.layer) == ['emb', 'head', 'rnn', 'up', 'wn']
+    torch.testing.assert_close(lm.emb.weight, 0.5 * w0['emb.weight'])  # (tied: shrunk once)
+    torch.testing.assert_close(lm.wn.weight, 0.5 * wn0)
+    for n in ('rnn.weight_ih_l0', 'rnn.bias_hh_l0', 'up.weight', 'head.bias'): torch.testing.assert_close(dict(lm.named_parameters())[n], 0.5 * w0[n])
+    assert torch.equal(lm.gn.weight, w0['gn.weight'])
+    old = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.utils.weight_norm(nn.Linear(16, 10)))
+    learn = quiet(Learner(digits_dls(n_train=64, flat=True), old, loss_func=nn.CrossEntropyLoss(), cbs=ReinitDormant(every=100, scheme='shrink_perturb')))
+    with pytest.warns(UserWarning, match=r"ReinitDormant skips 1 layer: 2: its weight is computed by a hook"): learn.fit(1, 0.)
+    assert list(learn.reinit_dormant.events.layer) == ['0']
+
+def test_layers_redo_cannot_handle_are_named():
+    "A ConvTranspose2d with 4 of 8 channels dead: unit_chains, unfollowed and ReinitDormant's warning named only the Conv2d feeding it (Conv3d, LSTM: nothing at all)"
+    from fastai.learner import Learner
+    from initcb.core import digits_dls
+    from initcb.reinit import unfollowed
+    m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 8, 2, stride=2), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    why = 'a ConvTranspose2d: ReDo follows the units of Linear, Conv1d and Conv2d layers only'
+    assert unit_chains(m)['2'] == (None, why) and unfollowed(m, ['3']) == {'3': why}
+    learn = quiet(Learner(digits_dls(n_train=64), m, loss_func=nn.CrossEntropyLoss(), cbs=ReinitDormant(every=100)))
+    with pytest.warns(UserWarning, match=rf"ReinitDormant skips 2 layers: 0: it feeds ConvTranspose2d, which ReDo cannot follow; 2: {why}"): learn.fit(1, 0.)
+    m3 = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 2))
+    ch = unit_chains(m3)
+    assert ch['0'] == ch['2'] == (None, 'a Conv3d: ReDo follows the units of Linear, Conv1d and Conv2d layers only')
+    class R(nn.Module):
+        def __init__(s): super().__init__(); s.rnn, s.act, s.out = nn.LSTM(4, 8, batch_first=True), nn.ReLU(), nn.Linear(8, 2)
+        def forward(s, x): return s.out(s.act(s.rnn(x)[0][:, -1]))
+    assert unit_chains(R())['rnn'] == (None, 'a LSTM: ReDo follows the units of Linear, Conv1d and Conv2d layers only')
+    up = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.ConvTranspose2d(4, 1, 2, stride=2), nn.Sigmoid())
+    assert unit_chains(up)['2'] == (None, OUTPUT_LAYER)  # (a decoder's output layer: its units are the outputs, not named in the warning)
+
+@pytest.mark.parametrize('perturb', [0., 0.1])
+def test_shrink_perturb_keeps_the_random_state(perturb):
+    "shrink_perturb drew its fresh init from the global random state: shrink=1, perturb=0 changed a seeded run (its dropout masks from then on);"
+    "now no shrink and no perturbation is nothing at all, and a perturbation comes from a stream of its own"
+    from fastai.callback.core import Callback
+    from fastai.learner import Learner
+    from initcb.core import digits_dls
+    class State(Callback):
+        def __init__(self, order): self.order, self.states = order, []
+        def after_step(self): self.states.append(torch.get_rng_state())
+    def run(cbs):
+        set_seed(0, reproducible=True)
+        m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10))
+        learn = quiet(Learner(digits_dls(n_train=256, flat=True), m, loss_func=nn.CrossEntropyLoss(), cbs=cbs))
+        learn.fit(2, 1e-2)
+        return [p.detach().clone() for p in m.parameters()], learn
+    before, after = State(59), State(61)
+    w, learn = run([before, after, ReinitDormant(every=3, scheme='shrink_perturb', shrink=1., perturb=perturb, verbose=False)])
+    assert len(learn.reinit_dormant.events) > 2 and all(torch.equal(a, b) for a, b in zip(before.states, after.states))
+    if not perturb: assert all(torch.equal(a, b) for a, b in zip(w, run([])[0]))  # (bit for bit the run without it)
