@@ -203,6 +203,8 @@ def _init_rules(model, th, batch=None):
         kind = r.finding.split(':')[0]
         if kind in SYM and not r.frozen:  # (frozen: deliberate, and `break_symmetry` leaves it)
             out.append(_finding(r.layer, f'{kind} units: symmetry is never broken', 'error', r.finding, 'symmetric'))
+        elif kind == 'constant (told apart slowly)' and not r.frozen:  # (a constant non-zero layer: learns, slowly; `break_symmetry` re-initializes it)
+            out.append(_finding(r.layer, 'constant units: they start identical', 'warning', r.finding, 'symmetric'))
     return out
 
 _LOOKUPS = (nn.Embedding, nn.EmbeddingBag)  # (their output's scale is their initialization, fastai's 0.01 on purpose: not a step through depth)

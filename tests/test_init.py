@@ -911,3 +911,22 @@ def test_a_parametrization_that_cannot_take_the_weight_is_skipped():
     with torch.no_grad(): m[0].weight.zero_()  # (a zero layer, re-initialized beside it)
     rep = run(lambda m: break_symmetry(m, x), m)
     assert rep.layer.tolist() == ['0'], rep
+
+
+def test_a_constant_layer_told_apart_is_still_reinitialized():
+    "A Conv2d of 0.05s between random layers: its units get different gradients from the layers after it, so `check_init` called it"
+    "'ok: ... a deliberate init' and BreakSymmetry left it; it reached 0.63 accuracy in 10 epochs where PyTorch's init reached 0.88"
+    from initcb.init import _SLOW
+    from initcb.report import _init_rules, Thresholds
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    with torch.no_grad(): m[2].weight.fill_(0.05)
+    xb = torch.randn(8, 1, 8, 8)
+    ci = check_init(m, xb).set_index('layer')
+    assert ci.loc['2', 'finding'] == _SLOW, ci
+    f = [r for r in _init_rules(m, Thresholds(), lambda: xb) if r['layer'] == '2']
+    assert [(r['problem'], r['severity'], r['callback']) for r in f] == [('constant units: they start identical', 'warning', 'BreakSymmetry')], f
+    rep = break_symmetry(m, xb)
+    assert rep.layer.tolist() == ['2'] and m[2].weight.std() > 0.01
+    z = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)); nn.init.zeros_(z[2].weight)  # (a zero output layer: deliberate, left)
+    assert not len(break_symmetry(z, torch.randn(8, 4))) and (z[2].weight == 0).all()
