@@ -6,7 +6,7 @@ Docs: https://initcb.github.io/initcb/report.html.md"""
 
 # %% ../nbs/06_report.ipynb #681d5152
 from __future__ import annotations
-import math, sys, warnings
+import copy, math, sys, warnings
 import numpy as np, pandas as pd, torch
 from torch import nn
 from fastcore.basics import patch, noop
@@ -20,7 +20,7 @@ from .core import *
 from .core import _cleanup_all, _EpochGuard
 from .activations import ActivationHealth
 from .gradients import GradientHealth
-from .init import check_init, break_symmetry, reinitialized, fresh_opt_state, normed_layers, WEIGHT_LAYERS, NORM_LAYERS
+from .init import check_init, break_symmetry, lsuv_init, reinitialized, fresh_opt_state, normed_layers, WEIGHT_LAYERS, NORM_LAYERS
 from .reinit import reinit_dormant, unit_chains, unfollowed
 from .wd import AdaptiveWD
 
@@ -625,7 +625,7 @@ class NonFiniteGuard(FitOnlyCallback):
     def events(self): return pd.DataFrame(self.reports, columns=['batch', 'where', 'layer', 'message'])
 
 # %% ../nbs/06_report.ipynb #b7439ec6
-RULES = ('symmetric', 'dead', 'exploding', 'growing')
+RULES = ('symmetric', 'dead', 'exploding', 'growing', 'scale')
 
 def _nan(): return float('nan')
 
@@ -721,7 +721,7 @@ class HealthCheck(FitOnlyCallback):
         for c in new: self._add(c)
         for c in sorted(new, key=lambda c: c.order): c('before_fit')  # this event has already begun: run theirs now
         self.ah, self.gh = ah, gh
-        self._xb, self._n_ev, self._held, self._chains, self._stuck = _first_x(self.learn), 0, False, None, set()
+        self._xb, self._n_ev, self._held, self._chains, self._stuck, self._rescaled = _first_x(self.learn), 0, False, None, set(), False
         if 'symmetric' in self.remedy:
             rep = break_symmetry(self.model, self._xb)
             if len(rep): fresh_opt_state(getattr(self.learn, 'opt', None), reinitialized(unwrap(self.model), rep))  # (as `BreakSymmetry` does: a second fit's momenta were the old weights')
@@ -754,7 +754,8 @@ class HealthCheck(FitOnlyCallback):
             self._held = True; self._act('held back', "the loss is diverging: no ReinitDormant or AdaptiveWD until it is back below its start; lower the learning rate (learn.lr_find())")
         elif self._held:  # (until the loss is back below its start: re-initialized on the way back, a multi-label fit blew up again, 0.85 -> 4.4, measured)
             f = _finite(v); div = f is not None and len(f) > 0 and f[-1] > _loss_start(f)
-        if 'dead' in self.remedy and not div: self._revive()
+        rescaled = 'scale' in self.remedy and not div and self._rescale(v)
+        if 'dead' in self.remedy and not div and not rescaled: self._revive()  # (units scored on the old weights: next epoch)
         ev = self.gh.events
         new = ev.iloc[self._n_ev:]
         new = new[new.batch >= self.gh._fit0]  # (this fit's: the first epoch of a second fit saw the first fit's too)
@@ -784,6 +785,26 @@ class HealthCheck(FitOnlyCallback):
         pre = g[np.isfinite(g) & (it < (bad.min() if len(bad) else np.inf))]
         m = pd.Series(pre).rolling(self.gh.explode_window, min_periods=5).median().max() if len(pre) >= 5 else np.median(pre) if len(pre) else np.nan
         return float(m) if np.isfinite(m) and m > 0 else 1.
+
+    def _rescale(self, v):
+        "Once a fit: where the loss (`v`) sits at chance level or flat and layers' init scale is off (`check_init`), LSUV-initialize the model on"
+        "the batch: it has learned nothing to lose (a 12-layer ReLU MLP at std 0.05 stayed at chance with 30 ReinitDormant actions; LSUV took it to 0.93)"
+        if self._rescaled or self._xb is None: return False
+        th = copy.copy(self.th); th.min_batches = min(th.min_batches, 10)  # (from the first epoch on: reviving units before it was no cure, and a later LSUV leaves few epochs)
+        rs = _loss_rules(v, th, _chance_loss(self.learn))
+        if not rs or rs[0]['problem'] not in ('loss at chance level', 'loss not decreasing') or rs[0]['severity'] == 'info': return False
+        model = unwrap(self.model)
+        ci = check_init(model)
+        off = ci.layer[ci.finding.str.startswith('scale') & ~ci.frozen].tolist()
+        if not off: return False
+        rep = lsuv_init(model, self._xb)
+        sync_from_main(self.model)  # (each rank scaled on its own batch: rank 0's weights go to all)
+        done = rep[(rep.status == 'ok') | rep.status.str.startswith('not within tol')]
+        fresh_opt_state(getattr(self.learn, 'opt', None), reinitialized(model, done))
+        self._rescaled = True
+        self._act('LSUVInit', f"{rs[0]['problem']}, init scale off in {', '.join(off[:4])}{f' and {len(off) - 4} more' if len(off) > 4 else ''}: "
+                              f"{len(done)}/{len(rep)} layers LSUV-initialized, from the next batch")
+        return True
 
     def _revive(self):
         if self._xb is None: return

@@ -1354,3 +1354,29 @@ def test_saturation_that_grew_in_a_fit_that_learned_is_info():
     assert len(grew) and (grew.severity == 'info').all() and grew.evidence.str.contains('grew during the fit').all() and (grew.callback == '').all(), grew
     sat = fit(1.)
     assert len(sat) and (sat.severity == 'warning').all() and (sat.callback == 'LSUVInit').all(), sat
+
+
+def _deep(std):
+    layers, c = [], 64
+    for _ in range(12): layers += [nn.Linear(c, 64), nn.ReLU()]; c = 64
+    m = nn.Sequential(*layers, nn.Linear(c, 10))
+    if std is not None:
+        for l in m:
+            if isinstance(l, nn.Linear): nn.init.normal_(l.weight, 0, std)
+    return m
+
+@pytest.mark.parametrize('std', [0.05, None])
+def test_scale_remedy_lsuv_where_the_loss_sits_at_chance(std):
+    "A 12-layer ReLU MLP at std 0.05 sits at chance (0.089): `remedy=True` re-initialized dormant units 30 times and it stayed there, though"
+    "its findings named LSUVInit (0.93). 'scale' LSUV-initializes a model whose loss is at chance and whose init scale is off; a healthy fit: nothing"
+    from fastai.callback.schedule import fit_one_cycle
+    from fastai.metrics import accuracy
+    torch.manual_seed(0)
+    hc = HealthCheck(remedy={'scale'}, report=False)
+    learn = quiet(Learner(digits_dls(flat=True), _deep(std) if std else _relu_mlp(), loss_func=nn.CrossEntropyLoss(), metrics=accuracy, cbs=hc))  # (PyTorch's init
+    # scales each layer's output by ~0.4 for a ReLU: 12 of them sat at chance too, and got LSUV, rightly; 3 of them learn)
+    learn.fit_one_cycle(4, 1e-3 if std else 1e-2)
+    acts = hc.actions
+    if std is None: assert not len(acts), acts; return
+    assert acts.action.tolist() == ['LSUVInit'] and acts.epoch.iloc[0] == 0 and 'loss at chance level' in acts.detail.iloc[0], acts
+    assert learn.recorder.values[-1][2] > 0.6, learn.recorder.values  # (0.089 without)
