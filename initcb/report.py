@@ -26,8 +26,8 @@ from .wd import AdaptiveWD
 
 # %% auto #0
 __all__ = ['COLUMNS', 'REMEDIES', 'Y_RANGE', 'NOT_IN_OPT', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME',
-           'NAN_INPUT', 'DIED', 'DECAY_FIRST', 'SAT_GREW', 'RNN_INIT', 'NO_ACTIVATION', 'BLOWUP', 'RESUMED', 'RULES',
-           'WD_BASE', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
+           'NAN_INPUT', 'DIED', 'DECAY_FIRST', 'SAT_GREW', 'SYM_FIRST', 'RNN_INIT', 'NO_ACTIVATION', 'BLOWUP',
+           'RESUMED', 'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
 class Thresholds:
@@ -83,6 +83,7 @@ NAN_INPUT = "the data: batches whose inputs hold NaN or Inf (a missing value): f
 DIED = "the units died during the fit: a learning rate too high kills ReLUs, lower it first (`learn.lr_find()`); then: "  # dead units whose zeros rose over the fit
 DECAY_FIRST = "likely the weight decay's doing (see 'weight decay too strong'): lower it first; "  # a finding beside that one
 SAT_GREW = "the init was not the cause (little saturation at the start): lower the learning rate, add normalization before the activation, or use ReLU/GELU"  # saturation that grew over the fit
+SYM_FIRST = "likely the symmetric units' doing (see those findings): units that start identical move, and saturate, together; break the symmetry first"  # saturation grown beside them
 RNN_INIT = "; in a recurrent net, initialize the recurrent weights orthogonal (gain 1, `nn.init.orthogonal_`) or use an LSTM/GRU"  # exploding, a model with an RNN
 NO_ACTIVATION = ("no activation module is watched, so no unit is scored for dormancy (no dead-units rule, no 'dead %' column): the model has none,"
                  " or calls functions (F.relu, as nn.TransformerEncoderLayer does); pass activations as modules (activation=nn.ReLU()) or mark one with `watch`")
@@ -437,6 +438,9 @@ def health_report(self:Learner,
     for r in rows:  # (NaN that came with the data: no learning rate or clipping helps)
         if bad_in and r['problem'].startswith('non-finite'):
             r.update(evidence=r['evidence'] + f"; NonFiniteGuard found non-finite inputs at training batches {', '.join(map(str, bad_in[:5]))}", remedy=NAN_INPUT, callback='')
+    if any(r['problem'].endswith('symmetry is never broken') for r in rows):  # (an all-zero MLP's sigmoids saturate as its identical units move together: not 'the init was not the cause')
+        for r in rows:
+            if r['problem'] == 'saturated activation' and r['remedy'] == SAT_GREW: r.update(remedy=SYM_FIRST, callback='BreakSymmetry')
     if any(r['problem'] == 'weight decay too strong' for r in rows):  # (at wd 100 the report said: at chance, check the lr and the init; units died, lower the lr;
         for r in rows:                                                  # updates too hot, decay the weights more)
             if r['problem'] == 'too hot updates': r.update(remedy=DECAY_FIRST + 'the updates are large against the weights it shrank', callback='AdaptiveWD')

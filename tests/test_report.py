@@ -1380,3 +1380,17 @@ def test_scale_remedy_lsuv_where_the_loss_sits_at_chance(std):
     if std is None: assert not len(acts), acts; return
     assert acts.action.tolist() == ['LSUVInit'] and acts.epoch.iloc[0] == 0 and 'loss at chance level' in acts.detail.iloc[0], acts
     assert learn.recorder.values[-1][2] > 0.6, learn.recorder.values  # (0.089 without)
+
+
+def test_saturation_beside_symmetric_units_points_at_them():
+    "The all-zero MLP ahead of sigmoids (the demo's): its last sigmoid saturated only as its identical units moved together (0% at the start,"
+    "64% at the end); the saturation finding said 'the init was not the cause', beside the findings that it was"
+    from initcb.demo import broken_mlp
+    from initcb.report import SYM_FIRST
+    torch.manual_seed(0)
+    learn = quiet(Learner(digits_dls(flat=True), broken_mlp(), loss_func=nn.CrossEntropyLoss(), cbs=HealthCheck(report=False)))
+    learn.fit(3, 1e-2)
+    rep = learn.health_check.report
+    sat = rep[rep.problem == 'saturated activation']
+    assert rep.problem.str.endswith('symmetry is never broken').any() and len(sat), rep
+    assert (sat.remedy == SYM_FIRST).all() and (sat.callback == 'BreakSymmetry').all() and sat.evidence.str.contains('grew during the fit').all(), sat
