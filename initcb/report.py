@@ -455,8 +455,7 @@ def health_report(self:Learner,
     if verbose:
         if not len(df): print('health report: no findings' + ('' if ah or gh else ' (attach ActivationHealth / GradientHealth for more than the init checks)'))
         else:
-            with pd.option_context('display.max_colwidth', 70, 'display.width', 200): print(f'health report: {len(df)} findings\n' + df[['layer', 'problem', 'severity', 'evidence', 'callback']].to_string(index=False))
-            if (df.evidence.str.len() > 70).any(): print("(evidence cut at 70 characters: the DataFrame returned holds it whole)")
+            print(f'health report: {len(df)} findings\n' + df[['layer', 'problem', 'severity', 'evidence', 'callback']].to_string(index=False))  # (the evidence whole: `to_string` reads no display option)
             fixes = dict.fromkeys(f"  {r.problem}: {r.remedy}" for r in df.itertuples())  # (the remedies in words, once each: the table has no room for them)
             print('remedies:\n' + '\n'.join(fixes))
         if ah is not None and (mods := _ah_mods(self, ah)) is not None and _no_activation(mods): print(f'note: {NO_ACTIVATION}')

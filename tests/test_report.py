@@ -990,9 +990,8 @@ def test_nan_in_the_data_is_no_learning_rate_problem(capsys):
     rep = learn.health_check.report
     nf = rep[rep.problem.str.startswith('non-finite')]
     assert len(nf) and (nf.remedy == NAN_INPUT).all() and nf.evidence.str.contains('inputs at training batches 3, 7').all(), rep
-    # (the printed table cuts evidence at 70 characters, which cut the batches off: it says so and where the rest is)
-    learn.health_report()
-    assert 'evidence cut at 70 characters' in capsys.readouterr().out
+    learn.health_report()  # (the printed table holds the evidence whole)
+    assert 'inputs at training batches 3, 7' in capsys.readouterr().out
 
 
 def test_output_that_ignores_the_input_is_found():
