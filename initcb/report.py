@@ -216,34 +216,40 @@ def _ah_mods(learn, ah):
     by = _named(learn.model)
     return [by[n] for n in ah.names] if all(n in by for n in ah.names) else None
 
+def _fit_sampled(ah, n, col):
+    "Layer `n`'s sampled statistic `col` on the last fit's sampling batches (`ah.sampled`), its finite values, in float64"
+    s, j = ah.sampled, ah.names.index(n)
+    z = s[col][int(np.searchsorted(s.iters[:len(s)], getattr(ah, '_fit0', 0))):len(s), j].astype(np.float64)
+    return z[np.isfinite(z)]
+
+def _tenfold(losses):
+    "How many-fold the fit's smoothed training `losses` (`_losses`) fell from their start (`_loss_start`) where it is tenfold or more, else None"
+    v = _finite(losses)
+    if v is None or not len(v) or not v[-1] * 10 <= _loss_start(v): return None
+    return _loss_start(v) / max(float(v[-1]), 1e-30)
+
 def _dead_context(f, ah, n, frac, losses):
     "Dead-units finding `f` (layer `n`, `frac` dormant) weighed against the fit: 'info' where at most half its units are dead and the loss fell"
     "tenfold (a healthy ReLU net's 11-28%: reviving them changed nothing, measured); where its zeros rose over the fit, the units died in it:"
     "a learning rate too high kills ReLUs, and reviving them under it (0.57-0.79 accuracy against 0.95-0.97 at a tenth of it, measured) is no cure"
-    s, j = ah.sampled, ah.names.index(n)
-    k = int(np.searchsorted(s.iters[:len(s)], getattr(ah, '_fit0', 0)))
-    z = s['near_zero'][k:len(s), j].astype(np.float64); z = z[np.isfinite(z)]
+    z = _fit_sampled(ah, n, 'near_zero')
     if len(z) >= 2 and z[-1] - z[0] > 0.2:
         f['evidence'] += f"; its zeros rose from {z[0]:.0%} to {z[-1]:.0%} of outputs over the fit: the units died during it"
         f['remedy'] = DIED + f['remedy']
-    v = _finite(losses)
-    if frac <= 0.5 and v is not None and len(v) and v[-1] * 10 <= _loss_start(v):
+    if frac <= 0.5 and (fold := _tenfold(losses)):
         f.update(severity='info', remedy=f"nothing while the loss is this low; if it stalls: {f['remedy']}", callback='',
-                 evidence=f['evidence'] + f"; the loss fell {_loss_start(v) / max(v[-1], 1e-30):.3g}-fold over the fit: the model does without them")
+                 evidence=f['evidence'] + f"; the loss fell {fold:.3g}-fold over the fit: the model does without them")
 
 def _saturation_context(f, ah, n, th, losses):
     "Saturation finding `f` (layer `n`) weighed against the fit: where the layer's first sampled batch of the fit was below `sat_pct` the init"
     "is not the cause ('rescale the init' was the remedy for a healthy tanh MLP's 3% at the start, 47% at the end, 0.98 accuracy): 'info' where"
     "the loss fell tenfold (a confident classifier's units saturate as they learn), else a remedy for what grew it"
-    s, j = ah.sampled, ah.names.index(n)
-    k = int(np.searchsorted(s.iters[:len(s)], getattr(ah, '_fit0', 0)))
-    z = s['saturated'][k:len(s), j].astype(np.float64) * 100; z = z[np.isfinite(z)]
+    z = _fit_sampled(ah, n, 'saturated') * 100
     if not len(z) or z[0] > th.sat_pct: return  # (saturated from the start: the init's scale, the remedy as it is)
     f['evidence'] += f"; {z[0]:.0f}% on the fit's first sampled batch: it grew during the fit"
-    v = _finite(losses)
-    if v is not None and len(v) and v[-1] * 10 <= _loss_start(v):
+    if fold := _tenfold(losses):
         f.update(severity='info', remedy="nothing while the loss is this low: a confident classifier's units saturate as they learn", callback='',
-                 evidence=f['evidence'] + f", as the loss fell {_loss_start(v) / max(v[-1], 1e-30):.3g}-fold")
+                 evidence=f['evidence'] + f", as the loss fell {fold:.3g}-fold")
     else: f.update(remedy=SAT_GREW, callback='')
 
 def _activation_rules(learn, ah, th, xb, losses=None):
@@ -379,8 +385,7 @@ def _decay_rules(learn, gh, th, losses=None):
     with warnings.catch_warnings(): warnings.simplefilter('ignore'); top = np.nanmax(lr, 0)  # (a parameter in no group: NaN throughout)
     c = np.nan_to_num(top * wd)
     j = int(np.argmax(c))
-    v = _finite(losses)
-    if not c[j] > th.decay_step or v is not None and len(v) and v[-1] * 10 <= _loss_start(v): return []  # (a fit that learned anyway)
+    if not c[j] > th.decay_step or _tenfold(losses): return []  # (a fit that learned anyway)
     return [_finding('(all)', 'weight decay too strong', 'warning', f"decoupled weight decay took up to {c[j]:.0%} of a weight in one step (lr {top[j]:.3g} x wd {wd[j]:.3g}, "
                      f"{gh.names[j]}): the weights shrink faster than the gradient builds them", 'decay')]
 
