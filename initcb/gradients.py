@@ -313,6 +313,11 @@ def flush(self:GradientHealth):
         if q is not None: q.flush()
 
 @patch
+def rebase(self:GradientHealth):
+    "Start the rules' runs and the global norm's running median afresh from the next batch: the weights were set anew mid-fit (`HealthCheck`'s LSUV), the norms before are no scale for those after"
+    self.flush(); self._streak = {}  # (the rows recorded so far checked against the old baseline first)
+
+@patch
 def _recorded(self:GradientHealth):
     "Flush (as every reader does first), or say clearly that there is no history to read"
     check_recorded(self, self.hist); self.flush()

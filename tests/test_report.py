@@ -1393,3 +1393,58 @@ def test_saturation_beside_symmetric_units_points_at_them():
     sat = rep[rep.problem == 'saturated activation']
     assert rep.problem.str.endswith('symmetry is never broken').any() and len(sat), rep
     assert (sat.remedy == SYM_FIRST).all() and (sat.callback == 'BreakSymmetry').all() and sat.evidence.str.contains('grew during the fit').all(), sat
+
+
+def _mlp2(w): return nn.Sequential(nn.Linear(64, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(), nn.Linear(w, 10))
+
+@pytest.mark.parametrize('case', ['fine-tune', 'slow start'])
+def test_scale_remedy_leaves_a_trained_model_and_a_slow_start(case):
+    "'scale' LSUV-initialized a trained MLP at a fine-tune's plateau (0.94 -> 0.23 accuracy), and a healthy slow start whose smoothed"
+    "training loss still sat at chance after an epoch (validation accuracy 0.54-0.65 by then): a trained model's output is no constant"
+    from fastai.callback.schedule import fit_one_cycle
+    from fastai.metrics import accuracy
+    torch.manual_seed(0)
+    hc = HealthCheck(remedy={'scale'}, report=False)
+    learn = quiet(Learner(digits_dls(flat=True, seed=0), _mlp2(256 if case == 'fine-tune' else 64), loss_func=nn.CrossEntropyLoss(), metrics=accuracy, cbs=hc))
+    if case == 'fine-tune': learn.fit_one_cycle(4, 1e-3); learn.fit(3, 1e-5)
+    else: learn.fit_one_cycle(5, 1e-2, pct_start=0.8)  # (a long warm-up: slow to leave chance)
+    assert not len(hc.actions) and learn.recorder.values[-1][2] > 0.9, (hc.actions, learn.recorder.values)
+
+def test_died_and_decay_rules_spare_healthy_fits():
+    "A healthy ReLU regression at its best lr read 'the units died during the fit: lower the learning rate' (zeros 52% -> 73%, a quarter"
+    "of the units dead: sparsity); 'weight decay too strong' named a conv a BatchNorm follows (its decay shrinks no output)"
+    from initcb.report import _decay_rules
+    from functools import partial
+    from fastai.optimizer import SGD
+    from fastai.callback.schedule import fit_one_cycle
+    torch.manual_seed(0)
+    X, y = digits_dls(flat=True, n_train=512).train.one_batch()  # (any inputs: a regression on their mean)
+    learn = quiet(Learner(digits_dls(flat=True), _relu_mlp()[:-1] + nn.Sequential(nn.Linear(64, 1)), loss_func=lambda o, t: ((o[:, 0] - t.float() / 9) ** 2).mean(),
+                          opt_func=partial(SGD, mom=0.9), cbs=HealthCheck(report=False)))
+    learn.fit_one_cycle(5, 0.1, wd=5e-4)
+    rep = learn.health_check.report
+    assert not rep.evidence.str.contains('died during').any(), rep
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    learn = quiet(Learner(digits_dls(), m, loss_func=nn.CrossEntropyLoss(), opt_func=partial(SGD, mom=0.9), cbs=GradientHealth(warn=False)))
+    learn.fit(1, 0.1, wd=0.6)
+    f = _decay_rules(learn, learn.gradient_health, Thresholds())
+    assert [r['evidence'].split('x wd 0.6, ')[1].split(')')[0] for r in f] == ['5.weight'], f  # (the head, no norm after it; not the conv '0')
+
+
+def test_clip_level_after_an_lsuv_reads_its_norms():
+    "After 'scale''s LSUV the gradient norm jumped ~60x over the dead model's running median: flagged exploding, and GradientClip was set at"
+    "0.144, the dead model's norm, where the new one trained at 1.2-1.7. The baseline starts afresh at the LSUV (`GradientHealth.rebase`),"
+    "and the clip level reads only the norms after it"
+    hc = HealthCheck(report=False, remedy={'exploding'})
+    learn = quiet(synth_learner(n_trn=8, cbs=hc)); learn.fit(2, 1e-2)
+    gh, before = hc.gh, hc.gh.global_norm()
+    with torch.no_grad():
+        for p in learn.model.parameters(): p.mul_(1e3)  # (the weights set anew, at another scale: as `_rescale` leaves things)
+    b = gh.n_seen; gh.rebase()
+    assert gh._streak == {}
+    learn.fit(1, 0.)  # (lr 0: the new weights' norms every batch)
+    hc._rescaled = b  # (set by `_rescale` mid-fit; this fit's `before_fit` cleared it)
+    gh._events.append(dict(batch=gh.n_seen - 1, kind='exploding', layer=None, value=1e9, message='m'))  # (a flag at its last batch)
+    after = gh.global_norm()[gh.hist.iters[:len(gh.hist)] >= hc._rescaled][:-1]
+    assert np.isclose(hc._clip_level(), np.median(after), rtol=0.5) and hc._clip_level() > 10 * np.median(before), (hc._clip_level(), np.median(before))
