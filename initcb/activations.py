@@ -140,7 +140,7 @@ def setup(self:ActivationHealth):
     self._satb = [(-math.inf, b[1]) if b is not None and isinstance(m, nn.ReLU6) else b for (_, m), b in zip(sel, bounds)]
     self._sate = sate
     self._rec, self._inplace, self._skip, self._insample = 0, [False] * L, [False] * L, [False] * L
-    self._fit0 = self.n_seen  # (this fit's first batch in the history's count: the report reads this fit's rows)
+    self._fit0 = self._since = self.n_seen  # (this fit's first batch in the history's count: the report reads this fit's rows, from `_since`: a `rebase` moves it)
     self._fit_losses = self._fit_mix = None  # (`before_train` takes this fit's list: a fit with no training batch, `fit(0)`, has none, not the last fit's)
     self._compiled, self._recompiled = is_compiled(self.model), False  # (a compiled model may run without the hooks: `after_pred`)
     self._elem = [isinstance(m, tuple(ELEMENTWISE_TYPES)) for m in self.mods]
@@ -585,6 +585,11 @@ def flush(self:ActivationHealth,
     collective, drop = check_bool('collective', collective), check_bool('drop', drop)  # ('no' is truthy: a collective one rank alone would wait in forever)
     for q in (self._fastq, self._sampq):
         if q is not None: q.flush(collective, drop)
+
+@patch
+def rebase(self:ActivationHealth):
+    "The report reads this fit's rows from the next batch on: the weights were set anew mid-fit (`HealthCheck`'s LSUV), the rows before are the old weights'"
+    self.flush(); self._since = self.n_seen
 
 @patch
 def after_train(self:ActivationHealth):

@@ -6,7 +6,7 @@ Docs: https://initcb.github.io/initcb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #5b59af97
 from __future__ import annotations
-import dataclasses, inspect, json, math, os, random, sys, warnings, weakref
+import dataclasses, inspect, json, math, numbers, os, random, sys, warnings, weakref
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import numpy as np, torch
@@ -991,7 +991,7 @@ def first_inputs(
             if it is not dl and hasattr(it, 'close'): it.close()  # (a fastai DataLoader's generator: its worker processes go now; a generator given as `dl` is the caller's)
     if not isinstance(b, (tuple, list)): return b
     if len(b) == 0: raise ValueError("`dl` gave an empty batch")
-    if n_inp is not None and (isinstance(n_inp, bool) or not isinstance(n_inp, int) or not 1 <= n_inp <= len(b)):
+    if n_inp is not None and (isinstance(n_inp, bool) or not isinstance(n_inp, numbers.Integral) or not 1 <= n_inp <= len(b)):
         raise ValueError(f"`n_inp` must be None or an int from 1 to the batch's length {len(b)} (how many leading elements are inputs), got {n_inp!r}")
     n = n_inp or max(len(b) - 1, 1)
     return b[:n] if n > 1 else b[0]

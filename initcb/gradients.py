@@ -84,6 +84,7 @@ def setup(self:GradientHealth):
         self._reset(names, sizes)
     self._set_params(named, train)
     self._fit0, self._fit_losses, self._fit_mix = self.n_seen, None, None  # (this fit's first batch in the history's count; its loss list: `before_train`'s)
+    self._since = self.n_seen  # (the first batch the report's rules read: the fit's, or the first after a `rebase`)
     self._group_of, self._lr_peak, self._warm = None, np.full(len(self.layers), np.nan), None  # (per fit: the optimizer's groups, each layer's peak lr, layers growing from zero)
     clip = [cb for cb in self.learn.cbs if isinstance(cb, GradientClip)]
     self._clip = clip[0].max_norm if clip and clip[0].norm_type == 2 else None
@@ -316,6 +317,7 @@ def flush(self:GradientHealth):
 def rebase(self:GradientHealth):
     "Start the rules' runs and the global norm's running median afresh from the next batch: the weights were set anew mid-fit (`HealthCheck`'s LSUV), the norms before are no scale for those after"
     self.flush(); self._streak = {}  # (the rows recorded so far checked against the old baseline first)
+    self._since = self.n_seen  # (the report reads this fit's flags from here: those before were the old weights')
 
 @patch
 def _recorded(self:GradientHealth):

@@ -667,7 +667,7 @@ class LSUVInit(Callback):
     @done.setter
     def done(self, v):
         "True: the learner's model counts as initialized (one loaded with trained weights); False: it is initialized at the next fit"
-        if self.learn is None or getattr(self.learn, 'model', None) is None: raise ValueError("`done` can be set only on a callback added to a learner with a model (`learn.add_cb` first)")
+        if getattr(self, 'learn', None) is None or getattr(self.learn, 'model', None) is None: self._did = True if v else weakref.WeakSet(); return  # (not on a learner yet: the model it meets first counts as done)
         (self._models().add if v else self._models().discard)(unwrap(self.learn.model))
     def __getstate__(self): return {**self.__dict__, '_did': [unwrap(self.learn.model)] if self.done else []}  # (a weakref does not pickle: the learner's model itself, pickled once with it; no other)
     def __setstate__(self, d):

@@ -13,10 +13,10 @@ import torch.fx as fx
 from torch.nn.utils import parametrize
 import torch.nn.functional as F
 from fastai.callback.core import Callback
-from fastai.layers import Flatten as FlattenFa
+from fastai.layers import Flatten as FlattenFa, Embedding as FaEmbedding, trunc_normal_
 from .core import *
 from .init import _POOLS, _state_dicts, _slow, _layer_weight  # (every pooling: channels kept; a parameter's optimizer state; a layer's units)
-from .init import WEIGHT_LAYERS, EMBEDDINGS, NORM_LAYERS, fresh_opt_state
+from .init import WEIGHT_LAYERS, EMBEDDINGS, NORM_LAYERS, fresh_opt_state, normed_layers
 
 # %% auto #0
 __all__ = ['OUTPUT_LAYER', 'unit_chains', 'unfollowed', 'dormancy_scores', 'reinit_units', 'frozen_chain', 'reinit_dormant',
@@ -333,23 +333,24 @@ def _fresh(
         f = copy.deepcopy(m).cpu()
         for k in list(getattr(f, 'parametrizations', {})): parametrize.remove_parametrizations(f, k)  # (a plain weight to draw into: weight_norm's is computed)
         f.reset_parameters()
+        if isinstance(f, FaEmbedding): trunc_normal_(f.weight.data, std=0.01)  # (fastai's init is in its `__init__`; `reset_parameters` is PyTorch's N(0, 1): 100x it)
         return f, torch.default_generator.get_state()
 
 _GRAD_POWER = {'grad_avg': 1, 'exp_avg': 1, 'momentum_buffer': 1, 'exp_inf': 1, 'sqr_avg': 2, 'exp_avg_sq': 2, 'max_exp_avg_sq': 2, 'square_avg': 2, 'sum': 2}  # (fastai's and torch.optim's moments: of the gradient, of its square)
 
 def _shrink_opt_state(
     opt, # the optimizer (`learn.opt`: fastai's, its `OptimWrapper`), or None
-    params:list, # parameters just multiplied by `shrink` (and perturbed)
-    shrink:float, # the factor
+    scaled:list, # (parameter, factor) pairs: parameters just shrunk (and perturbed), and the factor their gradients scale by
 ):
-    "`opt`'s state of `params` as their gradients scale where a norm layer follows (the gradient of a weight s·w is that of w over s): moments of the gradient divided by `shrink`,"
-    "of its square by `shrink`², Adam's step the same size as before; a state it does not know, or `shrink` 0 (new weights), dropped (`fresh_opt_state`); a `Lookahead`'s slow copy the new weights"
+    "`opt`'s state of the parameters in `scaled` as their gradients scale (a weight a norm layer follows: its gradient at s·w is that at w over s;"
+    "any other's shrinks with its output, about s, measured 0.40 for s 0.4): moments of the gradient times the factor, of its square times its"
+    "square; a state it does not know, or a factor 0 or infinite (`shrink` 0: new weights), dropped (`fresh_opt_state`); a `Lookahead`'s slow copy the new weights"
     drop = []
-    for p in params:
+    for p, f in scaled:
         for st in _state_dicts(opt, p):
             ts = {k: v for k, v in st.items() if isinstance(v, torch.Tensor) and v.shape == p.shape}
-            if not shrink or any(k not in _GRAD_POWER for k in ts): drop.append(p); continue
-            for k, v in ts.items(): v.div_(shrink ** _GRAD_POWER[k])
+            if not 0 < f < math.inf or any(k not in _GRAD_POWER for k in ts): drop.append(p); continue
+            for k, v in ts.items(): v.mul_(f ** _GRAD_POWER[k])
         if (s := _slow(opt, p)) is not None: s.copy_(p.detach())
     fresh_opt_state(opt, drop)
 
@@ -430,6 +431,7 @@ class ReinitDormant(FitOnlyCallback):
         "Each layer of `_shrinkable` not frozen: w <- shrink * w + perturb * its fresh init; then the BatchNorms after them re-estimated on the batch, the optimizer's moments rescaled as their gradients"
         model = unwrap(self.model)
         mods, same, done, changed, new = dict(model.named_modules()), self.shrink == 1 and not self.perturb, set(), [], []  # (same: w <- w, nothing to set or reset)
+        normed = set(normed_layers(model))  # (their gradients grow as they shrink; the others' shrink with them)
         with torch.no_grad():
             for n in self._layers:
                 m = mods.get(n)
@@ -437,20 +439,21 @@ class ReinitDormant(FitOnlyCallback):
                 if not same:
                     fresh = None  # (no perturbation: nothing drawn)
                     if self.perturb: fresh, self._rng = _fresh(m, self._rng)
+                    g = (1 / self.shrink if self.shrink else math.inf) if n in normed else self.shrink  # (the factor its gradient scales by)
                     for k, p in m.named_parameters(recurse=False):
                         if id(p) in done or not p.requires_grad: continue  # (a weight tied to another layer's: shrunk once)
-                        done.add(id(p)); new.append(p); p.mul_(self.shrink)
+                        done.add(id(p)); new.append((p, g)); p.mul_(self.shrink)
                         if fresh is not None: p.add_(getattr(fresh, k).to(p), alpha=self.perturb)
                     for k in list(getattr(m, 'parametrizations', {})):  # (weight_norm, spectral_norm: the weight they compute, set through them)
                         w = getattr(m, k).detach() * self.shrink
-                        setattr(m, k, w if fresh is None else w + self.perturb * getattr(fresh, k).to(w)); new += list(m.parametrizations[k].parameters())
+                        setattr(m, k, w if fresh is None else w + self.perturb * getattr(fresh, k).to(w)); new += [(q, g) for q in m.parametrizations[k].parameters()]
                     changed.append(m)
                 u = _layer_weight(m)[0].shape[0]
                 self._events.append(dict(batch=it, layer=n, units=u, of=u, unit_ids=None, mean_score=float('nan')))
         if not changed: return
         _restat(model, self.learn.xb, changed)  # (else the BatchNorms after them normalize with the old layers' statistics: evaluated at chance for ~20 batches)
         sync_from_main(model)  # the perturbation was drawn, the statistics estimated, on each rank: rank 0's go to all
-        _shrink_opt_state(getattr(self.learn, 'opt', None), new, self.shrink)  # (kept, as their gradients scale: Adam started afresh takes sign-sized steps, and a BatchNorm net's accuracy fell to 0.84 a step after)
+        _shrink_opt_state(getattr(self.learn, 'opt', None), new)  # (kept, as their gradients scale: Adam started afresh takes sign-sized steps, and a BatchNorm net's accuracy fell to 0.84 a step after)
 
     @property
     def events(self):

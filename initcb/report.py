@@ -216,10 +216,14 @@ def _ah_mods(learn, ah):
     by = _named(learn.model)
     return [by[n] for n in ah.names] if all(n in by for n in ah.names) else None
 
+def _since(cb):
+    "The first batch of recorder `cb`'s history the rules read: its last fit's, or the first after a `rebase` in it (one loaded from an older version: 0)"
+    return getattr(cb, '_since', None) or getattr(cb, '_fit0', None) or 0
+
 def _fit_sampled(ah, n, col):
     "Layer `n`'s sampled statistic `col` on the last fit's sampling batches (`ah.sampled`), its finite values, in float64"
     s, j = ah.sampled, ah.names.index(n)
-    z = s[col][int(np.searchsorted(s.iters[:len(s)], getattr(ah, '_fit0', 0))):len(s), j].astype(np.float64)
+    z = s[col][int(np.searchsorted(s.iters[:len(s)], _since(ah))):len(s), j].astype(np.float64)
     return z[np.isfinite(z)]
 
 def _fell(losses, k=10):
@@ -243,7 +247,7 @@ def _dead_context(f, ah, n, frac, losses):
 def _saturation_context(f, ah, n, th, losses):
     "Saturation finding `f` (layer `n`) weighed against the fit: where the layer's first sampled batch of the fit was below `sat_pct` the init"
     "is not the cause ('rescale the init' was the remedy for a healthy tanh MLP's 3% at the start, 47% at the end, 0.98 accuracy): 'info' where"
-    "the loss fell tenfold (a confident classifier's units saturate as they learn), else a remedy for what grew it"
+    "the loss fell fourfold (a confident classifier's units saturate as they learn), else a remedy for what grew it"
     z = _fit_sampled(ah, n, 'saturated') * 100
     if not len(z) or z[0] > th.sat_pct: return  # (saturated from the start: the init's scale, the remedy as it is)
     f['evidence'] += f"; {z[0]:.0f}% on the fit's first sampled batch: it grew during the fit"
@@ -271,7 +275,7 @@ def _activation_rules(learn, ah, th, xb, losses=None):
                 if f['layer'] in un: f.update(remedy=f"{DEAD_UNFOLLOWED} ({un[f['layer']]})", callback='')
                 _dead_context(f, ah, f['layer'], fracs[f['layer']], losses)
     f = ah.fast
-    r0 = _fit_row(f, getattr(ah, '_fit0', 0))  # (the last fit's rows: an earlier fit's findings are not this one's; None: it recorded none)
+    r0 = _fit_row(f, _since(ah))  # (the last fit's rows, after a `rebase` in it: an earlier fit's findings are not this one's; None: it recorded none)
     if th.last is not None or r0 is not None:
         summ = ah.summary(last=th.last if th.last is not None else int(f.n[r0:len(f)].sum()))
         for n, v in summ['% saturated'].dropna().items():
@@ -312,7 +316,8 @@ def _gradient_rules(gh, th, model=None, losses=None, chance=None):
     out, mods = [], _named(model)
     ev, v = gh.events, losses if losses is not None and len(losses) else None
     start = getattr(gh, '_fit0', None)  # (the fit's first batch in the history's count; batches the Recorder left out, a guard's skips, aside)
-    ev = ev[ev.batch >= (start or 0)]  # (the last fit's flags: an earlier fit's are not this one's)
+    since = max(start or 0, _since(gh))  # (after a `rebase` in the fit, HealthCheck's LSUV: the flags before were the old weights')
+    ev = ev[ev.batch >= since]  # (the last fit's flags: an earlier fit's are not this one's)
     if start is None and v is not None: start = gh.n_seen - len(v)
     def loss_at(b): return float(v[int(np.clip(b - start, 0, len(v) - 1))])
     ended = v is not None and np.isfinite(v[-1])  # (a fit whose loss ended NaN went on learning nothing)
@@ -329,11 +334,11 @@ def _gradient_rules(gh, th, model=None, losses=None, chance=None):
         note = ''
         if kind == 'exploding':
             g, it = gh.global_norm(), gh.hist.iters[:len(gh.hist)]
-            mine = (it >= (start or 0)) & np.isfinite(g)  # (this fit's: an earlier fit's spike made a later explosion a 'warning')
+            mine = (it >= since) & np.isfinite(g)  # (this fit's: an earlier fit's spike made a later explosion a 'warning')
             before, n = g[mine & (it < d.batch.min())], int(mine.sum())
             fin = np.isfinite(d.value).all()
-            if len(d) > max(1, n // 4):  # (flagged on a quarter of the batches or more: the norm stays high, no spike; a vanilla RNN's, 66 of 66)
-                note = f"; flagged on {len(d)} of the fit's {n} recorded batches: the norm stays high, not a spike"
+            if (k := d.batch.nunique()) > max(1, n // 4):  # (flagged on a quarter of the batches or more: the norm stays high, no spike; a vanilla RNN's, 66 of 66)
+                note = f"; flagged on {k} of the fit's {n} recorded batches: the norm stays high, not a spike"
             elif ended and fin and v[-1] < min(loss_at(d.batch.min()), s0) and (chance is None or v[-1] < chance):
                 # (spikes of a healthy LSTM, Transformer early on, a converged fit's small ones; not a loss that blew up and fell back
                 # part way, nor one still above a uniform guess's. Before the next rule: a converged fit's spike, 17x a median near 0
@@ -376,12 +381,12 @@ def _decay_rules(learn, gh, th, losses=None):
     "'weight decay too strong': decoupled weight decay (fastai's `true_wd`, AdamW) took more than `decay_step` of a weight in one step (the"
     "largest lr `gh` recorded in the last fit times the optimizer's wd) and the loss did not fall tenfold: the weights shrink faster than the"
     "gradient builds them (wd 30 with Adam at lr 1e-2: 0.37 accuracy, no finding; 0.98 at wd 0.01). Not with `AdaptiveWD`, which sets its own"
-    dec, grp, opt = getattr(gh, '_decays', None), getattr(gh, '_group_of', None), getattr(learn, 'opt', None)
-    if dec is None or grp is None or opt is None or len(grp) != len(gh.names) or not dec.any() or any(isinstance(c, AdaptiveWD) for c in learn.cbs): return []
+    dec, grp, cols, opt = getattr(gh, '_decays', None), getattr(gh, '_group_of', None), getattr(gh, '_cols', None), getattr(learn, 'opt', None)
+    if dec is None or grp is None or cols is None or opt is None or len(grp) != len(cols) or not dec.any() or any(isinstance(c, AdaptiveWD) for c in learn.cbs): return []
     u = gh.upd
     lr = u['lr'][int(np.searchsorted(u.iters[:len(u)], getattr(gh, '_fit0', 0))):len(u)]
     if not len(lr) or not np.isfinite(lr).any(): return []
-    wd = (np.array([float(h.get('wd', 0.) or 0.) for h in opt.hypers] + [0.])[grp] * dec)
+    wd = np.zeros(len(gh.names)); wd[cols] = np.array([float(h.get('wd', 0.) or 0.) for h in opt.hypers] + [0.])[grp] * dec  # (`grp`, `dec`: the trainable parameters', columns `cols`; frozen ones 0)
     normed = set(normed_layers(unwrap(learn.model)))  # (a layer a norm layer follows: decay shrinks no output, it raises the step's share; a BN CNN at wd 0.6 was the best)
     wd = wd * np.array([n.rpartition('.')[0] not in normed for n in gh.names])
     with warnings.catch_warnings(): warnings.simplefilter('ignore'); top = np.nanmax(lr, 0)  # (a parameter in no group: NaN throughout)
@@ -768,7 +773,7 @@ class HealthCheck(FitOnlyCallback):
         if 'dead' in self.remedy and not div and not rescaled: self._revive()  # (units scored on the old weights: next epoch)
         ev = self.gh.events
         new = ev.iloc[self._n_ev:]
-        new = new[new.batch >= self.gh._fit0]  # (this fit's: the first epoch of a second fit saw the first fit's too)
+        new = new[new.batch >= _since(self.gh)]  # (this fit's, since its LSUV if any: the first epoch of a second fit saw the first fit's too)
         clip = 'exploding' in self.remedy and len(new) and not any(isinstance(c, GradientClip) for c in self.learn.cbs)
         grow = 'growing' in self.remedy and not div and not any(isinstance(c, AdaptiveWD) for c in self.learn.cbs)
         fs = _gradient_rules(self.gh, self.th, self.model, v, _chance_loss(self.learn)) if clip or grow else []  # (once an epoch, for both remedies; the model: an embedding's growth is no finding)
@@ -791,13 +796,13 @@ class HealthCheck(FitOnlyCallback):
         "scale the fit trained at (1.0 had clipped a healthy fit's ordinary steps, 5-20 early on, to a twentieth; after the flag,"
         "a run blowing up had medians in the thousands: no clip); their median where fewer than 5 batches came first; else 1.0"
         g, ev, it = self.gh.global_norm(), self.gh.events, self.gh.hist.iters[:len(self.gh.hist)]
-        bad = ev.batch[ev.kind.isin(['exploding', 'nonfinite']) & (ev.batch >= self.gh._fit0)]  # (this fit's first flag; the norms before it, earlier fits' too)
+        bad = ev.batch[ev.kind.isin(['exploding', 'nonfinite']) & (ev.batch >= max(_since(self.gh), self._rescaled or 0))]  # (this fit's first flag, since its LSUV if any; the norms before it, earlier fits' too)
         pre = g[np.isfinite(g) & (it < (bad.min() if len(bad) else np.inf)) & (it >= (self._rescaled or 0))]  # (after an LSUV, its norms: those before were a dead model's)
         m = pd.Series(pre).rolling(self.gh.explode_window, min_periods=5).median().max() if len(pre) >= 5 else np.median(pre) if len(pre) else np.nan
         return float(m) if np.isfinite(m) and m > 0 else 1.
 
     def _rescale(self, v):
-        "Once a fit: where the loss (`v`) sits at chance level or flat and layers' init scale is off (`check_init`), LSUV-initialize the model on"
+        "Once a fit: where the loss (`v`) sits at chance level, the output ignores the input and layers' init scale is off (`check_init`), LSUV-initialize the model on"
         "the batch: it has learned nothing to lose (a 12-layer ReLU MLP at std 0.05 stayed at chance with 30 ReinitDormant actions; LSUV took it to 0.93)"
         if self._rescaled is not None or self._xb is None: return False
         th = copy.copy(self.th); th.min_batches = min(th.min_batches, 10)  # (from the first epoch on: reviving units before it was no cure, and a later LSUV leaves few epochs)
@@ -814,7 +819,7 @@ class HealthCheck(FitOnlyCallback):
         done = rep[(rep.status == 'ok') | rep.status.str.startswith('not within tol')]
         fresh_opt_state(getattr(self.learn, 'opt', None), reinitialized(model, done))
         self._rescaled = self.gh.n_seen  # (the first batch after it: the exploding rule's baseline starts there)
-        self.gh.rebase()
+        self.gh.rebase(); self.ah.rebase()  # (and the report reads the fit from there: its flags and rows before were the dead model's)
         self._act('LSUVInit', f"{rs[0]['problem']}, init scale off in {', '.join(off[:4])}{f' and {len(off) - 4} more' if len(off) > 4 else ''}: "
                               f"{len(done)}/{len(rep)} layers LSUV-initialized, from the next batch")
         return True

@@ -930,3 +930,13 @@ def test_a_constant_layer_told_apart_is_still_reinitialized():
     assert rep.layer.tolist() == ['2'] and m[2].weight.std() > 0.01
     z = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)); nn.init.zeros_(z[2].weight)  # (a zero output layer: deliberate, left)
     assert not len(break_symmetry(z, torch.randn(8, 4))) and (z[2].weight == 0).all()
+
+
+def test_lsuv_done_set_before_the_callback_is_on_a_learner():
+    "`LSUVInit().done = True` before `add_cb` (a learner loaded with trained weights) raised a ValueError: the model it meets first counts as done"
+    import warnings
+    cb = LSUVInit(verbose=False); cb.done = True
+    learn = synth_learner(n_trn=2, cbs=cb)
+    w = learn.model.a.detach().clone()
+    with warnings.catch_warnings(): warnings.simplefilter('ignore'); learn.fit(1, 0.)
+    assert cb.done and cb.report is None and torch.equal(learn.model.a, w)

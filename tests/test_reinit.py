@@ -547,3 +547,32 @@ def test_shrink_perturb_keeps_the_random_state(perturb):
     w, learn = run([before, after, ReinitDormant(every=3, scheme='shrink_perturb', shrink=1., perturb=perturb, verbose=False)])
     assert len(learn.reinit_dormant.events) > 2 and all(torch.equal(a, b) for a, b in zip(before.states, after.states))
     if not perturb: assert all(torch.equal(a, b) for a, b in zip(w, run([])[0]))  # (bit for bit the run without it)
+
+
+def test_shrink_perturb_moments_follow_each_layers_gradient():
+    "The moments of every shrunk weight were divided by `shrink`, as a weight a norm layer follows has its gradient grow; any other layer's"
+    "gradient shrinks with it (0.40x for shrink 0.4, measured): its momentum came out 6x its new gradients. And a fastai Embedding's"
+    "perturbation was drawn from `reset_parameters`, PyTorch's N(0, 1): 12x the embedding's own scale after the shrink"
+    from functools import partial
+    from fastai.learner import Learner
+    from fastai.callback.core import Callback
+    from fastai.optimizer import SGD
+    from fastai.layers import Embedding
+    from initcb.core import digits_dls
+    from initcb.reinit import _fresh
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+    moms = {}
+    class Grab(Callback):  # (the momenta just before and just after its event, at step 3)
+        def __init__(self, when, order): self.when, self.order = when, order
+        def after_step(self):
+            if self.learn.train_iter == 3: moms[self.when] = {k: self.learn.opt.state[p]['grad_avg'].clone() for k, p in (('0', m[0].weight), ('2', m[2].weight))}
+    learn = quiet(Learner(digits_dls(flat=True), m, loss_func=nn.CrossEntropyLoss(), opt_func=partial(SGD, mom=0.9),
+                          cbs=[ReinitDormant(every=1000, start=3, scheme='shrink_perturb', perturb=0., verbose=False),
+                               Grab('before', ReinitDormant.order - 1), Grab('after', ReinitDormant.order + 1)]))
+    learn.fit(1, 1e-2)
+    assert learn.reinit_dormant.events.batch.unique().tolist() == [3]
+    torch.testing.assert_close(moms['after']['0'], moms['before']['0'] * 0.4)  # (no norm after it: its gradient shrinks with it)
+    torch.testing.assert_close(moms['after']['2'], moms['before']['2'] / 0.4)  # (a BatchNorm after it: its gradient grows)
+    f, _ = _fresh(Embedding(50, 8), torch.Generator().manual_seed(0).get_state())
+    assert 0.005 < f.weight.pow(2).mean().sqrt() < 0.015  # (fastai's std 0.01, not N(0, 1))

@@ -1324,6 +1324,7 @@ def test_weight_decay_too_strong(wd):
     torch.manual_seed(0)
     learn = quiet(Learner(digits_dls(flat=True), nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)),
                           loss_func=nn.CrossEntropyLoss(), wd=wd, cbs=HealthCheck(report=False)))
+    if wd == 30.: learn.model[0].bias.requires_grad_(False)  # (a frozen parameter: the rule compared the trainable ones with all, and said nothing)
     learn.fit_one_cycle(4, 1e-2)
     rep = learn.health_check.report
     f = rep[rep.problem == 'weight decay too strong']
@@ -1379,6 +1380,8 @@ def test_scale_remedy_lsuv_where_the_loss_sits_at_chance(std):
     if std is None: assert not len(acts), acts; return
     assert acts.action.tolist() == ['LSUVInit'] and acts.epoch.iloc[0] == 0 and 'loss at chance level' in acts.detail.iloc[0], acts
     assert learn.recorder.values[-1][2] > 0.6, learn.recorder.values  # (0.089 without)
+    rep = hc.report  # (read from the LSUV on: the dead model's vanishing and stalled flags before it asked for LSUVInit again)
+    assert not rep.problem.isin(['vanishing gradients', 'stalled updates', 'activation scale drifts through depth']).any(), rep
 
 
 def test_saturation_beside_symmetric_units_points_at_them():
