@@ -801,18 +801,25 @@ class HealthCheck(FitOnlyCallback):
         m = pd.Series(pre).rolling(self.gh.explode_window, min_periods=5).median().max() if len(pre) >= 5 else np.median(pre) if len(pre) else np.nan
         return float(m) if np.isfinite(m) and m > 0 else 1.
 
+    def _scale_off(self, v):
+        "The layers whose init scale is off (`check_init`) where the loss `v` sits at chance level and the output ignores the input, else []"
+        th = copy.copy(self.th); th.min_batches = min(th.min_batches, 10)  # (from the first epoch on: reviving units before it was no cure, and a later LSUV leaves few epochs)
+        rs = _loss_rules(v, th, _chance_loss(self.learn))
+        if not rs or rs[0]['problem'] != 'loss at chance level': return []  # (a plateau below chance, a fine-tune's: a trained model, wiped by LSUV, 0.94 -> 0.23 accuracy)
+        model = unwrap(self.model)
+        out = eval_forward(model, [], noop, self._xb)  # (and its output the same for every input: nothing gets through. The smoothed training loss lags
+        if not _output_rules(th, lambda: out, v, _ce_classes(self.learn)): return []  # a slow start's: at chance after an epoch at 0.54-0.65 accuracy)
+        ci = check_init(model)
+        return ci.layer[ci.finding.str.startswith('scale') & ~ci.frozen].tolist()
+
     def _rescale(self, v):
         "Once a fit: where the loss (`v`) sits at chance level, the output ignores the input and layers' init scale is off (`check_init`), LSUV-initialize the model on"
         "the batch: it has learned nothing to lose (a 12-layer ReLU MLP at std 0.05 stayed at chance with 30 ReinitDormant actions; LSUV took it to 0.93)"
         if self._rescaled is not None or self._xb is None: return False
-        th = copy.copy(self.th); th.min_batches = min(th.min_batches, 10)  # (from the first epoch on: reviving units before it was no cure, and a later LSUV leaves few epochs)
-        rs = _loss_rules(v, th, _chance_loss(self.learn))
-        if not rs or rs[0]['problem'] != 'loss at chance level': return False  # (a plateau below chance, a fine-tune's: a trained model, wiped by LSUV, 0.94 -> 0.23 accuracy)
-        model = unwrap(self.model)
-        out = eval_forward(model, [], noop, self._xb)  # (and its output the same for every input: nothing gets through. The smoothed training loss lags
-        if not _output_rules(th, lambda: out, v, _ce_classes(self.learn)): return False  # a slow start's: at chance after an epoch at 0.54-0.65 accuracy)
-        ci = check_init(model)
-        off = ci.layer[ci.finding.str.startswith('scale') & ~ci.frozen].tolist()
+        model, off = unwrap(self.model), self._scale_off(v)
+        if distributed():  # (each rank reads its own losses: all rescale, or none, or `sync_from_main` waits forever for the ones that did not)
+            flag = torch.tensor([1. if off else 0.]); torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MIN)
+            if flag.item() == 0: off = []
         if not off: return False
         rep = lsuv_init(model, self._xb)
         sync_from_main(self.model)  # (each rank scaled on its own batch: rank 0's weights go to all)
@@ -820,7 +827,7 @@ class HealthCheck(FitOnlyCallback):
         fresh_opt_state(getattr(self.learn, 'opt', None), reinitialized(model, done))
         self._rescaled = self.gh.n_seen  # (the first batch after it: the exploding rule's baseline starts there)
         self.gh.rebase(); self.ah.rebase()  # (and the report reads the fit from there: its flags and rows before were the dead model's)
-        self._act('LSUVInit', f"{rs[0]['problem']}, init scale off in {', '.join(off[:4])}{f' and {len(off) - 4} more' if len(off) > 4 else ''}: "
+        self._act('LSUVInit', f"loss at chance level, output the same for every input, init scale off in {', '.join(off[:4])}{f' and {len(off) - 4} more' if len(off) > 4 else ''}: "
                               f"{len(done)}/{len(rep)} layers LSUV-initialized, from the next batch")
         return True
 

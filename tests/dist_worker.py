@@ -57,6 +57,7 @@ def _run(rank, world, out, mode):
     from initcb.reinit import ReinitDormant
     from initcb.wd import AdaptiveWD
     from initcb.report import NonFiniteGuard
+    if mode.startswith('scale'): return _scale(rank, world, out, mode)
     model = DDP(mlp())
     ah = ActivationHealth(sample_every=1, sample=1024, full_max=1 << 20)
     cbs = [ah]
@@ -75,6 +76,28 @@ def _run(rank, world, out, mode):
     for k in ('abs_mean', 'rms', 'max', 'abs_max'): res[f'fast_{k}'] = ah.fast[k]
     for k in ('mean', 'std', 'min', 'near_zero', 'hist'): res[f'sampled_{k}'] = ah.sampled[k]
     np.savez(os.path.join(out, f'{mode}_rank{rank}.npz'), **res)
+
+def _scale(rank, world, out, mode):
+    "HealthCheck's 'scale' remedy on a deep MLP at std 0.05 (at chance): each rank reads its own losses, the ranks rescale together;"
+    "'scale_split': rank 1's labels all one class, so its loss leaves chance (the prior) while rank 0's stays: neither rescales"
+    from fastai.learner import Learner
+    from fastai.callback.progress import ProgressCallback
+    from initcb.report import HealthCheck
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(8): layers += [nn.Linear(64, 64), nn.ReLU()]
+    m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), *layers, nn.Linear(64, 10))
+    for l in m:
+        if isinstance(l, nn.Linear): nn.init.normal_(l.weight, 0, 0.05)
+    hc = HealthCheck(remedy={'scale'}, report=False)
+    items = rank_items(rank, world)
+    if mode == 'scale_split' and rank == 1: items = [(x, torch.tensor(3)) for x, _ in items]
+    learn = Learner(loaders(items, BS), DDP(m), loss_func=nn.CrossEntropyLoss(), cbs=hc)
+    learn.dls.c = 10  # (the classes: the chance rule's ln 10; a DataLoaders of plain items has no `c`)
+    learn.remove_cbs([c for c in learn.cbs if isinstance(c, ProgressCallback)]); learn.logger = lambda *a: None
+    learn.fit(3, 1e-2 if mode == 'scale_split' else 1e-3)  # (split: rank 1 learns its one class well before the check)
+    np.savez(os.path.join(out, f'{mode}_rank{rank}.npz'), params=torch.cat([p.detach().flatten() for p in m.parameters()]).numpy(),
+             actions=np.array(list(hc.actions.action)), losses=np.array([float(x) for x in learn.recorder.losses]))
 
 def run_read(rank, world, port, out, mode):
     "Readers called on rank 0 alone mid-fit (as under `is_main()`), then a fit that both ranks end with an exception; a short timeout: a hang fails fast"

@@ -41,6 +41,14 @@ def test_decisions_identical_on_every_rank(tmp_path):
     assert r0['reinit_events'] > 0 and r0['reinit_events'] == r1['reinit_events']
     np.testing.assert_array_equal(r0['params'], r1['params'])
 
+@pytest.mark.parametrize('mode', ['scale', 'scale_split'])
+def test_scale_remedy_on_every_rank_or_none(tmp_path, mode):
+    "HealthCheck's LSUV ('scale') decided from each rank's own losses: the ranks decide together (one rank at chance alone: before, it"
+    "rescaled and waited in `sync_from_main` for the other, forever)"
+    r0, r1 = launch(tmp_path, mode, timeout=90)
+    assert list(r0['actions']) == list(r1['actions']) == (['LSUVInit'] if mode == 'scale' else [])
+    np.testing.assert_array_equal(r0['params'], r1['params'])
+
 def test_nan_on_one_rank_skipped_by_both(tmp_path):
     "A NaN batch on rank 1 only: both ranks skip it together, no hang"
     r0, r1 = launch(tmp_path, 'nan')
