@@ -621,13 +621,17 @@ def fit_losses(learn, # a fastai `Learner`, at the first `before_train` of a fit
     mixed = r is not None and any(isinstance(c, MixHandler) for c in learn.cbs)
     return getattr(r, 'losses', None), (getattr(r, 'values', None), getattr(r, 'metric_names', None)) if mixed else None
 
+def _learner_frame(learn, names):
+    "The name of the nearest frame up the stack that is a method of `learn` named in `names`, or None"
+    f = sys._getframe(1)  # (read once a fit or an event: the few frames up to fastai's call)
+    while f is not None:
+        if f.f_code.co_name in names and f.f_locals.get('self') is learn: return f.f_code.co_name
+        f = f.f_back
+    return None
+
 def _validating(learn):
     "Whether this `before_fit` comes from `learn.__enter__` (`validate`, `get_preds`: fastai's `validation_context`) or `learn.tta` (which calls it itself) rather than `fit`"
-    f = sys._getframe(1)  # (once a fit: the few frames up to fastai's event call)
-    while f is not None:
-        if f.f_locals.get('self') is learn and f.f_code.co_name in ('__enter__', 'tta', '_with_events'): return f.f_code.co_name != '_with_events'
-        f = f.f_back
-    return False
+    return _learner_frame(learn, ('__enter__', 'tta', '_with_events')) in ('__enter__', 'tta')
 
 class FitOnlyCallback(Callback):
     "Base of initcb's callbacks that sit out what is not a training fit (`real_fit`) by setting `run` to False in `before_fit`"

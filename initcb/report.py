@@ -6,7 +6,7 @@ Docs: https://initcb.github.io/initcb/report.html.md"""
 
 # %% ../nbs/06_report.ipynb #681d5152
 from __future__ import annotations
-import copy, math, sys, warnings
+import copy, math, warnings
 import numpy as np, pandas as pd, torch
 from torch import nn
 from fastcore.basics import patch, noop
@@ -17,7 +17,7 @@ from fastai.layers import SigmoidRange
 from fastai.callback.fp16 import MixedPrecision
 from contextlib import nullcontext
 from .core import *
-from .core import _cleanup_all, _EpochGuard
+from .core import _cleanup_all, _EpochGuard, _learner_frame
 from .activations import ActivationHealth
 from .gradients import GradientHealth
 from .init import check_init, break_symmetry, lsuv_init, reinitialized, fresh_opt_state, normed_layers, WEIGHT_LAYERS, NORM_LAYERS
@@ -316,7 +316,7 @@ def _gradient_rules(gh, th, model=None, losses=None, chance=None):
     out, mods = [], _named(model)
     ev, v = gh.events, losses if losses is not None and len(losses) else None
     start = getattr(gh, '_fit0', None)  # (the fit's first batch in the history's count; batches the Recorder left out, a guard's skips, aside)
-    since = max(start or 0, _since(gh))  # (after a `rebase` in the fit, HealthCheck's LSUV: the flags before were the old weights')
+    since = _since(gh)  # (the fit's first batch, or the first after a `rebase` in it, HealthCheck's LSUV: the flags before were the old weights')
     ev = ev[ev.batch >= since]  # (the last fit's flags: an earlier fit's are not this one's)
     if start is None and v is not None: start = gh.n_seen - len(v)
     def loss_at(b): return float(v[int(np.clip(b - start, 0, len(v) - 1))])
@@ -646,11 +646,7 @@ def _nan(): return float('nan')
 
 def _fitting(learn):
     "Whether `learn` is inside a fit's epochs now (a `validate` called by a callback mid-fit), from the frames up to here"
-    f = sys._getframe(1)
-    while f is not None:
-        if f.f_code.co_name == '_do_fit' and f.f_locals.get('self') is learn: return True
-        f = f.f_back
-    return False
+    return _learner_frame(learn, ('_do_fit',)) is not None
 def _without(metrics, cols): return [m for m in metrics if not any(m is x for x in cols)]  # (`cols`, by identity)
 
 class _DropColumns(Callback):
