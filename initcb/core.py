@@ -103,6 +103,15 @@ def warn_unread(
     unread = [k for k, (v, modes) in readers.items() if mode not in modes and v != ps[k].default]
     if unread: warnings.warn(f"{who}: {', '.join(f'`{k}`' for k in unread)} not read with {mode!r}: " + '; '.join(f"`{k}` by {' / '.join(map(repr, readers[k][1]))}" for k in unread))
 
+def _few(ns, k=4):
+    "Names `ns` for a message: the first `k`, then how many more (a frozen ResNet body is dozens of layers)"
+    return ', '.join(ns[:k]) + (f' and {len(ns) - k} more' if len(ns) > k else '')
+
+def _warn_skips(who, skipped):
+    "One warning for the layers `who` leaves as they are: `skipped`, {why: [layer names]}"
+    k = sum(map(len, skipped.values()))
+    warnings.warn(f"{who} skips {k} layer{'s' if k > 1 else ''}: " + '; '.join(f"{_few(ns)}: {why}" for why, ns in skipped.items()))
+
 def check_model(
     model, # a `model` argument
 ):

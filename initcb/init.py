@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 import torch.nn.functional as F
 from fastai.callback.core import Callback, TrainEvalCallback
 from .core import *
+from .core import _warn_skips
 
 # %% auto #0
 __all__ = ['NORM_LAYERS', 'WEIGHT_LAYERS', 'EMBEDDINGS', 'INIT_TYPES', 'GRAD_RTOL', 'PROBES', 'SCHEMES', 'FROZEN', 'GeneralRelu',
@@ -422,9 +423,7 @@ def init_weights(
                     else: nn.init.normal_(w, 0., (gain if scheme == 'auto' else math.sqrt(2)) / math.sqrt(fan_in))
             except _CannotSet as e: _put_back(kept); skipped.setdefault(f'{e}: left as it was', []).append(n); continue
             if m.bias is not None and zero_bias: m.bias.zero_()
-    if skipped:  # (as `ReinitDormant` says it: a frozen ResNet body is dozens of layers)
-        few, k = lambda ns: ', '.join(ns[:4]) + (f' and {len(ns) - 4} more' if len(ns) > 4 else ''), sum(map(len, skipped.values()))
-        warnings.warn(f"init_weights skips {k} layer{'s' if k > 1 else ''}: " + '; '.join(f"{few(ns)}: {why}" for why, ns in skipped.items()))
+    if skipped: _warn_skips('init_weights', skipped)  # (as `ReinitDormant` says it)
     return model
 
 # %% ../nbs/03_init.ipynb #635e3ff5

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.layers import Flatten as FlattenFa, Embedding as FaEmbedding, trunc_normal_
 from .core import *
+from .core import _warn_skips
 from .init import _POOLS, _state_dicts, _slow, _layer_weight  # (every pooling: channels kept; a parameter's optimizer state; a layer's units)
 from .init import WEIGHT_LAYERS, EMBEDDINGS, NORM_LAYERS, fresh_opt_state, normed_layers
 
@@ -412,10 +413,7 @@ class ReinitDormant(FitOnlyCallback):
             cands, none = [(n, w) for n, (c, w) in self.chains.items() if c is None and w != OUTPUT_LAYER], not any(c is not None for c, _ in self.chains.values())
         for n, why in cands:
             if n not in self._told: self._told.add(n); skipped.setdefault(why, []).append(n)
-        if skipped and self.verbose and is_main():
-            few = lambda ns: ', '.join(ns[:4]) + (f' and {len(ns) - 4} more' if len(ns) > 4 else '')
-            k = sum(map(len, skipped.values()))
-            warnings.warn(f"ReinitDormant skips {k} layer{'s' if k > 1 else ''}: " + '; '.join(f"{few(ns)}: {why}" for why, ns in skipped.items()))
+        if skipped and self.verbose and is_main(): _warn_skips('ReinitDormant', skipped)
         if none and is_main(): warnings.warn("ReinitDormant: no layer it can handle in this model")
 
     def after_step(self):

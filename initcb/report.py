@@ -17,7 +17,7 @@ from fastai.layers import SigmoidRange
 from fastai.callback.fp16 import MixedPrecision
 from contextlib import nullcontext
 from .core import *
-from .core import _cleanup_all, _EpochGuard, _learner_frame
+from .core import _cleanup_all, _EpochGuard, _learner_frame, _few
 from .activations import ActivationHealth
 from .gradients import GradientHealth
 from .init import check_init, break_symmetry, lsuv_init, reinitialized, fresh_opt_state, normed_layers, WEIGHT_LAYERS, NORM_LAYERS
@@ -823,7 +823,7 @@ class HealthCheck(FitOnlyCallback):
         fresh_opt_state(getattr(self.learn, 'opt', None), reinitialized(model, done))
         self._rescaled = self.gh.n_seen  # (the first batch after it: the exploding rule's baseline starts there)
         self.gh.rebase(); self.ah.rebase()  # (and the report reads the fit from there: its flags and rows before were the dead model's)
-        self._act('LSUVInit', f"loss at chance level, output the same for every input, init scale off in {', '.join(off[:4])}{f' and {len(off) - 4} more' if len(off) > 4 else ''}: "
+        self._act('LSUVInit', f"loss at chance level, output the same for every input, init scale off in {_few(off)}: "
                               f"{len(done)}/{len(rep)} layers LSUV-initialized, from the next batch")
         return True
 
