@@ -58,6 +58,7 @@ def _run(rank, world, out, mode):
     from initcb.wd import AdaptiveWD
     from initcb.report import NonFiniteGuard
     if mode.startswith('scale'): return _scale(rank, world, out, mode)
+    if mode == 'shrink': return _shrink(rank, world, out)
     model = DDP(mlp())
     ah = ActivationHealth(sample_every=1, sample=1024, full_max=1 << 20)
     cbs = [ah]
@@ -98,6 +99,28 @@ def _scale(rank, world, out, mode):
     learn.fit(3, 1e-2 if mode == 'scale_split' else 1e-3)  # (split: rank 1 learns its one class well before the check)
     np.savez(os.path.join(out, f'{mode}_rank{rank}.npz'), params=torch.cat([p.detach().flatten() for p in m.parameters()]).numpy(),
              actions=np.array(list(hc.actions.action)), losses=np.array([float(x) for x in learn.recorder.losses]))
+
+def _shrink(rank, world, out):
+    "ReinitDormant('shrink_perturb') on a BatchNorm MLP: each rank draws its perturbation from its own random state (seeded apart, as"
+    "ranks with their own dropout seeds are) and re-estimates the BatchNorm statistics on its own batch; rank 0's go to all"
+    from fastai.learner import Learner
+    from fastai.callback.progress import ProgressCallback
+    from initcb.reinit import ReinitDormant
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    model = DDP(m, broadcast_buffers=False)  # (the BatchNorm statistics each rank's own: only `sync_from_main` makes them one)
+    rd = ReinitDormant(scheme='shrink_perturb', every=3, verbose=False)
+    learn = Learner(loaders(rank_items(rank, world), BS), model, loss_func=nn.CrossEntropyLoss(), cbs=rd)
+    learn.remove_cbs([c for c in learn.cbs if isinstance(c, ProgressCallback)]); learn.logger = lambda *a: None
+    torch.manual_seed(100 + rank)
+    class Snap:  # the weights and statistics right after each shrink, before the next step moves them
+        rows = []
+    orig = rd._shrink_perturb
+    def shrink(it):
+        orig(it); Snap.rows.append(torch.cat([t.detach().flatten().float() for t in (*m.parameters(), *m.buffers())]).numpy())
+    rd._shrink_perturb = shrink
+    learn.fit(1, 1e-2)
+    np.savez(os.path.join(out, f'shrink_rank{rank}.npz'), snaps=np.stack(Snap.rows), events=np.array(len(rd.events)))
 
 def run_read(rank, world, port, out, mode):
     "Readers called on rank 0 alone mid-fit (as under `is_main()`), then a fit that both ranks end with an exception; a short timeout: a hang fails fast"

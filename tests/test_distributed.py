@@ -49,6 +49,13 @@ def test_scale_remedy_on_every_rank_or_none(tmp_path, mode):
     assert list(r0['actions']) == list(r1['actions']) == (['LSUVInit'] if mode == 'scale' else [])
     np.testing.assert_array_equal(r0['params'], r1['params'])
 
+def test_shrink_perturb_the_same_on_every_rank(tmp_path):
+    "ReinitDormant('shrink_perturb') under DDP: each rank draws its own perturbation and estimates its BatchNorm statistics on its own"
+    "batch; right after each shrink every rank holds rank 0's weights and statistics"
+    r0, r1 = launch(tmp_path, 'shrink')
+    assert r0['events'] > 0 and len(r0['snaps']) == len(r1['snaps']) >= 2
+    np.testing.assert_array_equal(r0['snaps'], r1['snaps'])
+
 def test_nan_on_one_rank_skipped_by_both(tmp_path):
     "A NaN batch on rank 1 only: both ranks skip it together, no hang"
     r0, r1 = launch(tmp_path, 'nan')
