@@ -268,7 +268,7 @@ def history_bytes(n_batches, n_layers, bins=40):
     cb._reset([str(i) for i in range(n_layers)], [None] * n_layers)
     k, chunk = cb.sample_every, cb.chunk
     fast = np.abs(np.random.randn(chunk, 4 * n_layers)).astype(np.float32)
-    samp = np.abs(np.random.randn(chunk, n_layers, 6 + bins + 2)).astype(np.float32)  # (statistics, histogram, its range (lo, hi))
+    samp = np.abs(np.random.randn(chunk, n_layers, 6 + bins + 2 + 2)).astype(np.float32)  # (statistics, histogram with a slot below and above its range, the range (lo, hi))
     ns, order = [1000] * n_layers, list(range(n_layers))
     t0, it, sit = time.perf_counter(), 0, 0
     while it < n_batches:

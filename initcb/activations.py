@@ -35,9 +35,11 @@ def sample_stats(
     sat_eps:float=0.02, # within `sat_eps` of a bound counts as saturated
 ):
     "Per-layer statistics of samples `s` (layers, n), weights `w` (1 distinct, 0 padding; None: no padding): a constant number of ops; a layer with no finite value: NaN but its count"
-    r = _sample_stats(s, _stat_consts(w, lo_b, hi_b, h_lo, h_scale, offs, bins, sat_eps), bins, dead_thresh)
+    slots = torch.div(offs, bins, rounding_mode='floor') * (bins + 2)  # (each layer's bins and the two past its range)
+    r = _sample_stats(s, _stat_consts(w, lo_b, hi_b, h_lo, h_scale, slots, bins, sat_eps), bins, dead_thresh)
     r[:, 2] += r[:, 0] * 0.  # (its min, +inf from the reduction: NaN with the mean; the callback makes it so on the host)
-    return r
+    h = r[:, 7:-1].clone(); h[:, 0] += r[:, 6]; h[:, -1] += r[:, -1]  # (values past the range: in its outer bins)
+    return torch.cat([r[:, :6], h], 1)
 
 def _stat_consts(w, lo_b, hi_b, h_lo, h_scale, offs, bins, sat_eps, bounded=None):
     "The per-layer constants of `_sample_stats`, made once per layout rather than once per call; `bounded`: whether any layer is (None: look)"
@@ -45,9 +47,12 @@ def _stat_consts(w, lo_b, hi_b, h_lo, h_scale, offs, bins, sat_eps, bounded=None
     if bounded is None: bounded = not (torch.isinf(lo_e).all() and torch.isinf(hi_e).all())  # (a host read)
     sat = None if not bounded else (  # (no bounded layer: no saturation to count)
         lo_e, hi_e, ((lo_e >= 0) | (hi_e <= 0)).float().view(-1))  # whether a left-out element (a 0) counts as saturated
-    zb = (-h_lo * h_scale).floor_().clamp_(0, bins - 1).add_(offs).long().view(-1)  # the bin a 0 falls into, as `_sample_stats` bins
+    offs = offs + 1  # (`offs`: each layer's first slot, the count below its range; its bins follow, then the count above it)
+    sh = -h_lo * h_scale  # (x's bin: floor(x * scale + sh), so that a 0 on a bin edge lands on it: (0 - lo) * scale put ReLU zeros a bin below, float rounding)
+    sh = torch.where((sh - sh.round()).abs() < 1e-4, sh.round(), sh)  # (an edge's index, an integer, in float32)
+    zb = sh.floor().clamp_(-1, bins).add_(offs).long().view(-1)  # the slot a 0 falls into, as `_sample_stats` bins
     pad = None if w is None else (torch.where(w > 0, 0., math.nan), w.shape[1] - w.sum(1))  # (NaN added to padding, its count)
-    return sat, h_lo, h_scale, offs.float(), zb, pad
+    return sat, sh, h_scale, offs.float(), zb, pad
 
 def _counts(b, size, index_add=None):
     "Float counts of the integer values (as floats) in `b`, 0 to `size`-1: `index_add_` on a GPU (CUDA's `bincount` waits for the host), `bincount` on a CPU (the faster there)"
@@ -56,8 +61,9 @@ def _counts(b, size, index_add=None):
 
 def _sample_stats(s, c, bins, dead_thresh, levels=0):
     "`sample_stats` with its constants `c` made: left-out elements (non-finite, padding) become 0 in `x`, and each count subtracts them;"
-    "`levels` more histograms follow, on the histogram ranges doubled 1 to `levels` times"
-    sat_c, h_lo, h_scale, offs, zb, pad = c
+    "`levels` more histograms follow, on the histogram ranges doubled 1 to `levels` times. Each histogram has `bins` + 2 slots: the count below its range, its bins,"
+    "the count above it (so that a range grows on values past it only: an outer bin's own share says nothing where it is the only bin on its side of 0)"
+    sat_c, sh, h_scale, offs, zb, pad = c
     n = s.shape[1]
     if pad is not None: s = s + pad[0]  # padding is left out as a non-finite value is (then not counted as one)
     keep = torch.nan_to_num((s - s).add_(1), 0., 0., 0.)  # 1 where finite, else 0: float ops (bool tensors cost 3-5x on a CPU)
@@ -72,9 +78,9 @@ def _sample_stats(s, c, bins, dead_thresh, levels=0):
     nonf = out if pad is None else out - pad[1]
     hs = []
     for j in range(levels + 1):  # (a range doubled j times: its constants times powers of 2, exact; a 0 stays in bin `zb`)
-        lo, sc = (h_lo, h_scale) if not j else (h_lo * 2. ** j, h_scale * 2. ** -j)
-        b = ((x - lo) * sc).floor_().clamp_(0, bins - 1).add_(offs).view(-1)  # (each layer's bins at its offset: one count for all)
-        hs.append(_counts(b, s.shape[0] * bins).index_add_(0, zb, -out).view(-1, bins))  # (left-out elements, 0 in `x`, taken back out of their bin)
+        sc = h_scale if not j else h_scale * 2. ** -j  # (the range about 0 doubled: the bin of 0, `sh`, the same)
+        b = (x * sc).add_(sh).floor_().clamp_(-1, bins).add_(offs).view(-1)  # (each layer's slots at its offset: one count for all)
+        hs.append(_counts(b, s.shape[0] * (bins + 2)).index_add_(0, zb, -out).view(-1, bins + 2))  # (left-out elements, 0 in `x`, taken back out of their bin)
     return torch.cat([torch.stack([mean, std, mn, near, sat, nonf], 1), *hs], 1)
 
 
@@ -454,7 +460,7 @@ def _derived_stats(self:ActivationHealth, x, dv, m=None):
 
 @patch
 def _sampled_rows(self:ActivationHealth, rows, nval):
-    "A chunk of sampling batches' rows (k, layers, 6 + bins * (1 + levels) + 2): the samples of all k batches reduced at once, their"
+    "A chunk of sampling batches' rows (k, layers, 6 + (bins + 2) * (1 + levels) + 2): the samples of all k batches reduced at once, their"
     "histograms on the current ranges and (auto-ranged layers) on those ranges doubled up to `_HLEVELS` times, and the ranges (lo, hi)"
     k, L = len(rows), len(nval)
     dev = self._dev = rows[0][0][0].device
@@ -481,7 +487,7 @@ def _stat_consts(self:ActivationHealth, k, nval, w, dev):
     sb = self.__dict__.get('_satb') or self.bounds  # (the saturating bounds: ReLU6's cap only)
     lo_b, hi_b = [torch.tensor([[_as_bounds(b)[j]] for b in sb], device=dev) for j in (0, 1)]
     h_lo, h_sc = torch.tensor(self._hr[:, :1], device=dev), torch.tensor(self.bins / (self._hr[:, 1:] - self._hr[:, :1]), device=dev)
-    offs = torch.arange(k * L, device=dev)[:, None] * self.bins
+    offs = torch.arange(k * L, device=dev)[:, None] * (self.bins + 2)  # (each layer's bins and the two slots past its range)
     per = (lambda c: c) if k == 1 else (lambda c: c.repeat(k, 1))  # per-layer constants, once per batch of the chunk
     sate = self.__dict__.get('_sate')  # (each layer's `sat_eps`: a SigmoidRange's scaled by its range)
     eps = self.sat_eps if sate is None else per(torch.tensor([[e] for e in sate], device=dev))
@@ -497,16 +503,23 @@ def _set_hist_range(self:ActivationHealth, s, w):
         torch.distributed.all_reduce(lo, torch.distributed.ReduceOp.MIN); torch.distributed.all_reduce(hi, torch.distributed.ReduceOp.MAX)
     lo, hi = lo.nan_to_num(0., 0., 0.).cpu().numpy(), hi.nan_to_num(0., 0., 0.).cpu().numpy()
     hr, hm, B = [], [], self.bins
-    for b, l, h in zip(self.bounds, lo, hi):
+    for b, l, h, mod in zip(self.bounds, lo, hi, self.mods):
         if b is not None: hr.append(b); hm.append(-1); continue
         l, h = min(float(l), 0.), max(float(h), 0.)
         if l == h: l, h = -0.5, 0.5  # (every sample 0, or none: nothing to go on; ±1, 0 in the middle, doubling as values come)
-        m = 0 if l == 0 or B == 1 else int(min(max(round(B * -l / (h - l)), 1), B - 1))
+        pos = isinstance(mod, _NONNEGATIVE)  # (no bin below 0 for an output that never goes there; any other keeps one: negatives that
+        # came after a first chunk of none had no bin to go to, and sat in the first bin above 0, 62% of a batch where 45% were negative)
+        m = 0 if (l == 0 and pos) or B == 1 else int(min(max(round(B * -l / (h - l)), 1), B - 1))
         wd = max(-2 * l / m if m else 0., 2 * h / (B - m), 1e-6)
         hr.append((-m * wd, (B - m) * wd)); hm.append(m)
     self._hr, self._hm = np.array(hr, np.float32), np.array(hm)
 
 _HLEVELS = 3  # histograms of a chunk binned on its ranges doubled up to this many times: how far a range may grow before it lands
+_NONNEGATIVE = (nn.ReLU, nn.Softplus)  # unbounded outputs never below 0: a histogram range from 0
+
+def _fold(x):
+    "Counts (..., bins + 2), the first and last the values below and above the range, as histograms (..., bins): those values in the outer bins"
+    y = x[..., 1:-1].copy(); y[..., 0] += x[..., 0]; y[..., -1] += x[..., -1]; return y
 
 def _halve(h, m):
     "Histograms `h` (..., bins) with 0 on bin edge `m` re-binned on their range doubled: pairs of bins merge (exact, as edges stay edges)"
@@ -514,19 +527,21 @@ def _halve(h, m):
 
 @patch
 def _rebin(self:ActivationHealth, h, hr):
-    "A chunk's histograms `h` (rows, layers, levels, bins; level j: on the ranges `hr` it was binned on, doubled j times) on the current ranges;"
-    "an auto-ranged layer's range first doubles (its history re-binned) while over 1% of a batch's counts fall in its outer bins"
-    out = h[:, :, 0].copy()
+    "A chunk's histograms `h` (rows, layers, levels, bins + 2: the counts below and above the range first and last; level j: on the ranges `hr` it was binned on,"
+    "doubled j times) on the current ranges; an auto-ranged layer's range first doubles (its history re-binned) while over 1% of a batch's values fall past it"
+    "on a side with bins (a side with none: no doubling brings them in). Values past the range, fewer than that, are counted in its outer bins"
+    out = _fold(h[:, :, 0])
     if self._hm is None: return out
     D, grew = h.shape[2] - 1, False
     for j in np.nonzero(self._hm >= 0)[0]:
         m = self._hm[j]
         d = max(int(np.rint(np.log2(self._hr[j, 1] / hr[j, 1]))), 0)  # doublings since the chunk was binned: at most D, as below
         x = h[:, j, min(d, D)]
-        for _ in range(d - D): x = _halve(x, m)  # (not reached: a doubling waits for the oldest chunk to land, at most D from its range)
-        while d < D and ((x[:, -1] + (x[:, 0] if m > 0 else 0)) / np.maximum(x.sum(-1), 1)).max() > 0.01:
-            H = self.sampled.data['hist']; H[:, j] = _halve(H[:, j], m)
+        while d < D and ((x[:, -1] + (x[:, 0] if m > 0 else 0)) / np.maximum(x.sum(-1), 1)).max() > 0.01:  # (the outer bins' own share had doubled a range without
+            H = self.sampled.data['hist']; H[:, j] = _halve(H[:, j], m)  # end where they were the only bin on their side of 0: a GELU's negatives, to 1e8 and on)
             self._hr[j] *= 2; d += 1; x = h[:, j, d]; grew = True
+        x = _fold(x)
+        for _ in range(d - D): x = _halve(x, m)  # (not reached: a doubling waits for the oldest chunk to land, at most D from its range)
         out[:, j] = x
     if grew:
         for k in [k for k in self._cache if k[0][0] == 'stat']: self._uncache(k)  # (the histogram constants change with the ranges)
@@ -554,7 +569,7 @@ def _fast_sink(self:ActivationHealth, arr, metas, ranks=0):
 
 @patch
 def _combine_ranks(self:ActivationHealth, arr):
-    "Sampled statistics of each rank (ranks, rows, layers, 6 + bins * levels + 2), combined: pooled mean and variance, min, shares, counts (the ranges are the same)"
+    "Sampled statistics of each rank (ranks, rows, layers, 6 + (bins + 2) * levels + 2), combined: pooled mean and variance, min, shares, counts (the ranges are the same)"
     a = arr.astype(np.float64); R = a.shape[0]
     n = np.array([c[2] if c is not None else 1 for c in self._idx], np.float64)[None, :]  # samples per layer and rank
     m, sd = a[..., 0], a[..., 1]
@@ -573,7 +588,7 @@ def _samp_sink(self:ActivationHealth, arr, metas, ranks=0):
     if ranks: arr = self._combine_ranks(arr)
     rows = {c: arr[:, :, j] for j, c in enumerate(SAMPLED)}
     rows['min'] = np.where(rows['min'] == np.inf, np.nan, rows['min'])  # (no finite value sampled: no minimum)
-    rows['hist'] = self._rebin(arr[:, :, len(SAMPLED):-2].reshape(*arr.shape[:2], -1, self.bins), arr[0, :, -2:])  # (a range may have
+    rows['hist'] = self._rebin(arr[:, :, len(SAMPLED):-2].reshape(*arr.shape[:2], -1, self.bins + 2), arr[0, :, -2:])  # (a range may have
     self.sampled.append(metas, rows)  # doubled since the chunk was binned: it waited on the device behind up to two others)
 
 @patch

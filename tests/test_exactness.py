@@ -34,6 +34,7 @@ def test_stats_exact_when_sample_covers(shape, scale, shift, seed, relu, whole):
     assert h.sum() == x.numel()
     lo, hi = cb.hist_ranges[0]
     edges = np.linspace(lo, hi, cb.bins + 1)
+    edges[np.abs(edges) < 1e-6 * (hi - lo)] = 0.  # (0 on a bin edge, by design: ReLU zeros in the bin from 0, not one a rounding puts below)
     expect = np.histogram(np.clip(x.numpy(), lo, np.nextafter(hi, lo)), bins=edges)[0]
     assert np.abs(h - expect).sum() <= 2  # bin edges: float32 rounding may move a value to its neighbour
 
@@ -363,3 +364,44 @@ def test_ranks_combined_with_no_finite_value_give_nan():
         one = dict(zip(SAMPLED, ah._combine_ranks(np.stack([row, fin])[:, None, None, :])[0, 0, :6]))
     assert all(np.isnan(none[c]) for c in ('mean', 'std', 'near_zero', 'saturated')) and none['nonfinite'] == 16
     assert (one['mean'], one['std'], one['near_zero']) == (0.5, 1., 0.25)  # (the rank with values alone)
+
+
+class _Outs(nn.Module):
+    "Returns `f(k)` at its k-th training call (its input ignored; one parameter, for the optimizer)"
+    def __init__(self, f): super().__init__(); self.f, self.k, self.w = f, 0, nn.Parameter(torch.zeros(1))
+    def forward(self, x):
+        if self.training: self.k += 1
+        return self.f(self.k) + self.w * 0
+
+def _outs_fit(f, n):
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.learner import Learner
+    x = torch.randn(n * 4, 2); y = torch.randn(n * 4, 1)
+    m = nn.Sequential(); m.p = _Outs(f)
+    cb = ActivationHealth(modules=['p'], sample_every=1, chunk=4)
+    learn = quiet(Learner(DataLoaders(DataLoader(list(zip(x, y)), bs=4), DataLoader(list(zip(x[:4], y[:4])), bs=4)), m, loss_func=lambda o, t: (o.mean() - t.mean()) ** 2, cbs=cb))
+    learn.fit(1, 0.)
+    return cb
+
+def test_histogram_range_grows_on_values_past_it_only():
+    "GELU-like outputs (a tail to 10, negatives to -0.17) got one bin below 0, [-w, 0): an outer bin holding 30-50% of each batch, in range, and the"
+    "range doubled at every landed chunk, to 1e8 and on (to a crash in bincount past float32's range); it doubles on values past it now"
+    g = torch.Generator().manual_seed(0)
+    cb = _outs_fit(lambda k: torch.nn.functional.gelu(torch.randn(64, 16, generator=g) * 3), 120)
+    lo, hi = cb.hist_ranges[0]
+    assert -1 < lo < 0 and hi < 100, (lo, hi)  # (the first chunk's: (-0.34, 13.3))
+    H = cb.hist(0)
+    assert (H.max(1) / H.sum(1)).max() < 0.6 and (H[:, 0] / H.sum(1)).min() > 0.2, H[-1]  # (the negatives, in their bin; the rest spread)
+
+def test_negatives_after_a_first_chunk_of_none_get_a_bin():
+    "A Linear's outputs all positive in the first chunk, centred on 0 later: the range had no bin below 0, and the negatives (45% of a batch) sat in"
+    "[0, w), 62% of it; an output not known to stay >= 0 keeps a bin below 0 (a ReLU's starts at 0)"
+    g = torch.Generator().manual_seed(0)
+    outs = [torch.randn(64, 16, generator=g) for _ in range(40)]
+    cb = _outs_fit(lambda k: outs[k - 1] - outs[k - 1].min() + 0.1 if k <= 4 else outs[k - 1], 40)
+    lo, hi = cb.hist_ranges[0]; H = cb.hist(0)
+    assert lo < 0, (lo, hi)
+    below = H[:, :np.searchsorted(np.linspace(lo, hi, cb.bins + 1), 0.)].sum(1) / H.sum(1)
+    true = np.array([(o < 0).float().mean().item() for o in outs[4:]])
+    np.testing.assert_allclose(below[4:], true, atol=0.02)
