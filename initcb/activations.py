@@ -633,9 +633,10 @@ def remove(self:ActivationHealth):
 def cleanup(self:ActivationHealth,
     collective:bool=True, # every rank is here (`after_fit`); False (an exception, `remove_cb` mid-fit): in a distributed run, the rows not yet combined are dropped
 ):
-    "End of a fit, however it ended: keep what was recorded, remove hooks"
+    "End of a fit, however it ended: keep what was recorded, remove hooks, free the device constants"
     try: self.flush(collective, drop=True)
-    finally: self.remove()
+    finally: self.remove(); self._cache, self._csize, self._cbytes = {}, {}, 0  # (the gather buffer of whole outputs among them: 50 MB held on after a fit
+    # at GPU defaults, inference or the next model short of it; a fit makes them again in its first batches)
 
 @patch
 def after_fit(self:ActivationHealth):

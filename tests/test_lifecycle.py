@@ -647,3 +647,21 @@ def test_small_arguments_checked():
     fresh_opt_state(None, ps); fresh_opt_state(learn.opt, iter(ps))  # (no optimizer: nothing to do; any iterable of parameters)
     with pytest.raises(ValueError, match='`report`'): reinitialized(learn.model, None)
     with pytest.raises(ValueError, match='no submodules'): select_modules(nn.Linear(2, 2), ['a'])
+
+
+@pytest.mark.parametrize('how', ['end', 'exception'])
+def test_device_constants_freed_at_the_end_of_a_fit(how):
+    "ActivationHealth kept its device constants after the fit, the gather buffer of whole outputs among them (50 MB at the GPU's `full_max`),"
+    "after `remove_cb` too; they go with the fit's end, however it ends, and the next fit makes them again and records as the first did"
+    from fastai.callback.core import Callback
+    class Boom(Callback):
+        def after_batch(self):
+            if self.train_iter == 3: raise RuntimeError('boom')
+    ah = ActivationHealth(full_max=1 << 22, sample_every=1)
+    learn = quiet(synth_learner(n_trn=8, cbs=ah))
+    if how == 'end': learn.fit(1)
+    else:
+        with pytest.raises(RuntimeError): learn.fit(1, cbs=Boom())
+    assert ah._cache == {} and ah._cbytes == 0, list(ah._cache)
+    n = len(ah.fast); learn.fit(1)
+    assert len(ah.fast) == n + 8 and np.isfinite(ah.fast['rms'][n:]).all() and ah._cache == {}
