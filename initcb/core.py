@@ -608,6 +608,9 @@ def real_fit(cb:Callback, # a callback, in `before_fit`
             ):
     "False during `lr_find` (which restores the weights it began with), `get_preds`, `validate` and `tta`: fits initcb's callbacks sit out"
     _own_learner(cb)
+    if sum(c is cb for c in cb.learn.cbs) > 1:  # (every event ran twice: two rows a batch; and the end of `fit(cbs=...)` took one off, leaving the other unattached)
+        raise ValueError(f"`cbs`: this {type(cb).__name__} is on the Learner twice (in `Learner(cbs=...)` or `add_cb`, and again in `fit(cbs=...)` or "
+                         f"`add_cb`): fastai would call it twice for every event. Give it once")
     return not hasattr(cb.learn, 'lr_finder') and not hasattr(cb, 'gather_preds') and not _validating(cb.learn)
 
 def _own_learner(cb):
@@ -617,8 +620,7 @@ def _own_learner(cb):
     caller = None if f is None else f.f_locals.get('self')
     if caller is None or caller is cb.learn: return
     n = type(cb).__name__
-    if cb.learn is None: raise ValueError(f"`cbs`: this {n} was added to another Learner after this one, then taken off it (`remove_cb`): fastai "
-                                          f"attaches a callback to one learner at a time. Here: `remove_cb` it, then `add_cb` it again")
+    if cb.learn is None: cb.learn = caller; return  # (on this learner's list, taken off another since, or off this one where it was twice: this one's)
     raise ValueError(f"`cbs`: this {n} was added to another Learner after this one (fastai's `add_cb` points a callback at the last learner "
                      f"it was added to, so one instance cannot serve two: it would watch, or change, the other's model). Give each "
                      f"Learner its own {n}(), or `remove_cb` it from the other first")
@@ -647,10 +649,15 @@ class FitOnlyCallback(Callback):
     def __call__(self, event_name):
         # fastai sets `run` back to True in `after_fit` only, which a fit ended by an exception skips (Ctrl-C in `lr_find`):
         # the next fit's `before_fit` was not called, and the callback sat that fit out too, silently
-        if event_name == 'before_fit': self.run = True
-        return Callback.__call__(self, event_name)
+        if event_name == 'before_fit': self.run = True; self._fits = self.__dict__.get('_fits', 0) + 1  # (fits it is in: a `validate` inside a fit is one more)
+        elif event_name in _IN_FIT and not self.__dict__.get('_fits'):  # added mid-fit (`add_cb` in another callback's `after_epoch`): its `before_fit`
+            self._fits = 1; Callback.__call__(self, 'before_fit')  # first, as `HealthCheck` does for its own (else: "'Sequential' object has no attribute '_rec'")
+        r = Callback.__call__(self, event_name)
+        if event_name == 'after_fit': self._fits = max(self.__dict__.get('_fits', 1) - 1, 0)  # (a fit ended by an exception skips it: the count stays up, and a
+        return r                                                                               # callback added mid-fit later begins at the next `before_fit`, as before)
 
 _EVENTS = frozenset(n for n in dir(event) if not n.startswith('_'))
+_IN_FIT = _EVENTS - {'before_fit', 'after_fit', 'after_create'} - {n for n in _EVENTS if n.startswith('after_cancel')}  # the events of a fit's epochs
 
 class HealthCallback(FitOnlyCallback):
     "Base of initcb's hook-based callbacks: hooks come off however the fit ends; skipped during `lr_find`"

@@ -513,10 +513,9 @@ def test_callback_moved_without_remove_is_refused_on_the_first_learner():
     n = cb.n_seen
     with pytest.raises(ValueError, match='added to another Learner'): lc.fit(1)
     assert cb.n_seen == n and n_hooks(lc.model) == n_hooks(ld.model) == 0
-    ld.remove_cb(cb)  # (fastai's `remove_cb` leaves it in `lc.cbs`, attached to no learner)
-    with pytest.raises(ValueError, match=r'then taken off it \(`remove_cb`\).*`remove_cb` it, then `add_cb` it again'): lc.fit(1)
-    lc.remove_cb(cb); lc.add_cb(cb); lc.fit(1)
-    assert cb.n_seen == n + len(lc.dls.train) and n_hooks(lc.model) == 0
+    ld.remove_cb(cb)  # (fastai's `remove_cb` leaves it in `lc.cbs`, attached to no learner: on `lc`'s list alone, it is `lc`'s again)
+    lc.fit(1)
+    assert cb.learn is lc and cb.n_seen == n + len(lc.dls.train) and n_hooks(lc.model) == n_hooks(ld.model) == 0
 
 def test_health_check_columns_are_the_fits():
     "HealthCheck's live columns come off `learn.metrics` at the fit's end: `loss, acc = learn.validate()` works after it; each fit"
@@ -665,3 +664,35 @@ def test_device_constants_freed_at_the_end_of_a_fit(how):
     assert ah._cache == {} and ah._cbytes == 0, list(ah._cache)
     n = len(ah.fast); learn.fit(1)
     assert len(ah.fast) == n + 8 and np.isfinite(ah.fast['rms'][n:]).all() and ah._cache == {}
+
+
+def _later(C):
+    class TurnOnLater(Callback):
+        order = 70
+        def after_epoch(self):
+            if self.epoch == 0: self.learn.add_cb(self.cb)
+    t = TurnOnLater(); t.cb = C(); return t
+
+@pytest.mark.parametrize('C', ['GradientHealth', 'ActivationHealth', 'AdaptiveWD', 'NonFiniteGuard'])
+def test_added_mid_fit_begins_there(C):
+    "A recorder or remedy added with `add_cb` in another callback's `after_epoch` (to turn it on from epoch 1) failed at its next event with"
+    "\"'Sequential' object has no attribute '_rec'\" (its `before_fit` had not run): it begins at its first event now, as HealthCheck begins its own"
+    import initcb.all as I
+    t = _later(getattr(I, C))
+    learn = quiet(synth_learner(n_trn=4, cbs=t))
+    learn.fit(2, 1e-2)
+    cb = t.cb
+    if C == 'GradientHealth': assert len(cb.hist) == 4, len(cb.hist)  # (epoch 1's batches)
+    if C == 'ActivationHealth': cb.flush(); assert len(cb.fast) == 4 and n_hooks(learn.model) == 0, len(cb.fast)
+    learn.remove_cb(cb); learn.remove_cb(t); learn.fit(1, 1e-2)  # (and the learner goes on without it)
+
+def test_same_instance_twice_is_an_error_then_works():
+    "A callback given to the Learner and again to `fit(cbs=...)` ran every event twice (two GradientHealth rows a batch), and the end of the fit"
+    "took one off, leaving the other unattached: the next fit said 'added to another Learner'. Now an error naming both, and the next fit runs"
+    from initcb.gradients import GradientHealth
+    gh = GradientHealth(warn=False)
+    learn = quiet(synth_learner(n_trn=4, cbs=gh))
+    with pytest.raises(ValueError, match='twice'): learn.fit(1, 1e-2, cbs=gh)
+    assert n_hooks(learn.model) == 0
+    learn.fit(1, 1e-2)
+    assert len(gh.hist) == 4 and sum(c is gh for c in learn.cbs) == 1
