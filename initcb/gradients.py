@@ -86,8 +86,8 @@ def setup(self:GradientHealth):
     self._fit0, self._fit_losses, self._fit_mix = self.n_seen, None, None  # (this fit's first batch in the history's count; its loss list: `before_train`'s)
     self._since = self.n_seen  # (the first batch the report's rules read: the fit's, or the first after a `rebase`)
     self._group_of, self._lr_peak, self._warm = None, np.full(len(self.layers), np.nan), None  # (per fit: the optimizer's groups, each layer's peak lr, layers growing from zero)
-    clip = [cb for cb in self.learn.cbs if isinstance(cb, GradientClip)]
-    self._clip = clip[0].max_norm if clip and clip[0].norm_type == 2 else None
+    clip = next((cb for cb in self.learn.cbs if isinstance(cb, GradientClip)), None)
+    self._clip = None if clip is None else (float(clip.max_norm), float(clip.norm_type))  # (its limit, and its norm's order: 'inf' is taken too, as torch takes it)
     self._rec = 0
     self._q = DeviceChunks(self._sink, self.chunk, collate=stack_scalars)  # rows of norms, stacked a chunk at a time
     self._uq = DeviceChunks(self._usink, max(1, min(4, self.chunk // self.update_every)), collate=stack_scalars)
@@ -167,12 +167,13 @@ def before_step(self:GradientHealth):
         if not self._guard_ok: self._guard = gd = None
     n2 = None if gd is None else gd._grad_norms  # (this batch's, computed by the guard: one multi-tensor norm a batch, not two)
     if gd is not None: gd._grad_norms = None
-    if n2 is None or self._upd:
+    cp = self._clip is not None and self._clip[1] != 2  # (`GradientClip` by a norm of another order: each gradient's norm of that order, one more multi-tensor op a recorded batch, only then: 166.9 -> 167.9 ops a batch on a small MLP, measured; by 2 or none, unchanged)
+    if n2 is None or self._upd or cp:
         gs = [p.grad if p.grad is not None else self._zero(p) for p in ps]  # (a sparse gradient: `foreach_norm` puts its stored values in `gs`)
     g = torch.is_grad_enabled(); _set_grad(False)
     try:
         if n2 is None: n2 = foreach_norm(gs, 2, self._memo)
-        self._q.add(n2, self._iter)
+        self._q.add((*n2, *foreach_norm(gs, self._clip[1], self._memo)) if cp else n2, self._iter)  # (in the same row: still one stack a chunk)
         if self._upd:
             nz = foreach_norm(gs, 0, self._memo)  # non-zero entries
             nonf = foreach_norm(torch._foreach_mul(gs, 0.), 0, self._memo)  # 0*inf and 0*nan are nan: counted
@@ -277,10 +278,11 @@ def _zero(self:GradientHealth, p):
 # %% ../nbs/02_gradients.ipynb #e9a3a650
 @patch
 def _sink(self:GradientHealth, arr, iters):
-    g = self._columns(arr.reshape(len(iters), -1))
+    arr, k = arr.reshape(len(iters), -1), len(self._cols)
+    g = self._columns(arr[:, :k])  # (the L2 norms; past them, `GradientClip`'s norms of another order, where it takes one)
     nonf = (~np.isfinite(g)).astype(np.float32); nonf[:, self._frozen_cols()] = 0
     self.hist.append(iters, dict(grad_norm=g, nonfinite_batches=nonf))
-    self._check(np.asarray(iters), g)
+    self._check(np.asarray(iters), g, arr[:, k:])
 
 @patch
 def _usink(self:GradientHealth, arr, metas):
@@ -420,12 +422,15 @@ def _frozen(self:GradientHealth):
     return np.isnan(self.hist['grad_norm']) & (self.hist['nonfinite_batches'] == 0)
 
 @patch
-def _check(self:GradientHealth, iters, g):
-    "Flags from a chunk of per-parameter gradient norms `g` (rows, params): whole-chunk array ops, a Python step only per flag"
+def _check(self:GradientHealth, iters, g, cn=None):
+    "Flags from a chunk of per-parameter gradient norms `g` (rows, params): whole-chunk array ops, a Python step only per flag; `cn`: the trainable parameters' norms of `GradientClip`'s order, where not 2"
     st, ok, cols = self._streak, ~np.isin(iters, self.skipped), self._cols
     gt = g[:, cols]  # (the trainable parameters' columns)
     with np.errstate(invalid='ignore', over='ignore'): glob = np.sqrt((gt**2).sum(1))
-    if self._clip is not None: self.clipped += [int(i) for i, n in zip(iters, glob) if n > self._clip]
+    if self._clip is not None:  # (the total norm `clip_grad_norm_` clips by: the norm of the per-parameter norms, of its order)
+        mx, p = self._clip
+        tot = glob if p == 2 else np.linalg.norm(cn.astype(np.float64), p, 1)
+        self.clipped += [int(i) for i, n in zip(iters, tot) if n > mx]
     fin = ok & np.isfinite(glob)
     rows, gf = np.flatnonzero(fin), glob[fin]
     # each finite global norm against the finite norms before it: the last `explode_window` for the median, the last one for growth
@@ -479,15 +484,16 @@ def _streaks(self:GradientHealth, kind, iters, bad, n, value, msg, key=None):
 @patch
 def _check_band(self:GradientHealth, iters, d, w, lr, zf, s):
     lo, hi = self.band
-    lu, ls, llr = self._layer_ratio(d, w), self._layer_ratio(s, w), self._layer_max(lr)  # (stalled: the gradient's step `s`, decoupled weight decay aside)
-    got = self._per_layer((zf < 1).astype(np.float64), np.isnan(w)) > 0  # a layer with a non-zero gradient entry (else: 'no gradient')
+    fz = np.isnan(zf)  # frozen: no count (a NaN weight norm is non-finite weights, not frozen)
+    lu, ls, llr = self._layer_ratio(d, w, fz), self._layer_ratio(s, w, fz), self._layer_max(lr)  # (stalled: the gradient's step `s`, decoupled weight decay aside)
+    got = self._per_layer((zf < 1).astype(np.float64), fz) > 0  # a layer with a non-zero gradient entry (else: 'no gradient')
     peak = np.fmax.accumulate(np.concatenate([self._lr_peak[None], llr]), 0)[1:]  # each layer's peak learning rate in the fit so far
     self._lr_peak = peak[-1]
     ref = np.fmax(peak, np.fmax.reduce(llr, 1, keepdims=True, initial=-np.inf))  # ...and the largest of any layer at that step
     with np.errstate(invalid='ignore'):  # (an update ratio follows the learning rate: small while a schedule anneals it, or where
         stalled, hot = (ls < lo) & got & ~(llr < self.stall_lr * ref) & ~np.isnan(llr), lu > hi  # a smaller one was chosen for the layer: not
         # stalled; no learning rate at all, a parameter in no optimizer group, that the optimizer never updates: no learning rate to raise)
-        if self._warm is None: self._warm = self._layer_norms(w[:1], np.isnan(w[:1]))[0] == 0  # (the fit's first measurement: weights all zero)
+        if self._warm is None: self._warm = self._layer_norms(w[:1], fz[:1])[0] == 0  # (the fit's first measurement: weights all zero)
         warm = self._warm & ~np.logical_or.accumulate(lu <= hi, 0)  # growing from zero (fastai's zero-init BatchNorm): large steps
         self._warm, hot = warm[-1], hot & ~warm  # against small weights until its ratio first comes into the band, then watched
     for kind, bad, v, what, word, lim in (('stalled', stalled, ls, "the gradient's update ratio (weight decay aside)", 'below', lo), ('too hot', hot, lu, 'update ratio', 'above', hi)):
@@ -502,9 +508,8 @@ def _layer_max(self:GradientHealth, v):
     return out
 
 @patch
-def _layer_ratio(self:GradientHealth, d, w):
-    "Per-layer update ratios ‖Δw‖/‖w‖ from per-parameter update norms `d` and weight norms `w` (rows, params), less the frozen ones (NaN)"
-    frozen = np.isnan(w)
+def _layer_ratio(self:GradientHealth, d, w, frozen):
+    "Per-layer update ratios ‖Δw‖/‖w‖ from per-parameter update norms `d` and weight norms `w` (rows, params), less the `frozen` ones (NaN: a layer frozen whole, or with a NaN weight norm)"
     with np.errstate(divide='ignore', invalid='ignore'): return np.sqrt(self._per_layer(d**2, frozen) / self._per_layer(w**2, frozen))
 
 @patch(as_prop=True)
@@ -524,7 +529,7 @@ def to_df(self:GradientHealth,
     if per not in ('layer', 'param'): raise ValueError(f"`per` must be 'layer' or 'param', got {per!r}")
     h, k, ku = self.hist, len(self.hist), len(self.upd)
     ju, _, u = self.upd.pooled_by(h)  # (the two histories thin apart: an update row pools into the gradient row it falls in)
-    fz, ufz = self._frozen(), np.isnan(u['weight_norm'])
+    fz, ufz = self._frozen(), np.isnan(u['nonfinite'])  # (frozen: NaN counts. A NaN weight norm is non-finite weights, not frozen)
     if per == 'param':
         names, cols = self.names, dict(**{c: h[c] for c in GRAD_COLS}, frozen=fz)
         with np.errstate(divide='ignore', invalid='ignore'):
@@ -532,10 +537,10 @@ def to_df(self:GradientHealth,
                          weight_norm=u['weight_norm'], zero_frac=u['zero_frac'], nonfinite=u['nonfinite'], lr=u['lr'])
     else:
         names, sizes = self.layers, np.broadcast_to(self.sizes, ufz.shape)
-        nonf = self._per_layer(h['nonfinite_batches'], fz)
-        cols = dict(grad_norm=self._layer_norms(h['grad_norm'], fz), nonfinite_batches=(nonf > 0).astype(np.float32), frozen=np.isnan(nonf))
+        nonf = self._layer_max(np.where(fz, np.nan, h['nonfinite_batches'])).astype(np.float32)  # (batches: the most of its parameters', not their sum)
+        cols = dict(grad_norm=self._layer_norms(h['grad_norm'], fz), nonfinite_batches=nonf, frozen=np.isnan(nonf))
         with np.errstate(divide='ignore', invalid='ignore'):
-            ucols = dict(update_ratio=self._layer_ratio(u['update_norm'], u['weight_norm']), grad_update_ratio=self._layer_ratio(u['grad_step_norm'], u['weight_norm']), weight_norm=self._layer_norms(u['weight_norm'], ufz),
+            ucols = dict(update_ratio=self._layer_ratio(u['update_norm'], u['weight_norm'], ufz), grad_update_ratio=self._layer_ratio(u['grad_step_norm'], u['weight_norm'], ufz), weight_norm=self._layer_norms(u['weight_norm'], ufz),
                          zero_frac=self._per_layer(u['zero_frac'] * sizes, ufz) / self._per_layer(sizes, ufz), nonfinite=self._per_layer(u['nonfinite'], ufz),
                          lr=self._layer_max(u['lr']))
     L = len(names)

@@ -621,3 +621,63 @@ def test_legacy_fp16_master_weights_are_no_missing_optimizer():
     gh = GradientHealth(warn=False)
     learn.add_cbs([CPUNonNative(dynamic=False), gh]); learn.fit(1, 1e-3)
     assert not (gh.events.kind == 'not in optimizer').any()
+
+class Poison(Callback):
+    "NaN and inf in 8 entries of the gradients of layer 2's `ps` at batches `at` (before GradientHealth reads them); with `clean`, zeroed after it did, so the weights stay finite"
+    order = GradientHealth.order + 0.1
+    def __init__(self, at, clean, ps): self.at, self.clean, self.ps = at, clean, ps
+    def after_backward(self):
+        if self.train_iter in self.at:
+            for n in self.ps: g = getattr(self.model[2], n).grad.view(-1); g[:5] = math.nan; g[5:8] = math.inf
+    def before_step(self):
+        if self.clean:
+            for p in self.model.parameters(): p.grad.nan_to_num_(0., 0., 0.)
+
+def poisoned(clean, ps, **kw):
+    torch.manual_seed(0)
+    gh = GradientHealth(update_every=1, warn=False, **kw)
+    learn = quiet(synth_learner(n_trn=10, cbs=[gh, Poison({1, 2, 3, 5, 6}, clean, ps)])); learn.model = mlp(1); learn.fit(1, 1e-2)
+    return gh
+
+def test_layer_counts_non_finite_batches_once():
+    "A layer's `nonfinite_batches` was a 0/1 flag: 1 for a merged row where 5 of its 8 batches were non-finite (per parameter: 5); a batch"
+    "where its weight and bias both went non-finite is one batch, not two"
+    gh = poisoned(True, ('weight', 'bias'), max_rows=4)
+    h, k = gh.hist, len(gh.hist)
+    assert (h.n[:k] > 1).any()  # (thinned: merged rows)
+    want = [sum(it in {1, 2, 3, 5, 6} for it in range(a, a + n)) for a, n in zip(h.iters[:k], h.n[:k])]
+    L, p = gh.to_df(), gh.to_df(per='param')
+    assert L.query("layer == '2'")['nonfinite_batches'].tolist() == want
+    assert p.query("param == '2.weight'")['nonfinite_batches'].tolist() == want == p.query("param == '2.bias'")['nonfinite_batches'].tolist()
+    assert (L.query("layer != '2'")['nonfinite_batches'] == 0).all() and not L['frozen'].any()
+
+def test_non_finite_weights_are_not_frozen():
+    "Once a NaN step made a layer's weights NaN, the layer view read its NaN weight norm as 'frozen': its `nonfinite` count left out (the bias's"
+    "alone, then NaN), `zero_frac` NaN, its update ratio the bias's; per parameter the counts were there"
+    gh = poisoned(False, ('weight',))  # (the bias stays finite for the step of batch 1: at batch 2 only the weights are NaN)
+    L, p = gh.to_df(), gh.to_df(per='param')
+    assert not L['frozen'].any() and not p['frozen'].any()
+    for col in ('nonfinite', 'zero_frac'): assert L[col].notna().all(), col
+    per = p.assign(layer=p['param'].str.rpartition('.')[0]).groupby(['iter', 'layer'], sort=False)['nonfinite'].sum()
+    np.testing.assert_array_equal(L.set_index(['iter', 'layer'])['nonfinite'].loc[per.index].to_numpy(), per.to_numpy())
+    two, w = L.query("layer == '2'").set_index('iter'), p.query("param == '2.weight'").set_index('iter')
+    assert np.isnan(w.loc[2:, 'weight_norm']).all() and (two.loc[2:, 'nonfinite'] >= w.loc[2:, 'nonfinite']).all() and (w.loc[2:, 'nonfinite'] > 8).all()
+    assert np.isnan(two.loc[2:, ['weight_norm', 'update_ratio']].to_numpy()).all()  # (NaN weights: no bias-only norm or ratio in their place)
+
+class PreClip(Callback):
+    "The total gradient norm of order `p` that `GradientClip` takes (`clip_grad_norm_` with no limit clips nothing), before it clips"
+    def __init__(self, p): self.p, self.n = p, []
+    def after_backward(self): self.n.append(nn.utils.clip_grad_norm_(self.model.parameters(), math.inf, self.p).item())
+
+@pytest.mark.parametrize('p', [2., math.inf, 1., 3., 0.5, 'inf'])
+def test_clipping_by_any_norm_type_is_recorded(p):
+    "GradientClip's clipping was recorded only for norm_type 2: by inf or 1, `clipped` stayed empty though it clipped most steps"
+    from fastai.callback.training import GradientClip
+    torch.manual_seed(0)
+    gh, pc = GradientHealth(warn=False), PreClip(p)
+    learn = quiet(synth_learner(n_trn=16, cbs=[gh, pc])); learn.model = mlp(2); learn.fit(1, 0.)  # (lr 0: the same gradients whatever clipping does)
+    mx = float(np.median(pc.n))
+    learn.add_cb(GradientClip(max_norm=mx, norm_type=p)); pc.n = []; learn.fit(1, 0.)
+    want = [16 + i for i, n in enumerate(pc.n) if n > mx]
+    assert 0 < len(want) < 16 and gh.clipped == want
+    assert gh.to_df().groupby('iter')['clipped'].first().loc[16:].sum() == len(want)
