@@ -7,6 +7,7 @@ Docs: https://initcb.github.io/initcb/reinit.html.md"""
 # %% ../nbs/04_reinit.ipynb #9fe63abc
 from __future__ import annotations
 import copy, math, warnings
+from contextlib import contextmanager
 import numpy as np, pandas as pd, torch
 from torch import nn
 import torch.fx as fx
@@ -64,10 +65,42 @@ def _why_type(m, node=None, mods=None):
         if not (node.op == 'call_module' and _elementwise(mods[node.target]) or _act_fn(node) is not None): break
     return f'a {type(m).__name__}: ReDo follows the units of Linear, Conv1d and Conv2d layers only'
 
+@contextmanager
+def _kept(model):
+    "Run the block, then put back `model`'s modules as they were: their attributes (`self.k += 1`), the contents of their lists, dicts"
+    "and sets, the values of their buffers and tensor attributes (`self.n += 1`, an EMA's `mul_`); and every random state (`rng_kept`)"
+    ms = list(model.modules())
+    was = [(m, dict(m.__dict__), {k: copy.copy(v) for k, v in m.__dict__.items() if isinstance(v, (list, dict, set))}) for m in ms]
+    ts = {id(t): t for m in ms for t in (*m._buffers.values(), *m.__dict__.values())
+          if isinstance(t, torch.Tensor) and not nn.parameter.is_lazy(t) and t.device.type != 'meta'}  # (no values to put back)
+    ts = [(t, t.detach().clone()) for t in ts.values()]  # (not the parameters: fx reads them as proxies, `self.w.add_(1)` is recorded, not run; copied, xresnet18's 11M: 60 ms on the CPU, 5x its trace, and their memory again)
+    try:
+        with rng_kept(): yield  # (a layer drop's draw, `torch.rand(())`, runs)
+    finally:
+        for m, d, cs in was:
+            m.__dict__.clear(); m.__dict__.update(d)  # (fx left a `_tensor_constant0` on the model too)
+            for k, c in cs.items(): d[k].clear(); (d[k].extend if isinstance(c, list) else d[k].update)(c)
+        with torch.no_grad():
+            for t, v in ts:
+                if not torch.equal(t, v): t.copy_(v)  # (as it was: not written; an expanded tensor cannot be)
+
 def _trace(model):
-    "(`model` traced by torch.fx as a GraphModule, None), or (None, why it cannot be)"
-    try: return fx.GraphModule(model, _Tracer().trace(model)), None
-    except Exception as e: return None, f'the model cannot be traced by torch.fx ({type(e).__name__})'
+    "(`model` traced by torch.fx as a GraphModule, None), or (None, why it cannot be); `model` left as it was (`_kept`: fx runs its forward's Python code on its modules)"
+    with _kept(model):  # (a step counter in a buffer: each trace a step, ReinitDormant's fit counted 45 for 44 batches)
+        try: return fx.GraphModule(model, _Tracer().trace(model)), None
+        except Exception as e: return None, f'the model cannot be traced by torch.fx ({type(e).__name__})'
+
+_META = {'dtype', 'device', 'shape', 'ndim', 'is_cuda', 'layout', 'requires_grad'}  # (a tensor's attributes that are not its values)
+_META_METHODS = {'size', 'dim', 'numel', 'nelement', 'element_size', 'get_device', 'is_floating_point', 'is_complex', 'is_contiguous',
+                 'new_zeros', 'new_ones', 'new_empty', 'new_full'}
+_LIKE = {torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, torch.rand_like, torch.randn_like}
+
+def _meta_read(u, nd):
+    "Whether node `u` reads only the dtype, device or shape of get_attr node `nd` (a parameter or buffer): `w.dtype`, `w.size(1)`, `x.to(w)`, `x.type_as(w)`, `torch.zeros_like(w)`"
+    first, rest = bool(u.args) and u.args[0] is nd, [*u.args[1:], *u.kwargs.values()]
+    if u.op == 'call_method' and u.target in ('to', 'type_as'): return not first and any(a is nd for a in rest)
+    if any(a is nd for a in rest) or not first: return False
+    return u.target in _META_METHODS if u.op == 'call_method' else u.op == 'call_function' and (u.target is getattr and rest[0] in _META or u.target in _LIKE)
 
 def unit_chains(
     model:nn.Module, # traced with torch.fx
@@ -77,10 +110,11 @@ def unit_chains(
     "activation (`F.relu(x)`) as (fn, args, kwargs, the module whose output it takes)"
     gm, why = _trace(check_model(model))
     if gm is None: return {n: (None, why if isinstance(m, _LAYER) else _why_type(m)) for n, m in model.named_modules() if isinstance(m, _LAYER + _UNFOLLOWED)}
-    mods, res, uses, ties, call = dict(model.named_modules()), {}, {}, tied_modules(model), {}
-    for nd in gm.graph.nodes:  # each module's calls, and reads of its weights outside a call
-        if nd.op in ('call_module', 'get_attr'):
-            k = nd.target if nd.op == 'call_module' else nd.target.rpartition('.')[0]; call[nd] = uses.get(k, 0); uses[k] = call[nd] + 1
+    mods, res, uses, ties, call, calls = dict(model.named_modules()), {}, {}, tied_modules(model), {}, {}
+    for nd in gm.graph.nodes:  # each module's uses: its calls, and reads of its weights' values outside a call (`F.linear(x, self.l.weight)`; not `x.to(self.l.weight.dtype)`)
+        if nd.op == 'call_module': call[nd] = calls.get(nd.target, 0); calls[nd.target] = call[nd] + 1  # (which call: among its calls alone, as a hook counts them)
+        k = nd.target if nd.op == 'call_module' else nd.target.rpartition('.')[0] if nd.op == 'get_attr' and not all(_meta_read(u, nd) for u in nd.users) else None
+        if k is not None: uses[k] = uses.get(k, 0) + 1
     inner = {id(s): nd.target for nd in gm.graph.nodes if nd.op == 'call_module' for s in mods[nd.target].modules() if s is not mods[nd.target]}  # (modules called inside a leaf fx does not trace into: their calls there are not in the graph)
     def shared(n):  # why changing module `n` for this chain would change the network elsewhere too
         if uses.get(n, 0) > 1: return f'{n} is used {uses[n]} times in the forward'

@@ -197,6 +197,46 @@ def test_tied_or_reused_layers_not_followed():
         reinit_dormant(m, x, tau=0.)
         assert torch.equal(m(x), y0) and all(torch.equal(v, sd[k]) for k, v in m.state_dict().items())
 
+def test_tracing_leaves_the_model_as_it_was():
+    "torch.fx runs the forward's Python code on the real modules: each trace moved a step counter (buffer and attribute), an EMA, a list and"
+    "the random state, and left a `_tensor_constant0` on the model (two `unit_chains`, no batch: 2 steps); in a fit, a step more than its batches"
+    from initcb.reinit import unfollowed
+    class Sched(nn.Module):  # (a schedule's step count, an EMA, a layer drop's draw: state a training forward moves)
+        def __init__(s): super().__init__(); s.register_buffer('steps', torch.zeros((), dtype=torch.long)); s.register_buffer('avg', torch.ones(4)); s.k, s.seen = 0, []
+        def forward(s, x):
+            if not s.training: return x
+            s.steps += 1; s.k += 1; s.seen.append(x)
+            with torch.no_grad(): s.avg.mul_(0.9).add_(0.1 * x.mean(0))
+            if torch.rand(()) < 0.: return x
+            return (x - s.avg) / s.steps.float().sqrt()
+    def net(): return nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 4), Sched(), nn.ReLU(), nn.Linear(4, 1))
+    torch.manual_seed(0); m = net()
+    sd, keys, rng = {k: v.clone() for k, v in m.state_dict().items()}, [set(s.__dict__) for s in m.modules()], torch.get_rng_state()
+    assert unit_chains(m)['0'][0]['act'] == '1' and list(unfollowed(m, ['4'])) == ['4']
+    assert all(torch.equal(v, sd[k]) for k, v in m.state_dict().items()) and (m[3].k, m[3].seen) == (0, []), (m[3].steps, m[3].k)
+    assert [set(s.__dict__) for s in m.modules()] == keys and torch.equal(torch.get_rng_state(), rng)
+    learn = quiet(synth_learner(n_trn=3, cbs=ReinitDormant(every=1000, verbose=False))); learn.model = net()
+    learn.fit(1)
+    assert int(learn.model[3].steps) == learn.model[3].k == len(learn.dls.train) == 3
+
+def test_a_weights_dtype_read_is_no_second_use():
+    "`x.to(self.l1.weight.dtype)` (a common idiom), `x.type_as(w)`, a weight's shape, `x.to(buffer)`: l1 'is used 2 times in the forward',"
+    "not followed; a weight's values read outside its call still are a use (`F.linear(x, self.l.weight)`: test_tied_or_reused_layers_not_followed)"
+    import torch.nn.functional as F
+    class Net(nn.Module):
+        def __init__(s): super().__init__(); s.l1, s.bn, s.l2 = nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 2)
+        def forward(s, x):
+            x = x.to(s.l1.weight.dtype).type_as(s.l2.weight).to(s.bn.running_mean)[:, :s.l1.weight.shape[1]]
+            return s.l2(F.relu(s.bn(s.l1(x))))
+    torch.manual_seed(0); m = Net(); x = torch.randn(32, 8)
+    ch = unit_chains(m)
+    assert ch['l1'] == (dict(norm='bn', act=None, act_call=0, act_fn=(F.relu, (), {}, 'bn'), flatten=False, next='l2'), None), ch['l1']
+    with torch.no_grad(): m.bn.weight[:4] = 0.; m.bn.bias[:4] = -1.  # (4 units dead after the ReLU)
+    m.eval(); y0 = m(x).detach(); m.train()
+    assert reinit_dormant(m, x, ch)[0]['unit_ids'] == [0, 1, 2, 3]
+    m.eval()
+    with torch.no_grad(): torch.testing.assert_close(m(x), y0, rtol=0, atol=1e-5)
+
 def test_not_in_lr_find_nor_get_preds():
     "lr_find puts the weights back: ReinitDormant neither acts, records nor counts batches there (nor in get_preds); the fit's first check is at its batch 0"
     from fastai.callback.schedule import lr_find  # (patches Learner.lr_find)
