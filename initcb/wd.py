@@ -11,7 +11,9 @@ import numpy as np, pandas as pd, torch
 from torch import nn
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
+from fastai.optimizer import l2_reg
 from .core import *
+from .core import _cleanup_all
 
 # %% auto #0
 __all__ = ['MODES', 'AdaptiveWD']
@@ -30,6 +32,16 @@ def _group_sums(v, sizes):
     "Sums of consecutive runs of `v` of lengths `sizes` (0 for an empty run)"
     ends = np.cumsum(sizes)
     return np.array([v[e - n:e].sum() for n, e in zip(sizes, ends)])
+
+_DECOUPLED = tuple(getattr(torch.optim, n) for n in ('AdamW', 'Adafactor', 'Muon') if hasattr(torch.optim, n))  # (torch's that decay decoupled, no flag)
+
+def _l2_groups(opt):
+    "The groups whose weight decay `opt` adds to the gradient (L2: fastai's `decouple_wd=False`, torch's Adam and SGD), and what makes it so (None: decoupled, or none)"
+    inner = getattr(opt, 'opt', None)
+    if isinstance(inner, torch.optim.Optimizer):  # (an `OptimWrapper`: per group, torch's `decoupled_weight_decay` where it has one)
+        gs = [g for g, pg in enumerate(inner.param_groups) if 'weight_decay' in pg and not pg.get('decoupled_weight_decay', isinstance(inner, _DECOUPLED))]
+        return gs, f'torch.optim.{type(inner).__name__}' if gs else None
+    return (list(range(len(opt.hypers))), "fastai's `decouple_wd=False`") if l2_reg in getattr(opt, 'cbs', ()) else ([], None)
 
 def _thin(rows):
     "`rows` with their older half thinned to every other row: kept long enough, older rows coarser, at most twice the half's length"
@@ -57,19 +69,49 @@ class AdaptiveWD(HealthCallback):
         self.beta, self.eps = check_float('beta', beta, 0., 1.), check_float('eps', eps, 0., 1.)
         self.gain, self.bound, self.every = check_float('gain', gain, 0., 1.), check_float('bound', bound, 1., 1e6), check_int('every', every)
         self.hist, self.bases, self._events, self.state, self.max_rows = [], [], [], {}, check_int('max_rows', max_rows, 4)
+        self._params = None  # (the parameters `state` was learned on, by group: `_afresh`)
         warn_unread('AdaptiveWD', AdaptiveWD.__init__, mode, dict(beta=(beta, ('awd',)), eps=(eps, ('swd',)), gain=(gain, ('equilibrium',)),
                                                              bound=(bound, ('equilibrium',)), every=(every, ('equilibrium',))))
 
     def setup(self):
-        self.n_seen, self._base, self._orig, self._prev, self._armed = self.state.get('n_seen', 0), None, None, None, False
+        self._base, self._orig, self._prev, self._armed = None, None, None, False
+        self._refused()  # (before anything of this fit is set or stepped)
+        self._afresh()
+        self.n_seen = self.state.get('n_seen', 0)
         self._capped = set()  # (the groups whose λ went over `wd_max` in this fit: said once each)
         self._zero = None  # (the groups with nothing to adapt from in this fit, found at its first step)
 
+    def _refused(self):
+        "A `ValueError` at `before_fit`, the callbacks set up before this one cleaned up, for what this fit cannot do: two `AdaptiveWD`, or 'swd' on an L2 Adam"
+        n = [c for c in self.learn.cbs if isinstance(c, AdaptiveWD)]
+        if len(n) > 1: why = (f"AdaptiveWD: this Learner has {len(n)} AdaptiveWD ({', '.join(repr(c.mode) for c in n)}): each sets the optimizer's weight decay for the "
+                              "step and puts back what it found there, the other's λ, as the fit's own (fastai's 0.01 ended a fit at 5.5e-15, measured, "
+                              "and stayed for later fits). Keep one")
+        else:
+            self._l2, kind = _l2_groups(self.learn.opt)
+            if self.mode != 'swd' or not any('sqr_mom' in self.learn.opt.hypers[g] for g in self._l2): return  # (L2 without a second moment, SGD's: `_swd`)
+            why = (f"AdaptiveWD('swd') scales decoupled weight decay by 1/√(mean v̂) (AdamS) and this optimizer's is L2 ({kind}): added to the gradient, "
+                   "which Adam already divides by √v̂, coordinate by coordinate, so λ counted it twice, and no one λ undoes that (it sat at `wd_max`: "
+                   "accuracy 0.09 where a fixed wd gave 0.77-0.89, measured). Decay decoupled (fastai's optimizers' default `decouple_wd=True`, "
+                   "`torch.optim.AdamW`, torch's `decoupled_weight_decay=True`), or take 'awd', whose λ ∝ ‖∇L‖/‖w‖ Ghiasi et al. apply as L2")
+        _cleanup_all(self.learn); raise ValueError(why)
+
+    def _afresh(self):
+        "The λ learned and the history kept while the optimizer holds the last fit's parameters (a second fit, `fine_tune`), else afresh: they are keyed by group and place in it"
+        materialize_lazy(self.learn)  # (lazy modules: no sizes before a forward pass)
+        name = {id(p): n for n, p in unwrap(self.learn.model).named_parameters()}
+        now = [[(name.get(id(p)), p.numel()) for p in pl] for pl in self.learn.opt.param_lists]
+        was = getattr(self, '_params', None)  # (None: a new callback, one given `load_state_dict` (its λ for whatever model it meets), or one exported by 0.0.1)
+        if was is not None and was != now:  # (another model's, another splitter's: a reused one began from the old model's λ, 0.059 where the fit's was 0.1)
+            if self.hist: warnings.warn("AdaptiveWD: the model's parameters changed; λ and its history start afresh from the fit's weight decay")
+            self.state, self.hist, self.bases, self._events = {}, [], [], []
+        self._params = now
+
     # parameters fastai decays, per group
     def _decayed(self):
-        "The parameters fastai decays, per group; `_js`: their positions in the group (unfrozen later, a tensor keeps its key)"
+        "The parameters fastai decays this step, per group (none without a gradient: the optimizer steps them not); `_js`: their positions in the group (unfrozen later, a tensor keeps its key)"
         opt = self.learn.opt
-        self._js = [[j for j, p in enumerate(pl) if opt.state.get(p, {}).get('do_wd', True) and p.requires_grad] for pl in opt.param_lists]
+        self._js = [[j for j, p in enumerate(pl) if opt.state.get(p, {}).get('do_wd', True) and p.requires_grad and p.grad is not None] for pl in opt.param_lists]
         return [[pl[j] for j in js] for pl, js in zip(opt.param_lists, self._js)]
 
     def _event(self, g, why):
@@ -81,7 +123,7 @@ class AdaptiveWD(HealthCallback):
         self._orig = [h['wd'] for h in opt.hypers]  # (the fit's own, put back after each step and at the end)
         self._base = [self.base if self.base is not None and not w else w for w in self._orig]
         self.bases.append(list(self._base))
-        if self._zero is None: self._said_zero()
+        if self._zero is None: self._said_zero(); self._said_l2()
         groups = self._decayed()
         lams = getattr(self, f'_{self.mode}')(groups)
         self.hist.append([self.n_seen, *lams])
@@ -97,6 +139,12 @@ class AdaptiveWD(HealthCallback):
         if len(self._zero) == len(self._base):
             warnings.warn(f"AdaptiveWD('{self.mode}'): the fit's weight decay is 0 in every parameter group and `base` is None, so λ stays 0 and nothing adapts; pass `wd=` to fit or `base=` to AdaptiveWD")
 
+    def _said_l2(self):
+        "Once a fit, in `events`: the groups of an L2 optimizer whose decay 'cautious' and 'equilibrium' apply decoupled by hand (the fit's λ is a rate there, lr·λ·w a step, not a gradient term)"
+        if self.mode not in ('cautious', 'equilibrium'): return  # (digits MLP, wd 0.05 with Adam or SGD as L2: they trained as well as decoupled, 0.88-0.94; their weights ~2x L2's)
+        for g in self._l2:
+            if self._base[g] > 0: self._event(g, f"the optimizer's weight decay is L2: off for the step, λ {self._base[g]:g} applied decoupled by hand after it (p <- p - lr·λ·p)")
+
     def _clamp(self, g, lam, last):
         if not math.isfinite(lam) or lam < 0:
             self._event(g, f'non-finite or negative λ ({lam}): kept {last}'); return last
@@ -106,13 +154,12 @@ class AdaptiveWD(HealthCallback):
         return min(lam, self.wd_max)
 
     def _awd(self, groups):
-        live = [[p for p in ps if p.grad is not None] for ps in groups]
-        flat = [p for ps in live for p in ps]
+        flat = [p for ps in groups for p in ps]
         n = _host_norms([p.grad for p in flat] + flat) ** 2  # every group's gradient and weight norms, one host read
-        sizes = [len(ps) for ps in live]
+        sizes = [len(ps) for ps in groups]
         gns, wns = np.sqrt(_group_sums(n[:len(flat)], sizes)), np.sqrt(_group_sums(n[len(flat):], sizes))
         out = []
-        for g, ps in enumerate(live):
+        for g, ps in enumerate(groups):
             last = self.state.get(('awd', g), self._base[g])
             if not ps: out.append(last); continue
             gn, wn = float(gns[g]), float(wns[g])
@@ -154,7 +201,8 @@ class AdaptiveWD(HealthCallback):
             last = self.state.get(('swd', g), self._base[g])
             if 'sqr_mom' not in hyp[g]:  # no second moment (SGD): Xie et al.'s SGDS, decay scaled as momentum scales the step
                 mom, damp = hyp[g].get('mom', 0.), hyp[g].get('dampening', 0.)  # (fastai's SGD averages without dampening)
-                lam = self._base[g] * (1 - damp) / (1 - mom) if mom < 1 else math.nan
+                lam = self._base[g] if g in self._l2 else self._base[g] * (1 - damp) / (1 - mom) if mom < 1 else math.nan  # (L2, in the gradient: the
+                # momentum scales it so already; the factor again took 10x at 0.9, accuracy 0.09 where a fixed wd gave 0.81, measured)
             elif v is None or not math.isfinite(v) or v <= 0:
                 self._event(g, f'mean second moment {v}: kept λ = {last:.3g}'); out.append(last); continue
             else: lam = self._base[g] / (math.sqrt(v) + self.eps)
@@ -258,6 +306,7 @@ class AdaptiveWD(HealthCallback):
     def cleanup(self, collective:bool=True):
         "Put the fit's own weight decay back: at the end of a fit, however it ends (an exception mid-step included)"
         if getattr(self, '_orig', None) is not None and getattr(self.learn, 'opt', None) is not None: self.learn.opt.set_hyper('wd', self._orig)
+        self._orig, self._armed = None, False  # (put back once: a later `_cleanup_all`, another callback's `before_fit` raising, must not put back a past fit's)
         self._prev = self._hand = self._delta = None  # (a fit that ended mid-step: no copy of the weights kept, nor pickled by `learn.export`)
 
     @property
@@ -288,4 +337,4 @@ class AdaptiveWD(HealthCallback):
         "Restore the running values `state_dict` returned; returns `self`"
         ok = isinstance(sd, dict) and all((k in ('n_seen', 'swd_k', 'swd_ema') or isinstance(k, tuple) and k[:1] in (('awd',), ('swd',), ('eq',))) and is_number(v) for k, v in sd.items())
         if not ok: raise ValueError(f"`sd` must be what AdaptiveWD.state_dict() returned, a dict of its running values; got {type(sd).__name__}" + (f" with keys {list(sd)[:4]}" if isinstance(sd, dict) else ''))
-        self.state = dict(sd); return self
+        self.state, self._params = dict(sd), None; return self  # (taken on the next fit's parameters, whatever they are)
