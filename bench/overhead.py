@@ -65,10 +65,11 @@ class MinimalSampler(HealthCallback):
         if o.numel() <= self.full_max: self.small.append(o); return
         if self.elem[i]: return
         ix = self.idx.get(i)
-        if ix is None: ix = self.idx[i] = sample_index(o.shape, self.sample, o.device)[0]
+        if ix is None: ix = self.idx[i] = self.index(o)
         g = torch.is_grad_enabled(); _set_grad(False)
         try: self.samps.append(torch.take(o, ix))
         finally: _set_grad(g)
+    def index(self, o): return sample_index(o.shape, self.sample, o.device)[0]
     def after_pred(self):
         if not self.on: return
         self.on = False
@@ -105,8 +106,11 @@ class HeldSampler(MinimalSampler):
     """The minimal sampler with its sampling moved out of the forward pass: the hooks keep references to the large
     outputs, and `after_pred` copies strided samples of them all into a chunk buffer in one multi-tensor copy (the
     outputs stay alive until then: more memory in flight). A variant to measure, not a design: on cnn5 it cost the fit
-    the same as `MinimalSampler`. Assumes contiguous outputs (`as_strided` from the start of the storage), as here."""
+    the same as `MinimalSampler`. Assumes contiguous outputs (`as_strided` from the start of the storage), as here. Its
+    sample is an arithmetic progression (a view can take no other), `sample` multiples of n//sample: not `sample_index`'s,
+    which spreads over the whole tensor."""
     def setup(self): super().setup(); self.held, self.buf, self.r = [], None, 0
+    def index(self, o): return torch.arange(self.sample, device=o.device) * max(1, o.numel() // self.sample)
     def _hook(self, i, inp, o):
         if not self.on: return
         if o.numel() <= self.full_max: self.small.append(o); return
@@ -118,8 +122,8 @@ class HeldSampler(MinimalSampler):
             src = []
             for i, o in self.held:
                 st = self.idx.get(i)
-                if st is None: ix = sample_index(o.shape, self.sample)[0]; st = self.idx[i] = int(ix[1] - ix[0])
-                src.append(o.as_strided((self.sample,), (st,), 0))  # (sample_index: an arithmetic progression)
+                if st is None: ix = self.index(o); st = self.idx[i] = int(ix[1] - ix[0])
+                src.append(o.as_strided((self.sample,), (st,), 0))  # (`index`: an arithmetic progression)
             if self.buf is None:
                 self.buf = torch.empty(self.chunk, len(src), self.sample, device=src[0].device)
                 self.views = [list(self.buf[r].unbind(0)) for r in range(self.chunk)]

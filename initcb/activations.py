@@ -662,7 +662,7 @@ def to_df(self:ActivationHealth):
     "All statistics as a long `DataFrame`: one row per recorded batch (or merged block of `n` batches) and layer (`layer`: its name, `idx`: its position); the sampled rows in it pooled (`n_sampled` batches)"
     self._recorded()
     f, k, L = self.fast, len(self.fast), len(self.names)
-    j, ns, s = self.sampled.pooled_by(self.fast)  # (the sampled rows pooled into the every-batch row that holds them)
+    j, ns, s, _ = self.sampled.pooled_by(self.fast)  # (the sampled rows pooled into the every-batch row that holds them)
     cols = {c: np.full((k, L), np.nan, np.float32) for c in SAMPLED}; n = np.full(k, np.nan)
     for c, v in cols.items(): v[j] = s[c]
     n[j] = ns
@@ -687,14 +687,14 @@ def summary(self:ActivationHealth,
     start = None if last is None or not len(f) else f.iters[k]
     def tail(h): return slice(0 if start is None else int(np.searchsorted(h.iters[:len(h)], start)), len(h))
     fi, si = tail(f), tail(s)
-    def wmean(v, w):  # weighted by the batches each row stands for (`w`; 0: a row left out); NaN where no row is left
+    def wmean(v, w):  # weighted by the batches each row has a value for (`w`; 0: a row left out); NaN where no row is left
         with np.errstate(invalid='ignore', divide='ignore'): return np.where(w > 0, v * w, 0.).sum(0) / w.sum(0)
-    sw = s.n[si].astype(np.float64)[:, None] * ~np.isnan(s['mean'][si])  # (a NaN row: the layer gave no output that batch)
-    sm = lambda c: wmean(s[c][si].astype(np.float64), sw)
+    sw = lambda c: s.count(c)[si].astype(np.float64)  # (0 for a NaN row, the layer gave no output that batch; a merged row: its batches with output)
+    sm = lambda c: wmean(s[c][si].astype(np.float64), sw(c))
     r, gone = f['rms'][fi].astype(np.float64), np.isnan(f['rms'][fi]) & (f['nonfinite_batches'][fi] == 0)  # (NaN and no non-finite
-    fw = f.n[fi].astype(np.float64)[:, None] * ~gone  # value: no output that batch, left out; a non-finite output's NaN stays in)
+    fw = np.where(np.isnan(r), f.n[fi][:, None] * ~gone, f.count('rms')[fi]).astype(np.float64)  # value: no output that batch, left out; a non-finite output's NaN stays in)
     sat, mean = sm('saturated') * 100, sm('mean')
-    std = np.sqrt(np.maximum(wmean((s['std'][si].astype(np.float64)**2 + s['mean'][si].astype(np.float64)**2), sw) - mean**2, 0))  # (pooled, as rows merge)
+    std = np.sqrt(np.maximum(wmean((s['std'][si].astype(np.float64)**2 + s['mean'][si].astype(np.float64)**2), sw('std')) - mean**2, 0))  # (pooled, as rows merge)
     df = pd.DataFrame({'layer': self.names, 'mean': mean, 'std': std, 'rms': np.sqrt(wmean(r ** 2, fw)),
                        'max |x|': np.where(fw.sum(0) > 0, np.where(gone, -np.inf, f['abs_max'][fi].astype(np.float64)).max(0, initial=-np.inf), np.nan),
                        '% near zero': sm('near_zero') * 100,
@@ -856,9 +856,12 @@ def save(self:ActivationHealth,
     if fname.suffix == '.npz': np.savez_compressed(fname, **{k: np.array(v) for k, v in self.state_dict().items()})
     elif fname.suffix == '.parquet':
         meta = self._meta()
-        df, (j, _, s) = self.to_df(), self.sampled.pooled_by(self.fast)
+        df, (j, _, s, sv) = self.to_df(), self.sampled.pooled_by(self.fast)
         hist = np.full((len(self.fast), len(self.names), self.bins), np.nan, np.float32); hist[j] = s['hist']
-        df = pd.concat([df, pd.DataFrame(hist.reshape(len(df), self.bins), columns=[f'hist_{b}' for b in range(self.bins)])], axis=1)  # (no rows: 0 x bins)
+        nv = {c: self.fast.count(c) for c, (r, _) in self.fast.cols.items() if r in WEIGHED}  # (the batches with a value, `n_{col}`: what a merged row weighs)
+        for c, v in sv.items(): nv[c] = a = np.full(hist.shape[:2], np.nan); a[j] = v
+        df = pd.concat([df, pd.DataFrame(hist.reshape(len(df), self.bins), columns=[f'hist_{b}' for b in range(self.bins)]),  # (no rows: 0 x bins)
+                        pd.DataFrame({f'n_{c}': v.reshape(-1) for c, v in nv.items()})], axis=1)
         df.attrs['initcb'] = meta
         df.to_parquet(fname)
     return fname
@@ -885,6 +888,7 @@ def _parquet_arrays(df, meta):
         d = df.dropna(subset=[ncol]).sort_values(['iter', 'idx' if 'idx' in df else 'layer'])  # (a file saved by 0.0.1: `layer` the position)
         sd[pre + 'iters'], sd[pre + 'n'] = d['iter'].to_numpy()[::L], d[ncol].to_numpy()[::L].astype(np.int64)
         for c in cols: sd[pre + c] = d[c].to_numpy(np.float32).reshape(-1, L)
+        for c in (c for c in cols if f'n_{c}' in d): sd[f'{pre}n_{c}'] = d[f'n_{c}'].to_numpy().astype(np.int64).reshape(-1, L)  # (a file saved before: `n`)
         if ncol == 'n_sampled': sd[pre + 'hist'] = d[[f'hist_{b}' for b in range(meta['bins'])]].to_numpy(np.float32).reshape(-1, L, meta['bins'])
     return sd
 

@@ -20,18 +20,18 @@ from fastai.callback.mixup import MixHandler
 from fastai.layers import SigmoidRange
 
 # %% auto #0
-__all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_FIX', 'MERGES', 'BN_STATS', 'check_int',
-           'check_float', 'check_bool', 'is_number', 'check_range', 'check_tau', 'warn_unread', 'check_model',
-           'check_modules', 'coprime_stride', 'sample_index', 'out_parts', 'first_tensor', 'watch', 'output_bounds',
-           'rest_value', 'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization', 'own_weights',
-           'tied_modules', 'is_frozen', 'param_layer', 'hooked_weight', 'writable_weight', 'default_watch', 'unwrap',
-           'wrapper_prefix', 'select_modules', 'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main',
-           'DeviceChunks', 'stack_scalars', 'real_fit', 'fit_losses', 'FitOnlyCallback', 'HealthCallback',
-           'ForwardHooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks', 'foreach_norm', 'sparse_values_',
-           'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection', 'saved_meta', 'read_saved',
-           'read_npz', 'restore', 'check_path', 'keep_modes', 'eval_mode', 'eval_forward', 'call_on', 'rng_kept',
-           'first_inputs', 'has_lazy', 'materialize', 'materialize_lazy', 'new_axes', 'row_edges', 'plot_line',
-           'layer_heatmap', 'digits_dls']
+__all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_FIX', 'MERGES', 'WEIGHED', 'BN_STATS',
+           'check_int', 'check_float', 'check_bool', 'is_number', 'check_range', 'check_tau', 'warn_unread',
+           'check_model', 'check_modules', 'coprime_stride', 'sample_index', 'out_parts', 'first_tensor', 'watch',
+           'output_bounds', 'rest_value', 'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization',
+           'own_weights', 'tied_modules', 'is_frozen', 'param_layer', 'hooked_weight', 'writable_weight',
+           'default_watch', 'unwrap', 'wrapper_prefix', 'select_modules', 'StatHistory', 'run_lengths', 'distributed',
+           'is_main', 'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit', 'fit_losses', 'FitOnlyCallback',
+           'HealthCallback', 'ForwardHooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks', 'foreach_norm',
+           'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection',
+           'saved_meta', 'read_saved', 'read_npz', 'restore', 'check_path', 'keep_modes', 'eval_mode', 'eval_forward',
+           'call_on', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize', 'materialize_lazy', 'new_axes',
+           'row_edges', 'plot_line', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -144,24 +144,28 @@ def check_modules(
 def coprime_stride(
     n:int, # elements in the tensor
     size:int, # elements to sample
-    row:int, # length of a row (the trailing dimensions): the stride must not divide it
 ):
-    "Largest stride <= `n//size` that is co-prime with `row`"
-    s = max(1, n // size)
-    while math.gcd(s, row) != 1: s -= 1
-    return s
+    "Of the 16 strides nearest `n/φ` (φ the golden ratio) that are co-prime with `n`, the one whose first `size` multiples mod `n` spread the most evenly"
+    def bunching(s):  # the largest partial quotient of s/n while its convergents' denominators are under `size` (a large one: the multiples bunch up)
+        a, b, q0, q1, w = n, s, 0, 1, 0
+        while b and q0 < size: k, a, b = a // b, b, a % b; w, q0, q1 = max(w, k) if q0 else w, q1, k * q1 + q0
+        return w
+    s, cs = round(n * 2 / (1 + math.sqrt(5))), []
+    for d in range(n):
+        cs += [c for c in dict.fromkeys((s - d, s + d)) if 0 < c < n and math.gcd(c, n) == 1]
+        if len(cs) >= 16: break
+    return min(cs, key=bunching)
 
 def sample_index(
     shape, # the shape of the tensor to sample
     size:int=2048, # how many flat indices
     device=None, # where the index tensor lives
 ):
-    "Flat indices (length `size`) of a sample of a tensor of `shape`, and how many of them are distinct"
+    "Flat indices (length `size`, ascending) of a sample of a tensor of `shape`, and how many of them are distinct"
     n, size = math.prod(shape), check_int('size', size)
     if n == 0: raise ValueError("cannot sample an empty tensor")
     if n <= size: return torch.arange(size, device=device) % n, n
-    row = math.prod(shape[1:]) if len(shape) > 1 else 1
-    return torch.arange(size, device=device) * coprime_stride(n, size, row), size
+    return (torch.arange(size, device=device) * coprime_stride(n, size) % n).sort().values, size
 
 # %% ../nbs/00_core.ipynb #f9d1642a
 def out_parts(
@@ -362,6 +366,7 @@ def select_modules(
 
 # %% ../nbs/00_core.ipynb #4f15d910
 MERGES = ('mean', 'rms', 'std', 'max', 'min', 'sum')
+WEIGHED = ('mean', 'rms', 'std')  # (rules that weigh each row by the batches it has a value for)
 
 def _freed(k, c):
     "Rows freed when size class j, its `k[j]` rows and the pairs merged into it from class j-1, keeps at most `c` by merging its oldest pairs"
@@ -369,6 +374,10 @@ def _freed(k, c):
     while j < len(k) or carry > c:
         carry = max(0, ((k[j] if j < len(k) else 0) + carry - c + 1) // 2); f += carry; j += 1
     return f
+
+def _valued(x, n):
+    "Batches with a value: `n` (per row) where `x` (rows, ...) is not NaN, else 0"
+    return np.where(np.isnan(x), 0, n.reshape((-1,) + (1,) * (x.ndim - 1)))
 
 class StatHistory:
     "Per-layer statistics, one row per `n` batches, at most `max_rows` rows: past it, adjacent rows are merged, older ones coarser"
@@ -383,19 +392,34 @@ class StatHistory:
         self.n_layers, self.max_rows, self.len = n_layers, check_int('max_rows', max_rows, 4), 0
         self.iters, self.n = np.zeros(0, np.int64), np.zeros(0, np.int64)
         self.data = {k: np.zeros((0, n_layers) + tr, np.float32) for k, (_, tr) in self.cols.items()}
+        self.nv = {}  # weighed column -> batches with a value, per row and layer: kept once a merge pools a NaN with a value (until then: `n` where not NaN)
 
     def _grow(self, need):
         cap = len(self.iters)
         if need <= cap: return
         new = min(max(need, 2 * cap, 16), self.max_rows)
         self.iters, self.n = np.resize(self.iters, new), np.resize(self.n, new)
-        for k, v in self.data.items():
-            a = np.zeros((new,) + v.shape[1:], np.float32); a[:self.len] = v[:self.len]; self.data[k] = a
+        for d in (self.data, self.nv):
+            for k, v in d.items(): a = np.zeros((new,) + v.shape[1:], v.dtype); a[:self.len] = v[:self.len]; d[k] = a
 
-    def append(self, iters, rows:dict, n=None):
-        "Add rows: `iters` (k,), each column (k, n_layers, ...), `n` batches per row (default 1)"
+    def _count(self, c, i):
+        "Batches with a value of column `c` in rows `i`"
+        return self.nv[c][i] if c in self.nv else _valued(self.data[c][i], self.n[i])
+
+    def _keep(self, c):
+        "Keep column `c`'s batches with a value row by row from now on"
+        if c not in self.nv: self.nv[c] = self._count(c, slice(None)).astype(np.int32)
+
+    def count(self, c):
+        "Batches each row's value of column `c` stands for, per layer: `n`, less the batches without a value (NaN) merged into it; 0 where NaN"
+        return self._count(c, slice(0, self.len))
+
+    def append(self, iters, rows:dict, n=None, nv=None):
+        "Add rows: `iters` (k,), each column (k, n_layers, ...), `n` batches per row (default 1); `nv`: a weighed column's batches with a value (default `n` where not NaN)"
         iters = np.asarray(iters, np.int64).reshape(-1); k = len(iters)
         n = np.ones(k, np.int64) if n is None else np.asarray(n, np.int64).reshape(-1)
+        for c in nv or {}:
+            if (nv[c] != _valued(rows[c], n)).any(): self._keep(c)
         for i in range(0, k, self.max_rows // 2):  # a block larger than half the cap goes in pieces
             j = slice(i, min(k, i + self.max_rows // 2)); kk = j.stop - j.start
             if self.len + kk > self.max_rows: self.compact(max(self.len + kk - self.max_rows, self.max_rows // 8))
@@ -403,6 +427,7 @@ class StatHistory:
             s = slice(self.len, self.len + kk)
             self.iters[s], self.n[s] = iters[j], n[j]
             for c in self.data: self.data[c][s] = rows[c][j]
+            for c, v in self.nv.items(): v[s] = nv[c][j] if nv and c in nv else _valued(self.data[c][s], self.n[s])
             self.len += kk
 
     def _plan(self, need):
@@ -430,73 +455,81 @@ class StatHistory:
         return lo, hi
 
     def _pool(self, lo, hi):
-        "Each column pooled over the groups of consecutive rows [`lo`, `hi`): a NaN weighs nothing (NaN where the whole group is)"
+        "Each column pooled over the groups of consecutive rows [`lo`, `hi`): a NaN weighs nothing (NaN where the whole group is); and the weighed columns' batches with a value"
         ln = hi - lo; st = np.cumsum(ln) - ln
         idx = np.arange(ln.sum()) + np.repeat(lo - st, ln)  # the groups' rows, one after another
-        n, out = self.n[idx].astype(np.float64), {}
+        out, nv = {}, {}
         with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
             for c, (rule, tr) in self.cols.items():
                 x = self.data[c][idx].astype(np.float64)
                 if rule in ('max', 'min'): r = (np.fmax if rule == 'max' else np.fmin).reduceat(x, st)
                 elif rule == 'sum':
                     nan = np.isnan(x); r = np.add.reduceat(np.where(nan, 0., x), st); r[np.logical_and.reduceat(nan, st)] = np.nan
-                else:  # weighted by `n` where there is a value
+                else:  # weighted by the batches with a value (a merged row's `n` may count some without: 0, NaN, 10, 10 into one row by two merges read 5.0, not 6.67)
                     m = self.data['mean'][idx].astype(np.float64) if rule == 'std' else 0.
-                    w = np.where(np.isnan(x + m), 0., n.reshape((-1,) + (1,) * (x.ndim - 1)))
+                    w = np.where(np.isnan(x + m), 0., self._count(c, idx)); nv[c] = np.add.reduceat(w, st)
                     avg = lambda v: np.add.reduceat(np.where(w > 0, v * w, 0.), st) / np.add.reduceat(w, st)
                     r = avg(x) if rule == 'mean' else np.sqrt(avg(x**2)) if rule == 'rms' else np.sqrt(np.maximum(avg(x**2 + m**2) - avg(m)**2, 0))
                 out[c] = r.astype(np.float32)
-        return out
+        return out, nv
 
     def row_of(self, its):
         "The row whose batches hold each batch of `its` (row 0 for one before it)"
         return np.clip(np.searchsorted(self.iters[:self.len], its, 'right') - 1, 0, None)
 
     def pooled_by(self, h):
-        "These rows grouped by the row of history `h` that holds their first batch (two histories thin apart), each group pooled: (those rows of `h`, batches, columns)"
+        "These rows grouped by the row of history `h` that holds their first batch (two histories thin apart), each group pooled: (those rows of `h`, batches, columns, weighed columns' batches with a value)"
         k = self.len; j = h.row_of(self.iters[:k])
         lo = np.flatnonzero(np.r_[True, j[1:] != j[:-1]]) if k else j
-        _, n, d = self.regroup(lo, np.r_[lo[1:], k][:len(lo)].astype(np.int64))
-        return j[lo], n, d
+        _, n, d, nv = self.regroup(lo, np.r_[lo[1:], k][:len(lo)].astype(np.int64))
+        return j[lo], n, d, nv
 
     def regroup(self, lo, hi):
-        "The rows in groups of consecutive rows [`lo`, `hi`) (all of them, in order), each group pooled into one row: (iters, n, columns)"
+        "The rows in groups of consecutive rows [`lo`, `hi`) (all of them, in order), each group pooled into one row: (iters, n, columns, weighed columns' batches with a value)"
         m, data = hi - lo > 1, {c: v[lo] for c, v in self.data.items()}
+        nv = {c: self._count(c, lo) for c, (rule, _) in self.cols.items() if rule in WEIGHED}
         if m.any():
-            for c, r in self._pool(lo[m], hi[m]).items(): data[c][m] = r
-        return self.iters[lo], np.add.reduceat(self.n[:self.len], lo) if len(lo) else self.n[:0], data
+            out, onv = self._pool(lo[m], hi[m])
+            for c, r in out.items(): data[c][m] = r
+            for c, r in onv.items(): nv[c][m] = r
+        return self.iters[lo], np.add.reduceat(self.n[:self.len], lo) if len(lo) else self.n[:0], data, nv
 
     def compact(self, need:int=None):
         "Free `need` rows (default an eighth of `max_rows`) by merging adjacent rows, finest size class first"
         lo, hi = self._plan(max(1, self.max_rows // 8) if need is None else need)
         if len(lo) == self.len: return
-        it, n, data = self.regroup(lo, hi); k = len(lo)
+        it, n, data, nv = self.regroup(lo, hi); k = len(lo)
+        for c, v in nv.items():
+            if (v != _valued(data[c], n)).any(): self._keep(c)  # (a merged row stands for fewer batches than its `n`)
         self.iters[:k], self.n[:k] = it, n
         for c in data: self.data[c][:k] = data[c]
+        for c in self.nv: self.nv[c][:k] = nv[c]
         self.len = k
 
     def __len__(self): return self.len
     def __getitem__(self, c): return self.data[c][:self.len]
     @property
-    def nbytes(self): return self.iters.nbytes + self.n.nbytes + sum(v.nbytes for v in self.data.values())
+    def nbytes(self): return self.iters.nbytes + self.n.nbytes + sum(v.nbytes for d in (self.data, self.nv) for v in d.values())
 
     def arrays(self, prefix=''):
-        "The rows as a dict of arrays (for saving), each key preceded by `prefix`"
-        return {prefix + k: v for k, v in dict(iters=self.iters[:self.len], n=self.n[:self.len], **{c: self[c] for c in self.data}).items()}
+        "The rows as a dict of arrays (for saving), each key preceded by `prefix`; `n_{c}`: weighed column `c`'s batches with a value, where kept"
+        return {prefix + k: v for k, v in dict(iters=self.iters[:self.len], n=self.n[:self.len], **{c: self[c] for c in self.data},
+                                               **{f'n_{c}': v[:self.len] for c, v in self.nv.items()}).items()}
 
     @classmethod
     def from_arrays(cls, cols, arrays, max_rows=2048, prefix=''):
-        "A history holding the rows of `arrays` (as `arrays(prefix)` gave them); a column they lack (saved before it existed) is NaN"
-        a = {k: np.asarray(arrays[prefix + k]) for k in ('iters', 'n', *cols) if prefix + k in arrays}
+        "A history holding the rows of `arrays` (as `arrays(prefix)` gave them); a column they lack (saved before it existed) is NaN, batches with a value they lack are `n` where not NaN"
+        a = {k: np.asarray(arrays[prefix + k]) for k in ('iters', 'n', *cols, *(f'n_{c}' for c in cols)) if prefix + k in arrays}
         have = [c for c in cols if c in a]
         if not have: raise ValueError(f"no column of {list(cols)} in the arrays (prefix {prefix!r})")
         h = cls(cols, a[have[0]].shape[1], max_rows)
         for c in cols:
             if c not in a: a[c] = np.full((len(a['iters']), h.n_layers) + h.cols[c][1], np.nan, np.float32)
-        for c, v in ((c, a[c]) for c in ('n', *cols)):  # (rows a column has beyond its `iters` went in unread, silently)
-            want = (len(a['iters']),) + (() if c == 'n' else (h.n_layers,) + h.cols[c][1])
-            if v.shape != want: raise ValueError(f"{prefix}{c} has shape {v.shape}: its {len(a['iters'])} `iters` and {h.n_layers} layers need {want}")
-        h.append(a['iters'], {c: a[c] for c in cols}, a['n'])
+        nv = {c: a[f'n_{c}'] for c in cols if f'n_{c}' in a and h.cols[c][0] in WEIGHED}
+        for k, v, c in [('n', a['n'], None), *((c, a[c], c) for c in cols), *((f'n_{c}', v, c) for c, v in nv.items())]:  # (rows a column has beyond its `iters` went in unread, silently)
+            want = (len(a['iters']),) + (() if c is None else (h.n_layers,) + h.cols[c][1])
+            if v.shape != want: raise ValueError(f"{prefix}{k} has shape {v.shape}: its {len(a['iters'])} `iters` and {h.n_layers} layers need {want}")
+        h.append(a['iters'], {c: a[c] for c in cols}, a['n'], nv)
         return h
 
 # %% ../nbs/00_core.ipynb #95646454

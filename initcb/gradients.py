@@ -528,7 +528,7 @@ def to_df(self:GradientHealth,
     self._recorded()
     if per not in ('layer', 'param'): raise ValueError(f"`per` must be 'layer' or 'param', got {per!r}")
     h, k, ku = self.hist, len(self.hist), len(self.upd)
-    ju, _, u = self.upd.pooled_by(h)  # (the two histories thin apart: an update row pools into the gradient row it falls in)
+    ju, _, u, _ = self.upd.pooled_by(h)  # (the two histories thin apart: an update row pools into the gradient row it falls in)
     fz, ufz = self._frozen(), np.isnan(u['nonfinite'])  # (frozen: NaN counts. A NaN weight norm is non-finite weights, not frozen)
     if per == 'param':
         names, cols = self.names, dict(**{c: h[c] for c in GRAD_COLS}, frozen=fz)

@@ -59,6 +59,19 @@ def test_sample_estimates_large_tensor():
     df = cb.to_df().iloc[0]
     assert abs(df['std'] / out.std().item() - 1) < 0.04
 
+@pytest.mark.parametrize('T', [96, 288])
+def test_sample_spreads_over_the_whole_output(T):
+    "A (1, T, 64) output whose value is its position: the multiples of a stride under n/2048 co-prime with the row sampled"
+    "positions 0-31 of 96 (mean 15.5 for 47.5) and 0-223 of 288, sampled in the hook past `full_max` (max 223, rms 128.9 for 165.8)"
+    out = torch.arange(T, dtype=torch.float32)[None, :, None].expand(1, T, 64).contiguous(); t = out.double()
+    cb = ActivationHealth(modules=['p'], sample_every=1, full_max=1 << 14)
+    learn = one_batch_learner(cb); learn.model.p.out = out
+    learn.fit(1)
+    r = cb.to_df().iloc[0]
+    assert cb._insample[0] == (T * 64 > 1 << 14)
+    for c, v in (('mean', t.mean()), ('std', t.std(correction=0)), ('rms', t.square().mean().sqrt())): assert abs(r[c] / v.item() - 1) < 0.01, (c, r[c], v)
+    assert r['max'] == T - 1
+
 def mlp_learner(cb, seed=0):
     from fastai.test_utils import synth_learner
     from helpers import quiet
