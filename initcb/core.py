@@ -617,7 +617,9 @@ def stack_scalars(
 def _cleanup_all(learn):
     "After an exception, maybe on this rank alone (no collective): every initcb callback's hooks and buffers off, the guard too"
     for cb in list(learn.cbs):  # (`HealthCheck` too, a `FitOnlyCallback` with a `cleanup`: its columns off the learner)
-        if isinstance(cb, FitOnlyCallback) and callable(getattr(type(cb), 'cleanup', None)): cb.cleanup(collective=False)
+        if not isinstance(cb, FitOnlyCallback): continue
+        if callable(getattr(type(cb), 'cleanup', None)): cb.cleanup(collective=False)
+        cb.__dict__['_fits'] = 0  # (in no fit now: added mid-fit to a learner later, it begins there)
     _unguard(learn)
 
 class _EpochGuard:
@@ -642,6 +644,7 @@ def real_fit(cb:Callback, # a callback, in `before_fit`
     "False during `lr_find` (which restores the weights it began with), `get_preds`, `validate` and `tta`: fits initcb's callbacks sit out"
     _own_learner(cb)
     if sum(c is cb for c in cb.learn.cbs) > 1:  # (every event ran twice: two rows a batch; and the end of `fit(cbs=...)` took one off, leaving the other unattached)
+        _cleanup_all(cb.learn)  # (the callbacks before it in this `before_fit` set up already: their guard off the learner)
         raise ValueError(f"`cbs`: this {type(cb).__name__} is on the Learner twice (in `Learner(cbs=...)` or `add_cb`, and again in `fit(cbs=...)` or "
                          f"`add_cb`): fastai would call it twice for every event. Give it once")
     return not hasattr(cb.learn, 'lr_finder') and not hasattr(cb, 'gather_preds') and not _validating(cb.learn)
@@ -653,7 +656,7 @@ def _own_learner(cb):
     caller = None if f is None else f.f_locals.get('self')
     if caller is None or caller is cb.learn: return
     n = type(cb).__name__
-    if cb.learn is None: cb.learn = caller; return  # (on this learner's list, taken off another since, or off this one where it was twice: this one's)
+    if cb.learn is None: cb.learn = caller; setattr(caller, cb.name, cb); return  # (on this learner's list, taken off another since, or off this one where it was twice: this one's, as `add_cb` makes it)
     raise ValueError(f"`cbs`: this {n} was added to another Learner after this one (fastai's `add_cb` points a callback at the last learner "
                      f"it was added to, so one instance cannot serve two: it would watch, or change, the other's model). Give each "
                      f"Learner its own {n}(), or `remove_cb` it from the other first")

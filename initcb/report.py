@@ -804,9 +804,10 @@ class HealthCheck(FitOnlyCallback):
         return th
 
     def _loss_problem(self, v):
-        "The loss rule that fires on the fit so far (`v`), else None"
-        rs = _loss_rules(v, self._early(), _chance_loss(self.learn))
-        return rs[0]['problem'] if rs else None
+        "The loss rule that fires on the fit so far (`v`), else None (and for an 'info' one: a plateau after fits that trained the model)"
+        before = getattr(self.gh, '_fit0', None) or 0  # (as the report reads it: a fine-tune's plateau, a MixUp fit's loss on mixed targets, are no stuck loss)
+        rs = _loss_rules(v, self._early(), _chance_loss(self.learn), before, _mixed(self.learn, self.gh, self.ah))
+        return rs[0]['problem'] if rs and rs[0]['severity'] != 'info' else None
 
     def _scale_off(self, v):
         "The layers whose init scale is off (`check_init`) where the loss `v` sits at chance level and the output ignores the input, else []"

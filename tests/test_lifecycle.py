@@ -692,7 +692,22 @@ def test_same_instance_twice_is_an_error_then_works():
     from initcb.gradients import GradientHealth
     gh = GradientHealth(warn=False)
     learn = quiet(synth_learner(n_trn=4, cbs=gh))
-    with pytest.raises(ValueError, match='twice'): learn.fit(1, 1e-2, cbs=gh)
-    assert n_hooks(learn.model) == 0
+    with pytest.raises(ValueError, match='twice'): learn.fit(1, 1e-2, cbs=[ActivationHealth(), gh])
+    assert n_hooks(learn.model) == 0 and '_with_events' not in learn.__dict__  # (the guard the callbacks before it set up: off)
     learn.fit(1, 1e-2)
-    assert len(gh.hist) == 4 and sum(c is gh for c in learn.cbs) == 1
+    assert len(gh.hist) == 4 and sum(c is gh for c in learn.cbs) == 1 and learn.gradient_health is gh
+
+def test_added_mid_fit_after_a_fit_ended_by_an_exception():
+    "A fit ended by an exception skips `after_fit`: the instance still counted itself in a fit, and added mid-fit to another learner later it"
+    "did not begin there (no `before_fit`: the first learner's model and state)"
+    from initcb.gradients import GradientHealth
+    class Boom(Callback):
+        def after_batch(self):
+            if self.train_iter == 2: raise RuntimeError('boom')
+    t = _later(lambda: GradientHealth(warn=False)); gh = t.cb
+    la = quiet(synth_learner(n_trn=4, cbs=gh))
+    with pytest.raises(RuntimeError): la.fit(1, cbs=Boom())
+    la.remove_cb(gh)
+    lb = quiet(synth_learner(n_trn=4, cbs=t)); lb.model = nn.Sequential(nn.Linear(1, 3), nn.ReLU(), nn.Linear(3, 1))
+    with warnings.catch_warnings(): warnings.simplefilter('ignore'); lb.fit(2, 1e-2)  # ('the model's parameters changed; history starts afresh')
+    assert gh.learn is lb and gh.names == ['0.weight', '0.bias', '2.weight', '2.bias'] and len(gh.hist) == 4, (gh.names, len(gh.hist))

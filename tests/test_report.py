@@ -1472,3 +1472,16 @@ def test_dead_remedy_spares_a_fit_that_learns_and_an_lsuv():
     learn = quiet(Learner(digits_dls(flat=True), _deep(0.05), loss_func=nn.CrossEntropyLoss(), metrics=accuracy, cbs=hc, opt_func=partial(SGD, mom=0.9)))
     learn.fit_one_cycle(6, 0.1)
     assert hc.actions.action.tolist() == ['LSUVInit'], hc.actions
+
+
+def test_dead_remedy_reads_a_fine_tunes_plateau_as_no_stuck_loss():
+    "A second fit at a tiny lr (a fine-tune of a trained MLP) sits on a plateau, which the report reads as 'info' (the model trained before):"
+    "the 'dead' remedy read it as a stuck loss and re-initialized its 11-28% dormant units, the progress of the first fit lost in them"
+    from fastai.callback.schedule import fit_one_cycle
+    from fastai.metrics import accuracy
+    from fastai.torch_core import set_seed
+    set_seed(0)
+    hc = HealthCheck(remedy={'dead'}, report=False, thresholds=Thresholds(plateau=0.9))  # (a flat loss's noise, under a tenth: on the plateau)
+    learn = quiet(Learner(digits_dls(flat=True), _relu_mlp(), loss_func=nn.CrossEntropyLoss(), metrics=accuracy, cbs=hc))
+    learn.fit_one_cycle(5, 1e-2); learn.fit(3, 1e-6)  # (before: layers 3 and 5, 12% dormant, re-initialized at the second fit's first epoch)
+    assert not len(hc.actions) and learn.recorder.values[-1][2] > 0.93, (hc.actions, learn.recorder.values)
