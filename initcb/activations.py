@@ -927,5 +927,6 @@ def _load_sd(self:ActivationHealth, sd, arg):
         if meta.get('hist_m') is not None: self._hm = np.array(meta['hist_m'])
         self.fast = StatHistory.from_arrays(self.fast.cols, sd, self.max_rows, 'fast_')
         self.sampled = StatHistory.from_arrays(self.sampled.cols, sd, self.max_rows, 'sampled_')
+        same_counts(names=len(meta['names']), bounds=len(meta['bounds']), fast_columns=self.fast.n_layers, sampled_columns=self.sampled.n_layers)
         return self
     return restore(self, arg, load)

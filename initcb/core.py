@@ -29,9 +29,9 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_
            'is_main', 'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit', 'fit_losses', 'FitOnlyCallback',
            'HealthCallback', 'ForwardHooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks', 'foreach_norm',
            'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection',
-           'saved_meta', 'read_saved', 'read_npz', 'restore', 'check_path', 'keep_modes', 'eval_mode', 'eval_forward',
-           'call_on', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize', 'materialize_lazy', 'new_axes',
-           'row_edges', 'plot_line', 'layer_heatmap', 'digits_dls']
+           'saved_meta', 'read_saved', 'read_npz', 'same_counts', 'restore', 'check_path', 'keep_modes', 'eval_mode',
+           'eval_forward', 'call_on', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize', 'materialize_lazy',
+           'new_axes', 'row_edges', 'plot_line', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -930,6 +930,10 @@ def read_npz(
     def read(f):
         with np.load(f, allow_pickle=False) as z: return {k: z[k] for k in z.files}
     return read_saved(fname, read)
+
+def same_counts(**counts):
+    "A ValueError unless the `counts` agree: a saved state whose meta and arrays disagree (edited, or put together from two) loaded, then failed in a reader"
+    if len(set(counts.values())) > 1: raise ValueError('they disagree: ' + ', '.join(f'{v} {k}' for k, v in counts.items()))
 
 def restore(
     obj, # a recorder loading a saved state

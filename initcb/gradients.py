@@ -650,6 +650,8 @@ def _load_sd(self:GradientHealth, sd, arg):
         self._streak = {(tuple(k) if isinstance(k, list) else k): v for k, v in meta['streak']}
         self.hist = StatHistory.from_arrays(self.hist.cols, sd, self.max_rows, 'hist_')
         self.upd = StatHistory.from_arrays(self.upd.cols, sd, self.max_rows, 'upd_')
+        same_counts(names=len(meta['names']), sizes=len(meta['sizes']), hist_columns=self.hist.n_layers, upd_columns=self.upd.n_layers)
+        if self.agrad is not None: same_counts(amod_names=len(self.amod_names), agrad_columns=self.agrad.n_layers)
         return self
     return restore(self, arg, load)
 

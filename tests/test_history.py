@@ -132,3 +132,21 @@ def test_gradient_rows_of_a_parameter_frozen_part_of_the_fit(tmp_path):
     back = GradientHealth.load(thin.save(tmp_path/'g.npz'))
     for a, b in ((back.hist, thin.hist), (back.upd, thin.upd)):
         for c in a.cols: np.testing.assert_array_equal(a[c], b[c]); np.testing.assert_array_equal(a.count(c), b.count(c))
+
+
+def test_a_state_whose_meta_and_arrays_disagree_is_refused(tmp_path):
+    "A saved state with its meta's names cut short (edited, or put together from two files) loaded without a word, then failed in `to_df`"
+    "or `summary` with a shape error of numpy's: refused at load now, with what disagrees"
+    import json
+    from fastai.test_utils import synth_learner
+    from initcb.activations import ActivationHealth
+    from initcb.gradients import GradientHealth
+    ah, gh = ActivationHealth(), GradientHealth(warn=False)
+    learn = quiet(synth_learner(n_trn=4, cbs=[gh]))
+    learn.model = torch.nn.Sequential(torch.nn.Linear(1, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1)); learn.add_cb(ah)
+    learn.fit(1)
+    for cb, key, cls in ((ah, 'names', ActivationHealth), (gh, 'sizes', GradientHealth)):
+        z = dict(np.load(cb.save(tmp_path/'s.npz'))); m = json.loads(str(z['meta'])); m[key] = m[key][:1]
+        z['meta'] = np.array(json.dumps(m)); np.savez(tmp_path/'bad.npz', **z)
+        with pytest.raises(ValueError, match='disagree'): cls.load(tmp_path/'bad.npz')
+        assert len(cls.load(cb.save(tmp_path/'s.npz')).to_df())  # (the whole one loads)
