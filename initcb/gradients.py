@@ -208,6 +208,8 @@ def after_step(self:GradientHealth):
         self._uq.add(d + w + self._nonf + s, (self._iter, lr, k))
     self._done()
 
+_DECOUPLED = tuple(getattr(torch.optim, n) for n in ('AdamW', 'Adafactor', 'Muon') if hasattr(torch.optim, n))  # torch's that decay decoupled, with no flag to say so
+
 def decoupled_decay(
     opt, # a fastai `Optimizer`, or fastai's `OptimWrapper` around a PyTorch optimizer
     params:list, # parameters in it
@@ -216,7 +218,7 @@ def decoupled_decay(
     "Which of `params` `opt` shrinks by lr·wd apart from the gradient (decoupled weight decay: fastai's `weight_decay` step, `torch.optim.AdamW`), or None where it decays none so"
     inner = getattr(opt, 'opt', None)
     if isinstance(inner, torch.optim.Optimizer):  # (OptimWrapper: decoupled per group, for every parameter in it)
-        dec = [bool(pg.get('decoupled_weight_decay', isinstance(inner, torch.optim.AdamW))) for pg in inner.param_groups] + [False]
+        dec = [bool(pg.get('decoupled_weight_decay', isinstance(inner, _DECOUPLED))) for pg in inner.param_groups] + [False]  # (Adafactor, Muon: read as L2 before)
         return np.array(dec)[group_of] if any(dec) else None
     if weight_decay not in getattr(opt, 'cbs', ()): return None  # (fastai's `l2_reg` adds the decay to the gradient: part of its step)
     st = getattr(opt, 'state', {})  # fastai's: per parameter, `do_wd` False for BatchNorm and biases unless `wd_bn_bias`

@@ -14,6 +14,7 @@ from fastai.callback.fp16 import MixedPrecision
 from fastai.optimizer import l2_reg
 from .core import *
 from .core import _cleanup_all
+from .gradients import _DECOUPLED
 
 # %% auto #0
 __all__ = ['MODES', 'AdaptiveWD']
@@ -33,7 +34,6 @@ def _group_sums(v, sizes):
     ends = np.cumsum(sizes)
     return np.array([v[e - n:e].sum() for n, e in zip(sizes, ends)])
 
-_DECOUPLED = tuple(getattr(torch.optim, n) for n in ('AdamW', 'Adafactor', 'Muon') if hasattr(torch.optim, n))  # (torch's that decay decoupled, no flag)
 
 def _l2_groups(opt):
     "The groups whose weight decay `opt` adds to the gradient (L2: fastai's `decouple_wd=False`, torch's Adam and SGD), and what makes it so (None: decoupled, or none)"

@@ -681,3 +681,17 @@ def test_clipping_by_any_norm_type_is_recorded(p):
     want = [16 + i for i, n in enumerate(pc.n) if n > mx]
     assert 0 < len(want) < 16 and gh.clipped == want
     assert gh.to_df().groupby('iter')['clipped'].first().loc[16:].sum() == len(want)
+
+
+@pytest.mark.parametrize('name', ['Adafactor', 'Muon', 'AdamW', 'Adam'])
+def test_decoupled_decay_knows_torchs_decoupled_optimizers(name):
+    "torch's Adafactor and Muon decay decoupled (w *= 1 - lr wd) and say so by no flag: `decoupled_decay` read them as L2 (AdamW only), so"
+    "GradientHealth left their decay in the gradient-driven update"
+    from fastai.optimizer import OptimWrapper
+    from initcb.gradients import decoupled_decay
+    if not hasattr(torch.optim, name): pytest.skip(f'torch.optim.{name}: not in this torch')
+    m = nn.Linear(4, 4, bias=False)  # (Muon: 2-d parameters only)
+    opt = OptimWrapper(list(m.parameters()), getattr(torch.optim, name), weight_decay=0.1)
+    d = decoupled_decay(opt, list(m.parameters()), np.array([0]))
+    if name == 'Adam': assert d is None, d
+    else: assert d is not None and d.tolist() == [True], d
