@@ -38,8 +38,11 @@ def sample_stats(
     slots = torch.div(offs, bins, rounding_mode='floor') * (bins + 2)  # (each layer's bins and the two past its range)
     r = _sample_stats(s, _stat_consts(w, lo_b, hi_b, h_lo, h_scale, slots, bins, sat_eps), bins, dead_thresh)
     r[:, 2] += r[:, 0] * 0.  # (its min, +inf from the reduction: NaN with the mean; the callback makes it so on the host)
-    h = r[:, 7:-1].clone(); h[:, 0] += r[:, 6]; h[:, -1] += r[:, -1]  # (values past the range: in its outer bins)
-    return torch.cat([r[:, :6], h], 1)
+    return torch.cat([r[:, :6], _fold(r[:, 6:])], 1)  # (values past the range: in its outer bins)
+
+def _fold(x):
+    "Counts (..., bins + 2), the first and last the values below and above the range, as histograms (..., bins): those values in the outer bins (arrays or tensors)"
+    y = x[..., 1:-1] + 0; y[..., 0] += x[..., 0]; y[..., -1] += x[..., -1]; return y  # (`+ 0`: a copy, of either)
 
 def _stat_consts(w, lo_b, hi_b, h_lo, h_scale, offs, bins, sat_eps, bounded=None):
     "The per-layer constants of `_sample_stats`, made once per layout rather than once per call; `bounded`: whether any layer is (None: look)"
@@ -516,10 +519,6 @@ def _set_hist_range(self:ActivationHealth, s, w):
 
 _HLEVELS = 3  # histograms of a chunk binned on its ranges doubled up to this many times: how far a range may grow before it lands
 _NONNEGATIVE = (nn.ReLU, nn.Softplus)  # unbounded outputs never below 0: a histogram range from 0
-
-def _fold(x):
-    "Counts (..., bins + 2), the first and last the values below and above the range, as histograms (..., bins): those values in the outer bins"
-    y = x[..., 1:-1].copy(); y[..., 0] += x[..., 0]; y[..., -1] += x[..., -1]; return y
 
 def _halve(h, m):
     "Histograms `h` (..., bins) with 0 on bin edge `m` re-binned on their range doubled: pairs of bins merge (exact, as edges stay edges)"
