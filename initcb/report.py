@@ -25,9 +25,10 @@ from .reinit import reinit_dormant, unit_chains, unfollowed
 from .wd import AdaptiveWD
 
 # %% auto #0
-__all__ = ['COLUMNS', 'REMEDIES', 'Y_RANGE', 'NOT_IN_OPT', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_OTHER', 'NO_GRADIENT_SOME',
-           'NAN_INPUT', 'DIED', 'DECAY_FIRST', 'SAT_GREW', 'SYM_FIRST', 'RNN_INIT', 'NO_ACTIVATION', 'BLOWUP',
-           'RESUMED', 'RULES', 'WD_BASE', 'Thresholds', 'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
+__all__ = ['COLUMNS', 'REMEDIES', 'Y_RANGE', 'NOT_IN_OPT', 'DEAD_UNFOLLOWED', 'SYMPTOM', 'STALLED_BIG', 'SCALE_FIRST', 'NO_LSUV',
+           'NO_GRADIENT_BLOWN', 'STALLED_OTHER', 'NO_GRADIENT_SOME', 'NAN_INPUT', 'DIED', 'DECAY_FIRST', 'SAT_GREW',
+           'SYM_FIRST', 'RNN_INIT', 'NO_ACTIVATION', 'BLOWUP', 'RESUMED', 'EARLY', 'RULES', 'WD_BASE', 'Thresholds',
+           'find_nonfinite', 'NonFiniteGuard', 'HealthCheck']
 
 # %% ../nbs/06_report.ipynb #9fb6c680
 class Thresholds:
@@ -67,7 +68,8 @@ REMEDIES = {
     'exploding': ("clip gradients (GradientClip) or lower the learning rate", 'GradientClip'),
     'vanishing': ("rescale the init (LSUV), add normalization or residual connections, or use an LSTM/GRU", 'LSUVInit'),
     'no gradient': ("where the layer is used, a layer after it passes no gradient back (zero weights, dead or saturated units: see the other findings); where it is not (an unused head or branch), freeze it (requires_grad_(False))", ''),
-    'stalled': ("raise the learning rate, or rescale the layer's init (weights too large for the updates it gets)", 'LSUVInit'),
+    'stalled': ("raise the learning rate (`learn.lr_find()`; this layer's, where the optimizer has parameter groups)", ''),
+    'scale': ("rescale the init (LSUVInit, or `init_weights` for the activations): clipping bounds the steps, not their cause", 'LSUVInit'),
     'too hot': ("lower the learning rate, or decay the weights", 'AdaptiveWD'),
     'decay': ("lower the weight decay (`fit(..., wd=)`; fastai's default is 0.01), or let AdaptiveWD adapt it to the run", 'AdaptiveWD'),
     'growing': ("apply weight decay, adapted to the run", 'AdaptiveWD'),
@@ -77,6 +79,12 @@ Y_RANGE = "the outputs sit at the ends of `y_range` (the final SigmoidRange's): 
 NOT_IN_OPT = "likely the gradients of parameters outside the optimizer, which accumulate (see that finding): make the optimizer again first; if it stays: "  # (the global norm grows with them)
 DEAD_UNFOLLOWED = "use a leaky activation (GeneralRelu(leak=0.1)): ReinitDormant cannot follow the layer in front of this one"  # dead, no chain ends in it (`unfollowed` says why)
 SYMPTOM = "likely a symptom of the diverging loss: lower the learning rate first; if it stays: "  # (a finding in a fit whose loss diverged)
+STALLED_BIG = "rescale the layer's init: `check_init` finds its scale off ({})"  # stalled, a Linear/Conv layer whose scale is off
+SCALE_FIRST = "likely a symptom of the init's scale (see 'init scale off'): rescale it first (LSUVInit); if it stays: "  # exploding from the first batches, weights too large
+NO_LSUV = ("add normalization (BatchNorm) before the sigmoids, or use ReLU/GELU with `init_weights`; not LSUV in a sigmoid net: it sets each layer's output std over"
+           " all its entries to 1, and the sigmoid's outputs, all positive, give each unit a fixed offset that takes most of it, the inputs' signal shrinking ~2.5x a layer"
+           " (a 10-layer sigmoid MLP at std 0.8: 0.71 accuracy as it is, 0.09 after LSUV, 0.95 with BatchNorm, 0.96 with ReLUs, measured)")  # an LSUVInit remedy, a model whose activations are mostly sigmoids
+NO_GRADIENT_BLOWN = "likely the explosion's doing (see 'exploding gradients'): a step that large saturates the units after it (tanh, sigmoid) or kills them (ReLU), and no gradient passes them since: fix that first"  # no gradient since an exploding flag
 STALLED_OTHER = "raise the learning rate (this layer's, where the optimizer has parameter groups), or reset the layer's weights (too large for the updates it gets)"  # stalled, not a Linear/Conv layer
 NO_GRADIENT_SOME = "nothing if it is meant to run on some batches only (a gated branch, a routed expert); else see which batches skip it"  # no gradient for a while, gradients on other batches
 NAN_INPUT = "the data: batches whose inputs hold NaN or Inf (a missing value): fill or drop them (fastai's FillMissing for tabular data)"  # non-finite values the guard found in the inputs
@@ -101,7 +109,8 @@ def _losses(learn, gh=None, ah=None):
     c = _fit_recorder(gh, ah)
     ls = None if c is None else c._fit_losses  # (the Recorder's list of that fit: `lr_find`, `validate`, `get_preds` start new ones)
     if ls is None: ls = getattr(getattr(learn, 'recorder', None), 'losses', None)  # (no recorder: after `lr_find`, its sweep's)
-    if not ls: return None
+    if ls and c is not None and 0 < (k := _since(c) - (getattr(c, '_fit0', None) or 0)) < len(ls): ls = ls[k:]  # (from a `rebase` in the fit on, HealthCheck's LSUV:
+    if not ls: return None                                                                                        # the loss before it was the old weights', and its smoothing starts again there)
     return torch.stack(ls).double().numpy() if all(isinstance(x, torch.Tensor) and x.numel() == 1 for x in ls) else np.array([float(x) for x in ls])  # (one stack: no host read per batch)
 
 def _fit_recorder(gh, ah):
@@ -160,11 +169,11 @@ def _loss_rules(v, th, chance=None, before=0, mix=None):
     "targets (`mix`: MixUp, CutMix): its training loss stays above a model's on the real targets, so the chance rule reads the last"
     "epoch's validation loss and the plateau rule nothing"
     v = _finite(v)
-    if v is None or len(v) < min(10, th.min_batches): return []
-    first, last = _loss_start(v), float(v[-1])
+    if v is None or len(v) < 2: return []
+    first, last, short = _loss_start(v), float(v[-1]), len(v) < min(10, th.min_batches)
     ev = f'smoothed training loss {first:.3g} at the start of the fit, {last:.3g} at its end ({len(v)} batches; highest {v.max():.3g})'
-    if first > 0 and last > th.diverge * first: return [_finding('(all)', 'loss diverging', 'error', ev, 'diverging')]
-    if len(v) < th.min_batches: return []
+    if first > 0 and last > (BLOWUP if short else th.diverge) * first: return [_finding('(all)', 'loss diverging', 'error', ev, 'diverging')]  # (fewer batches: a blow-up, past
+    if short or len(v) < th.min_batches: return []  # `BLOWUP`x, only: SGD at lr 5, 2.5 -> 2e20 in 5 batches before the guard stopped the fit, was no finding)
     if mix is not None:
         vl = _last_valid(mix)
         if chance is None or vl is None or not 0.97 * chance <= vl <= 2 * chance: return []
@@ -232,17 +241,26 @@ def _fell(losses, k=10):
     if v is None or not len(v) or not v[-1] * k <= _loss_start(v): return None
     return _loss_start(v) / max(float(v[-1]), 1e-30)
 
-def _dead_context(f, ah, n, frac, losses):
-    "Dead-units finding `f` (layer `n`, `frac` dormant) weighed against the fit: 'info' where at most half its units are dead and the loss fell"
-    "tenfold (a healthy ReLU net's 11-28%: reviving them changed nothing, measured); where its zeros rose over the fit, the units died in it:"
+def _loss_learning(v, th, chance=None, before=0, mix=None):
+    "Whether the fit's loss `v` learns: min(10, `min_batches`) finite batches or more and no loss rule but an 'info' one fires with `min_batches` cut to 10, as `HealthCheck`'s remedies read it"
+    f = _finite(v)
+    if f is None or len(f) < min(10, th.min_batches): return False
+    th = copy.copy(th); th.min_batches = min(th.min_batches, 10)
+    return not any(r['severity'] != 'info' for r in _loss_rules(v, th, chance, before, mix))
+
+def _dead_context(f, ah, n, frac, losses, learning=None):
+    "Dead-units finding `f` (layer `n`, `frac` dormant) weighed against the fit: 'info' where at most half its units are dead and the loss learns"
+    "(`learning`, `_loss_learning`; None: it fell tenfold): a healthy ReLU net's 10-28%, reviving them changed nothing, measured, and a tenfold"
+    "fall read 'warning' on 2 of 4 seeds of one healthy MLP (7.4- and 8.8-fold). Where its zeros rose over the fit, the units died in it:"
     "a learning rate too high kills ReLUs, and reviving them under it (0.57-0.79 accuracy against 0.95-0.97 at a tenth of it, measured) is no cure"
     z = _fit_sampled(ah, n, 'near_zero')
     if frac > 0.5 and len(z) >= 2 and z[-1] - z[0] > 0.2:  # (most units dead; zeros from 50% to 75% with a quarter dead: a healthy ReLU regression's sparsity, its best lr)
         f['evidence'] += f"; its zeros rose from {z[0]:.0%} to {z[-1]:.0%} of outputs over the fit: the units died during it"
         f['remedy'] = DIED + f['remedy']
-    if frac <= 0.5 and (fold := _fell(losses)):
-        f.update(severity='info', remedy=f"nothing while the loss is this low; if it stalls: {f['remedy']}", callback='',
-                 evidence=f['evidence'] + f"; the loss fell {fold:.3g}-fold over the fit: the model does without them")
+    if frac > 0.5 or not (_fell(losses) if learning is None else learning): return
+    v = _finite(losses); fold = _loss_start(v) / max(float(v[-1]), 1e-30)
+    f.update(severity='info', remedy=f"nothing while the loss learns; if it stalls: {f['remedy']}", callback='',
+             evidence=f['evidence'] + f"; the loss fell {fold:.3g}-fold over the fit and learns: the model does without them")
 
 def _saturation_context(f, ah, n, th, losses):
     "Saturation finding `f` (layer `n`) weighed against the fit: where the layer's first sampled batch of the fit was below `sat_pct` the init"
@@ -256,8 +274,8 @@ def _saturation_context(f, ah, n, th, losses):
                  evidence=f['evidence'] + f", as the loss fell {fold:.3g}-fold")
     else: f.update(remedy=SAT_GREW, callback='')
 
-def _activation_rules(learn, ah, th, xb, losses=None):
-    "`ActivationHealth`'s history and dormancy on batch `xb` as findings, weighed against the fit's training `losses` where given (`_losses`)"
+def _activation_rules(learn, ah, th, xb, losses=None, learning=None):
+    "`ActivationHealth`'s history and dormancy on batch `xb` as findings, weighed against the fit's training `losses` where given (`_losses`) and whether it learns (`_loss_learning`)"
     out = []
     if ah.names is None: return out
     ah.flush()
@@ -273,7 +291,7 @@ def _activation_rules(learn, ah, th, xb, losses=None):
             un = unfollowed(unwrap(learn.model), [f['layer'] for f in out])
             for f in out:
                 if f['layer'] in un: f.update(remedy=f"{DEAD_UNFOLLOWED} ({un[f['layer']]})", callback='')
-                _dead_context(f, ah, f['layer'], fracs[f['layer']], losses)
+                _dead_context(f, ah, f['layer'], fracs[f['layer']], losses, learning)
     f = ah.fast
     r0 = _fit_row(f, _since(ah))  # (the last fit's rows, after a `rebase` in it: an earlier fit's findings are not this one's; None: it recorded none)
     if th.last is not None or r0 is not None:
@@ -311,18 +329,32 @@ def _named(model):
     "`model`'s modules by the names the recorders give them: the model's inside its wrappers (`unwrap`)"
     return {} if model is None else dict(unwrap(model).named_modules())
 
+def _too_large(model, normed=False, small=False):
+    "{layer: `check_init`'s finding} for `model`'s trainable Linear and Conv layers (those LSUV rescales) whose init scale `check_init` finds too large (`small`: or"
+    "too small), with `normed` those a norm layer follows too (their output's scale set again, their steps small against their weights all the same); {} without a model"
+    if model is None: return {}
+    ci, by = check_init(unwrap(model)), dict(unwrap(model).named_modules())  # (an RNN's recurrent weights: their own remedy, `RNN_INIT`)
+    big = lambda r: ('too large' in r.finding or small if r.finding.startswith('scale') else normed and r.finding.startswith('ok: scale') and r.std_ratio > 2)
+    return {r.layer: r.finding.removeprefix('ok: ') for r in ci.itertuples() if big(r) and not r.frozen and isinstance(by.get(r.layer), WEIGHT_LAYERS)}
+
+def _sigmoid_net(model):
+    "Whether most of `model`'s activation modules are sigmoids (outputs all positive: LSUV's std is their offsets', `NO_LSUV`)"
+    acts = [m for m in unwrap(model).modules() if is_activation(m) and not isinstance(m, SigmoidRange)] if model is not None else []
+    return bool(acts) and sum(isinstance(m, (nn.Sigmoid, nn.Hardsigmoid)) for m in acts) * 2 > len(acts)
+
 def _gradient_rules(gh, th, model=None, losses=None, chance=None):
     "`GradientHealth`'s flags as findings, weighed against the fit's training `losses` where given (`_losses`: NaN kept) and a uniform guess's loss `chance` (`_chance_loss`)"
     out, mods = [], _named(model)
     ev, v = gh.events, losses if losses is not None and len(losses) else None
-    start = getattr(gh, '_fit0', None)  # (the fit's first batch in the history's count; batches the Recorder left out, a guard's skips, aside)
+    start = _since(gh) if getattr(gh, '_fit0', None) is not None else None  # (the fit's first batch in the history's count, or its `rebase`'s, where `_losses` start; batches the Recorder left out, a guard's skips, aside)
     since = _since(gh)  # (the fit's first batch, or the first after a `rebase` in it, HealthCheck's LSUV: the flags before were the old weights')
     ev = ev[ev.batch >= since]  # (the last fit's flags: an earlier fit's are not this one's)
     if start is None and v is not None: start = gh.n_seen - len(v)
     def loss_at(b): return float(v[int(np.clip(b - start, 0, len(v) - 1))])
     ended = v is not None and np.isfinite(v[-1])  # (a fit whose loss ended NaN went on learning nothing)
     s0 = _loss_start(v) if ended else math.nan  # (where the fit's loss started: `_loss_start`)
-    df = gh.to_df()
+    df, big = gh.to_df(), None
+    blown = ev.batch[ev.kind == 'exploding']  # (the fit's exploding flags: a layer's gradient that stopped at one stopped by it)
     for (kind, layer), d in ev.groupby(['kind', ev['layer'].fillna('')], sort=False):
         key = {'nonfinite': 'nonfinite'}.get(kind, kind)
         if key not in REMEDIES: continue
@@ -331,7 +363,7 @@ def _gradient_rules(gh, th, model=None, losses=None, chance=None):
         problem = ('no gradient reaches it' if kind == 'no gradient' else 'not trained: in no optimizer group' if kind == 'not in optimizer'
                    else f'{kind} gradients' if kind in ('vanishing', 'exploding', 'nonfinite') else f'{kind} updates')
         if kind == 'not in optimizer': sev = 'error'
-        note = ''
+        note, stop = '', False
         if kind == 'exploding':
             g, it = gh.global_norm(), gh.hist.iters[:len(gh.hist)]
             mine = (it >= since) & np.isfinite(g)  # (this fit's: an earlier fit's spike made a later explosion a 'warning')
@@ -339,7 +371,8 @@ def _gradient_rules(gh, th, model=None, losses=None, chance=None):
             fin = np.isfinite(d.value).all()
             if (k := d.batch.nunique()) > max(1, n // 4):  # (flagged on a quarter of the batches or more: the norm stays high, no spike; a vanilla RNN's, 66 of 66)
                 note = f"; flagged on {k} of the fit's {n} recorded batches: the norm stays high, not a spike"
-            elif ended and fin and v[-1] < min(loss_at(d.batch.min()), s0) and (chance is None or v[-1] < chance):
+            elif ended and fin and v[-1] < min(loss_at(d.batch.min()), s0) and (chance is None or v[-1] < 0.97 * chance):  # (below chance as the chance rule reads it:
+                # a tanh RNN at 2.2957, ln(10) = 2.3026, killed by one exploding step, read 'info')
                 # (spikes of a healthy LSTM, Transformer early on, a converged fit's small ones; not a loss that blew up and fell back
                 # part way, nor one still above a uniform guess's. Before the next rule: a converged fit's spike, 17x a median near 0
                 # and below its first batches' norms, read 'warning' in 9 of 15 healthy 20-epoch fits, measured)
@@ -352,11 +385,19 @@ def _gradient_rules(gh, th, model=None, losses=None, chance=None):
             sev, note = 'info', f"; the loss fell {s0 / max(v[-1], 1e-30):.3g}-fold over the fit: small updates are expected there"
         if kind == 'no gradient':  # (a layer used on some batches only, a gated branch or a routed expert, got gradients on the others: it is no unused head)
             got = df[(df.layer == layer) & (df.iter >= (start or 0)) & (df.grad_norm > 0)].iter.unique()
-            if len(got): sev, note = 'info', f"; it got gradients on {len(got)} other recorded batches of the fit (from batch {got.min()}): used on some batches only"
-        out.append(_finding(layer or '(all)', problem,
-                            sev, f"{len(d)} flags, batches {d.batch.min()}-{d.batch.max()}: {d.message.iloc[0]}{note}", key))
+            stop = len(got) and len(blown) and got.max() <= blown.min() + 1 and d.batch.min() > blown.min()  # (none after an explosion: a tanh RNN's after its first step)
+            if stop: sev, note = 'warning', f"; it got gradients up to batch {got.max()} only, none since the exploding gradients at batch {blown.min()}"
+            elif len(got): sev, note = 'info', f"; it got gradients on {len(got)} other recorded batches of the fit (from batch {got.min()}): used on some batches only"
+        msg = d.message.iloc[0].replace(': not used in the forward pass, or cut off from the loss', ': its gradient zero (or none) on each')  # (what is known: a layer
+        out.append(_finding(layer or '(all)', problem,                                                                                    # plainly used, dead ReLUs after it, read 'not used')
+                            sev, f"{len(d)} flags, batches {d.batch.min()}-{d.batch.max()}: {msg}{note}", key))
+        if kind == 'exploding': out[-1]['_from'] = int(d.batch.min() - since)  # (its first flag, in the fit's batches: the init's, where it is the first batches')
+        if kind == 'no gradient' and stop: out[-1].update(remedy=NO_GRADIENT_BLOWN, callback='', _cause='exploding gradients')
         if key == 'stalled' and layer in mods and not isinstance(mods[layer], WEIGHT_LAYERS):  # (LSUV rescales Linear and Conv layers only)
             out[-1].update(remedy=STALLED_OTHER, callback='')
+        elif key == 'stalled' and sev != 'info':  # (the callback the remedy names: LSUVInit where the weights are too large, else the learning rate's, none)
+            if big is None: big = _too_large(model, normed=True, small=True)
+            if layer in big: out[-1].update(remedy=STALLED_BIG.format(big[layer]), callback='LSUVInit')
         if sev == 'info': out[-1].update(remedy={'stalled': 'nothing while the loss is this low', 'no gradient': NO_GRADIENT_SOME}.get(kind, f'nothing unless it recurs; then: {out[-1]["remedy"]}'), callback='')
     if (ev.kind == 'not in optimizer').any():  # (their accumulating gradients raise the global norm: an explosion that is theirs)
         for f in out:
@@ -396,19 +437,62 @@ def _decay_rules(learn, gh, th, losses=None):
     return [_finding('(all)', 'weight decay too strong', 'warning', f"decoupled weight decay took up to {c[j]:.0%} of a weight in one step (lr {top[j]:.3g} x wd {wd[j]:.3g}, "
                      f"{gh.names[j]}): the weights shrink faster than the gradient builds them", 'decay')]
 
-def _guard_rows(rows, reps):
-    "`rows` with what `NonFiniteGuard` did in the fit (`reps`, its reports): said in the non-finite finding where there is one, else a finding of its own"
+def _guard_rows(rows, reps, stopped=None):
+    "`rows` with what `NonFiniteGuard` did in the fit (`reps`, its reports; `stopped`: where it ended the fit, its `stopped`): said in the non-finite finding where there is one, else a finding of its own"
     where = pd.Series([(r['where'] or 'not located') + (f" in {r['layer']!r}" if r['layer'] else '') for r in reps]).value_counts()
     ev = f"NonFiniteGuard skipped or stopped at {len(reps)} training batch{'es' if len(reps) > 1 else ''} ({', '.join(f'{w} x{n}' for w, n in where.items())}; first at batch {reps[0]['batch']})"
+    if stopped: ev += (f"; it stopped the fit early, at training batch {stopped['batch']} of epoch {stopped['epoch']}"
+                       + (' (no epoch completed: no validation loss or metrics)' if stopped['epoch'] == 0 else ''))
     nf = [r for r in rows if r['problem'].startswith('non-finite')]
     if nf: nf[0].update(evidence=nf[0]['evidence'] + '; ' + ev); return rows
     lay = next((r['layer'] for r in reps if r['layer']), None)
-    return rows + [{**_finding(lay or '(all)', 'non-finite values (batches skipped)', 'warning', ev, 'nonfinite'), 'callback': ''}]  # (the guard is there already)
+    return rows + [{**_finding(lay or '(all)', 'non-finite values (batches skipped)', 'error' if stopped else 'warning', ev, 'nonfinite'), 'callback': ''}]  # (the guard is there already)
 
-def _first_x(learn):
-    "The inputs of a validation batch (else a training batch), or None when the learner has no data (an exported one)"
-    try: return first_inputs(learn.dls.valid if len(learn.dls.valid) else learn.dls.train, getattr(learn.dls, 'n_inp', None))
+EARLY = 5  # (gradients that explode within this many batches of the fit's start: the init's, not the training's)
+
+def _scale_cause(rows, model):
+    "`rows` with 'init scale off' (an error, LSUVInit) as the cause of an exploding-gradients error flagged from the fit's first `EARLY` batches where"
+    "`check_init` finds layers' weights too large: clipping there bounds the steps, not their cause (a 6-layer MLP at 10x Kaiming: 0.51 accuracy,"
+    "0.63 with GradientClip, 0.97 with LSUVInit, measured)"
+    ex = next((r for r in rows if r['problem'] == 'exploding gradients' and r['severity'] == 'error' and r.get('_from', EARLY) < EARLY), None)
+    big = _too_large(model) if ex is not None else {}
+    if not big: return rows
+    ex.update(remedy=SCALE_FIRST + ex['remedy'], callback='', _cause='init scale off')
+    ev = f"`check_init` finds the weights of {len(big)} layer{'s' if len(big) > 1 else ''} too large ({'; '.join(f'{n}: {f}' for n, f in list(big.items())[:3])}{'; ...' if len(big) > 3 else ''}), and the gradients explode from the fit's batch {ex['_from']} on (see 'exploding gradients')"
+    return rows + [_finding(next(iter(big)), 'init scale off', 'error', ev, 'scale')]
+
+_SEVERITY = {'error': 0, 'warning': 1, 'info': 2}
+
+def _by_cause(rows):
+    "`rows` sorted by severity, each finding marked another's symptom (`_cause`, where that one is as severe or more) right after its cause"
+    at = {r['problem']: i for i, r in reversed(list(enumerate(rows)))}
+    def key(i, seen=()):  # (a symptom's key: its cause's, then its own; a cause's cause first: the init's scale, its explosion, the zero gradient after it)
+        r = rows[i]; c = at.get(r.get('_cause'))
+        if c is not None and c not in seen and c != i and _SEVERITY[rows[c]['severity']] <= _SEVERITY[r['severity']]: return key(c, seen + (i,)) + (_SEVERITY[r['severity']], i)
+        return (_SEVERITY[r['severity']], i)
+    return [rows[i] for i in sorted(range(len(rows)), key=key)]
+
+def _first_x(learn, n=32):
+    "The inputs of the first validation batches (else training batches), `n` examples or more where they are that small and concatenate (else the first"
+    "batch's), every random state as it was; or None when the learner has no data (an exported one)"
+    try:
+        dl = learn.dls.valid if len(learn.dls.valid) else learn.dls.train
+        x = first_inputs(dl, getattr(learn.dls, 'n_inp', None))
     except Exception: return None
+    def size(x): return len(x[0] if isinstance(x, (tuple, list)) else x)  # (on one example, a third of a healthy MLP's units scored dormant: no unit fires on every input)
+    try:
+        if not size(x) < n: return x
+        xs, got = [], 0
+        with rng_kept(dl):
+            it = iter(dl)
+            try:
+                for b in it:
+                    xs.append(first_inputs([b], getattr(learn.dls, 'n_inp', None))); got += size(xs[-1])
+                    if got >= n: break
+            finally:
+                if it is not dl and hasattr(it, 'close'): it.close()
+        return tuple(torch.cat(ts) for ts in zip(*xs)) if isinstance(x, (tuple, list)) else torch.cat(xs)
+    except Exception: return x  # (batches of different shapes, inputs that are no tensors: the first batch's)
 
 def _dormant_fracs(ah, xb, tau, mods=None):
     "{activation layer: (share of its units with dormancy score <= `tau`, number of units)} on batch `xb` (`mods`: `ah`'s modules, None: `ah.mods`)"
@@ -419,7 +503,7 @@ def _dormant_fracs(ah, xb, tau, mods=None):
 def health_report(self:Learner,
     thresholds:Thresholds=None, # the rules' thresholds (None: the defaults)
     verbose:bool=True, # print the findings (or 'no findings')
-    xb=None, # the batch dormancy is scored, the symmetry tested and the output rule read on (None: the first validation batch, else a training batch)
+    xb=None, # the batch dormancy is scored, the symmetry tested and the output rule read on (None: the first validation batches, 32 examples or more where they concatenate; else training batches)
 ):
     "Findings about this learner's last fit and its model as it is now: one row each (layer, problem, severity, evidence, remedy, callback)"
     th = Thresholds() if thresholds is None else thresholds  # (anything but a Thresholds or None: a ValueError, below; `{}` was taken for the defaults)
@@ -439,31 +523,39 @@ def health_report(self:Learner,
     before = getattr(gh, '_fit0', None) or getattr(ah, '_fit0', None) or 0  # (batches the recorders saw in fits before the last one)
     rows = _loss_rules(losses, th, _chance_loss(self), before, _mixed(self, gh, ah))
     if not rows or rows[0]['severity'] != 'error': rows += _output_rules(th, output, losses, _ce_classes(self))  # (diverging or at chance: said already; the model inside DDP: no collective)
+    dec = _decay_rules(self, gh, th, losses) if gh is not None and gh.hist is not None else []  # (the units a decay too strong killed: its finding's, not 'info')
+    learning = _loss_learning(losses, th, _chance_loss(self), before, _mixed(self, gh, ah)) and not dec and not any(r['problem'] == 'output ignores the input' for r in rows)
     rows += _init_rules(self.model, th, batch)
     # (a recorder with no history: never fitted, or unpickled from `learn.export`, which leaves histories out)
-    if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, batch(), losses)
-    if gh is not None and gh.hist is not None: rows += _gradient_rules(gh, th, self.model, losses, _chance_loss(self)) + _decay_rules(self, gh, th, losses)
+    if ah is not None and ah.fast is not None: rows += _activation_rules(self, ah, th, batch(), losses, learning)
+    if gh is not None and gh.hist is not None: rows += _gradient_rules(gh, th, self.model, losses, _chance_loss(self)) + dec
     g = next((c for c in self.cbs if isinstance(c, NonFiniteGuard)), None)
     reps = getattr(g, 'reports', [])[getattr(g, '_fit_reports0', 0):]  # (the last fit's: `batch` counts from 0 in each)
     bad_in = [r['batch'] for r in reps if r['where'] == 'input']
-    if reps: rows = _guard_rows(rows, reps)  # (before the inputs' remedy: its own finding may be the only non-finite one)
+    if reps: rows = _guard_rows(rows, reps, getattr(g, 'stopped', None))  # (before the inputs' remedy: its own finding may be the only non-finite one)
     for r in rows:  # (NaN that came with the data: no learning rate or clipping helps)
         if bad_in and r['problem'].startswith('non-finite'):
             r.update(evidence=r['evidence'] + f"; NonFiniteGuard found non-finite inputs at training batches {', '.join(map(str, bad_in[:5]))}", remedy=NAN_INPUT, callback='')
     if any(r['problem'].endswith('symmetry is never broken') for r in rows):  # (an all-zero MLP's sigmoids saturate as its identical units move together: not 'the init was not the cause')
         for r in rows:
             if r['problem'] == 'saturated activation' and r['remedy'] == SAT_GREW: r.update(remedy=SYM_FIRST, callback='BreakSymmetry')
-    if any(r['problem'] == 'weight decay too strong' for r in rows):  # (at wd 100 the report said: at chance, check the lr and the init; units died, lower the lr;
-        for r in rows:                                                  # updates too hot, decay the weights more)
-            if r['problem'] == 'too hot updates': r.update(remedy=DECAY_FIRST + 'the updates are large against the weights it shrank', callback='AdaptiveWD')
+    if dec := next((r for r in rows if r['problem'] == 'weight decay too strong'), None):  # (at wd 100 the report said: at chance, check the lr and the init; units died, lower the lr;
+        for r in rows:                                                                       # updates too hot, decay the weights more)
+            if r['problem'] == 'too hot updates': r.update(remedy=DECAY_FIRST + 'the updates are large against the weights it shrank', callback='AdaptiveWD', _cause=dec['problem'])
             elif r['problem'] in ('loss at chance level', 'loss above chance level', 'loss not decreasing', 'output ignores the input', 'dead units'):
-                r.update(remedy=DECAY_FIRST + 'if it stays: ' + r['remedy'])
-    if rows and rows[0]['problem'] == 'loss diverging':  # (weights blown up: stalled updates, no gradient, growth, dead units are its symptoms)
+                r.update(remedy=DECAY_FIRST + 'if it stays: ' + r['remedy'], _cause=dec['problem'])
+                if r['severity'] == 'error' and r['problem'] != 'dead units': dec['severity'] = 'error'  # (the fit learned nothing: the decay's doing, the cause, as severe)
+    if rows and rows[0]['problem'] == 'loss diverging':  # (weights blown up: stalled updates, no gradient, growth, dead units, exploding or non-finite values are its symptoms)
         for r in rows[1:]:
-            if r['problem'] in ('stalled updates', 'no gradient reaches it', 'weights growing without bound', 'too hot updates', 'dead units'):
-                r.update(remedy=SYMPTOM + r['remedy'], callback='')
+            if r['remedy'] != NAN_INPUT and (r['problem'].startswith('non-finite') or r['problem'] in (
+                    'stalled updates', 'no gradient reaches it', 'weights growing without bound', 'too hot updates', 'dead units', 'exploding gradients', 'saturated activation')):
+                r.update(remedy=SYMPTOM + r['remedy'], callback='', _cause='loss diverging')
+    else: rows = _scale_cause(rows, self.model)
+    if self.model is not None and _sigmoid_net(self.model):  # (LSUV in a sigmoid net: 0.71 -> 0.09 accuracy, `NO_LSUV`)
+        for r in rows:
+            if r['callback'] == 'LSUVInit': r.update(remedy=NO_LSUV, callback='')
+    rows = _by_cause(rows)
     df = pd.DataFrame(rows, columns=COLUMNS)
-    if len(df): df = df.sort_values('severity', key=lambda s: s.map({'error': 0, 'warning': 1, 'info': 2}), kind='stable', ignore_index=True)
     if verbose:
         if not len(df): print('health report: no findings' + ('' if ah or gh else ' (attach ActivationHealth / GradientHealth for more than the init checks)'))
         else:
@@ -551,10 +643,10 @@ class NonFiniteGuard(FitOnlyCallback):
         if policy not in ('skip', 'stop'): raise ValueError(f"`policy` must be 'skip' or 'stop', got {policy!r}")
         if at_max not in ('raise', 'stop'): raise ValueError(f"`at_max` must be 'raise' or 'stop', got {at_max!r}")
         self.policy, self.max_skips, self.verbose, self.at_max = policy, check_int('max_skips', max_skips, 0), check_bool('verbose', verbose), at_max
-        self.skips, self.reports, self.last_good_loss, self._grad_norms = [], [], None, None
+        self.skips, self.reports, self.last_good_loss, self._grad_norms, self.stopped = [], [], None, None, None
     def before_fit(self):
         self.run = real_fit(self)
-        if self.run: self._fit_reports0 = len(self.reports)  # (the report reads this fit's: `batch` counts from 0 in each fit; `validate`, `lr_find` are no fit)
+        if self.run: self._fit_reports0, self.stopped = len(self.reports), None  # (the report reads this fit's: `batch` counts from 0 in each fit; `validate`, `lr_find` are no fit)
         self.params, self._memo = self._trainable(), {}  # (`_memo`: `foreach_norm`'s, a float64 model's found once, not every batch)
         self.bufs = [b for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for b in m.buffers(recurse=False)]
         self._snap = None  # (their values before the batch: a forward pass updates them, with NaN too)
@@ -609,7 +701,7 @@ class NonFiniteGuard(FitOnlyCallback):
         self.reports.append(dict(batch=it, where=where, layer=mod, message=msg))
         if self.policy == 'stop':
             if is_main(): warnings.warn(msg)
-            raise CancelFitException()
+            self._stop(it)
         self.skips.append(it)
         self._drop_grads()
         self.learn.yb = ()  # (fastai's `Recorder` leaves a batch without targets out of the losses and metrics: no NaN train_loss)
@@ -618,8 +710,11 @@ class NonFiniteGuard(FitOnlyCallback):
             msg = f"NonFiniteGuard: more than `max_skips`={self.max_skips} batches had non-finite values; last: {msg}"
             if self.at_max == 'raise': raise RuntimeError(msg)
             if is_main(): warnings.warn(msg + '; the fit stops here')
-            raise CancelFitException()
+            self._stop(it)
         raise CancelBatchException()
+    def _stop(self, it):
+        "End the fit at training batch `it`, noted in `stopped` (the report says the fit stopped early)"
+        self.stopped = dict(batch=it, epoch=getattr(self.learn, 'epoch', 0)); raise CancelFitException()
     def _drop_grads(self):
         "This batch's gradients go; under `GradientAccumulation` the window's earlier ones are put back"
         if self._gsnap is None:
@@ -776,7 +871,7 @@ class HealthCheck(FitOnlyCallback):
         fs = _gradient_rules(self.gh, self.th, self.model, v, _chance_loss(self.learn)) if clip or grow else []  # (once an epoch, for both remedies; the model: an embedding's growth is no finding)
         if clip and ((new['kind'] == 'nonfinite').any() or any(f['problem'] == 'exploding gradients' and f['severity'] == 'error' for f in fs)):  # (a spike the fit learned on through: none)
             c = self._clip_level()
-            self._add(GradientClip(c)); self._act('GradientClip', f'exploding or non-finite gradients: clipping the global norm at {c:.3g} (the scale the fit trained at before its first such flag) from the next batch')
+            self._add(GradientClip(c)); self._act('GradientClip', f'exploding or non-finite gradients: clipping the global norm at {c:.3g} ({self._clip_from}) from the next batch')
         self._n_ev = len(ev)
         if grow:
             if any(f['callback'] == 'AdaptiveWD' and f['problem'].startswith('weights growing') for f in fs):
@@ -796,7 +891,10 @@ class HealthCheck(FitOnlyCallback):
         bad = ev.batch[ev.kind.isin(['exploding', 'nonfinite']) & (ev.batch >= max(_since(self.gh), self._rescaled or 0))]  # (this fit's first flag, since its LSUV if any; the norms before it, earlier fits' too)
         pre = g[np.isfinite(g) & (it < (bad.min() if len(bad) else np.inf)) & (it >= (self._rescaled or 0))]  # (after an LSUV, its norms: those before were a dead model's)
         m = pd.Series(pre).rolling(self.gh.explode_window, min_periods=5).median().max() if len(pre) >= 5 else np.median(pre) if len(pre) else np.nan
-        return float(m) if np.isfinite(m) and m > 0 else 1.
+        ok = np.isfinite(m) and m > 0  # (`_clip_from`: where it came from, for the action's words: a flag at the fit's first batch leaves no scale to read)
+        self._clip_from = ("a default: no finite gradient norm came before the first such flag to read the fit's scale from" if not ok
+                           else 'the scale the fit trained at before its first such flag' if len(pre) >= 5 else f'the median norm of the {len(pre)} batches before its first such flag')
+        return float(m) if ok else 1.
 
     def _early(self):
         "The thresholds, with `min_batches` cut to 10: the remedies read the loss from the first epoch on (reviving units later was no cure, and a later LSUV leaves few epochs)"
@@ -810,9 +908,16 @@ class HealthCheck(FitOnlyCallback):
         return rs[0]['problem'] if rs and rs[0]['severity'] != 'info' else None
 
     def _scale_off(self, v):
-        "The layers whose init scale is off (`check_init`) where the loss `v` sits at chance level and the output ignores the input, else []"
-        if self._loss_problem(v) != 'loss at chance level': return []  # (a plateau below chance, a fine-tune's: a trained model, wiped by LSUV, 0.94 -> 0.23 accuracy)
-        model = unwrap(self.model)
+        "The layers whose init scale is off (`check_init`) where the loss `v` sits at chance level and the output ignores the input, or where the weights"
+        "are too large, the gradients exploded from the fit's first `EARLY` batches and the loss learned nothing (at or above chance level, not decreasing); else []"
+        prob, model = self._loss_problem(v), unwrap(self.model)
+        if _sigmoid_net(model): return []  # (LSUV breaks a sigmoid net: `NO_LSUV`)
+        ex = self.gh.events; ex = ex.batch[(ex.kind == 'exploding') & (ex.batch >= _since(self.gh))]
+        if len(ex) and ex.min() - _since(self.gh) < EARLY and prob in ('loss at chance level', 'loss above chance level', 'loss not decreasing') and (big := list(_too_large(model))):
+            self._why = f"gradients exploding from the fit's batch {ex.min() - _since(self.gh)}, weights too large"  # (a 6-layer MLP at 10x Kaiming: GradientClip at 1.0
+            return big                                                                                          # took it to 0.21 accuracy, LSUV to 0.97, measured)
+        if prob != 'loss at chance level': return []  # (a plateau below chance, a fine-tune's: a trained model, wiped by LSUV, 0.94 -> 0.23 accuracy)
+        self._why = 'loss at chance level, output the same for every input, init scale off'
         out = eval_forward(model, [], noop, self._xb)  # (and its output the same for every input: nothing gets through. The smoothed training loss lags
         if not _output_rules(self._early(), lambda: out, v, _ce_classes(self.learn)): return []  # a slow start's: at chance after an epoch at 0.54-0.65 accuracy)
         ci = check_init(model)
@@ -832,8 +937,9 @@ class HealthCheck(FitOnlyCallback):
         done = rep[(rep.status == 'ok') | rep.status.str.startswith('not within tol')]
         fresh_opt_state(getattr(self.learn, 'opt', None), reinitialized(model, done))
         self._rescaled = self.gh.n_seen  # (the first batch after it: the exploding rule's baseline starts there)
-        self.gh.rebase(); self.ah.rebase()  # (and the report reads the fit from there: its flags and rows before were the dead model's)
-        self._act('LSUVInit', f"loss at chance level, output the same for every input, init scale off in {_few(off)}: "
+        self.gh.rebase(); self.ah.rebase()  # (and the report reads the fit from there: its flags, rows and losses before were the old model's;
+        if (r := getattr(self.learn, 'recorder', None)) is not None: r.smooth_loss.reset()  # the smoothed loss starts again: a 1e6 loss before it kept it at 1e5 for 66 batches)
+        self._act('LSUVInit', f"{self._why} in {_few(off)}: "
                               f"{len(done)}/{len(rep)} layers LSUV-initialized, from the next batch")
         return True
 
@@ -854,6 +960,8 @@ class HealthCheck(FitOnlyCallback):
 
     def after_fit(self):
         if not self.run: return
+        if self.remedy and not self._held and any(f['problem'] == 'loss diverging' for f in _loss_rules(_losses(self.learn, self.gh), self.th)):  # (a fit stopped before an epoch ended:
+            self._held = True; self._act('held back', "the loss diverged: no remedy applies to a run blowing up; lower the learning rate (learn.lr_find())")  # no `after_epoch` said so)
         self.cleanup()  # (the fit's columns: a later `validate` would return them as NaN, `loss, acc = learn.validate()` fail)
         try: self.report = self.learn.health_report(self.th, verbose=self.show and is_main(), xb=self._xb)
         except BaseException: _cleanup_all(self.learn); raise  # (Ctrl-C in the report, before the recorders' `after_fit`: their hooks off)

@@ -1332,6 +1332,8 @@ def test_weight_decay_too_strong(wd):
     assert len(f) == 1 and f.callback.iloc[0] == 'AdaptiveWD' and f'wd {wd:g}' in f.evidence.iloc[0], rep
     others = rep[rep.problem.isin(['loss at chance level', 'too hot updates', 'dead units'])]
     if wd == 100.: assert len(others) and others.remedy.str.startswith("likely the weight decay's doing").all(), rep
+    if wd == 100.:  # (a fit at chance for it: the cause an 'error' too, and its row first, the symptoms' after it; it was a 'warning', last)
+        assert (rep.problem == 'loss at chance level').any() and f.severity.iloc[0] == 'error' and rep.problem.iloc[0] == 'weight decay too strong', rep
     learn = quiet(Learner(digits_dls(flat=True), nn.Sequential(nn.Linear(64, 10)), loss_func=nn.CrossEntropyLoss(), wd=wd, cbs=[HealthCheck(report=False), AdaptiveWD()]))
     learn.fit(1, 1e-2)
     assert 'weight decay too strong' not in set(learn.health_check.report.problem)  # (AdaptiveWD sets its own)
@@ -1485,3 +1487,116 @@ def test_dead_remedy_reads_a_fine_tunes_plateau_as_no_stuck_loss():
     learn = quiet(Learner(digits_dls(flat=True), _relu_mlp(), loss_func=nn.CrossEntropyLoss(), metrics=accuracy, cbs=hc))
     learn.fit_one_cycle(5, 1e-2); learn.fit(3, 1e-6)  # (before: layers 3 and 5, 12% dormant, re-initialized at the second fit's first epoch)
     assert not len(hc.actions) and learn.recorder.values[-1][2] > 0.93, (hc.actions, learn.recorder.values)
+
+
+# ---- the probe of 28 fastai setups (2026-11-29): diagnoses that named the wrong cause or remedy ----
+
+def _plain_mlp(ni, nh, no, depth, act=nn.ReLU, std=None):
+    ls = []
+    for k in range(depth): ls += [nn.Linear(ni if k == 0 else nh, nh), act()]
+    m = nn.Sequential(*ls, nn.Linear(nh, no))
+    if std is not None:
+        with torch.no_grad():
+            for l in m:
+                if isinstance(l, nn.Linear): l.weight.normal_(0, std)
+    return m
+
+def _digits_fit(make, epochs, lr, cb, opt=None, seed=0):
+    from fastai.metrics import accuracy
+    torch.manual_seed(seed); np.random.seed(seed)
+    dls = digits_dls(flat=True); model = make()
+    learn = quiet(Learner(dls, model, loss_func=nn.CrossEntropyLoss(), metrics=accuracy, cbs=cb, **({} if opt is None else dict(opt_func=opt))))
+    with warnings.catch_warnings(): warnings.simplefilter('ignore'); learn.fit(epochs, lr)
+    return learn
+
+def test_a_blowup_in_fewer_than_10_batches_is_diverging():
+    "SGD at lr 5: smoothed losses 2.47, 88.6, 1.2e4, 1.8e10, 2.1e20, then overflow, the guard stopping the fit in its first epoch: the report"
+    "called the dead units and the explosion the problems (ReinitDormant, GradientClip), never the diverging loss (10 batches needed)"
+    from fastai.optimizer import SGD
+    from initcb.init import init_weights
+    from initcb.report import SYMPTOM
+    make = lambda: init_weights(_plain_mlp(64, 128, 10, 3))
+    learn = _digits_fit(make, 2, 5., HealthCheck(report=False), SGD)
+    rep = learn.health_check.report
+    assert rep.problem.iloc[0] == 'loss diverging' and rep.severity.iloc[0] == 'error', rep
+    rest = rep.iloc[1:]; rest = rest[rest.severity != 'info']
+    assert len(rest) and rest.remedy.str.startswith(SYMPTOM).all() and (rest.callback == '').all(), rest
+    assert rep.evidence.str.contains('stopped the fit early, at training batch .* of epoch 0 \\(no epoch completed', regex=True).any(), rep.evidence.tolist()
+    learn = _digits_fit(make, 2, 5., HealthCheck(report=False, remedy=True), SGD)
+    a = learn.health_check.actions
+    assert a.action.tolist() == ['held back'], a
+
+def test_exploding_from_a_too_large_init_names_the_init():
+    "A 6-layer MLP at std 1 (~10x Kaiming): 'exploding gradients' (GradientClip) was the error and the init only a warning; remedy=True clipped at"
+    "1.0 'the scale the fit trained at before its first flag', a flag at batch 0 (1.0 was the fallback): 0.21 accuracy, where LSUV gives 0.97"
+    make = lambda: _plain_mlp(64, 100, 10, 6, std=1.)
+    learn = _digits_fit(make, 3, 1e-3, HealthCheck(report=False))
+    rep = learn.health_check.report
+    i, j = rep.index[rep.problem == 'init scale off'], rep.index[rep.problem == 'exploding gradients']
+    assert len(i) == 1 and len(j) == 1 and j[0] == i[0] + 1, rep  # (the cause first, its symptom right after it)
+    assert rep.loc[i[0], 'severity'] == 'error' and rep.loc[i[0], 'callback'] == 'LSUVInit' and rep.loc[j[0], 'callback'] == '', rep
+    learn = _digits_fit(make, 3, 1e-3, HealthCheck(report=False, remedy=True))
+    a = learn.health_check.actions
+    assert 'LSUVInit' in set(a.action) and 'GradientClip' not in set(a.action), a
+    assert learn.recorder.values[-1][2] > 0.85, learn.recorder.values  # (0.21 with the clip at 1.0)
+    assert not (learn.health_check.report.severity == 'error').any(), learn.health_check.report  # (the losses after the LSUV, smoothed afresh)
+    learn = _digits_fit(make, 1, 1e-3, HealthCheck(report=False, remedy={'exploding'}))
+    d = learn.health_check.actions.query("action == 'GradientClip'").detail
+    assert len(d) == 1 and 'a default' in d.iloc[0] and 'the scale the fit trained at' not in d.iloc[0], d.tolist()
+
+def test_no_lsuv_for_a_sigmoid_net():
+    "A 10-layer sigmoid MLP at std 0.8, saturated: the report named LSUVInit, which took it from 0.71 to 0.09 accuracy (the sigmoid's positive"
+    "outputs give each unit a fixed offset that takes most of the std LSUV sets: the signal shrinks layer by layer)"
+    from initcb.report import NO_LSUV, _sigmoid_net, HealthCheck as HC
+    learn = _digits_fit(lambda: _plain_mlp(64, 100, 10, 10, nn.Sigmoid, std=0.8), 1, 1e-3, HealthCheck(report=False))
+    rep = learn.health_check.report
+    sat = rep[rep.problem == 'saturated activation']
+    assert len(sat) and (sat.remedy == NO_LSUV).all() and not (rep.callback == 'LSUVInit').any(), rep
+    assert _sigmoid_net(learn.model) and not _sigmoid_net(_plain_mlp(64, 100, 10, 3, nn.Tanh))  # (LSUV takes a tanh one from 0.11 to 0.96)
+    learn = _digits_fit(lambda: _plain_mlp(64, 100, 10, 10, nn.Sigmoid, std=0.001), 2, 1e-3, HealthCheck(report=False, remedy={'scale'}))
+    assert 'LSUVInit' not in set(learn.health_check.actions.action), learn.health_check.actions  # (at chance, init scale off: the remedy's LSUV was no cure here)
+
+def test_an_rnn_killed_by_one_exploding_step_is_an_error():
+    "A tanh RNN (recurrent weights 3x orthogonal): one exploding step at batch 0, the loss at 2.2957 after, ln(10) = 2.3026: 'info' ('the fit"
+    "went on learning'), as the rule read `v[-1] < chance` strictly; and its zero gradient since, 'used on some batches only'"
+    from initcb.report import RNN_INIT, NO_GRADIENT_BLOWN
+    from fastai.optimizer import SGD
+    class SeqRNN(nn.Module):
+        def __init__(self):
+            super().__init__(); self.rnn = nn.RNN(1, 64, batch_first=True); self.head = nn.Linear(64, 10)
+            with torch.no_grad(): nn.init.orthogonal_(self.rnn.weight_hh_l0); self.rnn.weight_hh_l0.mul_(3.)
+        def forward(self, x): return self.head(self.rnn(x.view(x.shape[0], 64, 1))[0][:, -1])
+    learn = _digits_fit(SeqRNN, 3, 0.05, HealthCheck(report=False), SGD)
+    r = learn.health_check.report.set_index('problem')
+    assert r.loc['exploding gradients', 'severity'] == 'error' and RNN_INIT in r.loc['exploding gradients', 'remedy'], r
+    assert r.loc['no gradient reaches it', 'severity'] == 'warning' and r.loc['no gradient reaches it', 'remedy'] == NO_GRADIENT_BLOWN, r
+    assert 'not used in the forward pass' not in r.loc['no gradient reaches it', 'evidence'], r  # (it plainly is: its gradient is zero)
+
+def test_stalled_updates_name_the_callback_their_remedy_names():
+    "lr 1e-7: 'stalled updates', remedy 'raise the learning rate', callback LSUVInit (0.02 accuracy with it; lr 1e-3 gives 0.96)"
+    from initcb.init import init_weights
+    learn = _digits_fit(lambda: init_weights(_plain_mlp(64, 128, 10, 3)), 1, 1e-7, HealthCheck(report=False))
+    st_ = learn.health_check.report.query("problem == 'stalled updates'")
+    assert len(st_) and (st_.callback == '').all() and st_.remedy.str.startswith('raise the learning rate').all(), st_
+
+def test_a_healthy_mlps_few_dead_units_are_info():
+    "A healthy ReLU MLP (Kaiming, Adam 1e-3, 0.96 accuracy): 10-15% of one layer dormant read 'warning' (ReinitDormant, which changed accuracy by"
+    "<= 0.003) on 2 of 4 seeds, as the loss fell 7.4-fold, under the rule's tenfold; the loss learns: 'info', as the remedy's gate reads it"
+    from initcb.init import init_weights
+    learn = _digits_fit(lambda: init_weights(_plain_mlp(64, 128, 10, 3)), 4, 1e-3, HealthCheck(report=False), seed=0)
+    rep = learn.health_check.report
+    assert (rep.severity == 'info').all(), rep
+    assert learn.recorder.values[-1][2] > 0.9
+
+def test_first_x_gathers_32_examples_and_keeps_the_random_state():
+    "Dormancy scored on one batch of 1: a third of a healthy MLP's units 'dead' (none fires on that one example)"
+    from initcb.report import _first_x
+    learn = Learner(digits_dls(bs=1, flat=True), nn.Linear(64, 10), loss_func=nn.CrossEntropyLoss())
+    torch.manual_seed(3); x = _first_x(learn); a = torch.rand(3)
+    torch.manual_seed(3); b = torch.rand(3)
+    assert x.shape == (32, 64) and torch.equal(a, b)
+    assert torch.equal(x[:4], torch.cat([b[0] for b in list(learn.dls.valid)[:2]]))  # (the validation batches, in their order)
+    class Odd:  # (batches of different shapes: the first batch's)
+        def __iter__(self): yield (torch.zeros(2, 3), torch.zeros(2)); yield (torch.zeros(2, 4), torch.zeros(2))
+    learn.dls = type('D', (), dict(valid=[], train=Odd(), n_inp=1))()
+    assert _first_x(learn).shape == (2, 3)
