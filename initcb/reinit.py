@@ -102,6 +102,11 @@ def _meta_read(u, nd):
     if any(a is nd for a in rest) or not first: return False
     return u.target in _META_METHODS if u.op == 'call_method' else u.op == 'call_function' and (u.target is getattr and rest[0] in _META or u.target in _LIKE)
 
+def _call_name(al, m, target, k):
+    "The name of the `k`th call of module `m` (fx's `target`): its `k`th name where it has several (`module_aliases`: `TabularModel`'s ReLU), else `target`"
+    ns = al.get(id(m), ())
+    return ns[k] if k < len(ns) else target
+
 def unit_chains(
     model:nn.Module, # traced with torch.fx
 ):
@@ -110,7 +115,7 @@ def unit_chains(
     "activation (`F.relu(x)`) as (fn, args, kwargs, the module whose output it takes)"
     gm, why = _trace(check_model(model))
     if gm is None: return {n: (None, why if isinstance(m, _LAYER) else _why_type(m)) for n, m in model.named_modules() if isinstance(m, _LAYER + _UNFOLLOWED)}
-    mods, res, uses, ties, call, calls = dict(model.named_modules()), {}, {}, tied_modules(model), {}, {}
+    mods, res, uses, ties, call, calls, al = dict(model.named_modules()), {}, {}, tied_modules(model), {}, {}, module_aliases(model)
     for nd in gm.graph.nodes:  # each module's uses: its calls, and reads of its weights' values outside a call (`F.linear(x, self.l.weight)`; not `x.to(self.l.weight.dtype)`)
         if nd.op == 'call_module': call[nd] = calls.get(nd.target, 0); calls[nd.target] = call[nd] + 1  # (which call: among its calls alone, as a hook counts them)
         k = nd.target if nd.op == 'call_module' else nd.target.rpartition('.')[0] if nd.op == 'get_attr' and not all(_meta_read(u, nd) for u in nd.users) else None
@@ -140,7 +145,7 @@ def unit_chains(
                 if chain['act'] is None and chain['act_fn'] is None and not isinstance(um, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)):
                     if chain['flatten']: why = 'its activation comes after a flatten (its units would be scored per element)'; break
                     if id(um) in inner: why = f'its activation {u.target} is also called inside {inner[id(um)]}, which torch.fx does not trace: its calls cannot be told apart'; break
-                    chain['act'], chain['act_call'] = u.target, call[u]
+                    chain['act'], chain['act_call'] = _call_name(al, um, u.target, call[u]), call[u]
             elif _act_fn(u) is not None:  # (a functional activation: scored on the output of the module before it, through the same function)
                 if chain['act'] is None and chain['act_fn'] is None:
                     fn, a, kw = _act_fn(u)
@@ -170,7 +175,7 @@ def _chains(model, chains):
     if chains is None: return unit_chains(model)
     ok = isinstance(chains, dict) and all(isinstance(v, tuple) and len(v) == 2 and (v[0] is None or isinstance(v[0], dict)) for v in chains.values())
     if not ok: raise ValueError(f"`chains` must be `unit_chains(model)`, a dict of {{layer: (chain or None, why)}}, got {type(chains).__name__}")
-    mods = dict(model.named_modules())
+    mods = dict(model.named_modules(remove_duplicate=False))  # (an activation named as its call: `module_aliases`)
     gone = [n for n, (c, _) in chains.items() if n not in mods or c is not None and any(c.get(k) and c[k] not in mods for k in ('next', 'norm', 'act'))]
     if gone: raise ValueError(f"`chains` names {gone[0]!r}, not a module of this model: pass `unit_chains(model)` of this model")
     return chains
@@ -182,7 +187,7 @@ def unfollowed(
 )->dict:
     "{name: why} for the activations of `names` no chain of `unit_chains` ends in: why ReDo cannot score their units, from what feeds them"
     if isinstance(names, str): names = [names]  # (one name: iterated, its characters)
-    mods, res = dict(check_model(model).named_modules()), {}
+    mods, res = dict(check_model(model).named_modules(remove_duplicate=False)), {}  # (an activation named as its call: `module_aliases`)
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names): raise ValueError(f"`names` must be a module name or a list of them, got {names!r}")
     if any(n not in mods for n in names): raise ValueError(f"`names`: no module named {next(n for n in names if n not in mods)!r} in the model")
     chains = _chains(model, chains)
@@ -191,8 +196,12 @@ def unfollowed(
     if not todo: return {}
     gm, why = _trace(model)
     if gm is None: return {n: why for n in todo}
+    al, calls = module_aliases(model), {}
     for node in gm.graph.nodes:
-        if node.op != 'call_module' or node.target not in todo or node.target in res: continue  # (a module called twice: its first call)
+        if node.op != 'call_module': continue
+        k = calls[node.target] = calls.get(node.target, -1) + 1
+        name = _call_name(al, mods[node.target], node.target, k)  # (a module called twice under one name: its first call)
+        if name not in todo or name in res: continue
         x = node.args[0] if node.args else None
         while True:
             if not isinstance(x, fx.Node): why = 'its input is no value traced through the model'; break
@@ -207,7 +216,7 @@ def unfollowed(
             what = type(xm).__name__ if xm is not None else getattr(x.target, '__name__', x.target)
             why = (f"its input is {what} of {len(args)} values (a residual add, a concatenation): no one layer's units are its units" if len(args) > 1
                    else f'its input comes from {what}, which ReDo cannot follow'); break
-        res[node.target] = why
+        res[name] = why
     return {n: res.get(n, 'not called in the traced forward') for n in todo}
 
 # %% ../nbs/04_reinit.ipynb #f2039fcc
@@ -223,7 +232,7 @@ def dormancy_scores(
     bn:str='batch', # BatchNorm on the batch's own statistics ('batch', as in training) or its running ones ('running'): `eval_forward`
 ):
     "{layer: per-unit score E|h_i - r| / mean_j E|h_j - r|} for the layers of `chains`, on batch `xb` (r: the activation's `rest_value`, 0 for a ReLU)"
-    mods, chains = dict(check_model(model).named_modules()), _chains(model, chains)
+    mods, chains = dict(check_model(model).named_modules(remove_duplicate=False)), _chains(model, chains)  # (an activation named as its call: `module_aliases`)
     names = [n for n, (c, _) in chains.items() if c is not None]
     cs = [chains[n][0] for n in names]
     at = [mods[c['act'] or (c['act_fn'][3] if c.get('act_fn') else n)] for n, c in zip(names, cs)]
