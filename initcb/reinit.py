@@ -110,9 +110,9 @@ def _call_name(al, m, target, k):
 def unit_chains(
     model:nn.Module, # traced with torch.fx
 ):
-    "For each Linear/Conv/RNN layer: ({'next', 'norm', 'act', 'act_call', 'act_fn', 'flatten'}, None) when its units feed one layer safely, else (None, why);"
-    "`act_call`: which call of the activation module is the layer's (fastai's `TabularModel` calls one ReLU in every block); `act_fn`: a functional"
-    "activation (`F.relu(x)`) as (fn, args, kwargs, the module whose output it takes)"
+    ("For each Linear/Conv/RNN layer: ({'next', 'norm', 'act', 'act_call', 'act_fn', 'flatten'}, None) when its units feed one layer safely, else (None, why); "
+     "`act_call`: which call of the activation module is the layer's (fastai's `TabularModel` calls one ReLU in every block); `act_fn`: a functional "
+     "activation (`F.relu(x)`) as (fn, args, kwargs, the module whose output it takes)")
     gm, why = _trace(check_model(model))
     if gm is None: return {n: (None, why if isinstance(m, _LAYER) else _why_type(m)) for n, m in model.named_modules() if isinstance(m, _LAYER + _UNFOLLOWED)}
     mods, res, uses, ties, call, calls, al = dict(model.named_modules()), {}, {}, tied_modules(model), {}, {}, module_aliases(model)
