@@ -125,7 +125,7 @@ class ActivationHealth(HealthCallback):
 
     def _init_state(self):
         self._state = {}
-        self.hooks = self.mods = self.fast = self.sampled = self._fastq = self._sampq = None
+        self.hooks = self.mods = self._calls = self.fast = self.sampled = self._fastq = self._sampq = None
         self._outs = self._vers = self._samp = self._idx = None; self._layouts = {}
         self._cache, self._on, self._sampling, self._hooksamp, self._hr, self._hm, self._dev = {}, False, False, False, None, None, None
         self._csize, self._cbytes = {}, 0
@@ -144,7 +144,7 @@ def setup(self:ActivationHealth):
     if self.fast is None or (self.names, self.bounds) != (names, bounds) or self.kinds not in (None, kinds):
         if self.fast is not None and len(self.fast): warnings.warn("ActivationHealth: the watched modules changed; history starts afresh")
         self._reset(names, bounds)
-    self.kinds, self.mods, L = kinds, [m for _, m in sel], len(sel)
+    self.kinds, self.mods, self._calls, L = kinds, [m for _, m in sel], call_slots(self.model, sel), len(sel)
     # (saturation counts an asymptote's neighbourhood; ReLU6's floor, 0, is a ReLU's: its zeros are `near_zero`, not saturated)
     self._satb = [(-math.inf, b[1]) if b is not None and isinstance(m, nn.ReLU6) else b for (_, m), b in zip(sel, bounds)]
     self._sate = sate
@@ -180,7 +180,7 @@ def _clear_refs(self:ActivationHealth):
 def before_train(self:ActivationHealth):
     "Put the hooks on (once a fit) and open the queues that take the rows to the host; keep this fit's loss list (the report's: `lr_find`, `validate` start new ones)"
     self._fit_losses, self._fit_mix = fit_losses(self.learn)
-    if self.hooks is None: self.hooks = ForwardHooks(self.mods, self._hook, with_input=True, eager=is_compiled(self.model))
+    if self.hooks is None: self.hooks = ForwardHooks(self.mods, self._hook, with_input=True, eager=is_compiled(self.model), calls=self._calls)
     if self._fastq is None:
         self._fastq = DeviceChunks(self._fast_sink, self.chunk, gather=True, collate=self._collate)
         self._sampq = DeviceChunks(self._samp_sink, max(1, min(4, self.chunk // self.sample_every)), gather=True, collate=self._sampled_rows)
@@ -189,6 +189,7 @@ def before_train(self:ActivationHealth):
 def before_batch(self:ActivationHealth):
     "Whether this training batch is recorded (every `every`-th) and, if so, whether it is a sampling one (every `sample_every`-th recorded)"
     if self._on: self._clear_refs()  # (the last recorded batch cancelled before our `after_pred`: its outputs are not this batch's)
+    if self._calls is not None and self.hooks is not None: self.hooks.new_pass()  # (a module under several names: its calls counted from here)
     self._on = self.every is None or self.learn.train_iter % self.every == 0  # (`self.train_iter` goes through fastai's GetAttr: 3 us)
     if self._on: self._sampling, self._hooksamp, self._iter = self._rec % self.sample_every == 0, self._rec == 0, self.n_seen
     self.n_seen += 1
@@ -642,12 +643,14 @@ def after_fit(self:ActivationHealth):
     "End of a fit: `cleanup`; then say which watched modules gave no output in any of the fit's recorded batches (rows of NaN)"
     HealthCallback.after_fit(self)
     h = self.fast
-    if not getattr(self, 'run', False) or h is None or not len(h) or not is_main(): return
+    if not getattr(self, 'run', False) or h is None or self.n_seen == self._fit0 or not is_main(): return  # (no training batch: nothing to say)
     r0 = int(np.searchsorted(h.iters[:len(h)], self._fit0))
     rms, nonf = h['rms'][r0:len(h)], h['nonfinite_batches'][r0:len(h)]
-    quiet = [n for n, none in zip(self.names, np.isnan(rms).all(0) & (nonf == 0).all(0)) if none] if len(rms) else []  # (NaN from a NaN output: it ran)
-    if quiet: warnings.warn(f"ActivationHealth: {', '.join(quiet[:5])}{' ...' if len(quiet) > 5 else ''} gave no output in this fit's {len(rms)} recorded "
-                            "batches (rows of NaN): never called, their weights read directly (fastai's EmbeddingDropout reads its encoder's), "
+    # (no row at all: none of the watched modules gave output in any batch; NaN from a NaN output: it ran)
+    quiet = [n for n, none in zip(self.names, np.isnan(rms).all(0) & (nonf == 0).all(0)) if none] if len(rms) else self.names
+    if quiet: warnings.warn(f"ActivationHealth: {', '.join(quiet[:5])}{' ...' if len(quiet) > 5 else ''} gave no output in "
+                            + (f"this fit's {len(rms)} recorded batches (rows of NaN)" if len(rms) else "any of this fit's training batches (no row)")
+                            + ": never called, their weights read directly (fastai's EmbeddingDropout reads its encoder's), "
                             "or always given empty inputs; leave them out with `modules=`")
 
 @patch
@@ -821,8 +824,8 @@ def dormancy(self:ActivationHealth,
     "Per-unit dormancy scores E|h_i - r| / mean_j E|h_j - r| of each watched layer on batch `xb` (Sokar et al. 2023; r: `rest_value`, 0 but for a shifted activation); a module called twice: its first call, as recorded"
     if getattr(self, 'learn', None) is None: raise ValueError("`dormancy` runs the model: attach the callback to a learner (`learn.add_cb`)")
     model = self.learn.model
-    mods = self.mods or [m for _, m in select_modules(model, self.mod_sel)]
-    names = self.names or [n for n, _ in select_modules(model, self.mod_sel)]
+    if self.mods is not None: mods, names, calls = self.mods, self.names, self._calls
+    else: sel = select_modules(model, self.mod_sel); mods, names, calls = [m for _, m in sel], [n for n, _ in sel], call_slots(model, sel)
     if xb is None:
         xb = getattr(self.learn, 'xb', None)
         if not xb or xb[0] is None: xb = first_inputs(self.learn.dls.train, getattr(self.learn.dls, 'n_inp', None))
@@ -838,7 +841,7 @@ def dormancy(self:ActivationHealth,
         a = (o.detach().float() - rest_value(mods[i])).abs()
         a = a.mean([k for k in range(o.ndim) if k != d % o.ndim]) if o.ndim > 1 else a
         res[names[i]] = a / a.mean().clamp_min(1e-12)
-    eval_forward(model, mods, hook, xb, bn)
+    eval_forward(model, mods, hook, xb, bn, calls)
     return res
 
 # %% ../nbs/01_activations.ipynb #95da8672

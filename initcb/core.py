@@ -25,13 +25,13 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_
            'check_model', 'check_modules', 'coprime_stride', 'sample_index', 'out_parts', 'first_tensor', 'watch',
            'output_bounds', 'rest_value', 'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization',
            'own_weights', 'tied_modules', 'is_frozen', 'param_layer', 'hooked_weight', 'writable_weight',
-           'default_watch', 'unwrap', 'wrapper_prefix', 'select_modules', 'StatHistory', 'run_lengths', 'distributed',
-           'is_main', 'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit', 'fit_losses', 'FitOnlyCallback',
-           'HealthCallback', 'ForwardHooks', 'is_compiled', 'run_eagerly', 'recompile_for_hooks', 'foreach_norm',
-           'sparse_values_', 'norms_row', 'layer_index', 'check_recorded', 'check_rows', 'saved_selection',
-           'saved_meta', 'read_saved', 'read_npz', 'same_counts', 'restore', 'check_path', 'keep_modes', 'eval_mode',
-           'eval_forward', 'call_on', 'rng_kept', 'first_inputs', 'has_lazy', 'materialize', 'materialize_lazy',
-           'new_axes', 'row_edges', 'plot_line', 'layer_heatmap', 'digits_dls']
+           'default_watch', 'unwrap', 'wrapper_prefix', 'module_aliases', 'call_slots', 'select_modules', 'StatHistory',
+           'run_lengths', 'distributed', 'is_main', 'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit',
+           'fit_losses', 'FitOnlyCallback', 'HealthCallback', 'ForwardHooks', 'is_compiled', 'run_eagerly',
+           'recompile_for_hooks', 'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded',
+           'check_rows', 'saved_selection', 'saved_meta', 'read_saved', 'read_npz', 'same_counts', 'restore',
+           'check_path', 'keep_modes', 'eval_mode', 'eval_forward', 'call_on', 'rng_kept', 'first_inputs', 'has_lazy',
+           'materialize', 'materialize_lazy', 'new_axes', 'row_edges', 'plot_line', 'layer_heatmap', 'digits_dls']
 
 # %% ../nbs/00_core.ipynb #c02917b4
 def check_int(
@@ -335,6 +335,29 @@ def _through_lookups(named, sel):
     via = {id(m.emb): (n, m) for n, m in named if type(m).__name__ == 'EmbeddingDropout' and isinstance(getattr(m, 'emb', None), nn.Embedding)}
     return [via.get(id(m), (n, m)) for n, m in sel] if via else sel
 
+def _stateless_leaf(m):
+    "Whether `m` is a leaf module with no parameters or buffers of its own (a ReLU, a Dropout): one object may stand in several places"
+    return is_leaf(m) and not any(True for _ in m.parameters(recurse=False)) and not any(True for _ in m.buffers(recurse=False))
+
+def module_aliases(
+    model:nn.Module, # a model (not wrapped)
+)->dict:
+    "{id(m): [names]} of the parameter-free leaf modules registered in several parent modules (fastai's `TabularModel` puts one ReLU in every block): the `k`th name for its `k`th call in a forward pass"
+    res = {}
+    for pn, p in model.named_modules(remove_duplicate=False):  # (a container registered twice is visited twice, as one parent: `self.body = self.encoder` aliases no call)
+        for cn, c in p.named_children():
+            if _stateless_leaf(c): res.setdefault(id(c), {}).setdefault(id(p), f'{pn}.{cn}' if pn else cn)
+    return {k: list(v.values()) for k, v in res.items() if len(v) > 1}
+
+def call_slots(
+    model:nn.Module, # the model (wrapped or not)
+    sel:list, # [(name, module)] from `select_modules`
+):
+    "Which call of its module in a forward pass each of `sel` is (the position of its name among the module's `module_aliases`, else 0); None when that is the first for all and no module repeats"
+    al = module_aliases(unwrap(model))
+    ks = [al[id(m)].index(n) if n in al.get(id(m), ()) else 0 for n, m in sel]
+    return ks if any(ks) or len({id(m) for _, m in sel}) < len(sel) else None
+
 def select_modules(
     model:nn.Module, # the model (wrapped or not: layers are named as in the model inside, `unwrap`)
     modules=None, # modules, module names, a predicate `f(name, module)`, or None for `default_watch`
@@ -343,12 +366,14 @@ def select_modules(
     check_modules(modules)
     pre, model = wrapper_prefix(model), unwrap(model)
     leaf_model = not any(True for _ in model.children())
-    named = [(n or type(model).__name__, m) for n, m in model.named_modules() if m is not model or leaf_model]
+    aka, seen, named = {n for ns in module_aliases(model).values() for n in ns[1:]}, set(), []
+    for n, m in model.named_modules(remove_duplicate=False):  # (each module once, named as `named_modules()` names it; one of `module_aliases` once a name: each is a call)
+        if (m is not model or leaf_model) and (id(m) not in seen or n in aka): seen.add(id(m)); named.append((n or type(model).__name__, m))
     if modules is None: sel = _through_lookups(named, [(n, m) for n, m in named if default_watch(n, m)])
     elif callable(modules) and not isinstance(modules, nn.Module): sel = [(n, m) for n, m in named if modules(n, m)]
     else:
         if isinstance(modules, (nn.Module, str)): modules = [modules]
-        by_id, by_name, sel = {id(m): n for n, m in model.named_modules()}, dict(model.named_modules()), []
+        by_id, by_name, sel = {id(m): n for n, m in model.named_modules()}, {**dict(model.named_modules()), **{n: m for n, m in named if n in aka}}, []
         for m in modules:
             if isinstance(m, str):
                 if pre and (m + '.').startswith(pre) and m[len(pre):] in by_name: m = m[len(pre):]  # (a name in the wrapped model: 'module.0')
@@ -359,8 +384,8 @@ def select_modules(
                 sel.append((by_id[id(m)] or type(model).__name__, m))
             else: raise ValueError(f"`modules` must hold modules or module names, got {type(m).__name__}")
     if not sel: raise ValueError("`modules` selects no module of the model: pass modules, their names, or a predicate f(name, module) that is true for some")
-    if len({id(m) for _, m in sel}) < len(sel):  # (twice: two hooks on it, two rows a batch, one name for both)
-        n = next(n for k, (n, m) in enumerate(sel) if any(x is m for _, x in sel[:k]))
+    if len({n for n, _ in sel}) < len(sel):  # (twice: two rows a batch, one name for both; a module under several names is one call a name)
+        n = next(n for k, (n, m) in enumerate(sel) if any(x == n for x, _ in sel[:k]))
         raise ValueError(f"`modules` selects module {n!r} twice: each module once")
     return sel
 
@@ -748,9 +773,20 @@ class ForwardHooks:
         f, # called as `f(i, output)` for the `i`th module (`f(i, inputs, output)` with `with_input`)
         with_input:bool=False, # pass the module's inputs too
         eager:bool=False, # keep `torch.compile` from tracing the hooks: they run eagerly, the compiled graph breaks around them
+        calls:list=None, # which call of its module in a forward pass each of `mods` reports (`call_slots`; None: every call, each module once)
     ):
         if eager: f = torch.compiler.disable(f)
-        self.handles = [m.register_forward_hook(getattr(_Hook(f, i, m), 'call_in' if with_input else 'call')) for i, m in enumerate(mods)]
+        kind = 'call_in' if with_input else 'call'
+        if calls is None: hs = [(m, _Hook(f, i, m)) for i, m in enumerate(mods)]
+        else:  # (one hook a module: a module in several slots, one a call, counts its calls; `new_pass` starts the count again)
+            slots = {}
+            for i, (m, k) in enumerate(zip(mods, calls)): slots.setdefault(id(m), (m, {}))[1][k] = i
+            hs = [(m, _Hook(f, s[0], m) if list(s) == [0] else _Calls(f, s, m)) for m, s in slots.values()]
+        self.counted = [h for _, h in hs if isinstance(h, _Calls)]
+        self.handles = [m.register_forward_hook(getattr(h, kind)) for m, h in hs]
+    def new_pass(self):
+        "A forward pass begins: the modules in several slots count their calls from the first again"
+        for h in self.counted: h.n = 0
     def remove(self):
         for h in self.handles: h.remove()
         self.handles = []
@@ -786,6 +822,17 @@ class _Hook:
     def call(self, m, inp, out): self.f(self.i, out)
     def call_in(self, m, inp, out): self.f(self.i, inp, out)
     def __reduce__(self): return _Orphan, (self.mod(),)  # (the module: pickled already, as the hook is part of its state)
+
+class _Calls(_Hook):
+    "The hook of a module in several slots (`module_aliases`): its `k`th call since `ForwardHooks.new_pass` goes to slot `slots[k]`, other calls to none"
+    __slots__ = ('slots', 'n')
+    def __init__(self, f, slots, mod): super().__init__(f, None, mod); self.slots, self.n = slots, 0
+    def call(self, m, inp, out):
+        i = self.slots.get(self.n); self.n += 1
+        if i is not None: self.f(i, out)
+    def call_in(self, m, inp, out):
+        i = self.slots.get(self.n); self.n += 1
+        if i is not None: self.f(i, inp, out)
 
 class _Orphan(_Hook):
     "What a pickled hook comes back as (`learn.export` mid-fit pickles the model with its hooks): no callback, no statistics; its first call removes it"
@@ -996,6 +1043,7 @@ def eval_forward(
     f, # called as `f(i, output)` for the `i`th of `mods`
     xb, # the inputs (a tensor, or a tuple of them)
     bn:str='batch', # BatchNorm normalizes with 'batch': the batch's own statistics, as in a training step; 'running': its running statistics, as at inference
+    calls:list=None, # which call of its module each of `mods` is (`call_slots`; None: `f` sees every call)
 ):
     "One forward pass on `xb` in eval mode (no dropout) without gradients, calling `f(i, output)` for each of `mods` (`eval_mode`); returns the model's output"
     ours = []  # (an error `f` raises is not the batch's)
@@ -1003,7 +1051,7 @@ def eval_forward(
         try: return f(i, o)
         except BaseException as e: ours.append(e); raise
     with eval_mode(model, bn), run_eagerly(model):
-        hooks = ForwardHooks(mods, g, eager=is_compiled(model))  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
+        hooks = ForwardHooks(mods, g, eager=is_compiled(model), calls=calls)  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
         try:
             with torch.no_grad(): return call_on(model, xb, ours)
         finally: hooks.remove()

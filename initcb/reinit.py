@@ -22,7 +22,7 @@ from .init import WEIGHT_LAYERS, EMBEDDINGS, NORM_LAYERS, fresh_opt_state, norme
 
 # %% auto #0
 __all__ = ['OUTPUT_LAYER', 'unit_chains', 'unfollowed', 'dormancy_scores', 'reinit_units', 'frozen_chain', 'reinit_dormant',
-           'ReinitDormant']
+           'cat_batches', 'RecentInputs', 'ReinitDormant']
 
 # %% ../nbs/04_reinit.ipynb #44447b5e
 _PASS_UNITS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)  # besides `ELEMENTWISE_TYPES`: unit i out is unit i in
@@ -102,15 +102,30 @@ def _meta_read(u, nd):
     if any(a is nd for a in rest) or not first: return False
     return u.target in _META_METHODS if u.op == 'call_method' else u.op == 'call_function' and (u.target is getattr and rest[0] in _META or u.target in _LIKE)
 
+def _call_name(al, m, target, k):
+    "The name of the `k`th call of module `m` (fx's `target`): its `k`th name where it has several (`module_aliases`: `TabularModel`'s ReLU), else `target`"
+    ns = al.get(id(m), ())
+    return ns[k] if k < len(ns) else target
+
+def _dropped_weights(m):
+    "[(name, its `<name>_raw` parameter)] of the weights fastai's `WeightDropout` `m` sets on the module it wraps at each forward (from `_raw`, dropped out in training); [] for any other module"
+    ks = getattr(m, 'layer_names', None) if isinstance(m._modules.get('module'), nn.Module) else None
+    ks = [ks] if isinstance(ks, str) else list(ks or [])
+    return [(k, m._parameters[f'{k}_raw']) for k in ks if isinstance(m._parameters.get(f'{k}_raw'), nn.Parameter)]
+
+def _dropped_in(model):
+    "{id(wrapped module): (name of its `WeightDropout`, [(weight name, `_raw` parameter)])} for every `WeightDropout` of `model` (an AWD_LSTM's LSTMs)"
+    return {id(m.module): (n, ws) for n, m in model.named_modules() if (ws := _dropped_weights(m))}
+
 def unit_chains(
     model:nn.Module, # traced with torch.fx
 ):
-    "For each Linear/Conv/RNN layer: ({'next', 'norm', 'act', 'act_call', 'act_fn', 'flatten'}, None) when its units feed one layer safely, else (None, why);"
-    "`act_call`: which call of the activation module is the layer's (fastai's `TabularModel` calls one ReLU in every block); `act_fn`: a functional"
-    "activation (`F.relu(x)`) as (fn, args, kwargs, the module whose output it takes)"
+    ("For each Linear/Conv/RNN layer: ({'next', 'norm', 'act', 'act_call', 'act_fn', 'flatten'}, None) when its units feed one layer safely, else (None, why); "
+     "`act_call`: which call of the activation module is the layer's (fastai's `TabularModel` calls one ReLU in every block); `act_fn`: a functional "
+     "activation (`F.relu(x)`) as (fn, args, kwargs, the module whose output it takes)")
     gm, why = _trace(check_model(model))
     if gm is None: return {n: (None, why if isinstance(m, _LAYER) else _why_type(m)) for n, m in model.named_modules() if isinstance(m, _LAYER + _UNFOLLOWED)}
-    mods, res, uses, ties, call, calls = dict(model.named_modules()), {}, {}, tied_modules(model), {}, {}
+    mods, res, uses, ties, call, calls, al, wd = dict(model.named_modules()), {}, {}, tied_modules(model), {}, {}, module_aliases(model), _dropped_in(model)
     for nd in gm.graph.nodes:  # each module's uses: its calls, and reads of its weights' values outside a call (`F.linear(x, self.l.weight)`; not `x.to(self.l.weight.dtype)`)
         if nd.op == 'call_module': call[nd] = calls.get(nd.target, 0); calls[nd.target] = call[nd] + 1  # (which call: among its calls alone, as a hook counts them)
         k = nd.target if nd.op == 'call_module' else nd.target.rpartition('.')[0] if nd.op == 'get_attr' and not all(_meta_read(u, nd) for u in nd.users) else None
@@ -140,7 +155,7 @@ def unit_chains(
                 if chain['act'] is None and chain['act_fn'] is None and not isinstance(um, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)):
                     if chain['flatten']: why = 'its activation comes after a flatten (its units would be scored per element)'; break
                     if id(um) in inner: why = f'its activation {u.target} is also called inside {inner[id(um)]}, which torch.fx does not trace: its calls cannot be told apart'; break
-                    chain['act'], chain['act_call'] = u.target, call[u]
+                    chain['act'], chain['act_call'] = _call_name(al, um, u.target, call[u]), call[u]
             elif _act_fn(u) is not None:  # (a functional activation: scored on the output of the module before it, through the same function)
                 if chain['act'] is None and chain['act_fn'] is None:
                     fn, a, kw = _act_fn(u)
@@ -155,6 +170,8 @@ def unit_chains(
         if not why: why = next(filter(None, map(shared, [k for k in (node.target, chain['norm'], chain['next']) if k])), None)
         if not why: why = next((f"{k}'s weight is parametrized (weight_norm, spectral_norm...): ReDo re-initializes units of plain weights only"
                                 for k in (node.target, chain['next']) if k and (parametrize.is_parametrized(mods[k]) or hooked_weight(mods[k]))), None)
+        if not why: why = next((f"{k}'s weights are set at each forward from {wd[id(mods[k])][0]}'s `_raw` copies (fastai's WeightDropout): rows written into them would be undone"
+                                for k in (node.target, chain['next']) if k and id(mods[k]) in wd), None)
         res[node.target] = (None, why) if why else (chain, None)
     nodes = {nd.target: nd for nd in gm.graph.nodes if nd.op == 'call_module'}
     for n, m in model.named_modules():  # (not in the graph: inside a module fx does not trace into, a torch.nn container such as TransformerEncoderLayer, or not called)
@@ -170,7 +187,7 @@ def _chains(model, chains):
     if chains is None: return unit_chains(model)
     ok = isinstance(chains, dict) and all(isinstance(v, tuple) and len(v) == 2 and (v[0] is None or isinstance(v[0], dict)) for v in chains.values())
     if not ok: raise ValueError(f"`chains` must be `unit_chains(model)`, a dict of {{layer: (chain or None, why)}}, got {type(chains).__name__}")
-    mods = dict(model.named_modules())
+    mods = dict(model.named_modules(remove_duplicate=False))  # (an activation named as its call: `module_aliases`)
     gone = [n for n, (c, _) in chains.items() if n not in mods or c is not None and any(c.get(k) and c[k] not in mods for k in ('next', 'norm', 'act'))]
     if gone: raise ValueError(f"`chains` names {gone[0]!r}, not a module of this model: pass `unit_chains(model)` of this model")
     return chains
@@ -182,7 +199,7 @@ def unfollowed(
 )->dict:
     "{name: why} for the activations of `names` no chain of `unit_chains` ends in: why ReDo cannot score their units, from what feeds them"
     if isinstance(names, str): names = [names]  # (one name: iterated, its characters)
-    mods, res = dict(check_model(model).named_modules()), {}
+    mods, res = dict(check_model(model).named_modules(remove_duplicate=False)), {}  # (an activation named as its call: `module_aliases`)
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names): raise ValueError(f"`names` must be a module name or a list of them, got {names!r}")
     if any(n not in mods for n in names): raise ValueError(f"`names`: no module named {next(n for n in names if n not in mods)!r} in the model")
     chains = _chains(model, chains)
@@ -191,8 +208,12 @@ def unfollowed(
     if not todo: return {}
     gm, why = _trace(model)
     if gm is None: return {n: why for n in todo}
+    al, calls = module_aliases(model), {}
     for node in gm.graph.nodes:
-        if node.op != 'call_module' or node.target not in todo or node.target in res: continue  # (a module called twice: its first call)
+        if node.op != 'call_module': continue
+        k = calls[node.target] = calls.get(node.target, -1) + 1
+        name = _call_name(al, mods[node.target], node.target, k)  # (a module called twice under one name: its first call)
+        if name not in todo or name in res: continue
         x = node.args[0] if node.args else None
         while True:
             if not isinstance(x, fx.Node): why = 'its input is no value traced through the model'; break
@@ -207,7 +228,7 @@ def unfollowed(
             what = type(xm).__name__ if xm is not None else getattr(x.target, '__name__', x.target)
             why = (f"its input is {what} of {len(args)} values (a residual add, a concatenation): no one layer's units are its units" if len(args) > 1
                    else f'its input comes from {what}, which ReDo cannot follow'); break
-        res[node.target] = why
+        res[name] = why
     return {n: res.get(n, 'not called in the traced forward') for n in todo}
 
 # %% ../nbs/04_reinit.ipynb #f2039fcc
@@ -223,7 +244,7 @@ def dormancy_scores(
     bn:str='batch', # BatchNorm on the batch's own statistics ('batch', as in training) or its running ones ('running'): `eval_forward`
 ):
     "{layer: per-unit score E|h_i - r| / mean_j E|h_j - r|} for the layers of `chains`, on batch `xb` (r: the activation's `rest_value`, 0 for a ReLU)"
-    mods, chains = dict(check_model(model).named_modules()), _chains(model, chains)
+    mods, chains = dict(check_model(model).named_modules(remove_duplicate=False)), _chains(model, chains)  # (an activation named as its call: `module_aliases`)
     names = [n for n, (c, _) in chains.items() if c is not None]
     cs = [chains[n][0] for n in names]
     at = [mods[c['act'] or (c['act_fn'][3] if c.get('act_fn') else n)] for n, c in zip(names, cs)]
@@ -266,6 +287,12 @@ def _chain_mods(model, layer, chain):
         raise ValueError(f"`chain` must be `unit_chains(model)[layer][0]` (None there: the layer's units cannot be followed), got {type(chain).__name__}")
     return mods
 
+def _copy(m):
+    "A deep copy of module `m`, the tensors its forward left on its modules as plain attributes in the autograd graph (`WeightDropout`'s `weight_hh_l0` on its LSTM) copied detached: `copy.deepcopy` copies graph leaves only"
+    memo = {id(t): t.detach().clone() for s in m.modules() for v in s.__dict__.values() for t in (v if isinstance(v, (list, tuple)) else [v])
+            if isinstance(t, torch.Tensor) and not t.is_leaf}  # (an RNN's `_flat_weights` list holds them too)
+    return copy.deepcopy(m, memo)
+
 def reinit_units(
     model:nn.Module, # changed in place
     layer:str, # the name of the Linear/Conv layer whose units are re-initialized
@@ -283,7 +310,7 @@ def reinit_units(
         raise ValueError(f"`units` must be indices of `{layer}`'s {n} units, 0 to {n - 1}; got {list(units)}")
     u = torch.as_tensor(units, dtype=torch.long, device=m.weight.device)
     with torch.no_grad():
-        fresh = copy.deepcopy(m); fresh.reset_parameters()
+        fresh = _copy(m); fresh.reset_parameters()
         m.weight[u] = fresh.weight[u]; _zero_(m.weight, u, opt)
         if m.bias is not None: m.bias[u] = fresh.bias[u]; _zero_(m.bias, u, opt)
         if chain['norm'] is not None:
@@ -352,6 +379,7 @@ def _shrinkable(
     ok, skip = [], {}
     for n, m in model.named_modules():
         if in_parametrization(n) or isinstance(m, NORM_LAYERS): continue  # (a parametrization's originals: set through the layer that owns them)
+        if _dropped_weights(m) and isinstance(m.module, _SHRUNK) and not hooked_weight(m.module): continue  # (a WeightDropout's `_raw` weights: set with the layer it wraps, whose weights they are)
         if isinstance(m, _SHRUNK) and not hooked_weight(m): ok.append(n)
         elif isinstance(m, _SHRUNK): skip.setdefault(f'its weight is {HOOKED}: {HOOKED_FIX}', []).append(n)
         elif any(p.requires_grad for p in m.parameters(recurse=False)):
@@ -361,12 +389,14 @@ def _shrinkable(
 def _fresh(
     m:nn.Module, # a layer of `_SHRUNK`
     rng:torch.Tensor, # the state of a CPU generator (`get_state`) to draw from
+    dropped:list=(), # names of `m`'s weights its `WeightDropout` sets at each forward (plain tensors on `m`): drawn too
 ):
     "(a copy of `m` on the CPU, its parametrizations removed, with its own init drawn anew from `rng` (`reset_parameters`), the state after the draw); the global random state as it was"
     with rng_kept():  # (the run's dropout masks and batches unchanged by a draw)
         torch.default_generator.set_state(rng)
-        f = copy.deepcopy(m).cpu()
+        f = _copy(m).cpu()
         for k in list(getattr(f, 'parametrizations', {})): parametrize.remove_parametrizations(f, k)  # (a plain weight to draw into: weight_norm's is computed)
+        for k in dropped: w = getattr(f, k); delattr(f, k); f.register_parameter(k, nn.Parameter(torch.empty_like(w)))  # (a parameter again, for `reset_parameters` to draw)
         f.reset_parameters()
         if isinstance(f, FaEmbedding): trunc_normal_(f.weight.data, std=0.01)  # (fastai's init is in its `__init__`; `reset_parameters` is PyTorch's N(0, 1): 100x it)
         return f, torch.default_generator.get_state()
@@ -412,6 +442,53 @@ def _restat(
             for t, v in zip(b.buffers(recurse=False), ts):
                 if b not in redo or t is b.num_batches_tracked: t.copy_(v)
 
+# %% ../nbs/04_reinit.ipynb #5a14e0aa
+def _n_examples(xb):
+    "The number of examples in `xb` (a tensor, or a tuple or list of them: the first one's dim 0); None without a tensor to count them by"
+    t = first_tensor(xb)
+    return t.shape[0] if t is not None and t.dim() else None
+
+def _cat_key(xb):
+    "What must agree between two batches' inputs for them to concatenate: per tensor its type, shape past dim 0, dtype and device; None for inputs that cannot (not tensors)"
+    ts = list(xb) if isinstance(xb, (tuple, list)) else [xb]
+    if not ts or not all(isinstance(t, torch.Tensor) and t.dim() for t in ts): return None
+    return isinstance(xb, (tuple, list)), tuple((type(t), t.shape[1:], t.dtype, t.device) for t in ts)
+
+def cat_batches(
+    batches:list, # the inputs of recent batches, the newest last: each a tensor, or a tuple or list of them (`learn.xb`)
+):
+    "(the newest batch's inputs concatenated along dim 0 with those of every other batch of `batches` that concatenates with them, in order; why the others were left out, or None)"
+    if not isinstance(batches, (list, tuple)) or not batches: raise ValueError(f"`batches` must be a non-empty list of batches' inputs, got {batches!r}"[:200])
+    last, key = batches[-1], _cat_key(batches[-1])
+    ok = [b for b in batches[:-1] if key is not None and _cat_key(b) == key] + [last]
+    out = len(batches) - len(ok)
+    why = None if not out else ('the inputs are not tensors: the latest batch alone' if key is None else
+          f'{out} of the {len(batches)} latest batches have inputs of another shape past dim 0 (text of another length), dtype or device than the latest: left out')
+    if len(ok) == 1: return last, why
+    return (tuple(torch.cat(ts) for ts in zip(*ok)) if key[0] else torch.cat(ok)), why
+
+class RecentInputs:
+    "The inputs of the latest training batches, held by reference: as few as hold `min_examples` examples together (a batch that large: it alone)"
+    def __init__(self,
+        min_examples:int=32, # how many examples the batches held must hold together
+    ): self.min_examples, self.batches, self.ns, self.seen = check_int('min_examples', min_examples), [], [], 0
+
+    def add(self,
+        xb, # a batch's inputs (`learn.xb`)
+    ):
+        "Hold `xb`, letting go of the older batches no longer needed to reach `min_examples` with it"
+        n = _n_examples(xb)
+        n = self.min_examples if n is None else n  # (not counted: not concatenated either, the older ones are of no use)
+        self.batches.append(xb); self.ns.append(n); self.seen += n
+        while sum(self.ns[1:]) >= self.min_examples: del self.batches[0], self.ns[0]
+
+    def get(self):
+        "(the inputs held, concatenated (`cat_batches`), their number of examples, why some were left out or None)"
+        if not self.batches: raise ValueError("RecentInputs holds no batch yet: `add` one first")
+        xb, why = cat_batches(self.batches)
+        return xb, _n_examples(xb), why
+
+
 # %% ../nbs/04_reinit.ipynb #18db36dc
 class ReinitDormant(FitOnlyCallback):
     "Every `every` optimizer steps (training batches, unless GradientAccumulation), re-initialize the dormant units (score <= `tau`) of each Linear/Conv layer whose consumer is known (ReDo), or shrink and perturb every weight layer"
@@ -425,18 +502,23 @@ class ReinitDormant(FitOnlyCallback):
         shrink:float=0.4, # 'shrink_perturb': the factor every weight is multiplied by
         perturb:float=0.1, # 'shrink_perturb': the factor of the fresh init added to it
         verbose:bool=True, # warn once (one warning a fit) about the layers it leaves as they are (ReDo: those it cannot follow, the output layer aside)
+        min_examples:int=32, # score on at least this many training examples (all ranks' under DDP): the inputs of the latest batches while batches are smaller (`RecentInputs`)
     ):
         self.every, self.start = check_int('every', every), check_int('start', start, 0)
         self.tau, self.max_frac = check_tau('tau', tau), check_float('max_frac', max_frac, 0., 1.)
         if scheme not in ('redo', 'shrink_perturb'): raise ValueError(f"`scheme` must be 'redo' or 'shrink_perturb', got {scheme!r}")
         self.scheme, self.shrink, self.perturb = scheme, check_float('shrink', shrink, 0., 1.), check_float('perturb', perturb, 0., 1e3)
         self.verbose, self._events, self._checks, self.n_seen, self._told = check_bool('verbose', verbose), [], [], 0, set()
+        self.min_examples, self._recent, self._due = check_int('min_examples', min_examples), None, False
         warn_unread('ReinitDormant', ReinitDormant.__init__, scheme, dict(tau=(tau, ('redo',)), max_frac=(max_frac, ('redo',)),
                                                                     shrink=(shrink, ('shrink_perturb',)), perturb=(perturb, ('shrink_perturb',))))
 
     def before_fit(self):
+        self._recent, self._due, self._said = None, False, False
         self.run = real_fit(self)  # (lr_find restores the weights it began with; get_preds and validate do not train)
         if not self.run: return
+        self._world = distributed() or 1
+        self._recent = RecentInputs(math.ceil(self.min_examples / self._world))  # (under DDP the scores are all-reduced: each rank holds its share of the examples)
         model, skipped = unwrap(self.model), {}  # why -> layers, in one warning (a ResNet has a dozen layers that feed a residual add)
         if self.scheme == 'shrink_perturb':
             self.chains, (self._layers, why) = None, _shrinkable(model)  # (whole layers: no unit followed, no chain needed)
@@ -450,40 +532,73 @@ class ReinitDormant(FitOnlyCallback):
         if skipped and self.verbose and is_main(): _warn_skips('ReinitDormant', skipped)
         if none and is_main(): warnings.warn("ReinitDormant: no layer it can handle in this model")
 
+    def after_loss(self): self._recent.add(self.learn.xb)  # (every training batch's, under GradientAccumulation too: a reference, the older let go once not needed)
+    def after_fit(self): self._recent = None  # (no batch held past the fit)
+    def __getstate__(self): return {**self.__dict__, '_recent': None}  # (pickled by `learn.export`, however the fit ended: no batch of data)
+
     def after_step(self):
         it = self.n_seen; self.n_seen += 1
-        if it < self.start or (it - self.start) % self.every: return
-        xb = self.learn.xb
+        if it >= self.start and not (it - self.start) % self.every: self._due = True
+        if not self._due or self.scheme == 'redo' and self._recent.seen < self._recent.min_examples: return  # (a check before `min_examples` examples were seen waits for them)
+        self._due = False
         if self.scheme == 'shrink_perturb': return self._shrink_perturb(it)
+        xb, n = self._inputs()
         for r in reinit_dormant(unwrap(self.model), xb, self.chains, self.tau, self.max_frac, opt=getattr(self.learn, 'opt', None)):
-            self._checks.append(dict(batch=it, layer=r['layer'], dormant_frac=r['dormant_frac']))
+            self._checks.append(dict(batch=it, layer=r['layer'], dormant_frac=r['dormant_frac'], examples=n))
             if r['units']: self._events.append(dict(batch=it, **{k: r[k] for k in ('layer', 'units', 'of', 'unit_ids', 'mean_score')}))
 
+    def _inputs(self):
+        "(the inputs a check runs the model on: the latest batches' (`RecentInputs`), their number of examples); why fewer than `min_examples` were kept, said once a fit"
+        xb, n, why = self._recent.get()
+        n = n and n * self._world  # (examples of all ranks, as many on each)
+        if why and (n or 0) < self.min_examples and not self._said:
+            self._said = True
+            if is_main(): warnings.warn(f"ReinitDormant: {why}, so checks run on {n or 'the latest batch'}{' examples' if n else ''}, fewer than `min_examples`={self.min_examples}")
+        return xb, n
+
     def _shrink_perturb(self, it):
-        "Each layer of `_shrinkable` not frozen: w <- shrink * w + perturb * its fresh init; then the BatchNorms after them re-estimated on the batch, the optimizer's moments rescaled as their gradients"
+        "Each layer of `_shrinkable` not frozen: w <- shrink * w + perturb * its fresh init (all drawn, then all set); then the BatchNorms after them re-estimated on the latest examples, the optimizer's moments rescaled as their gradients"
         model = unwrap(self.model)
-        mods, same, done, changed, new = dict(model.named_modules()), self.shrink == 1 and not self.perturb, set(), [], []  # (same: w <- w, nothing to set or reset)
-        normed = set(normed_layers(model))  # (their gradients grow as they shrink; the others' shrink with them)
+        mods, same, wd, plan, rng = dict(model.named_modules()), self.shrink == 1 and not self.perturb, _dropped_in(model), [], self._rng  # (same: w <- w, nothing to set or reset)
+        for n in self._layers:
+            m = mods.get(n)
+            if m is None or is_frozen(m): continue  # (frozen: left as it is)
+            raw, fresh = wd.get(id(m), (None, []))[1], None  # (in a WeightDropout: those of its weights it sets from its `_raw` ones at each forward, set in their place; no perturbation: nothing drawn)
+            if not same and self.perturb:
+                try:
+                    fresh, rng = _fresh(m, rng, [k for k, _ in raw])
+                    ws = [*m.named_parameters(recurse=False), *[(k, getattr(m, k)) for k in getattr(m, 'parametrizations', {})], *raw]
+                    bad = next((k for k, p in ws if getattr(fresh, k).shape != p.shape), None)
+                    if bad: raise ValueError(f'its fresh {bad} has shape {tuple(getattr(fresh, bad).shape)}, not {tuple(getattr(m, bad).shape)}')
+                except Exception as e: raise RuntimeError(f"ReinitDormant: no fresh init of layer {n!r} ({type(m).__name__}) could be drawn ({type(e).__name__}: {e}); no layer was changed") from e
+            plan.append((n, m, fresh, raw))
+        self._rng = rng  # (all drawn before any is set: a draw that fails leaves the model as it was, not shrunk up to that layer)
+        normed, done, changed, new, kept = set(normed_layers(model)), set(), [], [], []  # (normed: their gradients grow as they shrink; the others' shrink with them)
         with torch.no_grad():
-            for n in self._layers:
-                m = mods.get(n)
-                if m is None or is_frozen(m): continue  # (frozen: left as it is)
-                if not same:
-                    fresh = None  # (no perturbation: nothing drawn)
-                    if self.perturb: fresh, self._rng = _fresh(m, self._rng)
+            if not same:
+                try:  # (weight_norm, spectral_norm: the weight they compute, set through them first, their `right_inverse` may fail: then all put back)
+                    for n, m, fresh, _ in plan:
+                        for k in list(getattr(m, 'parametrizations', {})):
+                            kept += [(q, q.detach().clone()) for q in m.parametrizations[k].parameters()]
+                            w = getattr(m, k).detach() * self.shrink
+                            setattr(m, k, w if fresh is None else w + self.perturb * getattr(fresh, k).to(w))
+                except Exception:
+                    for q, v in kept: q.copy_(v)
+                    raise
+                for n, m, fresh, raw in plan:  # (then the plain weights: arithmetic, shapes checked)
                     g = (1 / self.shrink if self.shrink else math.inf) if n in normed else self.shrink  # (the factor its gradient scales by)
-                    for k, p in m.named_parameters(recurse=False):
+                    new += [(q, g) for k in getattr(m, 'parametrizations', {}) for q in m.parametrizations[k].parameters()]
+                    for k, p in [*m.named_parameters(recurse=False), *raw]:
                         if id(p) in done or not p.requires_grad: continue  # (a weight tied to another layer's: shrunk once)
                         done.add(id(p)); new.append((p, g)); p.mul_(self.shrink)
                         if fresh is not None: p.add_(getattr(fresh, k).to(p), alpha=self.perturb)
-                    for k in list(getattr(m, 'parametrizations', {})):  # (weight_norm, spectral_norm: the weight they compute, set through them)
-                        w = getattr(m, k).detach() * self.shrink
-                        setattr(m, k, w if fresh is None else w + self.perturb * getattr(fresh, k).to(w)); new += [(q, g) for q in m.parametrizations[k].parameters()]
+                    for k, p in raw: setattr(m, k, p.detach().clone())  # (the weight it holds until its wrapper's next forward sets it from `_raw` again: the new one, as in eval mode)
                     changed.append(m)
+            for n, m, _, _ in plan:
                 u = _layer_weight(m)[0].shape[0]
                 self._events.append(dict(batch=it, layer=n, units=u, of=u, unit_ids=None, mean_score=float('nan')))
         if not changed: return
-        _restat(model, self.learn.xb, changed)  # (else the BatchNorms after them normalize with the old layers' statistics: evaluated at chance for ~20 batches)
+        _restat(model, self._inputs()[0], changed)  # (else the BatchNorms after them normalize with the old layers' statistics: evaluated at chance for ~20 batches)
         sync_from_main(model)  # the perturbation was drawn, the statistics estimated, on each rank: rank 0's go to all
         _shrink_opt_state(getattr(self.learn, 'opt', None), new)  # (kept, as their gradients scale: Adam started afresh takes sign-sized steps, and a BatchNorm net's accuracy fell to 0.84 a step after)
 
@@ -493,8 +608,8 @@ class ReinitDormant(FitOnlyCallback):
         return pd.DataFrame(self._events, columns=['batch', 'layer', 'units', 'of', 'unit_ids', 'mean_score'])
     @property
     def checks(self):
-        "One row per check and layer: the fraction of its units found dormant"
-        return pd.DataFrame(self._checks, columns=['batch', 'layer', 'dormant_frac'])
+        "One row per check and layer: the fraction of its units found dormant, and on how many examples"
+        return pd.DataFrame(self._checks, columns=['batch', 'layer', 'dormant_frac', 'examples'])
 
     def plot_dormant(self,
         ax=None, # matplotlib axes to draw on (None: a new figure)

@@ -309,6 +309,8 @@ def test_a_watched_module_never_called_is_said():
     with warnings.catch_warnings():  # (the modules that run: no warning)
         warnings.simplefilter('error')
         learn = quiet(Learner(dls, Net(), loss_func=nn.MSELoss(), cbs=ActivationHealth(modules=['out']))); learn.fit(1)
+    learn = quiet(Learner(dls, Net(), loss_func=nn.MSELoss(), cbs=ActivationHealth(modules='enc')))  # (the only one watched: no row at all, said too)
+    with pytest.warns(UserWarning, match=r"enc gave no output in any of this fit's training batches"): learn.fit(1)
 
 def test_tabular_model_with_no_continuous_column():
     "fastai's TabularModel with no continuous column holds a BatchNorm1d(0) it never calls: HealthCheck's report crashed in `check_init`"
@@ -397,3 +399,47 @@ def test_sigmoid_range_saturation_in_sigmoid_units():
     learn = quiet(Learner(dls, m, loss_func=nn.MSELoss(), cbs=ActivationHealth()))
     learn.fit(1, 1e-3)
     assert np.isnan(learn.activation_health.summary().loc['1', '% saturated'])
+
+def _tabular_digits(layers, bs=64):
+    from fastai.tabular.all import TabularDataLoaders, tabular_learner, CategoryBlock, Normalize
+    from sklearn.datasets import load_digits
+    d = load_digits(); df = pd.DataFrame(d.data[:512], columns=[f'p{i}' for i in range(64)]); df['y'] = d.target[:512]
+    dls = TabularDataLoaders.from_df(df, y_names='y', cont_names=[f'p{i}' for i in range(64)], procs=[Normalize], y_block=CategoryBlock(), bs=bs)
+    return quiet(tabular_learner(dls, layers=layers))
+
+def test_tabular_shared_relu_every_block():
+    "fastai's TabularModel puts one ReLU object in every block: the second block's dead units went unseen (watched at its first call only), and the remedy named the first block's"
+    from initcb.gradients import GradientHealth
+    from initcb.report import HealthCheck
+    torch.manual_seed(0)
+    learn = _tabular_digits([32, 16])
+    assert learn.model.layers[0][1] is learn.model.layers[1][1]
+    with torch.no_grad(): learn.model.layers[1][0].weight[:12] = 0.  # 12 of the second block's 16 units output 0: dead after the ReLU
+    outs, ah, gh = [], ActivationHealth(sample_every=1), GradientHealth(act_grads=True)
+    learn.add_cbs([ah, gh])
+    h = learn.model.layers[1][0].register_forward_hook(lambda m, i, o: outs.append(torch.relu(o).detach().clone()) if m.training else None)
+    learn.fit(1, 1e-3)
+    h.remove()
+    assert 'layers.1.1' in ah.names and 'layers.0.1' in ah.names
+    df = ah.to_df().query("layer == 'layers.1.1'")
+    assert len(df) == len(outs) > 0
+    np.testing.assert_allclose(df['abs_mean'], [o.abs().mean() for o in outs], rtol=1e-5)  # (its second call's statistics, under its second name)
+    assert (ah.dormancy()['layers.1.1'] <= 0).sum() == 12 and (ah.dormancy()['layers.0.1'] <= 0).sum() < 4
+    ag = gh.act_grads_df().groupby('layer').rms.mean()
+    assert not np.isclose(ag['layers.1.1'], ag['layers.0.1'])  # (each call's own gradient)
+    rep = learn.health_report(verbose=False)
+    assert ((rep.layer == 'layers.1.1') & (rep.problem == 'dead units')).any()
+    assert not ((rep.layer == 'layers.0.1') & (rep.problem == 'dead units')).any()
+
+def test_tabular_shared_relu_remedy_names_its_block():
+    from initcb.report import HealthCheck
+    torch.manual_seed(0)
+    learn = _tabular_digits([32, 16]); m = learn.model
+    with torch.no_grad():  # (distinct dead units: zero rows would be BreakSymmetry's, before any dormancy)
+        m.layers[0][2].weight.fill_(0.1); m.layers[0][2].bias.fill_(10.)  # the second block's inputs all about +10
+        m.layers[1][0].weight[:12] = -torch.rand(12, 32) - 0.1  # 12 of its 16 units negative on every input: dead after the ReLU
+    hc = HealthCheck(remedy=True, report=False)
+    learn.add_cb(hc)
+    with warnings.catch_warnings(): warnings.simplefilter('ignore'); learn.fit(1, 1e-3)
+    acts = [a for a in hc.actions.detail if 'dormant units re-initialized' in a]
+    assert acts and all('dead in activation layers.1.1' in a for a in acts), acts

@@ -1,5 +1,5 @@
 "ReinitDormant: function preservation across the structures it follows, and skipping what it cannot."
-import warnings, pytest, torch
+import pickle, warnings, pytest, torch
 from torch import nn
 from fastai.layers import ConvLayer
 from fastai.test_utils import synth_learner
@@ -244,7 +244,7 @@ def test_not_in_lr_find_nor_get_preds():
     torch.manual_seed(0)
     learn.model = nn.Sequential(nn.Linear(1, 16), nn.ReLU(), nn.Linear(16, 1))
     with torch.no_grad(): learn.model[0].bias[:8] = -100.
-    cb = ReinitDormant(every=1000); learn.add_cb(cb)
+    cb = ReinitDormant(every=1000, min_examples=16); learn.add_cb(cb)  # (its batches' size: the first check at batch 0)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always'); learn.lr_find(num_it=5, show_plot=False); learn.get_preds()
     assert cb.n_seen == 0 and len(cb.events) == 0 and len(cb.checks) == 0 and (learn.model[0].bias[:8] < -50).all()
@@ -416,7 +416,7 @@ def test_compiled_model_revived_as_eager(how):
     torch._dynamo.reset()
     res = []
     for h in (None, how):
-        rd, hc = ReinitDormant(every=4), HealthCheck(remedy=True, report=False)
+        rd, hc = ReinitDormant(every=4, min_examples=16), HealthCheck(remedy=True, report=False)
         for cb in (rd, hc):
             set_seed(2); learn = quiet(synth_learner(n_trn=8)); learn.model = _dead_mlp(h); learn.add_cb(cb)  # (python's random too: the shuffle)
             with warnings.catch_warnings():
@@ -616,3 +616,156 @@ def test_shrink_perturb_moments_follow_each_layers_gradient():
     torch.testing.assert_close(moms['after']['2'], moms['before']['2'] / 0.4)  # (a BatchNorm after it: its gradient grows)
     f, _ = _fresh(Embedding(50, 8), torch.Generator().manual_seed(0).get_state())
     assert 0.005 < f.weight.pow(2).mean().sqrt() < 0.015  # (fastai's std 0.01, not N(0, 1))
+
+# --- fastai's WeightDropout (every AWD_LSTM): shrink_perturb sets its `_raw` weights, ReDo leaves its layers alone
+
+class _WDNet(nn.Module):
+    "Embedding -> WeightDropout(LSTM) -> Linear: an AWD_LSTM's layers, tiny"
+    def __init__(self, wrap_head=False):
+        from fastai.text.models.awdlstm import WeightDropout
+        super().__init__()
+        self.emb, self.rnn, self.head = nn.Embedding(20, 8), WeightDropout(nn.LSTM(8, 8, batch_first=True), 0.5), nn.Linear(8, 2)
+    def forward(self, x): return self.head(self.rnn(self.emb(x))[0][:, -1])
+
+def _tok_learner(model, bs=16, n=48, cbs=None, **kw):
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+    from fastai.optimizer import SGD
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 20, (n + 16, 10), generator=g); y = (x[:, 0] > 10).long()
+    dls = DataLoaders.from_dsets(list(zip(x[:n], y[:n])), list(zip(x[n:], y[n:])), bs=bs)
+    return quiet(Learner(dls, model, loss_func=nn.CrossEntropyLoss(), opt_func=SGD, cbs=cbs, **kw))
+
+def test_shrink_perturb_sets_weight_dropout_raw_weights():
+    "shrink_perturb on a WeightDropout(LSTM): its `weight_hh_l0_raw` shrunk and perturbed with a fresh LSTM init (it crashed in deepcopy, the embedding shrunk already);"
+    "the next forward, in eval mode too, runs on the new weights; the WeightDropout is not named as skipped"
+    set_seed(0); m = _WDNet(); learn = _tok_learner(m)
+    raw0, ih0, emb0 = m.rnn.weight_hh_l0_raw.detach().clone(), m.rnn.module.weight_ih_l0.detach().clone(), m.emb.weight.detach().clone()
+    cb = ReinitDormant(every=1000, scheme='shrink_perturb', shrink=0.4, perturb=0.1); learn.add_cb(cb)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); learn.fit(1, lr=0.)  # (lr 0: the check alone changes the weights)
+    assert not [x for x in w if 'ReinitDormant' in str(x.message)], [str(x.message) for x in w]
+    assert list(cb.events.layer) == ['emb', 'rnn.module', 'head'], cb.events
+    bound = 0.1 / 8 ** 0.5 + 1e-6  # (the LSTM's init: U(-1/sqrt(hidden), 1/sqrt(hidden)), times perturb)
+    for now, was in ((m.rnn.weight_hh_l0_raw, raw0), (m.rnn.module.weight_ih_l0, ih0)):
+        d = now.detach() - 0.4 * was
+        assert d.abs().max() <= bound and d.abs().max() > bound / 2 and d.std() > bound / 4, (d.abs().max(), bound)
+    assert not torch.equal(m.emb.weight, emb0)
+    lstm = nn.LSTM(8, 8, batch_first=True)  # (a plain LSTM with the new weights: what the model must compute now, in eval mode)
+    with torch.no_grad():
+        for k, p in lstm.named_parameters(): p.copy_(m.rnn.weight_hh_l0_raw if k == 'weight_hh_l0' else getattr(m.rnn.module, k))
+        torch.testing.assert_close(m.rnn.module.weight_hh_l0, m.rnn.weight_hh_l0_raw)  # (the weight it holds between forwards: the new one)
+        x = torch.randint(0, 20, (4, 10)); m.eval()
+        torch.testing.assert_close(m(x), m.head(lstm(m.emb(x))[0][:, -1]))
+
+def test_shrink_perturb_awd_lstm_classifier():
+    "A real AWD_LSTM text classifier (fastai's `get_text_classifier`, tiny): shrink_perturb every 2 steps trains through, every LSTM's `_raw` weight set"
+    from fastai.text.models.core import get_text_classifier
+    from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_clas_config
+    from fastai.callback.rnn import ModelResetter, RNNCallback
+    cfg = {**awd_lstm_clas_config, 'emb_sz': 8, 'n_hid': 12, 'n_layers': 2}
+    set_seed(0); model = get_text_classifier(AWD_LSTM, 20, 2, seq_len=10, config=cfg)
+    learn = _tok_learner(model, cbs=[ModelResetter(), RNNCallback()])
+    raws = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith('_raw')}
+    assert len(raws) == 2
+    cb = ReinitDormant(every=2, scheme='shrink_perturb', verbose=False); learn.add_cb(cb)
+    learn.fit(1, lr=1e-2)
+    assert {'0.module.rnns.0.module', '0.module.rnns.1.module'} <= set(cb.events.layer), cb.events
+    now = dict(model.named_parameters())
+    assert all(not torch.equal(now[n], v) for n, v in raws.items())
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+def test_shrink_perturb_failed_draw_changes_nothing():
+    "A layer whose fresh init cannot be drawn: an error naming it, and no layer shrunk (it used to shrink the layers before it, then raise)"
+    class Undrawable(nn.Linear):
+        def reset_parameters(self):
+            if getattr(self, 'ready', False): raise RuntimeError('no init here')
+            super().reset_parameters()
+    learn = quiet(synth_learner(n_trn=2))
+    torch.manual_seed(0)
+    learn.model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), Undrawable(8, 1)); learn.model[2].ready = True
+    w = [p.detach().clone() for p in learn.model.parameters()]
+    learn.add_cb(ReinitDormant(every=1, scheme='shrink_perturb', verbose=False))
+    with pytest.raises(RuntimeError, match="layer '2'.*no layer was changed"): learn.fit(1, lr=0.)
+    assert all(torch.equal(a, b) for a, b in zip(w, learn.model.parameters()))
+
+def test_redo_leaves_weight_dropout_layers_alone():
+    "ReDo on a WeightDropout model: the LSTM named as not followed; a Linear inside a WeightDropout (its weight set from `_raw` at each forward) refused with why;"
+    "`reinit_units` copies a layer holding a tensor of the autograd graph (deepcopy refused those)"
+    from fastai.text.models.awdlstm import WeightDropout
+    set_seed(0); m = _WDNet(); learn = _tok_learner(m)
+    cb = ReinitDormant(every=1, tau=0.5); learn.add_cb(cb)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); learn.fit(1, lr=1e-2)
+    msgs = [str(x.message) for x in w if 'ReinitDormant' in str(x.message)]
+    assert any('rnn.module' in s and 'LSTM' in s for s in msgs), msgs
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), WeightDropout(nn.Linear(8, 8), 0.5, 'weight'), nn.ReLU(), nn.Linear(8, 2))
+    net(torch.randn(3, 4)).sum().backward()  # (a training forward: the wrapped Linear's `weight` now a tensor of the graph)
+    ch = unit_chains(net)
+    assert ch['0'][0] is None and 'WeightDropout' in ch['0'][1] and ch['2.module'][0] is None and 'WeightDropout' in ch['2.module'][1], ch
+    plain = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)); c = unit_chains(plain)['0'][0]
+    plain[0].extra = plain[0].weight * 2  # (a non-leaf tensor left on the layer)
+    reinit_units(plain, '0', [1, 2], c)
+    assert plain[2].weight[:, [1, 2]].abs().sum() == 0
+
+# --- dormancy scored on at least `min_examples` examples
+
+def _bs1_mlp_learner(bs=1, n=40, cbs=None):
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n + 10, 10, generator=g); W = torch.randn(10, 3, generator=g); y = (X @ W).argmax(1)
+    dls = DataLoaders.from_dsets(list(zip(X[:n], y[:n])), list(zip(X[n:], y[n:])), bs=bs)
+    m = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
+    return quiet(Learner(dls, m, loss_func=nn.CrossEntropyLoss(), cbs=cbs)), X[:n]
+
+def test_small_batches_scored_on_min_examples():
+    "bs=1: a healthy ReLU MLP (0 and 1 units zero on every training example) had 6-17 of 32 units re-initialized at each check, scored on one example;"
+    "now scored on the latest 32 examples, the first check waiting for them"
+    set_seed(0); learn, X = _bs1_mlp_learner()
+    m = learn.model
+    with torch.no_grad(): h = m[1](m[0](X)); h2 = m[3](m[2](h))
+    assert int((h.amax(0) <= 0).sum()) + int((h2.amax(0) <= 0).sum()) <= 1
+    cb = ReinitDormant(every=10); learn.add_cb(cb)
+    learn.fit(1, 1e-3)
+    ck = cb.checks
+    assert len(ck) and (ck.examples == 32).all() and ck.batch.min() == 31, ck  # (due at 0, run at 31: 32 examples seen)
+    assert cb.events.units.sum() <= 2, cb.events
+
+def test_min_examples_under_gradient_accumulation_and_export():
+    "GradientAccumulation: every micro-batch's inputs count, `every` counts optimizer steps; `learn.export` pickles no batch, however the fit ended"
+    from fastai.callback.training import GradientAccumulation
+    from fastai.callback.core import Callback
+    set_seed(0); learn, _ = _bs1_mlp_learner(bs=4, n=64)
+    cb = ReinitDormant(every=1, verbose=False); learn.add_cbs([cb, GradientAccumulation(n_acc=8)])  # (a step every 2 batches of 4)
+    learn.fit(1, 1e-3)
+    ck = cb.checks
+    assert cb.n_seen == 8 and ck.batch.min() == 3 and (ck.examples == 32).all(), (cb.n_seen, ck)  # (step 3: 8 batches, 32 examples)
+    class Stop(Callback):
+        def after_batch(self):
+            if self.iter == 5: raise RuntimeError('stop')
+    learn.remove_cb(GradientAccumulation)
+    with pytest.raises(RuntimeError): learn.fit(1, 1e-3, cbs=Stop())
+    assert cb._recent is not None and len(cb._recent.batches) == 6  # (the fit ended without after_fit: its 6 batches still held)
+    assert cb.__getstate__()['_recent'] is None
+    learn.remove_cb(Stop); back = pickle.loads(pickle.dumps(learn))  # (what `learn.export` does, less swapping the loaders for empty ones)
+    assert back.reinit_dormant._recent is None and back.reinit_dormant.n_seen == cb.n_seen
+
+def test_batches_that_do_not_concatenate_said_once():
+    "Text of varying lengths: only the batches of the latest one's length are scored together, and a warning says so once a fit"
+    from fastai.callback.core import Callback
+    class Crop(Callback):  # (each batch's tokens cropped to 6 or 8: text of two lengths)
+        def before_batch(self):
+            if self.training: self.learn.xb = (self.xb[0][:, :6 if self.iter % 2 else 8],)
+    set_seed(0); learn = _tok_learner(_Pool(), bs=4, n=64)
+    cb = ReinitDormant(every=4, verbose=False); learn.add_cbs([cb, Crop()])
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); learn.fit(1, 1e-3)
+    msgs = [str(x.message) for x in w if 'ReinitDormant' in str(x.message)]
+    assert len(msgs) == 1 and 'another shape past dim 0' in msgs[0] and 'fewer than `min_examples`=32' in msgs[0], msgs
+    assert len(cb.checks) and (cb.checks.examples == 16).all(), cb.checks  # (4 of the 8 batches held: 16 examples of each length)
+
+class _Pool(nn.Module):
+    "Tokens embedded, averaged over any length, then an MLP"
+    def __init__(self): super().__init__(); self.emb = nn.Embedding(20, 8); self.l1 = nn.Linear(8, 16); self.a = nn.ReLU(); self.l2 = nn.Linear(16, 2)
+    def forward(self, x): return self.l2(self.a(self.l1(self.emb(x).mean(1))))

@@ -1,4 +1,5 @@
-"""Check the built site: every sidebar page exists, local links resolve, API pages show signatures, plots are images."""
+"""Check the built site: every sidebar page exists, local links resolve (their #anchors too, and symbol links to the site's
+own address), API pages show signatures, plots are images."""
 import re, sys, yaml
 from pathlib import Path
 
@@ -13,6 +14,26 @@ def sidebar_pages():
         name = re.sub(r'^\d+[a-zA-Z0-9]*_', '', Path(p).name)
         yield section, p, Path(p).parent/Path(name).with_suffix('.html')
 
+def missing_anchors(site):
+    "Links with a #fragment, to a page of the site (relative, or a backticked symbol's link to the site's address) that has no element with that id"
+    from nbdev.config import get_config
+    cfg = get_config()
+    own = f"{cfg.doc_host}{cfg.doc_baseurl}".rstrip('/') + '/'
+    ids, errs = {}, []
+    def idset(p):
+        if p not in ids: ids[p] = set(re.findall(r'\bid="([^"]+)"', p.read_text())) if p.exists() else None
+        return ids[p]
+    for f in sorted(site.rglob('*.html')):
+        for href in re.findall(r'href="([^"]*#[^"]*)"', f.read_text()):
+            page, _, frag = href.partition('#')
+            if page.startswith(own): target = site/page[len(own):]
+            elif ':' in page or not frag: continue
+            else: target = f.parent/page if page else f
+            if not page.endswith('.html') and page: continue
+            have = idset(target.resolve())
+            if have is not None and frag not in have: errs.append(f'{f.relative_to(site)}: link {href} has no anchor #{frag} on its page')
+    return errs
+
 def main(site='_docs'):
     site, errs = Path(site), []
     html = {}
@@ -26,6 +47,7 @@ def main(site='_docs'):
         for src in re.findall(r'<img[^>]+src="([^"]+)"', txt):
             if src.startswith('data:'): continue
             if not (f.parent/src).exists(): errs.append(f'{f.name}: missing image {src}')
+    errs += missing_anchors(site)
     if 'href="https://docs.fast.ai/learner.html#learner"' not in html.get(site/'index.html', ''):
         errs.append('index.html: `Learner` does not link to fastai\'s docs (strip_libs in [tool.nbdev])')
     act = html.get(site/'activations.html', '')
