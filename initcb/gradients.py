@@ -471,7 +471,7 @@ def _check(self:GradientHealth, iters, g, cn=None):
     self._streaks('vanishing', iters[ok], low, self.vanish_batches, ln / np.where(top > 0, top, 1),
                   lambda name, run, it, v: f"layer {name}: gradient norm below {self.vanish_frac:g} of the largest layer's for {run} batches (to batch {it})", 'vanish')
     self._streaks('no gradient', iters[ok], none, self.vanish_batches, ln,
-                  lambda name, run, it, v: f"layer {name}: no gradient for {run} batches (to batch {it}): not used in the forward pass, or cut off from the loss")
+                  lambda name, run, it, v: f"layer {name}: no gradient for {run} batches (to batch {it}): its gradient zero (or none) on each (not used in the forward pass, cut off from the loss, or every unit after it dead)")
 
 @patch
 def _streaks(self:GradientHealth, kind, iters, bad, n, value, msg, key=None):

@@ -327,7 +327,7 @@ def _activation_rules(learn, ah, th, xb, losses=None, learning=None):
 
 def _named(model):
     "`model`'s modules by the names the recorders give them: the model's inside its wrappers (`unwrap`)"
-    return {} if model is None else dict(unwrap(model).named_modules())
+    return {} if model is None else dict(unwrap(model).named_modules(remove_duplicate=False))  # (a module under several names: each, `module_aliases`)
 
 def _too_large(model, normed=False, small=False):
     "{layer: `check_init`'s finding} for `model`'s trainable Linear and Conv layers (those LSUV rescales) whose init scale `check_init` finds too large (`small`: or"
@@ -388,9 +388,7 @@ def _gradient_rules(gh, th, model=None, losses=None, chance=None):
             stop = len(got) and len(blown) and got.max() <= blown.min() + 1 and d.batch.min() > blown.min()  # (none after an explosion: a tanh RNN's after its first step)
             if stop: sev, note = 'warning', f"; it got gradients up to batch {got.max()} only, none since the exploding gradients at batch {blown.min()}"
             elif len(got): sev, note = 'info', f"; it got gradients on {len(got)} other recorded batches of the fit (from batch {got.min()}): used on some batches only"
-        msg = d.message.iloc[0].replace(': not used in the forward pass, or cut off from the loss', ': its gradient zero (or none) on each')  # (what is known: a layer
-        out.append(_finding(layer or '(all)', problem,                                                                                    # plainly used, dead ReLUs after it, read 'not used')
-                            sev, f"{len(d)} flags, batches {d.batch.min()}-{d.batch.max()}: {msg}{note}", key))
+        out.append(_finding(layer or '(all)', problem, sev, f"{len(d)} flags, batches {d.batch.min()}-{d.batch.max()}: {d.message.iloc[0]}{note}", key))
         if kind == 'exploding': out[-1]['_from'] = int(d.batch.min() - since)  # (its first flag, in the fit's batches: the init's, where it is the first batches')
         if kind == 'no gradient' and stop: out[-1].update(remedy=NO_GRADIENT_BLOWN, callback='', _cause='exploding gradients')
         if key == 'stalled' and layer in mods and not isinstance(mods[layer], WEIGHT_LAYERS):  # (LSUV rescales Linear and Conv layers only)
