@@ -99,7 +99,7 @@ def _as_bounds(b): return (-math.inf, math.inf) if b is None else b
 class ActivationHealth(HealthCallback):
     "Per-layer activation statistics of every training batch, at a cost close to zero"
     run_valid = False
-    _stateattrs = ('hooks', 'mods', 'fast', 'sampled', '_fastq', '_sampq', '_outs', '_vers', '_samp', '_idx', '_cache', '_csize', '_parts', '_blocks', '_layouts', '_fit_losses', '_fit_mix')
+    _stateattrs = ('hooks', 'mods', '_parents', 'fast', 'sampled', '_fastq', '_sampq', '_outs', '_vers', '_samp', '_idx', '_cache', '_csize', '_parts', '_blocks', '_layouts', '_fit_losses', '_fit_mix')
     def __init__(self,
         modules=None, # modules, module names, or a predicate `f(name, module)`; default: nonlinearities and layers with parameters
         every:int=None, # record every `every` training batches (fastai's meaning); None records every batch
@@ -125,7 +125,7 @@ class ActivationHealth(HealthCallback):
 
     def _init_state(self):
         self._state = {}
-        self.hooks = self.mods = self._calls = self.fast = self.sampled = self._fastq = self._sampq = None
+        self.hooks = self.mods = self._parents = self.fast = self.sampled = self._fastq = self._sampq = None
         self._outs = self._vers = self._samp = self._idx = None; self._layouts = {}
         self._cache, self._on, self._sampling, self._hooksamp, self._hr, self._hm, self._dev = {}, False, False, False, None, None, None
         self._csize, self._cbytes = {}, 0
@@ -144,7 +144,7 @@ def setup(self:ActivationHealth):
     if self.fast is None or (self.names, self.bounds) != (names, bounds) or self.kinds not in (None, kinds):
         if self.fast is not None and len(self.fast): warnings.warn("ActivationHealth: the watched modules changed; history starts afresh")
         self._reset(names, bounds)
-    self.kinds, self.mods, self._calls, L = kinds, [m for _, m in sel], call_slots(self.model, sel), len(sel)
+    self.kinds, self.mods, self._parents, L = kinds, [m for _, m in sel], call_parents(self.model, sel), len(sel)
     # (saturation counts an asymptote's neighbourhood; ReLU6's floor, 0, is a ReLU's: its zeros are `near_zero`, not saturated)
     self._satb = [(-math.inf, b[1]) if b is not None and isinstance(m, nn.ReLU6) else b for (_, m), b in zip(sel, bounds)]
     self._sate = sate
@@ -180,7 +180,7 @@ def _clear_refs(self:ActivationHealth):
 def before_train(self:ActivationHealth):
     "Put the hooks on (once a fit) and open the queues that take the rows to the host; keep this fit's loss list (the report's: `lr_find`, `validate` start new ones)"
     self._fit_losses, self._fit_mix = fit_losses(self.learn)
-    if self.hooks is None: self.hooks = ForwardHooks(self.mods, self._hook, with_input=True, eager=is_compiled(self.model), calls=self._calls)
+    if self.hooks is None: self.hooks = ForwardHooks(self.mods, self._hook, with_input=True, eager=is_compiled(self.model), parents=self._parents)
     if self._fastq is None:
         self._fastq = DeviceChunks(self._fast_sink, self.chunk, gather=True, collate=self._collate)
         self._sampq = DeviceChunks(self._samp_sink, max(1, min(4, self.chunk // self.sample_every)), gather=True, collate=self._sampled_rows)
@@ -189,7 +189,6 @@ def before_train(self:ActivationHealth):
 def before_batch(self:ActivationHealth):
     "Whether this training batch is recorded (every `every`-th) and, if so, whether it is a sampling one (every `sample_every`-th recorded)"
     if self._on: self._clear_refs()  # (the last recorded batch cancelled before our `after_pred`: its outputs are not this batch's)
-    if self._calls is not None and self.hooks is not None: self.hooks.new_pass()  # (a module under several names: its calls counted from here)
     self._on = self.every is None or self.learn.train_iter % self.every == 0  # (`self.train_iter` goes through fastai's GetAttr: 3 us)
     if self._on: self._sampling, self._hooksamp, self._iter = self._rec % self.sample_every == 0, self._rec == 0, self.n_seen
     self.n_seen += 1
@@ -824,8 +823,12 @@ def dormancy(self:ActivationHealth,
     "Per-unit dormancy scores E|h_i - r| / mean_j E|h_j - r| of each watched layer on batch `xb` (Sokar et al. 2023; r: `rest_value`, 0 but for a shifted activation); a module called twice: its first call, as recorded"
     if getattr(self, 'learn', None) is None: raise ValueError("`dormancy` runs the model: attach the callback to a learner (`learn.add_cb`)")
     model = self.learn.model
-    if self.mods is not None: mods, names, calls = self.mods, self.names, self._calls
-    else: sel = select_modules(model, self.mod_sel); mods, names, calls = [m for _, m in sel], [n for n, _ in sel], call_slots(model, sel)
+    if self.mods is not None: mods, names, parents = self.mods, self.names, self._parents
+    else:
+        sel = select_modules(model, self.mod_sel)
+        if self.names is not None:  # (a history loaded, not fitted yet: its layers, as its readers name them; one saved before a module had a name of each place has fewer)
+            by = dict(unwrap(model).named_modules(remove_duplicate=False)); sel = [(n, by[n]) for n in self.names if n in by] or sel
+        mods, names, parents = [m for _, m in sel], [n for n, _ in sel], call_parents(model, sel)
     if xb is None:
         xb = getattr(self.learn, 'xb', None)
         if not xb or xb[0] is None: xb = first_inputs(self.learn.dls.train, getattr(self.learn.dls, 'n_inp', None))
@@ -841,7 +844,7 @@ def dormancy(self:ActivationHealth,
         a = (o.detach().float() - rest_value(mods[i])).abs()
         a = a.mean([k for k in range(o.ndim) if k != d % o.ndim]) if o.ndim > 1 else a
         res[names[i]] = a / a.mean().clamp_min(1e-12)
-    eval_forward(model, mods, hook, xb, bn, calls)
+    eval_forward(model, mods, hook, xb, bn, parents)
     return res
 
 # %% ../nbs/01_activations.ipynb #95da8672

@@ -25,9 +25,9 @@ __all__ = ['ACTIVATION_TYPES', 'ELEMENTWISE_TYPES', 'BOUNDS', 'HOOKED', 'HOOKED_
            'check_model', 'check_modules', 'coprime_stride', 'sample_index', 'out_parts', 'first_tensor', 'watch',
            'output_bounds', 'rest_value', 'is_activation', 'has_own_params', 'is_leaf', 'in_parametrization',
            'own_weights', 'tied_modules', 'is_frozen', 'param_layer', 'hooked_weight', 'writable_weight',
-           'default_watch', 'unwrap', 'wrapper_prefix', 'module_aliases', 'call_slots', 'select_modules', 'StatHistory',
-           'run_lengths', 'distributed', 'is_main', 'sync_from_main', 'DeviceChunks', 'stack_scalars', 'real_fit',
-           'fit_losses', 'FitOnlyCallback', 'HealthCallback', 'ForwardHooks', 'is_compiled', 'run_eagerly',
+           'default_watch', 'unwrap', 'wrapper_prefix', 'module_aliases', 'call_parents', 'select_modules',
+           'StatHistory', 'run_lengths', 'distributed', 'is_main', 'sync_from_main', 'DeviceChunks', 'stack_scalars',
+           'real_fit', 'fit_losses', 'FitOnlyCallback', 'HealthCallback', 'ForwardHooks', 'is_compiled', 'run_eagerly',
            'recompile_for_hooks', 'foreach_norm', 'sparse_values_', 'norms_row', 'layer_index', 'check_recorded',
            'check_rows', 'saved_selection', 'saved_meta', 'read_saved', 'read_npz', 'same_counts', 'restore',
            'check_path', 'keep_modes', 'eval_mode', 'eval_forward', 'call_on', 'rng_kept', 'first_inputs', 'has_lazy',
@@ -349,14 +349,14 @@ def module_aliases(
             if _stateless_leaf(c): res.setdefault(id(c), {}).setdefault(id(p), f'{pn}.{cn}' if pn else cn)
     return {k: list(v.values()) for k, v in res.items() if len(v) > 1}
 
-def call_slots(
+def call_parents(
     model:nn.Module, # the model (wrapped or not)
     sel:list, # [(name, module)] from `select_modules`
 ):
-    "Which call of its module in a forward pass each of `sel` is (the position of its name among the module's `module_aliases`, else 0); None when that is the first for all and no module repeats"
-    al = module_aliases(unwrap(model))
-    ks = [al[id(m)].index(n) if n in al.get(id(m), ()) else 0 for n, m in sel]
-    return ks if any(ks) or len({id(m) for _, m in sel}) < len(sel) else None
+    "For each of `sel`, the parent module whose calls of it the name stands for where the module has several names (`module_aliases`), else None; None when none has"
+    model = unwrap(model); al = module_aliases(model)
+    ps = [model.get_submodule(n.rpartition('.')[0]) if n in al.get(id(m), ()) else None for n, m in sel]
+    return ps if any(p is not None for p in ps) else None
 
 def select_modules(
     model:nn.Module, # the model (wrapped or not: layers are named as in the model inside, `unwrap`)
@@ -773,20 +773,18 @@ class ForwardHooks:
         f, # called as `f(i, output)` for the `i`th module (`f(i, inputs, output)` with `with_input`)
         with_input:bool=False, # pass the module's inputs too
         eager:bool=False, # keep `torch.compile` from tracing the hooks: they run eagerly, the compiled graph breaks around them
-        calls:list=None, # which call of its module in a forward pass each of `mods` reports (`call_slots`; None: every call, each module once)
+        parents:list=None, # for each of `mods`, the parent module whose calls of it it reports, where a module is in several (`call_parents`); None: every call
     ):
-        if eager: f = torch.compiler.disable(f)
-        kind = 'call_in' if with_input else 'call'
-        if calls is None: hs = [(m, _Hook(f, i, m)) for i, m in enumerate(mods)]
-        else:  # (one hook a module: a module in several slots, one a call, counts its calls; `new_pass` starts the count again)
-            slots = {}
-            for i, (m, k) in enumerate(zip(mods, calls)): slots.setdefault(id(m), (m, {}))[1][k] = i
-            hs = [(m, _Hook(f, s[0], m) if list(s) == [0] else _Calls(f, s, m)) for m, s in slots.values()]
-        self.counted = [h for _, h in hs if isinstance(h, _Calls)]
+        dis = torch.compiler.disable if eager else (lambda g: g)
+        f, kind = dis(f), 'call_in' if with_input else 'call'
+        if parents is None: hs, within = [(m, _Hook(f, i, m)) for i, m in enumerate(mods)], []
+        else:  # a module in several parents: one hook, which hands each call to the slot of the innermost of its parents running
+            slots, stack = {}, []  # (the parents' forwards push and pop themselves, the exit hook always called: an exception pops too)
+            for i, (m, p) in enumerate(zip(mods, parents)): slots.setdefault(id(m), (m, {}))[1][None if p is None else id(p)] = i
+            hs = [(m, _Hook(f, s[None], m) if list(s) == [None] else _Calls(f, s, m, stack)) for m, s in slots.values()]
+            within = [(p, _Within(stack, p)) for p in {id(p): p for p in parents if p is not None}.values()]
         self.handles = [m.register_forward_hook(getattr(h, kind)) for m, h in hs]
-    def new_pass(self):
-        "A forward pass begins: the modules in several slots count their calls from the first again"
-        for h in self.counted: h.n = 0
+        for p, w in within: self.handles += [p.register_forward_pre_hook(dis(w.enter)), p.register_forward_hook(dis(w.exit), always_call=True)]
     def remove(self):
         for h in self.handles: h.remove()
         self.handles = []
@@ -824,15 +822,26 @@ class _Hook:
     def __reduce__(self): return _Orphan, (self.mod(),)  # (the module: pickled already, as the hook is part of its state)
 
 class _Calls(_Hook):
-    "The hook of a module in several slots (`module_aliases`): its `k`th call since `ForwardHooks.new_pass` goes to slot `slots[k]`, other calls to none"
-    __slots__ = ('slots', 'n')
-    def __init__(self, f, slots, mod): super().__init__(f, None, mod); self.slots, self.n = slots, 0
+    "The hook of a module in several parents (`module_aliases`): a call goes to `slots[id(parent)]` of the innermost of its parents running (`_Within`), if any"
+    __slots__ = ('slots', 'stack')
+    def __init__(self, f, slots, mod, stack): super().__init__(f, None, mod); self.slots, self.stack = slots, stack
+    def _slot(self): return next((self.slots[p] for p in reversed(self.stack) if p in self.slots), None)
     def call(self, m, inp, out):
-        i = self.slots.get(self.n); self.n += 1
+        i = self._slot()
         if i is not None: self.f(i, out)
     def call_in(self, m, inp, out):
-        i = self.slots.get(self.n); self.n += 1
+        i = self._slot()
         if i is not None: self.f(i, inp, out)
+
+class _Within(_Hook):
+    "A parent of a module in several parents: its id on `stack` while its forward runs (its `enter` a pre-hook, its `exit` a hook always called)"
+    __slots__ = ('stack', 'pid')
+    def __init__(self, stack, p): super().__init__(None, None, p); self.stack, self.pid = stack, id(p)
+    def _push(self): self.stack.append(self.pid)
+    def _pop(self):
+        if self.stack and self.stack[-1] == self.pid: self.stack.pop()
+    def enter(self, m, inp): self._push()  # (the work in methods an `_Orphan` has too: pickled bound methods come back bound to it)
+    def exit(self, m, inp, out): self._pop()
 
 class _Orphan(_Hook):
     "What a pickled hook comes back as (`learn.export` mid-fit pickles the model with its hooks): no callback, no statistics; its first call removes it"
@@ -841,8 +850,13 @@ class _Orphan(_Hook):
     def _gone(self, *a):
         m = self.mod()
         if m is None: return
-        for k in [k for k, h in m._forward_hooks.items() if getattr(h, '__self__', None) is self]:  # (a module's call iterates
-            for d in (m._forward_hooks, m._forward_hooks_with_kwargs, m._forward_hooks_always_called): d.pop(k, None)  # a copy)
+        for hs, more in ((m._forward_hooks, (m._forward_hooks_with_kwargs, m._forward_hooks_always_called)), (m._forward_pre_hooks, (m._forward_pre_hooks_with_kwargs,))):
+            for k in [k for k, h in hs.items() if getattr(h, '__self__', None) is self]:  # (a module's call iterates a copy)
+                for d in (hs, *more): d.pop(k, None)
+    def enter(self, m, inp): self._gone()  # (pickle brings a bound method back as `getattr(this, name)`)
+    def exit(self, m, inp, out): self._gone()
+    def _slot(self): return 0  # (cloudpickle, as `learn.export` uses it, brings a hook back as its function bound to this: `_Calls.call` calls
+    _push = _pop = _gone       # `f(self._slot(), ...)`, `_Within.enter`/`exit` `_push`/`_pop`: each removes it)
 
 # %% ../nbs/00_core.ipynb #9e7f4c87
 Hooks = ForwardHooks  # (its name in 0.0.1, when it shadowed fastai's `Hooks` under a star import: a model pickled mid-fit then still loads)
@@ -1043,7 +1057,7 @@ def eval_forward(
     f, # called as `f(i, output)` for the `i`th of `mods`
     xb, # the inputs (a tensor, or a tuple of them)
     bn:str='batch', # BatchNorm normalizes with 'batch': the batch's own statistics, as in a training step; 'running': its running statistics, as at inference
-    calls:list=None, # which call of its module each of `mods` is (`call_slots`; None: `f` sees every call)
+    parents:list=None, # for each of `mods`, the parent module whose calls of it `f` sees, where a module is in several (`call_parents`); None: every call
 ):
     "One forward pass on `xb` in eval mode (no dropout) without gradients, calling `f(i, output)` for each of `mods` (`eval_mode`); returns the model's output"
     ours = []  # (an error `f` raises is not the batch's)
@@ -1051,7 +1065,7 @@ def eval_forward(
         try: return f(i, o)
         except BaseException as e: ours.append(e); raise
     with eval_mode(model, bn), run_eagerly(model):
-        hooks = ForwardHooks(mods, g, eager=is_compiled(model), calls=calls)  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
+        hooks = ForwardHooks(mods, g, eager=is_compiled(model), parents=parents)  # (after the BatchNorm hooks: a watched BatchNorm's `f` sees the batch-normalized output)
         try:
             with torch.no_grad(): return call_on(model, xb, ours)
         finally: hooks.remove()

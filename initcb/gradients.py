@@ -26,7 +26,7 @@ UPD_COLS = dict(update_norm='mean', weight_norm='mean', zero_frac='mean', nonfin
 class GradientHealth(HealthCallback):
     "Per-layer gradient and update health every training batch, with vanishing, exploding and non-finite flags"
     order, run_valid = MixedPrecision.order + 0.5, False  # after the scaler unscales, before GradientClip clips
-    _stateattrs = ('params', 'hist', 'upd', 'agrad', '_q', '_uq', '_aq', '_prev', '_pbuf', '_cache', '_nonf', 'hooks', 'amods', '_gs', '_gidx', '_fit_losses', '_fit_mix')
+    _stateattrs = ('params', 'hist', 'upd', 'agrad', '_q', '_uq', '_aq', '_prev', '_pbuf', '_cache', '_nonf', 'hooks', 'amods', '_aparents', '_gs', '_gidx', '_fit_losses', '_fit_mix')
     def __init__(self,
         every:int=None, # record every `every` training batches; None records every batch
         update_every:int=8, # measure update ratios and count non-finite values every `update_every` recorded batches
@@ -66,7 +66,7 @@ class GradientHealth(HealthCallback):
     def _init_state(self):
         self._state = {}
         self.params = self.hist = self.upd = self._q = self._uq = self._prev = self._pbuf = None
-        self.agrad = self._aq = self.hooks = self.amods = self.amod_names = self._acalls = None
+        self.agrad = self._aq = self.hooks = self.amods = self.amod_names = self._aparents = None
         self._gs, self._gidx = [], []
         self._cache, self._on = {}, False
         if not hasattr(self, 'n_seen'): self.n_seen = 0
@@ -96,7 +96,7 @@ def setup(self:GradientHealth):
         names = [n for n, _ in sel]
         if names != self.amod_names:
             self.amod_names, self.agrad = names, StatHistory(AGRAD_COLS, len(names), self.max_rows)
-        self.amods, self._acalls = [m for _, m in sel], call_slots(self.model, sel)
+        self.amods, self._aparents = [m for _, m in sel], call_parents(self.model, sel)
         self._gs, self._gidx = [None] * len(sel), [None] * len(sel)
         self._aq = DeviceChunks(self._asink, self.chunk)
         self._compiled, self._recompiled, self._fired = is_compiled(self.model), False, False  # (a compiled model may run without the hooks: `before_step`)
@@ -141,7 +141,6 @@ def before_batch(self:GradientHealth):
     "Arm the recording until the next optimizer step when this batch is a recorded one (every `every`-th)"
     # armed until an optimizer step: under `GradientAccumulation` most batches take none (`self.train_iter`: 3 us of GetAttr)
     self._on = self._on or self.every is None or self.learn.train_iter % self.every == 0
-    if self.hooks is not None and self._acalls is not None: self.hooks.new_pass()  # (a module under several names: its calls counted from here)
     if self._on: self._iter, self._upd = self.n_seen, self._rec % self.update_every == 0
     self.n_seen += 1
 
@@ -347,7 +346,7 @@ AGRAD_COLS = dict(abs_mean='mean', rms='rms', abs_max='max', zero_frac='mean')
 def before_train(self:GradientHealth):
     "Each epoch: this fit's loss list (for the report), the `act_grads` hooks, and the parameters that train now (gradual unfreezing changes them mid-fit)"
     self._fit_losses, self._fit_mix = fit_losses(self.learn)  # (this fit's lists, for the report: `lr_find`, `validate` start new ones)
-    if self.act_grads and self.hooks is None: self.hooks = ForwardHooks(self.amods, self._fhook, calls=self._acalls)
+    if self.act_grads and self.hooks is None: self.hooks = ForwardHooks(self.amods, self._fhook, parents=self._aparents)
     named, train = self._trainable()  # (once an epoch: gradual unfreezing by a callback changes what trains mid-fit)
     if train and [n for n, _ in named] == self.names and not np.array_equal(self._cols, train):
         self.flush()  # (the rows waiting on the device were taken on the old parameters)

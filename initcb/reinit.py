@@ -102,10 +102,13 @@ def _meta_read(u, nd):
     if any(a is nd for a in rest) or not first: return False
     return u.target in _META_METHODS if u.op == 'call_method' else u.op == 'call_function' and (u.target is getattr and rest[0] in _META or u.target in _LIKE)
 
-def _call_name(al, m, target, k):
-    "The name of the `k`th call of module `m` (fx's `target`): its `k`th name where it has several (`module_aliases`: `TabularModel`'s ReLU), else `target`"
-    ns = al.get(id(m), ())
-    return ns[k] if k < len(ns) else target
+def _call_name(al, m, nd):
+    "The name of module `m`'s call at fx node `nd`: where it has several (`module_aliases`: `TabularModel`'s ReLU), the one whose parent is the innermost module running (`nn_module_stack`), else the node's target"
+    ns = al.get(id(m))
+    if not ns: return nd.target
+    par = {n.rpartition('.')[0]: n for n in ns}
+    running = [v[0] for v in nd.meta.get('nn_module_stack', {}).values()][:-1]  # (the modules whose forwards run, outermost first; the last is `m`'s own)
+    return next((par[p] for p in reversed(running) if p in par), par.get('', nd.target))
 
 def _dropped_weights(m):
     "[(name, its `<name>_raw` parameter)] of the weights fastai's `WeightDropout` `m` sets on the module it wraps at each forward (from `_raw`, dropped out in training); [] for any other module"
@@ -155,7 +158,7 @@ def unit_chains(
                 if chain['act'] is None and chain['act_fn'] is None and not isinstance(um, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)):
                     if chain['flatten']: why = 'its activation comes after a flatten (its units would be scored per element)'; break
                     if id(um) in inner: why = f'its activation {u.target} is also called inside {inner[id(um)]}, which torch.fx does not trace: its calls cannot be told apart'; break
-                    chain['act'], chain['act_call'] = _call_name(al, um, u.target, call[u]), call[u]
+                    chain['act'], chain['act_call'] = _call_name(al, um, u), call[u]
             elif _act_fn(u) is not None:  # (a functional activation: scored on the output of the module before it, through the same function)
                 if chain['act'] is None and chain['act_fn'] is None:
                     fn, a, kw = _act_fn(u)
@@ -208,11 +211,10 @@ def unfollowed(
     if not todo: return {}
     gm, why = _trace(model)
     if gm is None: return {n: why for n in todo}
-    al, calls = module_aliases(model), {}
+    al = module_aliases(model)
     for node in gm.graph.nodes:
         if node.op != 'call_module': continue
-        k = calls[node.target] = calls.get(node.target, -1) + 1
-        name = _call_name(al, mods[node.target], node.target, k)  # (a module called twice under one name: its first call)
+        name = _call_name(al, mods[node.target], node)  # (a module called twice under one name: its first call)
         if name not in todo or name in res: continue
         x = node.args[0] if node.args else None
         while True:
@@ -421,13 +423,14 @@ def _shrink_opt_state(
 
 def _restat(
     model:nn.Module, # the model, in the mode it trains in
-    xb, # a batch of its inputs
+    xb, # a batch of its inputs, or a function that gives it (called only where there is a BatchNorm to re-estimate)
     changed:list, # the modules whose weights were set
 ):
     "Re-estimate on `xb` the running statistics of each BatchNorm (in train mode) called after one of `changed`: those of its input as it is now, not as it was;"
     "one forward without gradient, every other state as it was (modes, random states, the other BatchNorms' statistics, the batch counts)"
     bns = [b for b in model.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm) and b.training and b.running_mean is not None]  # (in eval mode: frozen, BnFreeze)
     if not bns: return
+    if callable(xb): xb = xb()
     keep, after, redo = {b: (b.momentum, [t.clone() for t in b.buffers(recurse=False)]) for b in bns}, [False], set()
     def seen(*a): after[0] = True
     def pre(b, inp):
@@ -514,9 +517,9 @@ class ReinitDormant(FitOnlyCallback):
                                                                     shrink=(shrink, ('shrink_perturb',)), perturb=(perturb, ('shrink_perturb',))))
 
     def before_fit(self):
-        self._recent, self._due, self._said = None, False, False
         self.run = real_fit(self)  # (lr_find restores the weights it began with; get_preds and validate do not train)
-        if not self.run: return
+        if not self.run: return  # (one inside a fit, a callback's `get_preds` in `after_epoch`: that fit's state as it was)
+        self._recent, self._due, self._said = None, False, False
         self._world = distributed() or 1
         self._recent = RecentInputs(math.ceil(self.min_examples / self._world))  # (under DDP the scores are all-reduced: each rank holds its share of the examples)
         model, skipped = unwrap(self.model), {}  # why -> layers, in one warning (a ResNet has a dozen layers that feed a residual add)
@@ -598,7 +601,7 @@ class ReinitDormant(FitOnlyCallback):
                 u = _layer_weight(m)[0].shape[0]
                 self._events.append(dict(batch=it, layer=n, units=u, of=u, unit_ids=None, mean_score=float('nan')))
         if not changed: return
-        _restat(model, self._inputs()[0], changed)  # (else the BatchNorms after them normalize with the old layers' statistics: evaluated at chance for ~20 batches)
+        _restat(model, lambda: self._inputs()[0], changed)  # (else the BatchNorms after them normalize with the old layers' statistics: evaluated at chance for ~20 batches)
         sync_from_main(model)  # the perturbation was drawn, the statistics estimated, on each rank: rank 0's go to all
         _shrink_opt_state(getattr(self.learn, 'opt', None), new)  # (kept, as their gradients scale: Adam started afresh takes sign-sized steps, and a BatchNorm net's accuracy fell to 0.84 a step after)
 

@@ -443,3 +443,63 @@ def test_tabular_shared_relu_remedy_names_its_block():
     with warnings.catch_warnings(): warnings.simplefilter('ignore'); learn.fit(1, 1e-3)
     acts = [a for a in hc.actions.detail if 'dormant units re-initialized' in a]
     assert acts and all('dead in activation layers.1.1' in a for a in acts), acts
+
+class _Block(nn.Module):
+    def __init__(self, act, n_in, n_out): super().__init__(); self.lin, self.act = nn.Linear(n_in, n_out), act
+    def forward(self, x): return self.act(self.lin(x))
+
+class _KeptAct(nn.Module):
+    "The activation kept on the model as well as handed to each block: three names, two calls a forward pass (the model never calls its own)"
+    def __init__(self):
+        super().__init__(); self.act = nn.ReLU()
+        self.blocks = nn.Sequential(_Block(self.act, 64, 32), _Block(self.act, 32, 16)); self.head = nn.Linear(16, 10)
+    def forward(self, x): return self.head(self.blocks(x))
+
+def test_a_shared_activation_is_named_by_the_block_that_calls_it():
+    "Names were given calls in registration order: with `self.act` on the model too, block 1's dead units were reported as `blocks.0.act`'s, and `blocks.1.act` as never called"
+    from initcb.core import digits_dls
+    from initcb.reinit import unit_chains
+    torch.manual_seed(0)
+    m = _KeptAct()
+    with torch.no_grad(): m.blocks[1].lin.bias[:12] = -100.  # 12 of block 1's 16 units dead
+    ah = ActivationHealth(sample_every=1, modules=lambda n, x: isinstance(x, nn.ReLU))
+    learn = quiet(Learner(digits_dls(bs=64, flat=True), m, loss_func=nn.CrossEntropyLoss(), cbs=ah))
+    with pytest.warns(UserWarning, match=r"ActivationHealth: act gave no output"): learn.fit(1, 1e-3)
+    test = {n: int((s <= 0).sum()) for n, s in ah.dormancy().items()}
+    assert ah.names == ['act', 'blocks.0.act', 'blocks.1.act'] and test['blocks.1.act'] == 12 and test['blocks.0.act'] < 4, test
+    assert ah.summary().loc['blocks.1.act', '% near zero'] > 70 and np.isnan(ah.summary().loc['act', 'rms'])
+    ch = unit_chains(m)
+    assert ch['blocks.0.lin'][0]['act'] == 'blocks.0.act' and ch['blocks.1.lin'][0]['act'] == 'blocks.1.act'
+
+def test_export_mid_fit_with_a_shared_activation(tmp_path):
+    "`learn.export` pickles the model with its hooks (cloudpickle: a bound method as its function and its object): the hook of a module in several blocks came back"
+    "bound to an `_Orphan` without its slots, and the exported learner could not predict"
+    import pickle
+    from fastai.callback.core import Callback
+    from fastai.learner import load_learner
+    from initcb.gradients import GradientHealth
+    learn = _tabular_digits([32, 16])
+    class MidExport(Callback):
+        order = 70
+        def after_epoch(self):
+            if self.epoch == 0: self.learn.export(tmp_path/'mid.pkl')
+    learn.add_cbs([ActivationHealth(), GradientHealth(act_grads=True), MidExport()])
+    with warnings.catch_warnings(): warnings.simplefilter('ignore'); learn.fit(2)
+    back = load_learner(tmp_path/'mid.pkl')
+    m = pickle.loads(pickle.dumps(back.model))  # (plain pickle brings a bound method back by name: `getattr(orphan, name)`)
+    m.eval()(torch.zeros(2, 0, dtype=torch.long), torch.randn(2, 64))
+    assert sum(len(x._forward_hooks) + len(x._forward_pre_hooks) for x in m.modules()) == 0
+    back.predict(learn.dls.valid_ds.items.iloc[0])  # (the orphaned hooks remove themselves at the first call)
+    assert sum(len(x._forward_hooks) + len(x._forward_pre_hooks) for x in back.model.modules()) == 0
+
+def test_a_history_saved_with_fewer_names_reads(tmp_path):
+    "A TabularModel history saved before each place of its ReLU had a name (its names without `layers.1.1`): the report's dormancy read the modules afresh, named `layers.1.1`, and failed"
+    import initcb.report  # (`learn.health_report`)
+    learn = _tabular_digits([32, 16])
+    names = [n for n in ['bn_cont', 'layers.0.0', 'layers.0.1', 'layers.0.2', 'layers.1.0', 'layers.1.2', 'layers.2.0']]
+    ah = ActivationHealth(modules=names); learn.add_cb(ah); learn.fit(1)
+    ah.save(tmp_path/'h.npz'); learn.remove_cb(ah)
+    back = ActivationHealth.load(tmp_path/'h.npz'); learn.add_cb(back)
+    back.mod_sel = None  # (saved with the default selection, as those histories were: today's default names `layers.1.1` too)
+    assert 'layers.1.1' not in back.dormancy() and set(back.dormancy()) <= set(names)
+    assert learn.health_report(verbose=False) is not None

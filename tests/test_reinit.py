@@ -4,6 +4,8 @@ from torch import nn
 from fastai.layers import ConvLayer
 from fastai.test_utils import synth_learner
 from fastai.torch_core import set_seed
+from fastai.data.core import DataLoaders
+from fastai.learner import Learner
 from initcb.reinit import ReinitDormant, unit_chains, dormancy_scores, reinit_units, reinit_dormant, OUTPUT_LAYER
 from helpers import quiet, bad_argument_named
 
@@ -769,3 +771,35 @@ class _Pool(nn.Module):
     "Tokens embedded, averaged over any length, then an MLP"
     def __init__(self): super().__init__(); self.emb = nn.Embedding(20, 8); self.l1 = nn.Linear(8, 16); self.a = nn.ReLU(); self.l2 = nn.Linear(16, 2)
     def forward(self, x): return self.l2(self.a(self.l1(self.emb(x).mean(1))))
+
+def test_get_preds_inside_a_fit_keeps_the_kept_inputs():
+    "A callback's `get_preds` in `after_epoch` ran ReinitDormant's `before_fit`, which let go of the fit's kept inputs before seeing it was no fit: the next batch crashed"
+    from fastai.callback.core import Callback
+    torch.manual_seed(0)
+    X = torch.randn(80, 10); y = (X[:, 0] > 0).long()
+    dls = DataLoaders.from_dsets(list(zip(X[:64], y[:64])), list(zip(X[64:], y[64:])), bs=16, num_workers=0)
+    class MidPreds(Callback):
+        order, done = 70, False
+        def after_epoch(self):  # (get_preds ends with an `after_epoch` of its own: once)
+            if self.epoch == 0 and not self.done: self.done = True; self.learn.get_preds()
+    learn = Learner(dls, nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2)), loss_func=nn.CrossEntropyLoss(), cbs=[ReinitDormant(every=2, verbose=False), MidPreds()])
+    quiet(learn).fit(2, 1e-3)
+    assert learn.reinit_dormant.checks.batch.max() >= 4  # (checks in the second epoch too)
+
+def test_shrink_perturb_without_batchnorm_joins_no_inputs():
+    "With no BatchNorm to re-estimate, shrink_perturb still joined the kept inputs at each check, and warned of too few examples for a forward it never ran"
+    from fastai.callback.core import Callback
+    class Pool(nn.Module):
+        def __init__(self): super().__init__(); self.emb = nn.Embedding(20, 8); self.l1 = nn.Linear(8, 16); self.a = nn.ReLU(); self.l2 = nn.Linear(16, 2)
+        def forward(self, x): return self.l2(self.a(self.l1(self.emb(x).mean(1))))
+    class Crop(Callback):  # (text of two lengths: batches that do not join)
+        def before_batch(self):
+            if self.training: self.learn.xb = (self.xb[0][:, :6 if self.iter % 2 else 8],)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 20, (80, 10), generator=g); y = (x[:, 0] > 10).long()
+    dls = DataLoaders.from_dsets(list(zip(x[:64], y[:64])), list(zip(x[64:], y[64:])), bs=4, num_workers=0)
+    learn = Learner(dls, Pool(), loss_func=nn.CrossEntropyLoss(), cbs=[ReinitDormant(every=4, scheme='shrink_perturb', verbose=False), Crop()])
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        quiet(learn).fit(1, 1e-3)
+    assert len(learn.reinit_dormant.events) and not [m for m in w if 'min_examples' in str(m.message)]
