@@ -342,7 +342,7 @@ def _stateless_leaf(m):
 def module_aliases(
     model:nn.Module, # a model (not wrapped)
 )->dict:
-    "{id(m): [names]} of the parameter-free leaf modules registered in several parent modules (fastai's `TabularModel` puts one ReLU in every block): the `k`th name for its `k`th call in a forward pass"
+    "{id(m): [names]} of the parameter-free leaf modules registered in several parent modules (fastai's `TabularModel` puts one ReLU in every block): each name stands for the calls its parent makes (`call_parents`)"
     res = {}
     for pn, p in model.named_modules(remove_duplicate=False):  # (a container registered twice is visited twice, as one parent: `self.body = self.encoder` aliases no call)
         for cn, c in p.named_children():

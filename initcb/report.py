@@ -21,7 +21,7 @@ from .core import _cleanup_all, _EpochGuard, _learner_frame, _few
 from .activations import ActivationHealth
 from .gradients import GradientHealth
 from .init import check_init, break_symmetry, lsuv_init, reinitialized, fresh_opt_state, normed_layers, WEIGHT_LAYERS, NORM_LAYERS
-from .reinit import reinit_dormant, unit_chains, unfollowed
+from .reinit import reinit_dormant, unit_chains, unfollowed, cat_batches, _n_examples
 from .wd import AdaptiveWD
 
 # %% auto #0
@@ -333,7 +333,7 @@ def _too_large(model, normed=False, small=False):
     "{layer: `check_init`'s finding} for `model`'s trainable Linear and Conv layers (those LSUV rescales) whose init scale `check_init` finds too large (`small`: or"
     "too small), with `normed` those a norm layer follows too (their output's scale set again, their steps small against their weights all the same); {} without a model"
     if model is None: return {}
-    ci, by = check_init(unwrap(model)), dict(unwrap(model).named_modules())  # (an RNN's recurrent weights: their own remedy, `RNN_INIT`)
+    ci, by = check_init(unwrap(model)), _named(model)  # (an RNN's recurrent weights: their own remedy, `RNN_INIT`)
     big = lambda r: ('too large' in r.finding or small if r.finding.startswith('scale') else normed and r.finding.startswith('ok: scale') and r.std_ratio > 2)
     return {r.layer: r.finding.removeprefix('ok: ') for r in ci.itertuples() if big(r) and not r.frozen and isinstance(by.get(r.layer), WEIGHT_LAYERS)}
 
@@ -477,20 +477,20 @@ def _first_x(learn, n=32):
         dl = learn.dls.valid if len(learn.dls.valid) else learn.dls.train
         x = first_inputs(dl, getattr(learn.dls, 'n_inp', None))
     except Exception: return None
-    def size(x): return len(x[0] if isinstance(x, (tuple, list)) else x)  # (on one example, a third of a healthy MLP's units scored dormant: no unit fires on every input)
-    try:
-        if not size(x) < n: return x
+    try:  # (on one example, a third of a healthy MLP's units scored dormant: no unit fires on every input)
+        if not (_n_examples(x) or n) < n: return x
         xs, got = [], 0
         with rng_kept(dl):
             it = iter(dl)
             try:
                 for b in it:
-                    xs.append(first_inputs([b], getattr(learn.dls, 'n_inp', None))); got += size(xs[-1])
+                    xs.append(first_inputs([b], getattr(learn.dls, 'n_inp', None))); got += _n_examples(xs[-1]) or n
                     if got >= n: break
             finally:
                 if it is not dl and hasattr(it, 'close'): it.close()
-        return tuple(torch.cat(ts) for ts in zip(*xs)) if isinstance(x, (tuple, list)) else torch.cat(xs)
-    except Exception: return x  # (batches of different shapes, inputs that are no tensors: the first batch's)
+        xb, why = cat_batches(xs)
+        return x if why else xb  # (batches of different shapes, inputs that are no tensors: the first batch's)
+    except Exception: return x
 
 def _dormant_fracs(ah, xb, tau, mods=None):
     "{activation layer: (share of its units with dormancy score <= `tau`, number of units)} on batch `xb` (`mods`: `ah`'s modules, None: `ah.mods`)"
